@@ -1,0 +1,205 @@
+//! Bytes ⇄ frames. The decoder first checks that a whole frame is buffered ("not enough bytes
+//! yet" is `Ok(None)`), then copies the payload into an aligned buffer; [`Frame::access`]
+//! validates the rkyv archive before any field of it can be read.
+
+use std::io;
+
+use bytes::{Buf, BufMut, BytesMut};
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use thiserror::Error;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{FrameError, FrameHeader, FrameKind, HEADER_LEN, padded};
+
+/// A frame received from a peer: a checked header and an aligned, not yet validated payload.
+#[derive(Debug)]
+pub struct Frame {
+    pub header: FrameHeader,
+    pub payload: AlignedVec,
+}
+
+impl Frame {
+    pub fn kind(&self) -> FrameKind {
+        self.header.kind
+    }
+
+    pub fn call_id(&self) -> u64 {
+        self.header.call_id
+    }
+
+    /// Validates the payload as an archived `T` and returns a view of it in place.
+    pub fn access<T>(&self) -> Result<&T, FrameError>
+    where
+        T: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+    {
+        rkyv::access::<T, rancor::Error>(&self.payload).map_err(|e| FrameError::InvalidPayload {
+            what: short_type_name::<T>(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Validates and deserializes the payload into an owned `T`.
+    pub fn decode<T>(&self) -> Result<T, FrameError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        let archived = self.access::<T::Archived>()?;
+        rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| FrameError::InvalidPayload {
+            what: short_type_name::<T>(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// A frame ready to be written: header fields plus an archived payload.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub kind: FrameKind,
+    pub call_id: u64,
+    pub payload: AlignedVec,
+}
+
+impl OutFrame {
+    /// Archives `value` as the payload of a frame.
+    pub fn message<T>(kind: FrameKind, call_id: u64, value: &T) -> Result<Self, EncodeError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let payload =
+            rkyv::to_bytes::<rancor::Error>(value).map_err(|e| EncodeError(e.to_string()))?;
+        if payload.len() > crate::INLINE_CAP {
+            return Err(EncodeError(format!(
+                "payload of {} bytes exceeds the inline cap of {} bytes",
+                payload.len(),
+                crate::INLINE_CAP
+            )));
+        }
+        Ok(Self { kind, call_id, payload })
+    }
+
+    /// A frame whose meaning is all in its header (Ping, Pong, Cancel, Shutdown).
+    pub fn empty(kind: FrameKind, call_id: u64) -> Self {
+        Self { kind, call_id, payload: AlignedVec::new() }
+    }
+
+    /// The frame's exact bytes on the wire.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        write_frame(self, &mut buf);
+        buf.to_vec()
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("failed to encode frame payload: {0}")]
+pub struct EncodeError(String);
+
+/// Everything that can end a connection while reading or writing frames.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+}
+
+/// The tokio-util codec for hm frames, used by both kernel and plugins.
+#[derive(Debug, Default)]
+pub struct FrameCodec {
+    /// The header of a frame whose payload is not fully buffered yet.
+    pending: Option<FrameHeader>,
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let header = match self.pending {
+            Some(header) => header,
+            None => {
+                let Some(raw) = src.get(..HEADER_LEN) else {
+                    return Ok(None);
+                };
+                let mut bytes = [0u8; HEADER_LEN];
+                bytes.copy_from_slice(raw);
+                let header = FrameHeader::decode(&bytes)?;
+                src.advance(HEADER_LEN);
+                self.pending = Some(header);
+                header
+            }
+        };
+        let wire_len = header.padded_len();
+        if src.len() < wire_len {
+            src.reserve(wire_len - src.len());
+            return Ok(None);
+        }
+        self.pending = None;
+        let len = header.len as usize;
+        if src[len..wire_len].iter().any(|&b| b != 0) {
+            return Err(FrameError::Padding.into());
+        }
+        let mut payload = AlignedVec::with_capacity(len);
+        payload.extend_from_slice(&src[..len]);
+        src.advance(wire_len);
+        Ok(Some(Frame { header, payload }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && self.pending.is_none() => Ok(None),
+            None => {
+                let buffered = src.len() + self.pending.map_or(0, |_| HEADER_LEN);
+                Err(FrameError::Truncated { buffered }.into())
+            }
+        }
+    }
+}
+
+impl Encoder<OutFrame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: OutFrame, dst: &mut BytesMut) -> Result<(), WireError> {
+        write_frame(&frame, dst);
+        Ok(())
+    }
+}
+
+fn write_frame(frame: &OutFrame, dst: &mut BytesMut) {
+    let len = frame.payload.len();
+    let header = FrameHeader {
+        kind: frame.kind,
+        // `OutFrame::message` caps payloads at INLINE_CAP, far below u32::MAX.
+        len: len as u32,
+        call_id: frame.call_id,
+    };
+    let wire_len = padded(len);
+    dst.reserve(HEADER_LEN + wire_len);
+    dst.put_slice(&header.encode());
+    dst.put_slice(&frame.payload);
+    dst.put_bytes(0, wire_len - len);
+}
+
+/// Decodes every whole frame in `bytes`, for tests and fuzzing: stops at the first error.
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, WireError> {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::from(bytes);
+    let mut frames = Vec::new();
+    while let Some(frame) = codec.decode_eof(&mut buf)? {
+        frames.push(frame);
+    }
+    Ok(frames)
+}

@@ -1,0 +1,59 @@
+//! Protocol versions and their negotiation (DESIGN §6.3).
+//!
+//! Version 1 is the base protocol. Version 2 adds `KernelCall::Init`: a plugin that speaks it
+//! is sent `Init` before its first real call; a version-1 plugin never is.
+
+/// The oldest protocol version this build speaks.
+pub const PROTOCOL_MIN: u32 = 1;
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_MAX: u32 = 2;
+/// The first version in which the kernel sends `Init`.
+pub const INIT_SINCE: u32 = 2;
+
+/// Picks the highest version both ranges contain, or says why there is none and what to do.
+pub fn negotiate(
+    ours: (u32, u32),
+    theirs_min: u32,
+    theirs_max: u32,
+) -> Result<u32, String> {
+    let (min, max) = ours;
+    if theirs_min > theirs_max {
+        return Err(format!(
+            "the plugin declares an empty protocol range {theirs_min}..={theirs_max}"
+        ));
+    }
+    if theirs_max < min {
+        return Err(format!(
+            "the plugin speaks protocol {theirs_min}..={theirs_max} but hm needs {min}..={max}: \
+             rebuild the plugin against a newer hm-sdk"
+        ));
+    }
+    if theirs_min > max {
+        return Err(format!(
+            "the plugin speaks protocol {theirs_min}..={theirs_max} but hm speaks {min}..={max}: \
+             upgrade hm"
+        ));
+    }
+    Ok(max.min(theirs_max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_highest_common_version() {
+        assert_eq!(negotiate((1, 2), 1, 1), Ok(1));
+        assert_eq!(negotiate((1, 2), 1, 5), Ok(2));
+        assert_eq!(negotiate((1, 2), 2, 2), Ok(2));
+    }
+
+    #[test]
+    fn disjoint_ranges_say_which_side_to_upgrade() {
+        let old = negotiate((2, 3), 1, 1).unwrap_err();
+        assert!(old.contains("rebuild the plugin"), "{old}");
+        let new = negotiate((1, 2), 3, 4).unwrap_err();
+        assert!(new.contains("upgrade hm"), "{new}");
+        assert!(negotiate((1, 2), 2, 1).unwrap_err().contains("empty"));
+    }
+}

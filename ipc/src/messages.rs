@@ -1,0 +1,208 @@
+//! Payload types of every frame, as rkyv archives. No I/O here.
+//!
+//! Compatibility rules, because old plugins keep running against new kernels:
+//! - a struct that has shipped never changes; new data arrives in new variants or new frames;
+//! - enums are append-only, and every variant boxes its data so the archived enum keeps the
+//!   same size whatever is appended (rkyv finds the root by its size from the end);
+//! - every variant says the protocol version that added it, and a peer never sends a variant
+//!   newer than the version negotiated in the handshake.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The plugin's first frame. Its layout never changes, so any kernel can read any plugin's
+/// `Hello` and answer with a reason it understands. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol_min: u32,
+    pub protocol_max: u32,
+    pub name: String,
+    pub version: String,
+    /// `executor:NAME`, `hook:EVENT`, `subcommand:VERB`.
+    pub capabilities: Vec<String>,
+}
+
+/// The kernel accepts the plugin. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The negotiated version; the highest both sides speak.
+    pub protocol: u32,
+    pub run_id: String,
+    /// Log batches the plugin may send before it waits for a `Credit` frame.
+    pub log_credit: u32,
+    /// The most bytes of line text one `LogBatch` may carry.
+    pub max_batch_bytes: u32,
+}
+
+/// The kernel refuses the plugin and closes the connection. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub reason: String,
+}
+
+/// Calls from the kernel to a plugin (`FrameKind::Call`, kernel → plugin).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum KernelCall {
+    /// Run one attempt of one step. v1.
+    ExecuteStep(Box<ExecuteStep>),
+    /// Configure the plugin before its first real call. v2.
+    Init(Box<Init>),
+}
+
+/// Everything an executor needs to run one attempt of a step. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteStep {
+    pub step: String,
+    pub attempt: u32,
+    /// The command text (`run`).
+    pub run: String,
+    /// Absolute working directory.
+    pub dir: String,
+    /// The complete environment of the step beyond the plugin's own (pipeline, step, `-e`).
+    pub env: Vec<EnvVar>,
+    pub image: Option<String>,
+    /// `with = { ... }` as JSON text, opaque to the kernel.
+    pub with_json: String,
+    /// How long the step may take to stop after `Cancel` before it is killed.
+    pub grace_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// The plugin's configuration and the run it serves. v2.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Init {
+    /// `[plugins.<name>].config` as JSON text (`{}` when absent).
+    pub config_json: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+}
+
+/// Answers from a plugin to a `KernelCall` (`FrameKind::Reply`, plugin → kernel).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum PluginReply {
+    /// The step attempt is over. v1.
+    StepDone(Box<StepResult>),
+    /// `Init` accepted. v2.
+    Ready,
+    /// The call could not be carried out; the message says why, for the user. v1.
+    Failed(Box<CallFailure>),
+}
+
+/// How a step's process ended. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepResult {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub core_dumped: bool,
+    /// The step stopped because of a `Cancel`.
+    pub cancelled: bool,
+    /// Processes that were still alive in the step after it ended and were killed.
+    pub leaked_processes: u32,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_ms: Option<u64>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    pub message: String,
+}
+
+/// Calls from a plugin to the kernel: the host API (`FrameKind::Call`, plugin → kernel).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum HostCall {
+    /// A diagnostic from the plugin itself (not step output). v1.
+    Log(Box<LogRecord>),
+    /// Read a value. v1.
+    KvGet(Box<KvKey>),
+    /// Write (or with `None`, delete) a value. v1.
+    KvSet(Box<KvWrite>),
+    /// The plugin's `[plugins.<name>].config` as JSON text. v1.
+    ReadConfig,
+    /// The process group a step's processes run in, so the kernel can kill them itself if the
+    /// plugin stops answering. v1.
+    StepProcess(Box<StepProcess>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+#[repr(u8)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+#[repr(u8)]
+pub enum KvScope {
+    /// Persists across runs, private to the plugin.
+    Plugin,
+    /// Lives as long as the run.
+    Run,
+    /// Lives as long as one step attempt (named by `KvKey::step_call`).
+    Step,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KvKey {
+    pub scope: KvScope,
+    /// For `KvScope::Step`: the id of the `ExecuteStep` call; 0 otherwise.
+    pub step_call: u64,
+    pub key: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KvWrite {
+    pub key: KvKey,
+    pub value: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StepProcess {
+    /// The `ExecuteStep` call the process belongs to.
+    pub step_call: u64,
+    pub pgid: i32,
+}
+
+/// Answers from the kernel to a `HostCall` (`FrameKind::Reply`, kernel → plugin).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum HostReply {
+    /// Done, nothing to return. v1.
+    Ok,
+    /// A value, or none. v1.
+    Value(Box<Option<String>>),
+    /// The call was refused; the message says why. v1.
+    Error(Box<CallFailure>),
+}
+
+/// Step output: many lines of one step in one frame (`FrameKind::LogBatch`; the call id names
+/// the `ExecuteStep` call). v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// 0 stdout, 1 stderr.
+    pub stream: u8,
+    pub text: String,
+}
+
+/// More log batches the plugin may send (`FrameKind::Credit`). v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    pub batches: u32,
+}

@@ -1,0 +1,89 @@
+//! The socket between kernel and plugin: a connected pair whose plugin end is inherited
+//! across exec, its fd number named by `HM_IPC_FD` (DESIGN §6.1).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use thiserror::Error;
+
+/// The environment variable that names the inherited socket's fd in the plugin.
+pub const IPC_FD_ENV: &str = "HM_IPC_FD";
+/// The fd number the kernel places the plugin's end at.
+pub const CHILD_FD: RawFd = 3;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error(
+        "{IPC_FD_ENV} is not set: this program is an hm plugin and is started by hm \
+         (run `hm run` in a project that uses it, or `--hm-manifest` to see what it provides)"
+    )]
+    NotSet,
+    #[error("{IPC_FD_ENV}={0:?} is not a file descriptor number")]
+    BadValue(String),
+    #[error("{IPC_FD_ENV}={fd} is not an open socket: {reason}")]
+    NotASocket { fd: RawFd, reason: String },
+    #[error("failed to set up the inherited socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connected pair: `(kernel end, plugin end)`. Both are close-on-exec; the spawner moves the
+/// plugin end to [`CHILD_FD`] in the child, which clears the flag there only.
+pub fn socket_pair() -> std::io::Result<(StdUnixStream, StdUnixStream)> {
+    StdUnixStream::pair()
+}
+
+/// Takes ownership of the socket named by `HM_IPC_FD` in a plugin process.
+///
+/// Marks it close-on-exec so the processes the plugin spawns for steps never hold it.
+pub fn inherited() -> Result<tokio::net::UnixStream, TransportError> {
+    let value = std::env::var(IPC_FD_ENV).map_err(|_| TransportError::NotSet)?;
+    let fd: RawFd = value.trim().parse().map_err(|_| TransportError::BadValue(value.clone()))?;
+    if fd < 0 {
+        return Err(TransportError::BadValue(value));
+    }
+    let stat = nix::sys::stat::fstat(
+        // SAFETY: the fd is only borrowed for the duration of the fstat call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+    )
+    .map_err(|e| TransportError::NotASocket { fd, reason: e.to_string() })?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(TransportError::NotASocket { fd, reason: "not a socket".into() });
+    }
+    // SAFETY: fstat proved the fd is open, and the environment variable hands it to us: nothing
+    // else in this process owns it. We remove the variable so nobody takes it twice.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: single-threaded at this point in a plugin's start-up (serve() calls this before
+    // starting the runtime), so no other thread reads the environment concurrently.
+    unsafe { std::env::remove_var(IPC_FD_ENV) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(std::io::Error::from)?;
+    let std_stream = StdUnixStream::from(owned);
+    std_stream.set_nonblocking(true)?;
+    Ok(tokio::net::UnixStream::from_std(std_stream)?)
+}
+
+/// Called in the child between fork and exec: moves the plugin's end of the pair to
+/// [`CHILD_FD`] (dup2 clears close-on-exec on the copy).
+///
+/// Only async-signal-safe calls are made here.
+pub fn place_in_child(plugin_end: RawFd) -> std::io::Result<()> {
+    if plugin_end == CHILD_FD {
+        // dup2 onto itself keeps FD_CLOEXEC; clear it explicitly.
+        // SAFETY: fcntl on an fd we were given is async-signal-safe.
+        if unsafe { libc::fcntl(CHILD_FD, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 is async-signal-safe; both fds are valid in the child.
+    if unsafe { libc::dup2(plugin_end, CHILD_FD) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The raw fd of the plugin end, for [`place_in_child`].
+pub fn raw(stream: &StdUnixStream) -> RawFd {
+    stream.as_raw_fd()
+}

@@ -1,0 +1,138 @@
+//! Golden frames: the exact bytes of one frame of every kind and every message variant are
+//! committed under `tests/golden/`, so a change to the wire format cannot go unnoticed.
+//! After a deliberate, versioned change, regenerate with `HM_BLESS=1 cargo test -p hm-ipc`.
+
+use std::path::PathBuf;
+
+use hm_ipc::messages::*;
+use hm_ipc::{FrameKind, OutFrame};
+
+fn frame<T>(kind: FrameKind, call_id: u64, value: &T) -> OutFrame
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+{
+    OutFrame::message(kind, call_id, value).expect("golden messages encode")
+}
+
+fn cases() -> Vec<(&'static str, OutFrame)> {
+    use FrameKind as K;
+    let hello = Hello {
+        protocol_min: 1,
+        protocol_max: 2,
+        name: "shell".into(),
+        version: "0.1.0".into(),
+        capabilities: vec!["executor:shell".into()],
+    };
+    let welcome =
+        Welcome { protocol: 2, run_id: "r-0001".into(), log_credit: 16, max_batch_bytes: 65536 };
+    let execute = KernelCall::ExecuteStep(Box::new(ExecuteStep {
+        step: "build".into(),
+        attempt: 1,
+        run: "make".into(),
+        dir: "/src".into(),
+        env: vec![EnvVar { name: "CI".into(), value: "true".into() }],
+        image: None,
+        with_json: "{}".into(),
+        grace_ms: 10_000,
+    }));
+    let init = KernelCall::Init(Box::new(Init {
+        config_json: "{\"a\":1}".into(),
+        pipeline: "ci".into(),
+    }));
+    let done = PluginReply::StepDone(Box::new(StepResult {
+        exit_code: Some(3),
+        signal: None,
+        core_dumped: false,
+        cancelled: false,
+        leaked_processes: 1,
+        peak_memory_bytes: Some(1 << 20),
+        cpu_ms: Some(12),
+    }));
+    let failed = PluginReply::Failed(Box::new(CallFailure { message: "bad config".into() }));
+    let log = HostCall::Log(Box::new(LogRecord { level: LogLevel::Warn, message: "careful".into() }));
+    let kv_set = HostCall::KvSet(Box::new(KvWrite {
+        key: KvKey { scope: KvScope::Run, step_call: 0, key: "k".into() },
+        value: Some("v".into()),
+    }));
+    let step_process = HostCall::StepProcess(Box::new(StepProcess { step_call: 7, pgid: 4242 }));
+    let value = HostReply::Value(Box::new(Some("v".into())));
+    let batch = LogBatch {
+        lines: vec![
+            LogLine { stream: 0, text: "compiling".into() },
+            LogLine { stream: 1, text: "warning: x".into() },
+        ],
+    };
+    vec![
+        ("hello", frame(K::Hello, 0, &hello)),
+        ("welcome", frame(K::Welcome, 0, &welcome)),
+        ("reject", frame(K::Reject, 0, &Reject { reason: "no".into() })),
+        ("call_execute_step", frame(K::Call, 7, &execute)),
+        ("call_init", frame(K::Call, 1, &init)),
+        ("reply_step_done", frame(K::Reply, 7, &done)),
+        ("reply_ready", frame(K::Reply, 1, &PluginReply::Ready)),
+        ("reply_failed", frame(K::Reply, 1, &failed)),
+        ("host_call_log", frame(K::Call, 2, &log)),
+        ("host_call_kv_set", frame(K::Call, 3, &kv_set)),
+        ("host_call_step_process", frame(K::Call, 4, &step_process)),
+        ("host_reply_value", frame(K::Reply, 3, &value)),
+        ("log_batch", frame(K::LogBatch, 7, &batch)),
+        ("credit", frame(K::Credit, 0, &hm_ipc::messages::Credit { batches: 4 })),
+        ("cancel", OutFrame::empty(K::Cancel, 7)),
+        ("ping", OutFrame::empty(K::Ping, 99)),
+        ("pong", OutFrame::empty(K::Pong, 99)),
+        ("shutdown", OutFrame::empty(K::Shutdown, 0)),
+    ]
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+#[test]
+fn every_frame_matches_its_committed_bytes() {
+    let bless = std::env::var_os("HM_BLESS").is_some();
+    let mut mismatched = Vec::new();
+    for (name, frame) in cases() {
+        let path = golden_dir().join(format!("{name}.bin"));
+        let bytes = frame.to_wire();
+        if bless {
+            std::fs::write(&path, &bytes).expect("write golden frame");
+            continue;
+        }
+        match std::fs::read(&path) {
+            Ok(expected) if expected == bytes => {}
+            Ok(_) => mismatched.push(format!("{name}: bytes differ from {}", path.display())),
+            Err(e) => mismatched.push(format!("{name}: cannot read {}: {e}", path.display())),
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "the wire format changed (bump the protocol version and HM_BLESS=1 if deliberate):\n{}",
+        mismatched.join("\n")
+    );
+}
+
+#[test]
+fn committed_golden_frames_decode_and_validate() {
+    for (name, frame) in cases() {
+        let bytes = std::fs::read(golden_dir().join(format!("{name}.bin"))).expect("golden file");
+        let frames = hm_ipc::codec::decode_all(&bytes).expect("golden frame decodes");
+        assert_eq!(frames.len(), 1, "{name}");
+        let got = &frames[0];
+        assert_eq!(got.kind(), frame.kind, "{name}");
+        assert_eq!(got.call_id(), frame.call_id, "{name}");
+        assert_eq!(got.payload.as_slice(), frame.payload.as_slice(), "{name}");
+    }
+    // Hello is frozen: an old kernel must read it. Check the fields survive the round trip.
+    let bytes = std::fs::read(golden_dir().join("hello.bin")).expect("hello golden");
+    let frames = hm_ipc::codec::decode_all(&bytes).expect("decode");
+    let hello: Hello = frames[0].decode().expect("hello validates");
+    assert_eq!(hello.name, "shell");
+    assert_eq!(hello.capabilities, vec!["executor:shell".to_string()]);
+}
