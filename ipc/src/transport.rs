@@ -35,8 +35,10 @@ pub fn socket_pair() -> std::io::Result<(StdUnixStream, StdUnixStream)> {
 
 /// Takes ownership of the socket named by `HM_IPC_FD` in a plugin process.
 ///
-/// Marks it close-on-exec so the processes the plugin spawns for steps never hold it.
-pub fn inherited() -> Result<tokio::net::UnixStream, TransportError> {
+/// Marks it close-on-exec so the processes the plugin spawns for steps never hold it. Call it
+/// before starting threads (it edits the environment); turn the result into a tokio stream
+/// inside the runtime with `tokio::net::UnixStream::from_std`.
+pub fn inherited() -> Result<StdUnixStream, TransportError> {
     let value = std::env::var(IPC_FD_ENV).map_err(|_| TransportError::NotSet)?;
     let fd: RawFd = value.trim().parse().map_err(|_| TransportError::BadValue(value.clone()))?;
     if fd < 0 {
@@ -53,14 +55,14 @@ pub fn inherited() -> Result<tokio::net::UnixStream, TransportError> {
     // SAFETY: fstat proved the fd is open, and the environment variable hands it to us: nothing
     // else in this process owns it. We remove the variable so nobody takes it twice.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: single-threaded at this point in a plugin's start-up (serve() calls this before
-    // starting the runtime), so no other thread reads the environment concurrently.
+    // SAFETY: the caller is still single-threaded (see the doc comment), so no other thread
+    // reads the environment concurrently.
     unsafe { std::env::remove_var(IPC_FD_ENV) };
     nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
         .map_err(std::io::Error::from)?;
     let std_stream = StdUnixStream::from(owned);
     std_stream.set_nonblocking(true)?;
-    Ok(tokio::net::UnixStream::from_std(std_stream)?)
+    Ok(std_stream)
 }
 
 /// Called in the child between fork and exec: moves the plugin's end of the pair to
@@ -86,4 +88,42 @@ pub fn place_in_child(plugin_end: RawFd) -> std::io::Result<()> {
 /// The raw fd of the plugin end, for [`place_in_child`].
 pub fn raw(stream: &StdUnixStream) -> RawFd {
     stream.as_raw_fd()
+}
+
+/// Starts the task that owns the write half of a connection: frames queued on the returned
+/// sender go out in order, batched into as few writes as the queue allows. The task ends when
+/// every sender is dropped (after flushing) or the socket fails.
+pub fn spawn_writer<W>(
+    write_half: W,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<crate::OutFrame>,
+    tokio::task::JoinHandle<Result<(), crate::codec::WireError>>,
+)
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::OutFrame>();
+    let task = tokio::spawn(async move {
+        // No BufWriter: frames are encoded into `bytes` and a burst goes out as one write.
+        let mut writer = write_half;
+        let mut bytes = bytes::BytesMut::with_capacity(64 * 1024);
+        let mut codec = crate::FrameCodec::default();
+        while let Some(frame) = rx.recv().await {
+            tokio_util::codec::Encoder::encode(&mut codec, frame, &mut bytes)?;
+            // Drain whatever else is queued so a burst becomes one write.
+            while bytes.len() < 1024 * 1024 {
+                match rx.try_recv() {
+                    Ok(frame) => tokio_util::codec::Encoder::encode(&mut codec, frame, &mut bytes)?,
+                    Err(_) => break,
+                }
+            }
+            writer.write_all(&bytes).await?;
+            bytes.clear();
+        }
+        writer.shutdown().await.ok();
+        Ok(())
+    });
+    (tx, task)
 }

@@ -1,0 +1,138 @@
+//! The context an executor gets with each step: the host API (log, step output, key-value
+//! state) and the step's cancellation as a future.
+
+use std::sync::{Arc, Mutex};
+
+use hm_ipc::messages::{
+    HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogLevel, LogLine, LogRecord,
+    StepProcess,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::StepError;
+use crate::link::Link;
+
+/// Which of the step's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Handed to [`crate::Executor::execute`]; cheap to clone.
+#[derive(Clone)]
+pub struct StepContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    link: Arc<Link>,
+    call_id: u64,
+    cancel: CancellationToken,
+    batch: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<LogLine>,
+    bytes: usize,
+}
+
+impl StepContext {
+    pub(crate) fn new(link: Arc<Link>, call_id: u64, cancel: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner { link, call_id, cancel, batch: Mutex::new(Pending::default()) }),
+        }
+    }
+
+    /// The id of the `ExecuteStep` call this context serves.
+    pub fn call_id(&self) -> u64 {
+        self.inner.call_id
+    }
+
+    /// The most bytes of text one batch of output may carry; longer lines are split.
+    pub fn max_line_bytes(&self) -> usize {
+        self.inner.link.max_batch_bytes
+    }
+
+    /// Queues one line of step output. Lines are sent in batches; call [`Self::flush`] when
+    /// no more output is immediately available so the user sees it live.
+    pub async fn line(&self, stream: OutputStream, text: String) -> Result<(), StepError> {
+        let full = {
+            let mut pending = self.lock_batch();
+            pending.bytes += text.len() + 8;
+            pending.lines.push(LogLine { stream: stream as u8, text });
+            pending.bytes >= self.inner.link.max_batch_bytes
+        };
+        if full { self.flush().await } else { Ok(()) }
+    }
+
+    /// Sends queued output now (waiting for log credit if the kernel is behind).
+    pub async fn flush(&self) -> Result<(), StepError> {
+        let lines = {
+            let mut pending = self.lock_batch();
+            pending.bytes = 0;
+            std::mem::take(&mut pending.lines)
+        };
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.inner.link.send_batch(self.inner.call_id, &LogBatch { lines }).await
+    }
+
+    /// A diagnostic from the plugin about this step, shown by hm (not step output).
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), StepError> {
+        self.inner.link.notify(&HostCall::Log(Box::new(LogRecord { level, message: message.into() })))
+    }
+
+    /// Resolves when hm cancels this step (timeout, fail-fast, Ctrl-C).
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await;
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Tells hm the process group the step's processes run in, so hm can kill them itself if
+    /// this plugin stops answering.
+    pub fn report_process_group(&self, pgid: i32) -> Result<(), StepError> {
+        self.inner.link.notify(&HostCall::StepProcess(Box::new(StepProcess {
+            step_call: self.inner.call_id,
+            pgid,
+        })))
+    }
+
+    /// Reads a value from hm's key-value store.
+    pub async fn kv_get(&self, scope: KvScope, key: &str) -> Result<Option<String>, StepError> {
+        let key = self.key(scope, key);
+        match self.inner.link.call(&HostCall::KvGet(Box::new(key))).await? {
+            HostReply::Value(v) => Ok(*v),
+            HostReply::Ok => Ok(None),
+            HostReply::Error(e) => Err(StepError::Message(e.message)),
+        }
+    }
+
+    /// Writes (or with `None`, deletes) a value in hm's key-value store.
+    pub async fn kv_set(
+        &self,
+        scope: KvScope,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), StepError> {
+        let key = self.key(scope, key);
+        match self.inner.link.call(&HostCall::KvSet(Box::new(KvWrite { key, value }))).await? {
+            HostReply::Error(e) => Err(StepError::Message(e.message)),
+            _ => Ok(()),
+        }
+    }
+
+    fn key(&self, scope: KvScope, key: &str) -> KvKey {
+        let step_call = if scope == KvScope::Step { self.inner.call_id } else { 0 };
+        KvKey { scope, step_call, key: key.to_owned() }
+    }
+
+    fn lock_batch(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.inner.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

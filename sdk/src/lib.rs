@@ -1,0 +1,29 @@
+//! `hm-sdk`: everything a plugin links. A plugin is a library plus a one-line `main`:
+//!
+//! ```no_run
+//! # use hm_sdk::{Plugin, Executor, StepRequest, StepContext, StepResult, StepError};
+//! # struct MyExecutor;
+//! # impl Executor for MyExecutor {
+//! #     async fn execute(&self, _: StepRequest, _: StepContext) -> Result<StepResult, StepError> {
+//! #         Ok(StepResult::default())
+//! #     }
+//! # }
+//! fn main() {
+//!     hm_sdk::serve(Plugin::new("mine", env!("CARGO_PKG_VERSION")).executor("mine", MyExecutor));
+//! }
+//! ```
+//!
+//! [`serve`] speaks the protocol of `hm-ipc` with the kernel over the inherited socket;
+//! [`testing`] drives a plugin through the same protocol in-process, without an `hm` binary.
+
+mod context;
+mod link;
+mod plugin;
+pub mod process;
+mod serve;
+pub mod testing;
+
+pub use context::{OutputStream, StepContext};
+pub use hm_ipc::messages::{LogLevel, StepResult};
+pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest};
+pub use serve::{ServeError, serve, serve_on};

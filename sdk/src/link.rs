@@ -1,0 +1,98 @@
+//! The plugin's side of one connection: queued writes, host calls awaiting their replies,
+//! and the log credit granted by the kernel.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hm_ipc::messages::{HostCall, HostReply, LogBatch};
+use hm_ipc::{FrameKind, OutFrame};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::StepError;
+
+pub(crate) struct Link {
+    out: mpsc::UnboundedSender<OutFrame>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
+    next_id: AtomicU64,
+    /// One permit per log batch the kernel allows in flight (credit-based flow control).
+    credit: Semaphore,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) protocol: u32,
+}
+
+impl Link {
+    pub(crate) fn new(
+        out: mpsc::UnboundedSender<OutFrame>,
+        log_credit: u32,
+        max_batch_bytes: u32,
+        protocol: u32,
+    ) -> Self {
+        Self {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            credit: Semaphore::new(log_credit as usize),
+            max_batch_bytes: (max_batch_bytes as usize).max(1024),
+            protocol,
+        }
+    }
+
+    pub(crate) fn send(&self, frame: OutFrame) -> Result<(), StepError> {
+        self.out.send(frame).map_err(|_| StepError::Disconnected)
+    }
+
+    /// Calls the host API and waits for the answer.
+    pub(crate) async fn call(&self, call: &HostCall) -> Result<HostReply, StepError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = OutFrame::message(FrameKind::Call, id, call)
+            .map_err(|e| StepError::Message(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, tx);
+        if let Err(e) = self.send(frame) {
+            self.lock_pending().remove(&id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| StepError::Disconnected)
+    }
+
+    /// Calls the host API without waiting: the reply, when it comes, is dropped.
+    pub(crate) fn notify(&self, call: &HostCall) -> Result<(), StepError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = OutFrame::message(FrameKind::Call, id, call)
+            .map_err(|e| StepError::Message(e.to_string()))?;
+        self.send(frame)
+    }
+
+    /// Sends one batch of step output, waiting for credit first.
+    pub(crate) async fn send_batch(&self, step_call: u64, batch: &LogBatch) -> Result<(), StepError> {
+        let permit = self.credit.acquire().await.map_err(|_| StepError::Disconnected)?;
+        permit.forget();
+        let frame = OutFrame::message(FrameKind::LogBatch, step_call, batch)
+            .map_err(|e| StepError::Message(e.to_string()))?;
+        self.send(frame)
+    }
+
+    pub(crate) fn add_credit(&self, batches: u32) {
+        self.credit.add_permits(batches as usize);
+    }
+
+    /// Hands a reply to the call waiting for it. A reply nobody waits for (a `notify`) is
+    /// dropped; the kernel may answer those.
+    pub(crate) fn complete(&self, id: u64, reply: HostReply) {
+        if let Some(tx) = self.lock_pending().remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// The kernel is gone: wake every waiter with `Disconnected`.
+    pub(crate) fn close(&self) {
+        self.lock_pending().clear();
+        self.credit.close();
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<HostReply>>> {
+        // A poisoned map only means a panic elsewhere mid-insert; the map itself is still sound.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,158 @@
+//! What a plugin is made of: its identity, its capabilities, and the traits it implements.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hm_ipc::messages::StepResult;
+use thiserror::Error;
+
+use crate::context::StepContext;
+
+/// One attempt of one step, as the executor receives it.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    pub step: String,
+    pub attempt: u32,
+    /// The command text (`run`).
+    pub run: String,
+    pub dir: PathBuf,
+    /// Variables to set on top of the plugin's own environment.
+    pub env: Vec<(String, String)>,
+    pub image: Option<String>,
+    /// `with = { ... }` as JSON.
+    pub with: serde_json::Value,
+    /// How long the step may take to stop after a cancel before it is killed.
+    pub grace: std::time::Duration,
+}
+
+/// Why an executor could not run a step at all (as opposed to a step that ran and failed,
+/// which is a [`StepResult`] with a non-zero exit).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StepError {
+    #[error("{0}")]
+    Message(String),
+    #[error("failed to start the step's process: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("lost the connection to hm")]
+    Disconnected,
+}
+
+/// Runs steps. The plugin serves many steps at once: `execute` is called concurrently.
+pub trait Executor: Send + Sync + 'static {
+    fn execute(
+        &self,
+        step: StepRequest,
+        ctx: StepContext,
+    ) -> impl Future<Output = Result<StepResult, StepError>> + Send;
+}
+
+/// What `Init` (protocol v2) tells the plugin before its first real call.
+#[derive(Debug, Clone)]
+pub struct InitInfo {
+    /// `[plugins.<name>].config`.
+    pub config: serde_json::Value,
+    pub pipeline: String,
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type InitFn = dyn Fn(&InitInfo) -> Result<(), String> + Send + Sync;
+
+/// Object-safe form of [`Executor`], so a plugin can hold any executor behind one pointer.
+pub(crate) trait DynExecutor: Send + Sync {
+    fn execute(
+        self: Arc<Self>,
+        step: StepRequest,
+        ctx: StepContext,
+    ) -> BoxFuture<Result<StepResult, StepError>>;
+}
+
+impl<E: Executor> DynExecutor for E {
+    fn execute(
+        self: Arc<Self>,
+        step: StepRequest,
+        ctx: StepContext,
+    ) -> BoxFuture<Result<StepResult, StepError>> {
+        Box::pin(async move { Executor::execute(&*self, step, ctx).await })
+    }
+}
+
+/// A plugin: name, version, protocol range and capabilities. Build it and hand it to
+/// [`crate::serve`].
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) description: String,
+    pub(crate) protocol: (u32, u32),
+    pub(crate) executor: Option<(String, Arc<dyn DynExecutor>)>,
+    pub(crate) init: Option<Arc<InitFn>>,
+}
+
+impl Plugin {
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
+            executor: None,
+            init: None,
+        }
+    }
+
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
+        self
+    }
+
+    /// Provides the executor called `name` (what `executor = "..."` names in `hm.toml`).
+    pub fn executor(mut self, name: impl Into<String>, executor: impl Executor) -> Self {
+        self.executor = Some((name.into(), Arc::new(executor)));
+        self
+    }
+
+    /// Checks `[plugins.<name>].config` before the first real call (protocol v2). An `Err`
+    /// fails the run at its start with the message shown to the user.
+    pub fn on_init(
+        mut self,
+        check: impl Fn(&InitInfo) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.init = Some(Arc::new(check));
+        self
+    }
+
+    /// Restricts the protocol versions this plugin offers (the default is all the SDK speaks).
+    /// Mostly for testing compatibility with older kernels.
+    pub fn protocol(mut self, min: u32, max: u32) -> Self {
+        self.protocol = (min, max);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `executor:NAME`, ... as sent in `Hello`.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.executor.iter().map(|(name, _)| format!("executor:{name}")).collect()
+    }
+
+    /// The `plugin.toml` this plugin would ship with, printed by `--hm-manifest`.
+    pub fn manifest(&self, executable: &str) -> String {
+        let caps: Vec<String> = self.capabilities().iter().map(|c| format!("{c:?}")).collect();
+        format!(
+            "name = {:?}\nversion = {:?}\ndescription = {:?}\nexecutable = {:?}\n\
+             protocol = {{ min = {}, max = {} }}\ncapabilities = [{}]\n",
+            self.name,
+            self.version,
+            self.description,
+            executable,
+            self.protocol.0,
+            self.protocol.1,
+            caps.join(", ")
+        )
+    }
+}

@@ -1,0 +1,227 @@
+//! Running a step's process right: its own process group, a parent-death signal, output
+//! streamed line by line to hm, and the kill ladder on cancel (SIGTERM to the group, then
+//! SIGKILL after the grace period). After the main process exits, anything it left running in
+//! its group is killed and reported, so a step never outlives its `step_end`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use hm_ipc::messages::{LogLevel, StepResult};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::context::{OutputStream, StepContext};
+use crate::plugin::{StepError, StepRequest};
+
+/// How long output may keep arriving after the step's process group is gone. Only a process
+/// that escaped the group (setsid) can hold the pipes that long; cgroups catch those.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+const READ_CHUNK: usize = 64 * 1024;
+
+/// `sh -c RUN` in the step's directory with the step's environment.
+pub fn shell_command(step: &StepRequest) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(&step.run).current_dir(&step.dir);
+    cmd.envs(step.env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Spawns `cmd` as the step's process and runs it to the end, streaming its output to hm.
+///
+/// The command gets stdin from /dev/null, stdout and stderr piped, its own process group and
+/// SIGKILL as parent-death signal. On cancel the group gets SIGTERM, then SIGKILL once the
+/// step's grace period has passed.
+pub async fn run(mut cmd: Command, step: &StepRequest, ctx: &StepContext) -> Result<StepResult, StepError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.process_group(0).kill_on_drop(true);
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The plugin may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(StepError::Spawn)?;
+    let pgid = child.id().map(|id| id as i32);
+    if let Some(pgid) = pgid {
+        ctx.report_process_group(pgid)?;
+    }
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut out_lines = LineSplitter::new(OutputStream::Stdout, ctx.max_line_bytes());
+    let mut err_lines = LineSplitter::new(OutputStream::Stderr, ctx.max_line_bytes());
+    let mut out_buf = vec![0u8; READ_CHUNK];
+    let mut err_buf = vec![0u8; READ_CHUNK];
+
+    let mut status: Option<ExitStatus> = None;
+    let mut cancelled = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut leaked = 0u32;
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+
+    loop {
+        if status.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        tokio::select! {
+            n = read_some(&mut stdout, &mut out_buf) => {
+                match n {
+                    Some(n) => out_lines.feed(&out_buf[..n], ctx).await?,
+                    None => { out_lines.finish(ctx).await?; stdout = None; }
+                }
+                ctx.flush().await?;
+            }
+            n = read_some(&mut stderr, &mut err_buf) => {
+                match n {
+                    Some(n) => err_lines.feed(&err_buf[..n], ctx).await?,
+                    None => { err_lines.finish(ctx).await?; stderr = None; }
+                }
+                ctx.flush().await?;
+            }
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit.map_err(StepError::Spawn)?);
+                // The main process is gone; whatever is left in its group was left behind.
+                if let Some(pgid) = pgid {
+                    leaked = kill_leftovers(pgid);
+                    if leaked > 0 {
+                        ctx.log(LogLevel::Warn, format!(
+                            "killed {leaked} process(es) the step left running in the background"
+                        ))?;
+                    }
+                }
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            () = ctx.cancelled(), if !cancelled && status.is_none() => {
+                cancelled = true;
+                if let Some(pgid) = pgid {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+                }
+                kill_at = Some(tokio::time::Instant::now() + step.grace);
+            }
+            () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
+                if let Some(pgid) = pgid {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                kill_at = None;
+            }
+            () = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                // Pipes still open after the group is gone: an escaped process holds them.
+                out_lines.finish(ctx).await?;
+                err_lines.finish(ctx).await?;
+                stdout = None;
+                stderr = None;
+            }
+        }
+    }
+    ctx.flush().await?;
+    let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
+    Ok(StepResult {
+        exit_code: status.code(),
+        signal: status.signal(),
+        core_dumped: status.core_dumped(),
+        cancelled,
+        leaked_processes: leaked,
+        peak_memory_bytes: None,
+        cpu_ms: None,
+    })
+}
+
+/// Reads once from an open pipe; `None` at end of file (or on a read error, which for a pipe
+/// means the same). A closed pipe never resolves, so `select!` ignores it.
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+    match pipe {
+        None => std::future::pending().await,
+        Some(reader) => match reader.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+    }
+}
+
+/// Kills every process still in the group and says how many there were.
+fn kill_leftovers(pgid: i32) -> u32 {
+    let members = group_members(pgid);
+    if !members.is_empty() {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    members.len() as u32
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`, from /proc.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|entry| {
+        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut fields = rest.split(' ');
+        let state = fields.next()?;
+        let pgrp: i32 = fields.nth(1)?.parse().ok()?;
+        (pgrp == pgid && state != "Z").then_some(pid)
+    })
+    .collect()
+}
+
+/// Cuts a byte stream into lines (without the `\n`), splitting lines longer than one batch.
+struct LineSplitter {
+    stream: OutputStream,
+    partial: Vec<u8>,
+    max: usize,
+}
+
+impl LineSplitter {
+    fn new(stream: OutputStream, max: usize) -> Self {
+        Self { stream, partial: Vec::new(), max: max.saturating_sub(64).max(256) }
+    }
+
+    async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
+            let line = if self.partial.is_empty() {
+                text(&bytes[..pos])
+            } else {
+                self.partial.extend_from_slice(&bytes[..pos]);
+                let line = text(&self.partial);
+                self.partial.clear();
+                line
+            };
+            ctx.line(self.stream, line).await?;
+            bytes = &bytes[pos + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() >= self.max {
+            let rest = self.partial.split_off(self.max);
+            let line = text(&self.partial);
+            self.partial = rest;
+            ctx.line(self.stream, line).await?;
+        }
+        Ok(())
+    }
+
+    /// End of stream: a last line without a newline is still a line.
+    async fn finish(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+        if !self.partial.is_empty() {
+            let line = text(&self.partial);
+            self.partial.clear();
+            ctx.line(self.stream, line).await?;
+        }
+        Ok(())
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -1,0 +1,303 @@
+//! The plugin's main loop: handshake, then dispatch of the kernel's frames until `Shutdown`
+//! or until the kernel goes away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use hm_ipc::codec::WireError;
+use hm_ipc::messages::{
+    CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall,
+    PluginReply, Reject, Welcome,
+};
+use hm_ipc::{Frame, FrameCodec, FrameError, FrameKind, OutFrame};
+use thiserror::Error;
+use tokio::net::UnixStream;
+use tokio::task::JoinSet;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::StepContext;
+use crate::link::Link;
+use crate::plugin::{InitInfo, Plugin, StepRequest};
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] hm_ipc::transport::TransportError),
+    #[error("hm rejected this plugin: {0}")]
+    Rejected(String),
+    #[error("hm closed the connection during the handshake")]
+    ClosedDuringHandshake,
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("protocol violation from hm: {0}")]
+    Protocol(String),
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl From<FrameError> for ServeError {
+    fn from(e: FrameError) -> Self {
+        ServeError::Protocol(e.to_string())
+    }
+}
+
+/// Runs `plugin` as a process started by hm and exits the process when hm is done with it.
+///
+/// `--hm-manifest` prints the plugin's manifest instead. Diagnostics go to stderr, never to
+/// stdout.
+pub fn serve(plugin: Plugin) -> ! {
+    if std::env::args().skip(1).any(|a| a == "--hm-manifest") {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| plugin.name.clone());
+        print!("{}", plugin.manifest(&exe));
+        std::process::exit(0);
+    }
+    let name = plugin.name.clone();
+    let code = match run(plugin) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(plugin: Plugin) -> Result<(), ServeError> {
+    // Taken before the runtime starts: it edits the environment, which is only sound while the
+    // process is single-threaded.
+    let socket = hm_ipc::transport::inherited()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(async move {
+        let stream = UnixStream::from_std(socket).map_err(WireError::Io)?;
+        serve_on(plugin, stream).await
+    })
+}
+
+/// Serves `plugin` on an already connected stream: the handshake, then every call until
+/// `Shutdown` or the end of the connection. Used by [`serve`] and by [`crate::testing`].
+pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeError> {
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
+    let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
+
+    let hello = Hello {
+        protocol_min: plugin.protocol.0,
+        protocol_max: plugin.protocol.1,
+        name: plugin.name.clone(),
+        version: plugin.version.clone(),
+        capabilities: plugin.capabilities(),
+    };
+    let hello = OutFrame::message(FrameKind::Hello, 0, &hello)
+        .map_err(|e| ServeError::Protocol(e.to_string()))?;
+    out.send(hello).map_err(|_| ServeError::ClosedDuringHandshake)?;
+
+    let welcome: Welcome = match frames.next().await {
+        None => return Err(ServeError::ClosedDuringHandshake),
+        Some(frame) => {
+            let frame = frame?;
+            match frame.kind() {
+                FrameKind::Welcome => frame.decode()?,
+                FrameKind::Reject => return Err(ServeError::Rejected(frame.decode::<Reject>()?.reason)),
+                other => {
+                    return Err(ServeError::Protocol(format!(
+                        "expected Welcome or Reject, got {other:?}"
+                    )));
+                }
+            }
+        }
+    };
+    if welcome.protocol < plugin.protocol.0 || welcome.protocol > plugin.protocol.1 {
+        return Err(ServeError::Protocol(format!(
+            "hm chose protocol {} outside this plugin's range {}..={}",
+            welcome.protocol, plugin.protocol.0, plugin.protocol.1
+        )));
+    }
+    let link = Arc::new(Link::new(
+        out,
+        welcome.log_credit,
+        welcome.max_batch_bytes,
+        welcome.protocol,
+    ));
+
+    let mut dispatcher = Dispatcher { plugin, link: link.clone(), calls: HashMap::new(), tasks: JoinSet::new() };
+    let result = dispatcher.run(&mut frames).await;
+    // Whatever ended the loop, nothing may keep running: cancel every step (their helpers kill
+    // their process groups) and wait for them.
+    for token in dispatcher.calls.values() {
+        token.cancel();
+    }
+    while dispatcher.tasks.join_next().await.is_some() {}
+    link.close();
+    drop(dispatcher);
+    drop(link);
+    // Flush what the steps queued; the writer ends once every sender is gone.
+    if let Ok(Err(e)) = writer.await {
+        if result.is_ok() {
+            return Err(e.into());
+        }
+    }
+    result
+}
+
+struct Dispatcher {
+    plugin: Plugin,
+    link: Arc<Link>,
+    /// Calls from the kernel in flight, by call id.
+    calls: HashMap<u64, CancellationToken>,
+    tasks: JoinSet<u64>,
+}
+
+impl Dispatcher {
+    async fn run(
+        &mut self,
+        frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+    ) -> Result<(), ServeError> {
+        let mut shutting_down = false;
+        loop {
+            if shutting_down && self.calls.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    // The kernel is gone: the caller cancels everything.
+                    None => return Ok(()),
+                    Some(frame) => {
+                        if self.handle(frame?)? {
+                            shutting_down = true;
+                        }
+                    }
+                },
+                Some(done) = self.tasks.join_next() => {
+                    if let Ok(id) = done {
+                        self.calls.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `Ok(true)` means the kernel asked us to shut down.
+    fn handle(&mut self, frame: Frame) -> Result<bool, ServeError> {
+        match frame.kind() {
+            FrameKind::Call => {
+                let call: KernelCall = frame.decode()?;
+                self.start_call(frame.call_id(), call)?;
+            }
+            FrameKind::Reply => {
+                let reply: HostReply = frame.decode()?;
+                self.link.complete(frame.call_id(), reply);
+            }
+            FrameKind::Cancel => {
+                if let Some(token) = self.calls.get(&frame.call_id()) {
+                    token.cancel();
+                }
+            }
+            FrameKind::Ping => {
+                let _ = self.link.send(OutFrame::empty(FrameKind::Pong, frame.call_id()));
+            }
+            FrameKind::Credit => {
+                let credit: Credit = frame.decode()?;
+                self.link.add_credit(credit.batches);
+            }
+            FrameKind::Shutdown => return Ok(true),
+            other => {
+                return Err(ServeError::Protocol(format!("unexpected {other:?} frame from hm")));
+            }
+        }
+        Ok(false)
+    }
+
+    fn start_call(&mut self, id: u64, call: KernelCall) -> Result<(), ServeError> {
+        match call {
+            KernelCall::Init(init) => {
+                if self.link.protocol < hm_ipc::handshake::INIT_SINCE {
+                    return Err(ServeError::Protocol(format!(
+                        "Init received on protocol {}, which does not have it",
+                        self.link.protocol
+                    )));
+                }
+                let reply = self.init(*init);
+                self.reply(id, &reply);
+            }
+            KernelCall::ExecuteStep(step) => self.execute(id, *step),
+        }
+        Ok(())
+    }
+
+    fn init(&self, init: Init) -> PluginReply {
+        let config = match serde_json::from_str(&init.config_json) {
+            Ok(config) => config,
+            Err(e) => return failed(format!("hm sent config that is not JSON: {e}")),
+        };
+        let info = InitInfo { config, pipeline: init.pipeline };
+        match &self.plugin.init {
+            None => PluginReply::Ready,
+            Some(check) => match check(&info) {
+                Ok(()) => PluginReply::Ready,
+                Err(message) => failed(message),
+            },
+        }
+    }
+
+    fn execute(&mut self, id: u64, step: ExecuteStep) {
+        let Some((_, executor)) = self.plugin.executor.clone() else {
+            self.reply(id, &failed(format!("plugin {} provides no executor", self.plugin.name)));
+            return;
+        };
+        let with = match serde_json::from_str(&step.with_json) {
+            Ok(with) => with,
+            Err(e) => {
+                self.reply(id, &failed(format!("`with` is not JSON: {e}")));
+                return;
+            }
+        };
+        let request = StepRequest {
+            step: step.step,
+            attempt: step.attempt,
+            run: step.run,
+            dir: step.dir.into(),
+            env: step.env.into_iter().map(|v| (v.name, v.value)).collect(),
+            image: step.image,
+            with,
+            grace: std::time::Duration::from_millis(step.grace_ms),
+        };
+        let token = CancellationToken::new();
+        self.calls.insert(id, token.clone());
+        let ctx = StepContext::new(self.link.clone(), id, token);
+        let link = self.link.clone();
+        self.tasks.spawn(async move {
+            let result = executor.execute(request, ctx.clone()).await;
+            // Output queued before the end goes out before the reply: no line is lost.
+            let flushed = ctx.flush().await;
+            let reply = match (result, flushed) {
+                (Ok(result), Ok(())) => PluginReply::StepDone(Box::new(result)),
+                (Err(e), _) => failed(e.to_string()),
+                (Ok(_), Err(e)) => failed(e.to_string()),
+            };
+            if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
+                let _ = link.send(frame);
+            }
+            id
+        });
+    }
+
+    fn reply(&self, id: u64, reply: &PluginReply) {
+        if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, reply) {
+            let _ = self.link.send(frame);
+        }
+    }
+}
+
+fn failed(message: String) -> PluginReply {
+    PluginReply::Failed(Box::new(CallFailure { message }))
+}
+
