@@ -1,0 +1,129 @@
+//! The command line (DESIGN §3): argument parsing, and each command mapped to its exit code.
+//! `main` stays thin; everything that can fail returns an exit code with the message printed.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::registry::Builtin;
+use crate::render::Format;
+use crate::{exit, run};
+
+#[derive(Debug, Parser)]
+#[command(name = "hm", version, about = "A crash-isolated pipeline runner", disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline (or the named steps and everything they need).
+    Run(RunArgs),
+    /// Check the pipeline file and report every problem.
+    Validate {
+        /// The pipeline file (default: hm.toml here or in a parent directory).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// Show the version, the protocol range and the isolation level.
+    Version,
+}
+
+/// `hm run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run only these steps and what they need.
+    #[arg(value_name = "STEP")]
+    pub steps: Vec<String>,
+    /// The pipeline file (default: hm.toml here or in a parent directory).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// How many steps may run at once (default: the pipeline's `parallelism`, else CPUs).
+    #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Keep going after a failure: independent branches finish.
+    #[arg(short = 'k', long = "keep-going")]
+    pub keep_going: bool,
+    /// Output format (github is the default when GITHUB_ACTIONS=true).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Stream every log line, even on a terminal.
+    #[arg(long)]
+    pub logs: bool,
+    /// Print the plan and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Set an environment variable for every step (wins over the file).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Deadline for the whole run (e.g. 90s, 5m, 1h30m); overrides the pipeline's.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// How long a cancelled step gets to stop before it is killed.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub grace: Duration,
+    /// No colours (also: NO_COLOR).
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let valid = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("{key:?} is not a valid environment variable name"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 5m, 1h30m)"))
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main(builtins: &[Builtin]) -> i32 {
+    install_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                _ => exit::USAGE,
+            };
+        }
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let color = crate::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
+            run::run(args, builtins, color)
+        }
+        Command::Validate { file } => run::validate(file, builtins),
+        Command::Version => {
+            println!("hm {}", env!("CARGO_PKG_VERSION"));
+            println!("protocol {}..={}", hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX);
+            let (level, reason) = run::isolation();
+            println!("isolation {} ({reason})", serde_json::to_value(level).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+            exit::OK
+        }
+    }
+}
+
+/// Diagnostics of hm itself go to stderr, filtered by `HM_LOG` (default: warnings).
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,215 @@
+//! Positioned problems in a pipeline file, and how they are printed:
+//! `hm.toml:12:5: error: unknown key `tmeout` in [steps.build]` plus an optional hint line.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem at one place in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as it should be displayed (as the user named it, not necessarily absolute).
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, counted in characters (not bytes), like the TOML parser's own messages.
+    pub col: usize,
+    /// What is wrong: a lowercase fragment.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a file, sorted by position, never empty when returned as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    /// Sorts by position so output reads top to bottom whatever order the checks ran in.
+    pub fn new(mut diagnostics: Vec<Diagnostic>) -> Self {
+        // Stable sort: two problems at one position keep the order they were found in.
+        diagnostics.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        Self(diagnostics)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl<'a> IntoIterator for &'a Diagnostics {
+    type Item = &'a Diagnostic;
+    type IntoIter = std::slice::Iter<'a, Diagnostic>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Turns byte offsets of one source text into 1-based line:col positions.
+pub(crate) struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset where each line starts; the first is always 0.
+    line_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { text, line_starts }
+    }
+
+    /// 1-based (line, col) of a byte offset; offsets past the end clamp to the end.
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        // partition_point gives the number of line starts <= offset, which is the 1-based line.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let line_start = self.line_starts[line - 1];
+        // A span never starts inside a UTF-8 sequence, but be safe: count whole characters only.
+        let col = self
+            .text
+            .get(line_start..offset)
+            .map_or(offset - line_start, |s| s.chars().count());
+        (line, col + 1)
+    }
+}
+
+/// Collects diagnostics for one file while a checker walks it.
+pub(crate) struct Reporter<'a> {
+    file: PathBuf,
+    index: LineIndex<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Reporter<'a> {
+    pub(crate) fn new(text: &'a str, file: &Path) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            index: LineIndex::new(text),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// "file:line:col" of a span's start, for `Step::location`.
+    pub(crate) fn location(&self, span: Option<Range<usize>>) -> String {
+        let (line, col) = self.index.position(span.map_or(0, |s| s.start));
+        format!("{}:{line}:{col}", self.file.display())
+    }
+
+    /// Records a problem. A missing span (which toml_edit only leaves on values it did not
+    /// parse) points at the top of the file rather than losing the problem.
+    pub(crate) fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let (line, col) = self.index.position(span.map_or(0, |s| s.start));
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.diagnostics.is_empty()
+    }
+
+    pub(crate) fn finish(self) -> Diagnostics {
+        Diagnostics::new(self.diagnostics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_count_characters() {
+        let text = "ab\n\nçd = 1\n";
+        let index = LineIndex::new(text);
+        assert_eq!(index.position(0), (1, 1));
+        assert_eq!(index.position(1), (1, 2));
+        assert_eq!(index.position(2), (1, 3));
+        assert_eq!(index.position(3), (2, 1));
+        assert_eq!(index.position(4), (3, 1));
+        // `ç` is two bytes but one column.
+        assert_eq!(index.position(6), (3, 2));
+        assert_eq!(index.position(text.len()), (4, 1));
+        assert_eq!(index.position(text.len() + 10), (4, 1));
+    }
+
+    #[test]
+    fn diagnostics_print_sorted_with_hints_indented() {
+        let at = |line, col, message: &str, hint: Option<&str>| Diagnostic {
+            file: PathBuf::from("hm.toml"),
+            line,
+            col,
+            message: message.to_owned(),
+            hint: hint.map(str::to_owned),
+        };
+        let diagnostics = Diagnostics::new(vec![
+            at(
+                12,
+                5,
+                "unknown key `tmeout` in [steps.build]",
+                Some("did you mean `timeout`?"),
+            ),
+            at(3, 9, "second at 3:9", None),
+            at(3, 1, "first", None),
+            at(3, 9, "third at 3:9", None),
+        ]);
+        assert_eq!(
+            diagnostics.to_string(),
+            "hm.toml:3:1: error: first\n\
+             hm.toml:3:9: error: second at 3:9\n\
+             hm.toml:3:9: error: third at 3:9\n\
+             hm.toml:12:5: error: unknown key `tmeout` in [steps.build]\n  \
+             hint: did you mean `timeout`?"
+        );
+    }
+}

@@ -1,0 +1,919 @@
+//! Data-driven tests of `hm.toml` validation: each case is the file's text and either the
+//! pipeline it means (rendered compactly) or every diagnostic it earns, exactly as printed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::*;
+
+/// The pipeline in a compact, stable text form: everything the parser decides, nothing
+/// machine-specific (paths are shown relative to the root).
+fn render(p: &Pipeline) -> String {
+    let duration = |d: Option<std::time::Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| humantime::format_duration(d).to_string(),
+        )
+    };
+    let env = |env: &std::collections::BTreeMap<String, String>| {
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{{{}}}", pairs.join(","))
+    };
+    let limits = |l: &Limits| {
+        let mut parts = Vec::new();
+        if let Some(m) = l.memory_bytes {
+            parts.push(format!("memory:{m}"));
+        }
+        if let Some(n) = l.pids {
+            parts.push(format!("pids:{n}"));
+        }
+        if let Some(c) = l.cpu {
+            parts.push(format!("cpu:{c}"));
+        }
+        if parts.is_empty() {
+            "-".to_owned()
+        } else {
+            parts.join(",")
+        }
+    };
+    let mut out = String::new();
+    let parallelism = p
+        .parallelism
+        .map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "pipeline {} timeout={} parallelism={parallelism} keep_going={} env={}",
+        p.name,
+        duration(p.timeout),
+        p.keep_going,
+        env(&p.env)
+    );
+    for (name, s) in &p.plugins {
+        let _ = writeln!(
+            out,
+            "plugin {name} limits={} restart={}/{} required={} handshake={} config={}",
+            limits(&s.limits),
+            s.restart.max,
+            humantime::format_duration(s.restart.within),
+            s.required,
+            humantime::format_duration(s.handshake_timeout),
+            s.config_json
+        );
+    }
+    // Locations name the file as the test passed it: a temporary path.
+    let file = p.file.display().to_string();
+    for s in &p.steps {
+        let location = s.location.replace(&file, "hm.toml");
+        let needs: Vec<&str> = s.needs.iter().map(|&i| p.steps[i].name.as_str()).collect();
+        let dir = s.dir.strip_prefix(&p.root).map_or_else(
+            |_| s.dir.display().to_string(),
+            |d| {
+                if d.as_os_str().is_empty() {
+                    ".".to_owned()
+                } else {
+                    d.display().to_string()
+                }
+            },
+        );
+        let _ = writeln!(
+            out,
+            "step {} at {} executor={} run={:?}\n  needs=[{}] dir={dir} env={} timeout={} \
+             allow_failure={} limits={} retry={}x{:?} image={} with={}",
+            s.name,
+            location,
+            s.executor,
+            s.run,
+            needs.join(","),
+            env(&s.env),
+            duration(s.timeout),
+            s.allow_failure,
+            limits(&s.limits),
+            s.retry.attempts,
+            s.retry.on,
+            s.image.as_deref().unwrap_or("-"),
+            s.with_json
+        );
+    }
+    out
+}
+
+/// Parses `text` as `<dir>/hm.toml` and renders the result; messages name the file `hm.toml`.
+fn outcome_in(dir: &Path, text: &str) -> String {
+    match parse_str(text, &dir.join("hm.toml")) {
+        Ok(pipeline) => render(&pipeline),
+        Err(diagnostics) => {
+            let shown = Diagnostics::new(
+                diagnostics
+                    .iter()
+                    .map(|d| Diagnostic {
+                        file: "hm.toml".into(),
+                        ..d.clone()
+                    })
+                    .collect(),
+            );
+            format!("{shown}\n")
+        }
+    }
+}
+
+#[track_caller]
+fn check_in(dir: &Path, text: &str, expected: &str) {
+    let actual = outcome_in(dir, text);
+    assert!(
+        actual == expected,
+        "\n--- input ---\n{text}\n--- expected ---\n{expected}--- actual ---\n{actual}-------------"
+    );
+}
+
+/// Most cases need no files on disk: the root is an empty temporary directory called `proj`.
+#[track_caller]
+fn check(text: &str, expected: &str) {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let root = tmp.path().join("proj");
+    std::fs::create_dir(&root).expect("create root");
+    check_in(&root, text, expected);
+}
+
+#[test]
+fn the_design_example_means_what_the_design_says() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let root = tmp.path().join("proj");
+    std::fs::create_dir_all(root.join("crates/core")).expect("create dirs");
+    check_in(
+        &root,
+        r#"
+[pipeline]
+name = "ci"
+timeout = "30m"
+parallelism = 4
+keep_going = false
+env = { CI = "true" }
+
+[defaults]
+executor = "shell"
+timeout = "10m"
+limits = { memory = "1GiB", pids = 512, cpu = 2.0 }
+retry = { attempts = 2, on = ["crash", "oom"] }
+
+[steps.fmt]
+run = "cargo fmt --check"
+
+[steps.test]
+run = "cargo test"
+needs = ["fmt"]
+dir = "crates/core"
+env = { RUST_BACKTRACE = "1" }
+timeout = "15m"
+allow_failure = true
+limits = { memory = "4GiB", pids = 1024, cpu = 1.5 }
+retry = { attempts = 3, on = ["exit:101", "timeout", "oom", "signal", "crash", "failed"] }
+
+[steps.image]
+image = "rust:1.80"
+run = "cargo build --release"
+needs = ["test"]
+with = { pull = "missing" }
+
+[plugins.docker]
+limits = { memory = "256MiB", pids = 64 }
+restart = { max = 3, within = "60s" }
+config = { host = "unix:///var/run/docker.sock" }
+required = false
+"#,
+        r#"pipeline ci timeout=30m parallelism=4 keep_going=false env={CI=true}
+plugin docker limits=memory:268435456,pids:64 restart=3/1m required=false handshake=10s config={"host":"unix:///var/run/docker.sock"}
+step fmt at hm.toml:15:1 executor=shell run="cargo fmt --check"
+  needs=[] dir=. env={CI=true} timeout=10m allow_failure=false limits=memory:1073741824,pids:512,cpu:2 retry=2x[Crash, Oom] image=- with={}
+step test at hm.toml:18:1 executor=shell run="cargo test"
+  needs=[fmt] dir=crates/core env={CI=true,RUST_BACKTRACE=1} timeout=15m allow_failure=true limits=memory:4294967296,pids:1024,cpu:1.5 retry=3x[Exit(101), Timeout, Oom, Signal, Crash, Failed] image=- with={}
+step image at hm.toml:28:1 executor=docker run="cargo build --release"
+  needs=[test] dir=. env={CI=true} timeout=10m allow_failure=false limits=memory:1073741824,pids:512,cpu:2 retry=2x[Crash, Oom] image=rust:1.80 with={"pull":"missing"}
+"#,
+    );
+}
+
+#[test]
+fn a_minimal_file_gets_every_default() {
+    check(
+        "[steps.build]\nrun = \"make\"\n",
+        "pipeline proj timeout=- parallelism=- keep_going=false env={}
+step build at hm.toml:1:1 executor=shell run=\"make\"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+",
+    );
+}
+
+#[test]
+fn steps_may_be_written_as_dotted_keys_or_inline_tables() {
+    check(
+        "steps.a.run = \"x\"\nsteps.b = { run = \"y\", needs = [\"a\"] }\n",
+        "pipeline proj timeout=- parallelism=- keep_going=false env={}
+step a at hm.toml:1:7 executor=shell run=\"x\"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+step b at hm.toml:2:11 executor=shell run=\"y\"
+  needs=[a] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+",
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_is_one_positioned_diagnostic() {
+    check(
+        "[steps.a]\nrun = \"x\"\ntimeout = = 3\n",
+        "hm.toml:3:11: error: invalid TOML: extra `=`, expected nothing
+  hint: the file must be valid TOML before the rest of it can be checked
+",
+    );
+    check(
+        "[steps.a]\nrun = \"x\"\nrun = \"y\"\n",
+        "hm.toml:3:1: error: invalid TOML: duplicate key
+  hint: the file must be valid TOML before the rest of it can be checked
+",
+    );
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_once_in_file_order() {
+    check(
+        r#"[pipeline]
+name = "ci"
+paralelism = 4
+
+[steps.build]
+run = "make"
+tmeout = "10m"
+needs = ["tset"]
+
+[steps.test]
+run = 42
+limits = { memory = "lots", pids = 0 }
+
+[step.deploy]
+run = "ship"
+"#,
+        "hm.toml:3:1: error: unknown key `paralelism` in [pipeline]
+  hint: did you mean `parallelism`?
+hm.toml:7:1: error: unknown key `tmeout` in [steps.build]
+  hint: did you mean `timeout`?
+hm.toml:8:10: error: step `build` needs unknown step `tset`
+  hint: did you mean `test`?
+hm.toml:11:7: error: `run` in [steps.test] must be a string, found an integer `42`
+  hint: quote it: `run = \"42\"`
+hm.toml:12:21: error: invalid size `lots` for `memory` in [steps.test.limits]: `lots` does not start with a number
+  hint: sizes look like \"512MiB\", \"1GiB\", \"1G\" or a number of bytes
+hm.toml:12:36: error: `pids` in [steps.test.limits] must be at least 1, found `0`
+  hint: leave `pids` out for no limit
+hm.toml:14:2: error: unknown table `[step]`
+  hint: did you mean `[steps]`?
+",
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_everywhere_with_a_hint() {
+    check(
+        r#"name = "top"
+[pipeline]
+nmae = "x"
+[defaults]
+run = "x"
+env = { A = "1" }
+excutor = "shell"
+colour = "red"
+[steps.a]
+run = "x"
+limits = { memroy = "1G" }
+retry = { attempts = 2, onn = ["oom"] }
+[plugins.p]
+restart = { mx = 1 }
+foo = 1
+[extra]
+"#,
+        "hm.toml:1:1: error: unknown key `name` at the top level
+  hint: `name` belongs in `[pipeline]`
+hm.toml:3:1: error: unknown key `nmae` in [pipeline]
+  hint: did you mean `name`?
+hm.toml:5:1: error: unknown key `run` in [defaults]
+  hint: `run` is set per step, in `[steps.<name>]`
+hm.toml:6:1: error: unknown key `env` in [defaults]
+  hint: set `env` for every step in `[pipeline]`, or per step
+hm.toml:7:1: error: unknown key `excutor` in [defaults]
+  hint: did you mean `executor`?
+hm.toml:8:1: error: unknown key `colour` in [defaults]
+  hint: expected one of `executor`, `timeout`, `limits` or `retry`
+hm.toml:11:12: error: unknown key `memroy` in [steps.a.limits]
+  hint: did you mean `memory`?
+hm.toml:12:25: error: unknown key `onn` in [steps.a.retry]
+  hint: did you mean `on`?
+hm.toml:14:13: error: unknown key `mx` in [plugins.p.restart]
+  hint: did you mean `max`?
+hm.toml:15:1: error: unknown key `foo` in [plugins.p]
+  hint: expected one of `limits`, `restart`, `config`, `required` or `handshake_timeout`
+hm.toml:16:2: error: unknown table `[extra]`
+  hint: the file has the tables `[pipeline]`, `[defaults]`, `[steps.<name>]` and `[plugins.<name>]`
+",
+    );
+}
+
+#[test]
+fn wrong_types_say_what_was_expected_and_what_was_found() {
+    check(
+        r#"[pipeline]
+name = ""
+timeout = 30
+parallelism = "4"
+keep_going = "true"
+env = "CI=true"
+[steps.a]
+run = ["make", "all"]
+needs = "b"
+dir = 7
+allow_failure = 1
+limits = "big"
+retry = 3
+executor = ""
+image = { name = "rust" }
+with = "pull"
+[steps.b]
+run = "x"
+timeout = "soon"
+limits = { cpu = "2", memory = -1 }
+retry = { attempts = 2, on = "oom" }
+[steps.c]
+run = "   "
+limits = { cpu = 0, memory = true }
+"#,
+        r#"hm.toml:2:8: error: `name` in [pipeline] must not be empty
+hm.toml:3:11: error: `timeout` in [pipeline] must be a duration string, found an integer `30`
+  hint: durations need a unit: `timeout = "30s"`
+hm.toml:4:15: error: `parallelism` in [pipeline] must be an integer, found a string `"4"`
+  hint: write it without quotes: `parallelism = 4`
+hm.toml:5:14: error: `keep_going` in [pipeline] must be true or false, found a string `"true"`
+  hint: write it without quotes: `keep_going = true`
+hm.toml:6:7: error: `env` in [pipeline] must be a table of strings, found a string `"CI=true"`
+  hint: write `env = { KEY = "value" }`
+hm.toml:8:7: error: `run` in [steps.a] must be a string, found an array `["make", "all"]`
+hm.toml:9:9: error: `needs` in [steps.a] must be an array of step names, found a string `"b"`
+  hint: write `needs = ["b"]`
+hm.toml:10:7: error: `dir` in [steps.a] must be a string, found an integer `7`
+  hint: quote it: `dir = "7"`
+hm.toml:11:17: error: `allow_failure` in [steps.a] must be true or false, found an integer `1`
+hm.toml:12:10: error: `limits` in [steps.a] must be a table, found a string `"big"`
+  hint: write `limits = { memory = "1GiB", pids = 512, cpu = 2.0 }`
+hm.toml:13:9: error: `retry` in [steps.a] must be a table, found an integer `3`
+  hint: write `retry = { attempts = 3, on = ["failed"] }`
+hm.toml:14:12: error: `executor` in [steps.a] must not be empty
+hm.toml:15:9: error: `image` in [steps.a] must be a string, found an inline table `{ name = "rust" }`
+hm.toml:16:8: error: `with` in [steps.a] must be a table, found a string `"pull"`
+  hint: write `with = { key = "value" }`
+hm.toml:19:11: error: invalid duration `soon` for `timeout` in [steps.b]: expected a number followed by a unit
+  hint: durations look like "90s", "5m" or "1h30m"
+hm.toml:20:18: error: `cpu` in [steps.b.limits] must be a number of cores, found a string `"2"`
+  hint: write it without quotes: `cpu = 2`
+hm.toml:20:32: error: `memory` in [steps.b.limits] must not be negative
+  hint: sizes look like "512MiB", "1GiB", "1G" or a number of bytes
+hm.toml:21:30: error: `on` in [steps.b.retry] must be an array of retry classes, found a string `"oom"`
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+hm.toml:23:7: error: `run` in [steps.c] must not be empty
+hm.toml:24:18: error: `cpu` in [steps.c.limits] must be a number of cores above 0
+  hint: leave `cpu` out for no limit
+hm.toml:24:30: error: `memory` in [steps.c.limits] must be a size, found a boolean `true`
+  hint: sizes look like "512MiB", "1GiB", "1G" or a number of bytes
+"#,
+    );
+}
+
+#[test]
+fn env_values_must_be_strings_and_secrets_are_not_supported_yet() {
+    check(
+        r#"[pipeline]
+env = { N = 1, OK = "yes", F = 1.5, "" = "empty", "A=B" = "x" }
+[steps.a]
+run = "x"
+env = { TOKEN = { secret = "GH_TOKEN" }, DEBUG = true, OTHER = { a = 1 } }
+"#,
+        r#"hm.toml:2:13: error: `N` in [pipeline.env] must be a string, found an integer `1`
+  hint: quote it: `N = "1"`
+hm.toml:2:32: error: `F` in [pipeline.env] must be a string, found a float `1.5`
+  hint: quote it: `F = "1.5"`
+hm.toml:2:37: error: invalid environment variable name `` in [pipeline.env]
+  hint: names must be non-empty and cannot contain `=` or NUL
+hm.toml:2:51: error: invalid environment variable name `A=B` in [pipeline.env]
+  hint: names must be non-empty and cannot contain `=` or NUL
+hm.toml:5:17: error: secrets (`{ secret = "NAME" }`) are not supported yet: `TOKEN` in [steps.a.env]
+  hint: pass the value at run time with `hm run -e KEY=VALUE` for now
+hm.toml:5:50: error: `DEBUG` in [steps.a.env] must be a string, found a boolean `true`
+  hint: quote it: `DEBUG = "true"`
+hm.toml:5:64: error: `OTHER` in [steps.a.env] must be a string, found an inline table `{ a = 1 }`
+"#,
+    );
+}
+
+#[test]
+fn step_env_overlays_the_pipeline_env() {
+    check(
+        r#"[pipeline]
+env = { A = "pipeline", B = "pipeline" }
+[steps.a]
+run = "x"
+env = { B = "step", C = "step" }
+[steps.b]
+run = "y"
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={A=pipeline,B=pipeline}
+step a at hm.toml:3:1 executor=shell run="x"
+  needs=[] dir=. env={A=pipeline,B=step,C=step} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+step b at hm.toml:6:1 executor=shell run="y"
+  needs=[] dir=. env={A=pipeline,B=pipeline} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn step_and_plugin_names_are_restricted_to_a_safe_alphabet() {
+    check(
+        r#"[steps."hello world"]
+run = "x"
+[steps."-v"]
+run = "x"
+[steps.".."]
+run = "x"
+[steps."ünï"]
+run = "x"
+[steps."ok-name_1.2"]
+run = "x"
+[plugins."a/b"]
+"#,
+        r#"hm.toml:1:8: error: invalid step name `hello world`
+  hint: names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`
+hm.toml:3:8: error: invalid step name `-v`
+  hint: names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`
+hm.toml:5:8: error: invalid step name `..`
+  hint: names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`
+hm.toml:7:8: error: invalid step name `\u{fc}n\u{ef}`
+  hint: names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`
+hm.toml:11:10: error: invalid plugin name `a/b`
+  hint: names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`
+"#,
+    );
+}
+
+#[test]
+fn needs_must_name_other_existing_steps() {
+    check(
+        r#"[steps.build]
+run = "x"
+needs = ["build", "tst", 3, "zzz"]
+[steps.test]
+run = "y"
+needs = ["build", "build"]
+"#,
+        r#"hm.toml:3:10: error: step `build` needs itself
+  hint: remove it from its own `needs`
+hm.toml:3:19: error: step `build` needs unknown step `tst`
+  hint: did you mean `test`?
+hm.toml:3:26: error: `needs` in [steps.build] must list step names as strings, found an integer `3`
+hm.toml:3:29: error: step `build` needs unknown step `zzz`
+  hint: steps in this file: `build` or `test`
+"#,
+    );
+}
+
+#[test]
+fn a_step_that_is_not_a_table_is_still_a_known_name() {
+    check(
+        r#"[steps]
+a = "echo hi"
+[[steps.b]]
+run = "x"
+[steps.c]
+run = "y"
+needs = ["a", "b"]
+"#,
+        r#"hm.toml:2:5: error: [steps.a] must be a table, found a string `"echo hi"`
+  hint: write `[steps.a]` on its own line, followed by `run = "..."`
+hm.toml:3:1: error: [steps.b] must be a table, found an array of tables
+  hint: write `[steps.b]` on its own line, followed by `run = "..."`
+"#,
+    );
+}
+
+#[test]
+fn a_cycle_is_reported_once_with_its_path_at_its_first_step() {
+    check(
+        r#"[steps.setup]
+run = "x"
+[steps.a]
+run = "x"
+needs = ["setup", "c"]
+[steps.b]
+run = "x"
+needs = ["a"]
+[steps.c]
+run = "x"
+needs = ["b"]
+"#,
+        "hm.toml:3:1: error: dependency cycle: a -> c -> b -> a
+  hint: `a -> b` means `a` needs `b`; remove one of these `needs` entries
+",
+    );
+}
+
+#[test]
+fn separate_cycles_are_each_reported() {
+    check(
+        r#"[steps.x]
+run = "x"
+needs = ["y"]
+[steps.p]
+run = "x"
+needs = ["q"]
+[steps.y]
+run = "x"
+needs = ["x"]
+[steps.q]
+run = "x"
+needs = ["p", "x"]
+"#,
+        "hm.toml:1:1: error: dependency cycle: x -> y -> x
+  hint: `a -> b` means `a` needs `b`; remove one of these `needs` entries
+hm.toml:4:1: error: dependency cycle: p -> q -> p
+  hint: `a -> b` means `a` needs `b`; remove one of these `needs` entries
+",
+    );
+}
+
+#[test]
+fn dir_must_be_an_existing_directory_inside_the_root() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let root = tmp.path().join("proj");
+    std::fs::create_dir_all(root.join("crates/core")).expect("create dirs");
+    std::fs::write(root.join("README"), "").expect("create file");
+    check_in(
+        &root,
+        r#"[steps.abs]
+run = "x"
+dir = "/tmp"
+[steps.up]
+run = "x"
+dir = "crates/../.."
+[steps.missing]
+run = "x"
+dir = "crates/nope"
+[steps.file]
+run = "x"
+dir = "README"
+[steps.empty]
+run = "x"
+dir = ""
+"#,
+        r#"hm.toml:3:7: error: `dir` in [steps.abs] must be a relative path, found `/tmp`
+  hint: paths in hm.toml are relative to the directory that holds it
+hm.toml:6:7: error: `dir` in [steps.up] leaves the pipeline's directory: `crates/../..`
+  hint: paths in hm.toml are relative to the directory that holds it
+hm.toml:9:7: error: `dir` in [steps.missing] does not exist: `crates/nope`
+  hint: create it or fix the path; paths in hm.toml are relative to the directory that holds it
+hm.toml:12:7: error: `dir` in [steps.file] is not a directory: `README`
+  hint: paths in hm.toml are relative to the directory that holds it
+hm.toml:15:7: error: `dir` in [steps.empty] must not be empty
+  hint: leave `dir` out to run in the pipeline's directory
+"#,
+    );
+    check_in(
+        &root,
+        r#"[steps.a]
+run = "x"
+dir = "./crates/../crates/core/"
+[steps.b]
+run = "x"
+dir = "."
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step a at hm.toml:1:1 executor=shell run="x"
+  needs=[] dir=crates/core env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+step b at hm.toml:4:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn a_pipeline_without_steps_is_an_error() {
+    check(
+        "",
+        r#"hm.toml:1:1: error: the pipeline has no steps
+  hint: add one: `[steps.build]` with `run = "..."`
+"#,
+    );
+    check(
+        "[pipeline]\nname = \"x\"\n[steps]\n",
+        r#"hm.toml:3:1: error: the pipeline has no steps
+  hint: add one: `[steps.build]` with `run = "..."`
+"#,
+    );
+    check(
+        "steps = 3\n",
+        r#"hm.toml:1:9: error: [steps] must be a table of steps, found an integer `3`
+  hint: write each step as `[steps.<name>]` followed by `run = "..."`
+"#,
+    );
+    check(
+        "[steps.a]\ndir = \".\"\n",
+        r#"hm.toml:1:1: error: step `a` has no `run`
+  hint: add the command to run: `run = "..."`
+"#,
+    );
+}
+
+#[test]
+fn defaults_merge_field_by_field_for_limits_and_whole_for_retry() {
+    check(
+        r#"[defaults]
+timeout = "10m"
+limits = { memory = "1GiB", pids = 512, cpu = 2 }
+retry = { attempts = 2, on = ["crash", "oom"] }
+[steps.inherits]
+run = "x"
+[steps.overrides]
+run = "x"
+timeout = "1h"
+limits = { memory = "4GiB" }
+retry = { attempts = 5, on = ["timeout"] }
+[steps.partial_retry]
+run = "x"
+retry = { attempts = 3 }
+limits.cpu = 0.5
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step inherits at hm.toml:5:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=10m allow_failure=false limits=memory:1073741824,pids:512,cpu:2 retry=2x[Crash, Oom] image=- with={}
+step overrides at hm.toml:7:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=1h allow_failure=false limits=memory:4294967296,pids:512,cpu:2 retry=5x[Timeout] image=- with={}
+step partial_retry at hm.toml:12:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=10m allow_failure=false limits=memory:1073741824,pids:512,cpu:0.5 retry=3x[Failed] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn executor_is_explicit_then_docker_for_an_image_then_defaults_then_shell() {
+    let steps = r#"
+[steps.explicit]
+run = "x"
+executor = "podman"
+image = "alpine"
+[steps.image]
+run = "x"
+image = "alpine"
+[steps.plain]
+run = "x"
+"#;
+    let executors = |text: &str| {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let pipeline = parse_str(text, &tmp.path().join("hm.toml")).expect("valid pipeline");
+        pipeline
+            .steps
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.executor))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(executors(steps), "explicit=podman image=docker plain=shell");
+    assert_eq!(
+        executors(&format!("[defaults]\nexecutor = \"remote\"\n{steps}")),
+        "explicit=podman image=docker plain=remote"
+    );
+}
+
+#[test]
+fn retry_policies_are_checked() {
+    check(
+        r#"[steps.a]
+run = "x"
+retry = { attempts = 0, on = ["oom"] }
+[steps.b]
+run = "x"
+retry = { attempts = 3, on = [] }
+[steps.c]
+run = "x"
+retry = { on = ["om", "exit:0", "exit", "bogus", 5] }
+[steps.d]
+run = "x"
+retry = { attempts = 1, on = [] }
+"#,
+        r#"hm.toml:3:22: error: `attempts` in [steps.a.retry] must be at least 1, found `0`
+hm.toml:6:30: error: `on` in [steps.b.retry] is empty, so no attempt after the first would ever run
+  hint: list the failures to retry on, or leave `on` out to retry on any failure
+hm.toml:9:9: error: `retry` in [steps.c] needs `attempts`
+  hint: `attempts` counts every try, the first included: `attempts = 2` retries once
+hm.toml:9:17: error: unknown retry class `om` in `on` in [steps.c.retry]
+  hint: did you mean `oom`?
+hm.toml:9:23: error: `exit:0` needs an exit code from 1 to 255 in `on` in [steps.c.retry]
+  hint: write `exit:N` with the exit code, e.g. `exit:101`
+hm.toml:9:33: error: unknown retry class `exit` in `on` in [steps.c.retry]
+  hint: write `exit:N` with the exit code, e.g. `exit:101`
+hm.toml:9:41: error: unknown retry class `bogus` in `on` in [steps.c.retry]
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+hm.toml:9:50: error: `on` in [steps.c.retry] must list retry classes as strings, found an integer `5`
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+"#,
+    );
+    check(
+        "[steps.a]\nrun = \"x\"\nretry = { attempts = 4, on = [\"oom\", \"exit:2\", \"oom\", \"pids\"] }\n",
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step a at hm.toml:1:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=4x[Oom, Exit(2), Pids] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn sizes_and_durations_in_context() {
+    check(
+        r#"[pipeline]
+timeout = "0s"
+[defaults]
+timeout = "1 fortnight"
+[steps.a]
+run = "x"
+timeout = 90
+limits = { memory = 0, pids = "12" }
+[steps.b]
+run = "x"
+limits = { memory = "12XB", cpu = nan }
+[steps.c]
+run = "x"
+timeout = "1h30m"
+limits = { memory = 1048576, cpu = 0.25 }
+"#,
+        r#"hm.toml:2:11: error: `timeout` in [pipeline] must be longer than zero
+  hint: leave `timeout` out for no deadline
+hm.toml:4:11: error: invalid duration `1 fortnight` for `timeout` in [defaults]: unknown unit `fortnight` (units: ms, s, m, h, d, w and their long forms)
+  hint: durations look like "90s", "5m" or "1h30m"
+hm.toml:7:11: error: `timeout` in [steps.a] must be a duration string, found an integer `90`
+  hint: durations need a unit: `timeout = "90s"`
+hm.toml:8:21: error: `memory` in [steps.a.limits] must be more than 0 bytes
+  hint: leave `memory` out for no limit
+hm.toml:8:31: error: `pids` in [steps.a.limits] must be an integer, found a string `"12"`
+  hint: write it without quotes: `pids = 12`
+hm.toml:11:21: error: invalid size `12XB` for `memory` in [steps.b.limits]: unknown unit `XB` (units: B, K, M, G, T, KiB, MiB, GiB, TiB)
+  hint: sizes look like "512MiB", "1GiB", "1G" or a number of bytes
+hm.toml:11:35: error: `cpu` in [steps.b.limits] must be a number of cores above 0
+  hint: leave `cpu` out for no limit
+"#,
+    );
+    check(
+        r#"[steps.c]
+run = "x"
+timeout = "1h30m"
+limits = { memory = 1048576, cpu = 0.25, pids = 9 }
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step c at hm.toml:1:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=1h 30m allow_failure=false limits=memory:1048576,pids:9,cpu:0.25 retry=1x[] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn plugin_settings_have_defaults_and_are_checked() {
+    check(
+        r#"[steps.a]
+run = "x"
+with = { list = [1, 2], nested = { deep = true } }
+[plugins.bare]
+[plugins.tuned]
+limits = { pids = 64 }
+restart = { max = 0 }
+config = { retries = 2 }
+required = true
+handshake_timeout = "30s"
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+plugin bare limits=- restart=3/1m required=false handshake=10s config={}
+plugin tuned limits=pids:64 restart=0/1m required=true handshake=30s config={"retries":2}
+step a at hm.toml:1:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={"list":[1,2],"nested":{"deep":true}}
+"#,
+    );
+    check(
+        r#"[steps.a]
+run = "x"
+with = { ratio = inf }
+[plugins]
+p = "docker"
+[plugins.q]
+restart = { max = -1, within = "0s" }
+config = "host=x"
+required = "yes"
+handshake_timeout = 10
+"#,
+        r#"hm.toml:3:18: error: `inf` in `with` in [steps.a] cannot be passed on: JSON has no such number
+  hint: use a finite number or a string
+hm.toml:5:5: error: [plugins.p] must be a table, found a string `"docker"`
+  hint: write `[plugins.p]` followed by its settings
+hm.toml:7:19: error: `max` in [plugins.q.restart] must be at least 0, found `-1`
+hm.toml:7:32: error: `within` in [plugins.q.restart] must be longer than zero
+  hint: use a window such as "60s"
+hm.toml:8:10: error: `config` in [plugins.q] must be a table, found a string `"host=x"`
+  hint: write `config = { key = "value" }`
+hm.toml:9:12: error: `required` in [plugins.q] must be true or false, found a string `"yes"`
+hm.toml:10:21: error: `handshake_timeout` in [plugins.q] must be a duration string, found an integer `10`
+  hint: durations need a unit: `handshake_timeout = "10s"`
+"#,
+    );
+}
+
+#[test]
+fn pipeline_settings_are_read_and_checked() {
+    check(
+        "[pipeline]\nname = \"nightly\"\nparallelism = 2\nkeep_going = true\n[steps.a]\nrun = \"x\"\n",
+        r#"pipeline nightly timeout=- parallelism=2 keep_going=true env={}
+step a at hm.toml:5:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+"#,
+    );
+    check(
+        "[pipeline]\nparallelism = 0\n[steps.a]\nrun = \"x\"\n",
+        r#"hm.toml:2:15: error: `parallelism` in [pipeline] must be at least 1, found `0`
+  hint: leave `parallelism` out to use the number of CPUs
+"#,
+    );
+    check(
+        "pipeline = \"ci\"\n[steps.a]\nrun = \"x\"\n",
+        r#"hm.toml:1:12: error: [pipeline] must be a table, found a string `"ci"`
+  hint: write `[pipeline]` on its own line, then its keys
+"#,
+    );
+}
+
+#[test]
+fn long_values_are_shortened_in_messages() {
+    check(
+        "[steps.a]\nrun = \"x\"\nneeds = { a = \"0123456789012345678901234567890123456789\" }\n",
+        r#"hm.toml:3:9: error: `needs` in [steps.a] must be an array of step names, found an inline table `{ a = "012345678901234567890123456789012…`
+  hint: write `needs = ["step", ...]`
+"#,
+    );
+}
+
+#[test]
+fn file_and_root_are_absolute_and_location_names_the_file_as_given() {
+    let pipeline = parse_str("[steps.a]\nrun = \"x\"\n", Path::new("sub/hm.toml")).expect("valid");
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(pipeline.file, cwd.join("sub/hm.toml"));
+    assert_eq!(pipeline.root, cwd.join("sub"));
+    assert_eq!(pipeline.name, "sub");
+    assert_eq!(pipeline.steps[0].dir, cwd.join("sub"));
+    assert_eq!(pipeline.steps[0].location, "sub/hm.toml:1:1");
+}
+
+#[test]
+fn load_reads_the_file_and_reports_what_went_wrong() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let missing = tmp.path().join("hm.toml");
+    match load(&missing) {
+        Err(err @ LoadError::Read { .. }) => {
+            assert_eq!(
+                err.to_string(),
+                format!("failed to read {}", missing.display())
+            );
+        }
+        other => panic!("expected a read error, got {other:?}"),
+    }
+
+    std::fs::write(&missing, "[steps.a]\nrun = 1\n").expect("write");
+    match load(&missing) {
+        Err(LoadError::Invalid(diagnostics)) => {
+            assert_eq!(diagnostics.len(), 1);
+            assert_eq!(diagnostics.0[0].file, missing);
+            assert_eq!((diagnostics.0[0].line, diagnostics.0[0].col), (2, 7));
+        }
+        other => panic!("expected diagnostics, got {other:?}"),
+    }
+
+    std::fs::write(&missing, "[steps.a]\nrun = \"x\"\n").expect("write");
+    let pipeline = load(&missing).expect("valid pipeline");
+    assert_eq!(pipeline.file, missing);
+    assert_eq!(pipeline.root, tmp.path());
+}
+
+#[test]
+fn the_pipeline_file_is_found_in_the_start_directory_or_its_parents() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let nested = tmp.path().join("a/b/c");
+    std::fs::create_dir_all(&nested).expect("create dirs");
+    // A directory called hm.toml is not a pipeline file.
+    std::fs::create_dir(tmp.path().join("a/b/hm.toml")).expect("create dir");
+    // What lies above the temporary directory is outside the test's control, so only
+    // require that nothing between `nested` and it was found.
+    assert_eq!(find_pipeline_file(&nested), find_pipeline_file(tmp.path()));
+
+    std::fs::write(tmp.path().join("a/hm.toml"), "").expect("write");
+    assert_eq!(
+        find_pipeline_file(&nested),
+        Some(tmp.path().join("a/hm.toml"))
+    );
+    std::fs::write(nested.join("hm.toml"), "").expect("write");
+    assert_eq!(find_pipeline_file(&nested), Some(nested.join("hm.toml")));
+}

@@ -1,0 +1,199 @@
+//! The run's event stream (DESIGN §4): everything the kernel observes becomes a `BuildEvent`,
+//! and renderers, hooks and `--format json` all consume the same values.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// One event of a run, wrapped with the fields every event carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope {
+    /// RFC 3339 timestamp with milliseconds.
+    pub ts: String,
+    pub run_id: String,
+    #[serde(flatten)]
+    pub event: BuildEvent,
+}
+
+impl Envelope {
+    pub fn now(run_id: &str, event: BuildEvent) -> Self {
+        Self {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            run_id: run_id.to_owned(),
+            event,
+        }
+    }
+}
+
+/// The event kinds of DESIGN §4. Field names are the JSON names.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BuildEvent {
+    BuildStart {
+        pipeline: String,
+        steps: usize,
+        parallelism: usize,
+        isolation: Isolation,
+        /// Why isolation is not better than it is; absent when it is the best available.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        isolation_reason: Option<String>,
+    },
+    StepQueued {
+        step: String,
+    },
+    StepStart {
+        step: String,
+        attempt: u32,
+        executor: String,
+        plugin_pid: u32,
+    },
+    StepLog {
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    StepRetry {
+        step: String,
+        /// The attempt that follows.
+        attempt: u32,
+        cause: Cause,
+    },
+    StepEnd(StepEnd),
+    PluginStart {
+        plugin: String,
+        pid: u32,
+        protocol: u32,
+    },
+    PluginExit {
+        plugin: String,
+        pid: u32,
+        clean: bool,
+        cause: Option<Cause>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
+    PluginRestart {
+        plugin: String,
+        restarts: u32,
+        max: u32,
+    },
+    BuildEnd {
+        status: BuildStatus,
+        exit_code: i32,
+        duration_ms: u64,
+        passed: usize,
+        failed: usize,
+        skipped: usize,
+        cancelled: usize,
+    },
+}
+
+/// The final word on one attempt of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepEnd {
+    pub step: String,
+    pub attempt: u32,
+    pub status: StepStatus,
+    pub cause: Option<Cause>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    /// A sentence for humans when the cause needs more than its name
+    /// ("no plugin provides executor \"foo\""); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// True when the step failed but `allow_failure` keeps the run green.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allowed_failure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    CgroupV2,
+    CgroupV1,
+    Rlimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Passed,
+    Failed,
+    Skipped,
+    Cancelled,
+    TimedOut,
+}
+
+/// Overall result of a run; same words as a step's status.
+pub type BuildStatus = StepStatus;
+
+/// Why a step or plugin ended the way it did (DESIGN §4, §7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Exit,
+    Signal,
+    Oom,
+    PidsLimit,
+    Timeout,
+    ExecutorCrash,
+    ProtocolError,
+    DependencyFailed,
+    HookAbort,
+    Cancelled,
+}
+
+impl Cause {
+    /// The cause in plain words, for the human summary.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Cause::Exit => "exited with a non-zero code",
+            Cause::Signal => "killed by a signal",
+            Cause::Oom => "out of memory",
+            Cause::PidsLimit => "hit its process limit",
+            Cause::Timeout => "timed out",
+            Cause::ExecutorCrash => "its executor crashed",
+            Cause::ProtocolError => "its plugin broke the protocol",
+            Cause::DependencyFailed => "a step it needs failed",
+            Cause::HookAbort => "aborted by a hook",
+            Cause::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Exit => "exit",
+            Cause::Signal => "signal",
+            Cause::Oom => "oom",
+            Cause::PidsLimit => "pids_limit",
+            Cause::Timeout => "timeout",
+            Cause::ExecutorCrash => "executor_crash",
+            Cause::ProtocolError => "protocol_error",
+            Cause::DependencyFailed => "dependency_failed",
+            Cause::HookAbort => "hook_abort",
+            Cause::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::TimedOut => "timed_out",
+        }
+    }
+}

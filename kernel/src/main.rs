@@ -1,0 +1,26 @@
+//! The `hm` binary: the kernel's command line, plus the built-in plugins, which run as
+//! separate processes by re-executing this binary as `hm __plugin NAME` (DESIGN §8.1).
+
+use std::process::ExitCode;
+
+use hm_kernel::registry::{BUILTIN_ENTRY, Builtin};
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == BUILTIN_ENTRY) {
+        let name = args.next().unwrap_or_default();
+        match name.to_str() {
+            Some(hm_plugin_shell::NAME) => hm_sdk::serve(hm_plugin_shell::plugin()),
+            _ => {
+                eprintln!("hm: no built-in plugin called {name:?}");
+                return ExitCode::from(hm_kernel::exit::PLUGIN as u8);
+            }
+        }
+    }
+    let builtins = [Builtin {
+        name: hm_plugin_shell::NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        capabilities: hm_plugin_shell::plugin().capabilities(),
+    }];
+    ExitCode::from(hm_kernel::cli::main(&builtins) as u8)
+}

@@ -1,0 +1,218 @@
+//! `hm run` and `hm validate`: find and load the pipeline, select the steps, resolve their
+//! executors, then either print the plan or hand everything to the scheduler.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use crate::cli::RunArgs;
+use crate::config::{self, LoadError, Pipeline};
+use crate::events::Isolation;
+use crate::registry::{Builtin, PluginSpec, Registry};
+use crate::render::{self, Format, RenderOptions};
+use crate::scheduler::{RunOptions, Scheduler};
+use crate::{dag, exit};
+
+/// The isolation this build provides, and why it is not better.
+pub fn isolation() -> (Isolation, &'static str) {
+    (
+        Isolation::Rlimit,
+        "steps are contained by process groups; cgroup limits are not implemented in this version",
+    )
+}
+
+pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
+    let pipeline = match load(args.file.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let selected = match dag::select(&pipeline, &args.steps) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let registry = Registry::discover(&pipeline.root, builtins);
+    for warning in &registry.warnings {
+        tracing::warn!("{warning}");
+    }
+    let executors = match resolve_executors(&pipeline, &selected, &registry) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let parallelism = args
+        .jobs
+        .map(|j| j as usize)
+        .or(pipeline.parallelism)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if args.dry_run {
+        print_plan(&pipeline, &selected, parallelism);
+        return exit::OK;
+    }
+    let format = args.format.unwrap_or_else(|| {
+        if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") { Format::Github } else { Format::Human }
+    });
+    let opts = RenderOptions { format, color, tty: std::io::stderr().is_terminal(), logs: args.logs };
+    let renderer = render::renderer(&opts, Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let (isolation, reason) = isolation();
+    let run_opts = RunOptions {
+        run_id: new_run_id(),
+        selected,
+        parallelism,
+        keep_going: args.keep_going || pipeline.keep_going,
+        timeout: args.timeout.or(pipeline.timeout),
+        grace: args.grace,
+        env_overrides: args.env,
+        executors,
+        isolation,
+        isolation_reason: Some(reason.to_owned()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    runtime.block_on(Scheduler::new(&pipeline, run_opts, renderer).run())
+}
+
+pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {
+    let pipeline = match load(file.as_deref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let all: Vec<usize> = (0..pipeline.steps.len()).collect();
+    let registry = Registry::discover(&pipeline.root, builtins);
+    if let Err(code) = resolve_executors(&pipeline, &all, &registry) {
+        return code;
+    }
+    println!("{}: ok ({} steps)", display(&pipeline.file), pipeline.steps.len());
+    exit::OK
+}
+
+fn load(file: Option<&Path>) -> Result<Pipeline, i32> {
+    let path = match file {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                eprintln!("error: cannot read the current directory: {e}");
+                exit::USAGE
+            })?;
+            config::find_pipeline_file(&cwd).ok_or_else(|| {
+                eprintln!(
+                    "error: no {} in {} or any parent directory\n  hint: create one, or pass -f PATH",
+                    config::FILE_NAME,
+                    cwd.display()
+                );
+                exit::USAGE
+            })?
+        }
+    };
+    config::load(&path).map_err(|e| {
+        match e {
+            LoadError::Invalid(diagnostics) => {
+                eprint!("{diagnostics}");
+                let n = diagnostics.len();
+                eprintln!("error: {} has {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
+            }
+            other => {
+                let source = std::error::Error::source(&other).map(|s| format!(": {s}")).unwrap_or_default();
+                eprintln!("error: {other}{source}");
+            }
+        }
+        exit::USAGE
+    })
+}
+
+/// The plugin serving each selected step, or exit 7 naming every step whose executor no
+/// plugin provides.
+fn resolve_executors(
+    pipeline: &Pipeline,
+    selected: &[usize],
+    registry: &Registry,
+) -> Result<HashMap<usize, PluginSpec>, i32> {
+    let mut found = HashMap::new();
+    let mut missing = Vec::new();
+    for &i in selected {
+        let step = &pipeline.steps[i];
+        match registry.executor(&step.executor) {
+            Some(spec) => {
+                found.insert(i, spec.clone());
+            }
+            None => missing.push(step),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(found);
+    }
+    for step in missing {
+        let why = if step.image.is_some() && step.executor == "docker" {
+            " (the step sets `image`, which selects the docker executor)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "{}: error: step {:?} uses executor {:?}, which no plugin provides{why}",
+            step.location, step.name, step.executor
+        );
+    }
+    let known = registry.executor_names();
+    eprintln!(
+        "  hint: available executors: {}; install a plugin that provides it into .hm/plugins/ or \
+         $XDG_DATA_HOME/hm/plugins/",
+        known.join(", ")
+    );
+    Err(exit::NO_EXECUTOR)
+}
+
+fn print_plan(pipeline: &Pipeline, selected: &[usize], parallelism: usize) {
+    println!(
+        "pipeline {:?}: {} step{}, parallelism {parallelism} (dry run: nothing is started)",
+        pipeline.name,
+        selected.len(),
+        if selected.len() == 1 { "" } else { "s" }
+    );
+    for (level, steps) in dag::levels(pipeline, selected).iter().enumerate() {
+        println!("level {level}:");
+        for &i in steps {
+            let step = &pipeline.steps[i];
+            let mut details = vec![format!("executor {}", step.executor)];
+            if let Some(image) = &step.image {
+                details.push(format!("image {image}"));
+            }
+            if let Some(m) = step.limits.memory_bytes {
+                details.push(format!("memory {}", crate::render::format_bytes(m)));
+            }
+            if let Some(p) = step.limits.pids {
+                details.push(format!("pids {p}"));
+            }
+            if let Some(c) = step.limits.cpu {
+                details.push(format!("cpu {c}"));
+            }
+            if let Some(t) = step.timeout {
+                details.push(format!("timeout {}", humantime::format_duration(t)));
+            }
+            if !step.needs.is_empty() {
+                let needs: Vec<&str> = step.needs.iter().map(|&n| pipeline.steps[n].name.as_str()).collect();
+                details.push(format!("needs {}", needs.join(", ")));
+            }
+            println!("  {}  ({})", step.name, details.join(", "));
+        }
+    }
+}
+
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", nanos as u64 & 0xffff_ffff_ffff, std::process::id())
+}
+
+fn display(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| path.display().to_string())
+}

@@ -1,0 +1,417 @@
+//! The kernel's end of one plugin process: spawn, handshake (with deadline and diagnostics),
+//! `Init` for v2 plugins, then validation of every frame and liveness pings until the plugin
+//! exits. It reports everything to the run loop as [`PluginEvent`]s and decides nothing about
+//! steps. A frame that fails validation is a protocol violation: the plugin is killed, the
+//! kernel carries on.
+
+use std::collections::VecDeque;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hm_ipc::messages::{
+    ArchivedLogBatch, Hello, HostCall, HostReply, Init, KernelCall, PluginReply, Reject,
+    StepResult, Welcome,
+};
+use hm_ipc::{FrameCodec, FrameKind, OutFrame};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use super::host_api::HostState;
+use super::spawn::{describe_spawn_error, plugin_command};
+use crate::config::PluginSettings;
+use crate::events::Stream;
+use crate::registry::PluginSpec;
+
+/// Log batches a plugin may have in flight; with [`MAX_BATCH_BYTES`] this bounds the memory a
+/// chatty step can make the kernel hold.
+pub const LOG_CREDIT: u32 = 8;
+pub const MAX_BATCH_BYTES: u32 = 256 * 1024;
+/// An idle plugin is pinged this often, and must answer within [`PING_DEADLINE`].
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a plugin may take to exit once its socket is closed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+const STDERR_TAIL: usize = 20;
+
+/// Identifies one incarnation of one plugin: restarts get a new generation, so late events of
+/// a dead instance are never mistaken for the new one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PluginKey {
+    pub index: usize,
+    pub generation: u32,
+}
+
+#[derive(Debug)]
+pub struct PluginEvent {
+    pub key: PluginKey,
+    pub kind: PluginEventKind,
+}
+
+#[derive(Debug)]
+pub enum PluginEventKind {
+    /// Handshake (and `Init`) done: calls may be sent through `writer`.
+    Ready { pid: u32, protocol: u32, writer: mpsc::UnboundedSender<OutFrame> },
+    /// The plugin could not be started; `message` says why in full.
+    StartFailed { message: String },
+    /// Output lines of the step running as call `call`. The run loop grants credit back.
+    Log { call: u64, lines: Vec<(Stream, String)> },
+    StepDone { call: u64, result: StepResult },
+    CallFailed { call: u64, message: String },
+    StepProcess { call: u64, pgid: i32 },
+    /// A diagnostic from the plugin itself.
+    Diagnostic { message: String },
+    Exited(PluginExit),
+}
+
+/// How a plugin process ended and why.
+#[derive(Debug)]
+pub struct PluginExit {
+    pub pid: u32,
+    pub status: Option<ExitStatus>,
+    /// Set when the kernel killed it for breaking the protocol.
+    pub violation: Option<String>,
+    /// Set when the kernel killed it for not answering pings.
+    pub hung: bool,
+    pub stderr_tail: Vec<String>,
+}
+
+/// Everything a connection task needs besides its plugin.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    pub run_id: String,
+    pub pipeline: String,
+    pub events: mpsc::UnboundedSender<PluginEvent>,
+    pub host: Arc<HostState>,
+}
+
+/// Starts the task that runs one plugin instance from spawn to exit.
+pub fn start_plugin(
+    key: PluginKey,
+    spec: PluginSpec,
+    settings: PluginSettings,
+    ctx: ConnectionContext,
+) {
+    tokio::spawn(async move {
+        let events = ctx.events.clone();
+        if let Err(message) = run_plugin(key, &spec, &settings, ctx).await {
+            let _ = events.send(PluginEvent { key, kind: PluginEventKind::StartFailed { message } });
+        }
+    });
+}
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+async fn run_plugin(
+    key: PluginKey,
+    spec: &PluginSpec,
+    settings: &PluginSettings,
+    ctx: ConnectionContext,
+) -> Result<(), String> {
+    let name = &spec.name;
+    let (kernel_end, plugin_end) =
+        hm_ipc::transport::socket_pair().map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
+    let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
+        .spawn()
+        .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
+    drop(plugin_end);
+    let pid = child.id().unwrap_or(0);
+    let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+    let mut capture = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        capture.push(tokio::spawn(capture_lines(stderr, tail.clone())));
+    }
+    if let Some(stdout) = child.stdout.take() {
+        capture.push(tokio::spawn(capture_lines(stdout, tail.clone())));
+    }
+
+    kernel_end.set_nonblocking(true).map_err(|e| format!("plugin {name}: {e}"))?;
+    let stream = UnixStream::from_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
+    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+
+    let handshake = tokio::time::timeout(
+        settings.handshake_timeout,
+        handshake(spec, settings, &ctx, &mut frames, &writer),
+    )
+    .await;
+    let protocol = match handshake {
+        Ok(Ok(protocol)) => protocol,
+        failed => {
+            let reason = match failed {
+                Ok(Err(reason)) => reason,
+                _ => format!(
+                    "did not complete the handshake within {}",
+                    humantime::format_duration(settings.handshake_timeout)
+                ),
+            };
+            kill_group(pid);
+            drop(writer);
+            let status = tokio::time::timeout(EXIT_GRACE, child.wait()).await.ok().and_then(Result::ok);
+            for task in capture {
+                let _ = tokio::time::timeout(EXIT_GRACE, task).await;
+            }
+            writer_task.abort();
+            return Err(start_failure(spec, &reason, status, &tail));
+        }
+    };
+    let send = |kind| {
+        let _ = ctx.events.send(PluginEvent { key, kind });
+    };
+    send(PluginEventKind::Ready { pid, protocol, writer: writer.clone() });
+
+    let mut violation = None;
+    let mut hung = false;
+    let mut last_heard = Instant::now();
+    let mut ping: Option<(u64, Instant)> = None;
+    let mut nonce = 0u64;
+    let mut ticker = tokio::time::interval(PING_INTERVAL / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = frames.next() => {
+                let frame = match frame {
+                    None => break,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => { violation = Some(e.to_string()); break; }
+                };
+                last_heard = Instant::now();
+                if let Err(e) = dispatch(spec, &ctx, &writer, &frame, &mut ping, &send) {
+                    violation = Some(e);
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                match ping {
+                    Some((_, deadline)) if now >= deadline => { hung = true; break; }
+                    None if now.duration_since(last_heard) >= PING_INTERVAL => {
+                        nonce += 1;
+                        let _ = writer.send(OutFrame::empty(FrameKind::Ping, nonce));
+                        ping = Some((nonce, now + PING_DEADLINE));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if violation.is_some() || hung {
+        kill_group(pid);
+    }
+    drop(writer);
+    let status = match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            kill_group(pid);
+            child.wait().await.ok()
+        }
+    };
+    // The plugin is gone; anything left in its process group goes with it.
+    kill_group(pid);
+    for task in capture {
+        let _ = tokio::time::timeout(EXIT_GRACE, task).await;
+    }
+    writer_task.abort();
+    let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    send(PluginEventKind::Exited(PluginExit { pid, status, violation, hung, stderr_tail }));
+    Ok(())
+}
+
+/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version.
+async fn handshake(
+    spec: &PluginSpec,
+    settings: &PluginSettings,
+    ctx: &ConnectionContext,
+    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+    writer: &mpsc::UnboundedSender<OutFrame>,
+) -> Result<u32, String> {
+    let frame = match frames.next().await {
+        None => return Err("exited or closed its socket before saying Hello".into()),
+        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
+        Some(Ok(frame)) => frame,
+    };
+    if frame.kind() != FrameKind::Hello {
+        return Err(format!("sent {:?} where Hello must come first", frame.kind()));
+    }
+    let hello: Hello = frame.decode().map_err(|e| format!("sent an invalid Hello: {e}"))?;
+    let reject = |reason: String| {
+        if let Ok(frame) = OutFrame::message(FrameKind::Reject, 0, &Reject { reason: reason.clone() }) {
+            let _ = writer.send(frame);
+        }
+        Err(reason)
+    };
+    let protocol = match hm_ipc::negotiate(
+        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
+        hello.protocol_min,
+        hello.protocol_max,
+    ) {
+        Ok(protocol) => protocol,
+        Err(reason) => return reject(reason),
+    };
+    if hello.name != spec.name {
+        return reject(format!(
+            "says its name is {:?} but its manifest says {:?}",
+            hello.name, spec.name
+        ));
+    }
+    let mut said = hello.capabilities.clone();
+    let mut declared = spec.capabilities.clone();
+    said.sort();
+    declared.sort();
+    if said != declared {
+        return reject(format!(
+            "declares capabilities [{}] but its manifest says [{}]",
+            said.join(", "),
+            declared.join(", ")
+        ));
+    }
+    let welcome = Welcome {
+        protocol,
+        run_id: ctx.run_id.clone(),
+        log_credit: LOG_CREDIT,
+        max_batch_bytes: MAX_BATCH_BYTES,
+    };
+    let frame = OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string())?;
+    writer.send(frame).map_err(|_| "connection closed".to_string())?;
+    if protocol < hm_ipc::handshake::INIT_SINCE {
+        return Ok(protocol);
+    }
+    let init = KernelCall::Init(Box::new(Init {
+        config_json: settings.config_json.clone(),
+        pipeline: ctx.pipeline.clone(),
+    }));
+    let frame = OutFrame::message(FrameKind::Call, 0, &init).map_err(|e| e.to_string())?;
+    writer.send(frame).map_err(|_| "connection closed".to_string())?;
+    loop {
+        let frame = match frames.next().await {
+            None => return Err("exited during Init".into()),
+            Some(Err(e)) => return Err(format!("sent an invalid frame during Init: {e}")),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.kind() {
+            FrameKind::Reply if frame.call_id() == 0 => {
+                return match frame.decode::<PluginReply>() {
+                    Ok(PluginReply::Ready) => Ok(protocol),
+                    Ok(PluginReply::Failed(f)) => {
+                        Err(format!("refused its configuration: {}", f.message))
+                    }
+                    Ok(other) => Err(format!("answered Init with {other:?}")),
+                    Err(e) => Err(format!("sent an invalid Init reply: {e}")),
+                };
+            }
+            // A diagnostic while initialising is fine; answer it so the plugin does not wait.
+            FrameKind::Call => {
+                if let Ok(HostCall::Log(record)) = frame.decode::<HostCall>() {
+                    tracing::info!(plugin = %spec.name, "{}", record.message);
+                }
+                let reply = OutFrame::message(FrameKind::Reply, frame.call_id(), &HostReply::Ok)
+                    .map_err(|e| e.to_string())?;
+                let _ = writer.send(reply);
+            }
+            other => return Err(format!("sent {other:?} during Init")),
+        }
+    }
+}
+
+/// Validates one frame after the handshake and turns it into an event or a host-API answer.
+fn dispatch(
+    spec: &PluginSpec,
+    ctx: &ConnectionContext,
+    writer: &mpsc::UnboundedSender<OutFrame>,
+    frame: &hm_ipc::Frame,
+    ping: &mut Option<(u64, Instant)>,
+    send: &impl Fn(PluginEventKind),
+) -> Result<(), String> {
+    let call = frame.call_id();
+    match frame.kind() {
+        FrameKind::LogBatch => {
+            let batch = frame.access::<ArchivedLogBatch>().map_err(|e| e.to_string())?;
+            let mut lines = Vec::with_capacity(batch.lines.len());
+            for line in batch.lines.iter() {
+                let stream = match line.stream {
+                    0 => Stream::Stdout,
+                    1 => Stream::Stderr,
+                    other => return Err(format!("log line with unknown stream {other}")),
+                };
+                lines.push((stream, line.text.as_str().to_owned()));
+            }
+            send(PluginEventKind::Log { call, lines });
+        }
+        FrameKind::Reply => match frame.decode::<PluginReply>().map_err(|e| e.to_string())? {
+            PluginReply::StepDone(result) => send(PluginEventKind::StepDone { call, result: *result }),
+            PluginReply::Failed(f) => send(PluginEventKind::CallFailed { call, message: f.message }),
+            PluginReply::Ready => return Err("sent Ready outside Init".into()),
+        },
+        FrameKind::Call => {
+            let reply = match frame.decode::<HostCall>().map_err(|e| e.to_string())? {
+                HostCall::Log(record) => {
+                    send(PluginEventKind::Diagnostic { message: record.message });
+                    HostReply::Ok
+                }
+                HostCall::KvGet(key) => ctx.host.get(&spec.name, &key),
+                HostCall::KvSet(write) => ctx.host.set(&spec.name, &write.key, write.value),
+                HostCall::ReadConfig => HostReply::Value(Box::new(None)),
+                HostCall::StepProcess(p) => {
+                    send(PluginEventKind::StepProcess { call: p.step_call, pgid: p.pgid });
+                    HostReply::Ok
+                }
+            };
+            let frame = OutFrame::message(FrameKind::Reply, call, &reply).map_err(|e| e.to_string())?;
+            let _ = writer.send(frame);
+        }
+        FrameKind::Pong => {
+            if ping.is_some_and(|(nonce, _)| nonce == call) {
+                *ping = None;
+            }
+        }
+        other => return Err(format!("sent a {other:?} frame, which only hm may send")),
+    }
+    Ok(())
+}
+
+async fn capture_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, tail: Tail) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!("plugin output: {line}");
+        if let Ok(mut tail) = tail.lock() {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+}
+
+fn kill_group(pid: u32) {
+    if pid > 0 {
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// The full story of a plugin that did not start: what went wrong, how it exited, and the
+/// last lines it wrote to stderr.
+fn start_failure(spec: &PluginSpec, reason: &str, status: Option<ExitStatus>, tail: &Tail) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let mut message = format!("plugin {} ({}) {reason}", spec.name, spec.origin);
+    match status {
+        Some(s) if s.code().is_some() => message.push_str(&format!("\n  exit status: {}", s.code().unwrap_or(0))),
+        Some(s) => message.push_str(&format!("\n  killed by signal {}", s.signal().unwrap_or(0))),
+        None => {}
+    }
+    let tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    if !tail.is_empty() {
+        message.push_str("\n  last lines of its output:");
+        for line in tail {
+            message.push_str("\n    ");
+            message.push_str(&line);
+        }
+    }
+    message
+}
