@@ -17,7 +17,7 @@ use crate::{dag, exit};
 pub fn isolation() -> (Isolation, &'static str) {
     (
         Isolation::Rlimit,
-        "steps are contained by process groups; cgroup limits are not implemented in this version",
+        "process groups only; cgroup limits are not implemented yet",
     )
 }
 
