@@ -85,12 +85,20 @@ impl OutFrame {
                 crate::INLINE_CAP
             )));
         }
-        Ok(Self { kind, call_id, payload })
+        Ok(Self {
+            kind,
+            call_id,
+            payload,
+        })
     }
 
     /// A frame whose meaning is all in its header (Ping, Pong, Cancel, Shutdown).
     pub fn empty(kind: FrameKind, call_id: u64) -> Self {
-        Self { kind, call_id, payload: AlignedVec::new() }
+        Self {
+            kind,
+            call_id,
+            payload: AlignedVec::new(),
+        }
     }
 
     /// The frame's exact bytes on the wire.

@@ -124,9 +124,16 @@ impl FrameHeader {
             return Err(FrameError::Reserved { flags, reserved });
         }
         if len as usize > INLINE_CAP {
-            return Err(FrameError::TooLarge { len: len.into(), cap: INLINE_CAP });
+            return Err(FrameError::TooLarge {
+                len: len.into(),
+                cap: INLINE_CAP,
+            });
         }
-        Ok(Self { kind, len, call_id: u64::from_le_bytes(id) })
+        Ok(Self {
+            kind,
+            len,
+            call_id: u64::from_le_bytes(id),
+        })
     }
 
     /// Payload plus padding: how many bytes follow the header on the wire.

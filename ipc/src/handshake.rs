@@ -11,11 +11,7 @@ pub const PROTOCOL_MAX: u32 = 2;
 pub const INIT_SINCE: u32 = 2;
 
 /// Picks the highest version both ranges contain, or says why there is none and what to do.
-pub fn negotiate(
-    ours: (u32, u32),
-    theirs_min: u32,
-    theirs_max: u32,
-) -> Result<u32, String> {
+pub fn negotiate(ours: (u32, u32), theirs_min: u32, theirs_max: u32) -> Result<u32, String> {
     let (min, max) = ours;
     if theirs_min > theirs_max {
         return Err(format!(

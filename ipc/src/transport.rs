@@ -40,7 +40,10 @@ pub fn socket_pair() -> std::io::Result<(StdUnixStream, StdUnixStream)> {
 /// inside the runtime with `tokio::net::UnixStream::from_std`.
 pub fn inherited() -> Result<StdUnixStream, TransportError> {
     let value = std::env::var(IPC_FD_ENV).map_err(|_| TransportError::NotSet)?;
-    let fd: RawFd = value.trim().parse().map_err(|_| TransportError::BadValue(value.clone()))?;
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .map_err(|_| TransportError::BadValue(value.clone()))?;
     if fd < 0 {
         return Err(TransportError::BadValue(value));
     }
@@ -48,9 +51,15 @@ pub fn inherited() -> Result<StdUnixStream, TransportError> {
         // SAFETY: the fd is only borrowed for the duration of the fstat call.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
     )
-    .map_err(|e| TransportError::NotASocket { fd, reason: e.to_string() })?;
+    .map_err(|e| TransportError::NotASocket {
+        fd,
+        reason: e.to_string(),
+    })?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(TransportError::NotASocket { fd, reason: "not a socket".into() });
+        return Err(TransportError::NotASocket {
+            fd,
+            reason: "not a socket".into(),
+        });
     }
     // SAFETY: fstat proved the fd is open, and the environment variable hands it to us: nothing
     // else in this process owns it. We remove the variable so nobody takes it twice.
@@ -58,8 +67,11 @@ pub fn inherited() -> Result<StdUnixStream, TransportError> {
     // SAFETY: the caller is still single-threaded (see the doc comment), so no other thread
     // reads the environment concurrently.
     unsafe { std::env::remove_var(IPC_FD_ENV) };
-    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(std::io::Error::from)?;
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(std::io::Error::from)?;
     let std_stream = StdUnixStream::from(owned);
     std_stream.set_nonblocking(true)?;
     Ok(std_stream)

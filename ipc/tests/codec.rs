@@ -8,7 +8,12 @@ use hm_ipc::{FrameCodec, FrameError, FrameKind, HEADER_LEN, INLINE_CAP, OutFrame
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 
 fn batch(n: usize) -> OutFrame {
-    let lines = (0..n).map(|i| LogLine { stream: 0, text: format!("line {i}") }).collect();
+    let lines = (0..n)
+        .map(|i| LogLine {
+            stream: 0,
+            text: format!("line {i}"),
+        })
+        .collect();
     OutFrame::message(FrameKind::LogBatch, 5, &LogBatch { lines }).expect("encode")
 }
 
@@ -26,11 +31,21 @@ fn a_partial_frame_is_not_an_error_until_eof() {
     let mut buf = BytesMut::new();
     for &byte in &wire[..wire.len() - 1] {
         buf.extend_from_slice(&[byte]);
-        assert!(codec.decode(&mut buf).expect("no error on partial input").is_none());
+        assert!(
+            codec
+                .decode(&mut buf)
+                .expect("no error on partial input")
+                .is_none()
+        );
     }
     buf.extend_from_slice(&wire[wire.len() - 1..]);
-    let frame = codec.decode(&mut buf).expect("decodes").expect("whole frame");
-    let archived = frame.access::<hm_ipc::messages::ArchivedLogBatch>().expect("valid");
+    let frame = codec
+        .decode(&mut buf)
+        .expect("decodes")
+        .expect("whole frame");
+    let archived = frame
+        .access::<hm_ipc::messages::ArchivedLogBatch>()
+        .expect("valid");
     assert_eq!(archived.lines.len(), 3);
     assert!(matches!(
         protocol_error(&wire[..wire.len() - 3]),
@@ -40,17 +55,29 @@ fn a_partial_frame_is_not_an_error_until_eof() {
 
 #[test]
 fn garbage_oversized_and_reserved_bits_are_violations() {
-    assert!(matches!(protocol_error(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), FrameError::BadMagic(_)));
+    assert!(matches!(
+        protocol_error(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        FrameError::BadMagic(_)
+    ));
     let mut big = OutFrame::empty(FrameKind::Ping, 1).to_wire();
     big[8..12].copy_from_slice(&((INLINE_CAP as u32) + 1).to_le_bytes());
     assert!(matches!(protocol_error(&big), FrameError::TooLarge { .. }));
     let mut kind = OutFrame::empty(FrameKind::Ping, 1).to_wire();
     kind[4] = 200;
-    assert!(matches!(protocol_error(&kind), FrameError::UnknownKind(200)));
+    assert!(matches!(
+        protocol_error(&kind),
+        FrameError::UnknownKind(200)
+    ));
     let mut flags = OutFrame::empty(FrameKind::Ping, 1).to_wire();
     flags[6] = 1;
-    assert!(matches!(protocol_error(&flags), FrameError::Reserved { .. }));
-    assert_eq!(OutFrame::empty(FrameKind::Ping, 1).to_wire().len(), HEADER_LEN);
+    assert!(matches!(
+        protocol_error(&flags),
+        FrameError::Reserved { .. }
+    ));
+    assert_eq!(
+        OutFrame::empty(FrameKind::Ping, 1).to_wire().len(),
+        HEADER_LEN
+    );
 }
 
 #[test]
@@ -86,7 +113,9 @@ async fn thousands_of_frames_cross_a_socket_in_order() {
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(a, FrameCodec::default());
         for i in 0..5000u64 {
-            sink.feed(OutFrame::empty(FrameKind::Ping, i)).await.expect("send");
+            sink.feed(OutFrame::empty(FrameKind::Ping, i))
+                .await
+                .expect("send");
         }
         sink.flush().await.expect("flush");
     });
@@ -96,7 +125,10 @@ async fn thousands_of_frames_cross_a_socket_in_order() {
         assert_eq!(frame.call_id(), i);
     }
     writer.await.expect("writer");
-    assert!(next(&mut stream).await.is_none(), "clean EOF after the last frame");
+    assert!(
+        next(&mut stream).await.is_none(),
+        "clean EOF after the last frame"
+    );
 }
 
 /// `FramedRead` is a `Stream`; poll it without another dependency.

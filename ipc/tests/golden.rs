@@ -29,14 +29,21 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         version: "0.1.0".into(),
         capabilities: vec!["executor:shell".into()],
     };
-    let welcome =
-        Welcome { protocol: 2, run_id: "r-0001".into(), log_credit: 16, max_batch_bytes: 65536 };
+    let welcome = Welcome {
+        protocol: 2,
+        run_id: "r-0001".into(),
+        log_credit: 16,
+        max_batch_bytes: 65536,
+    };
     let execute = KernelCall::ExecuteStep(Box::new(ExecuteStep {
         step: "build".into(),
         attempt: 1,
         run: "make".into(),
         dir: "/src".into(),
-        env: vec![EnvVar { name: "CI".into(), value: "true".into() }],
+        env: vec![EnvVar {
+            name: "CI".into(),
+            value: "true".into(),
+        }],
         image: None,
         with_json: "{}".into(),
         grace_ms: 10_000,
@@ -54,24 +61,51 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         peak_memory_bytes: Some(1 << 20),
         cpu_ms: Some(12),
     }));
-    let failed = PluginReply::Failed(Box::new(CallFailure { message: "bad config".into() }));
-    let log = HostCall::Log(Box::new(LogRecord { level: LogLevel::Warn, message: "careful".into() }));
+    let failed = PluginReply::Failed(Box::new(CallFailure {
+        message: "bad config".into(),
+    }));
+    let log = HostCall::Log(Box::new(LogRecord {
+        level: LogLevel::Warn,
+        message: "careful".into(),
+    }));
     let kv_set = HostCall::KvSet(Box::new(KvWrite {
-        key: KvKey { scope: KvScope::Run, step_call: 0, key: "k".into() },
+        key: KvKey {
+            scope: KvScope::Run,
+            step_call: 0,
+            key: "k".into(),
+        },
         value: Some("v".into()),
     }));
-    let step_process = HostCall::StepProcess(Box::new(StepProcess { step_call: 7, pgid: 4242 }));
+    let step_process = HostCall::StepProcess(Box::new(StepProcess {
+        step_call: 7,
+        pgid: 4242,
+    }));
     let value = HostReply::Value(Box::new(Some("v".into())));
     let batch = LogBatch {
         lines: vec![
-            LogLine { stream: 0, text: "compiling".into() },
-            LogLine { stream: 1, text: "warning: x".into() },
+            LogLine {
+                stream: 0,
+                text: "compiling".into(),
+            },
+            LogLine {
+                stream: 1,
+                text: "warning: x".into(),
+            },
         ],
     };
     vec![
         ("hello", frame(K::Hello, 0, &hello)),
         ("welcome", frame(K::Welcome, 0, &welcome)),
-        ("reject", frame(K::Reject, 0, &Reject { reason: "no".into() })),
+        (
+            "reject",
+            frame(
+                K::Reject,
+                0,
+                &Reject {
+                    reason: "no".into(),
+                },
+            ),
+        ),
         ("call_execute_step", frame(K::Call, 7, &execute)),
         ("call_init", frame(K::Call, 1, &init)),
         ("reply_step_done", frame(K::Reply, 7, &done)),
@@ -82,7 +116,10 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ("host_call_step_process", frame(K::Call, 4, &step_process)),
         ("host_reply_value", frame(K::Reply, 3, &value)),
         ("log_batch", frame(K::LogBatch, 7, &batch)),
-        ("credit", frame(K::Credit, 0, &hm_ipc::messages::Credit { batches: 4 })),
+        (
+            "credit",
+            frame(K::Credit, 0, &hm_ipc::messages::Credit { batches: 4 }),
+        ),
         ("cancel", OutFrame::empty(K::Cancel, 7)),
         ("ping", OutFrame::empty(K::Ping, 99)),
         ("pong", OutFrame::empty(K::Pong, 99)),

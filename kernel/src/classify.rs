@@ -49,7 +49,9 @@ impl Verdict {
 /// The verdict for a step stopped by the kernel, whatever the process reported.
 pub fn stopped(reason: StopReason) -> (StepStatus, Cause) {
     match reason {
-        StopReason::StepTimeout | StopReason::PipelineTimeout => (StepStatus::TimedOut, Cause::Timeout),
+        StopReason::StepTimeout | StopReason::PipelineTimeout => {
+            (StepStatus::TimedOut, Cause::Timeout)
+        }
         StopReason::UserCancel | StopReason::FailFast => (StepStatus::Cancelled, Cause::Cancelled),
     }
 }
@@ -82,7 +84,11 @@ pub fn classify(result: &StepResult, stop: Option<StopReason>) -> Verdict {
         (None, Some(signal)) => {
             verdict.status = StepStatus::Failed;
             verdict.cause = Some(Cause::Signal);
-            let core = if result.core_dumped { " (core dumped)" } else { "" };
+            let core = if result.core_dumped {
+                " (core dumped)"
+            } else {
+                ""
+            };
             verdict.message = Some(format!("killed by signal {}{core}", signal_name(signal)));
         }
         (None, None) => {
@@ -101,7 +107,9 @@ pub fn retry_matches(class: RetryClass, verdict: &Verdict) -> bool {
     }
     match class {
         RetryClass::Failed => true,
-        RetryClass::Exit(code) => verdict.cause == Some(Cause::Exit) && verdict.exit_code == Some(code),
+        RetryClass::Exit(code) => {
+            verdict.cause == Some(Cause::Exit) && verdict.exit_code == Some(code)
+        }
         RetryClass::Signal => verdict.cause == Some(Cause::Signal),
         RetryClass::Oom => verdict.cause == Some(Cause::Oom),
         RetryClass::Pids => verdict.cause == Some(Cause::PidsLimit),
@@ -122,14 +130,24 @@ mod tests {
     use super::*;
 
     fn result(exit_code: Option<i32>, signal: Option<i32>) -> StepResult {
-        StepResult { exit_code, signal, ..StepResult::default() }
+        StepResult {
+            exit_code,
+            signal,
+            ..StepResult::default()
+        }
     }
 
     #[test]
     fn exit_codes_and_signals_get_their_causes() {
-        assert_eq!(classify(&result(Some(0), None), None).status, StepStatus::Passed);
+        assert_eq!(
+            classify(&result(Some(0), None), None).status,
+            StepStatus::Passed
+        );
         let v = classify(&result(Some(3), None), None);
-        assert_eq!((v.status, v.cause, v.exit_code), (StepStatus::Failed, Some(Cause::Exit), Some(3)));
+        assert_eq!(
+            (v.status, v.cause, v.exit_code),
+            (StepStatus::Failed, Some(Cause::Exit), Some(3))
+        );
         let v = classify(&result(None, Some(9)), None);
         assert_eq!((v.cause, v.signal), (Some(Cause::Signal), Some(9)));
         assert!(v.message.unwrap_or_default().contains("SIGKILL"));
@@ -137,11 +155,21 @@ mod tests {
 
     #[test]
     fn a_kernel_stop_decides_the_verdict() {
-        let killed = StepResult { signal: Some(15), cancelled: true, ..StepResult::default() };
+        let killed = StepResult {
+            signal: Some(15),
+            cancelled: true,
+            ..StepResult::default()
+        };
         let v = classify(&killed, Some(StopReason::StepTimeout));
-        assert_eq!((v.status, v.cause), (StepStatus::TimedOut, Some(Cause::Timeout)));
+        assert_eq!(
+            (v.status, v.cause),
+            (StepStatus::TimedOut, Some(Cause::Timeout))
+        );
         let v = classify(&killed, Some(StopReason::UserCancel));
-        assert_eq!((v.status, v.cause), (StepStatus::Cancelled, Some(Cause::Cancelled)));
+        assert_eq!(
+            (v.status, v.cause),
+            (StepStatus::Cancelled, Some(Cause::Cancelled))
+        );
         // Finished cleanly just before the stop landed: still a pass.
         let v = classify(&result(Some(0), None), Some(StopReason::FailFast));
         assert_eq!(v.status, StepStatus::Passed);
@@ -151,7 +179,13 @@ mod tests {
     fn retry_classes_match_only_their_failures() {
         let exit3 = classify(&result(Some(3), None), None);
         let sig = classify(&result(None, Some(9)), None);
-        let timeout = Verdict { status: StepStatus::TimedOut, cause: Some(Cause::Timeout), exit_code: None, signal: None, message: None };
+        let timeout = Verdict {
+            status: StepStatus::TimedOut,
+            cause: Some(Cause::Timeout),
+            exit_code: None,
+            signal: None,
+            message: None,
+        };
         let crash = Verdict::failed(Cause::ExecutorCrash, "x");
         let pass = classify(&result(Some(0), None), None);
         let cases = [
@@ -167,7 +201,11 @@ mod tests {
             (RetryClass::Oom, &crash, false),
         ];
         for (class, verdict, expected) in cases {
-            assert_eq!(retry_matches(class, verdict), expected, "{class:?} vs {verdict:?}");
+            assert_eq!(
+                retry_matches(class, verdict),
+                expected,
+                "{class:?} vs {verdict:?}"
+            );
         }
     }
 }

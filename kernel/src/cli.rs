@@ -12,7 +12,12 @@ use crate::render::Format;
 use crate::{exit, run};
 
 #[derive(Debug, Parser)]
-#[command(name = "hm", version, about = "A crash-isolated pipeline runner", disable_help_subcommand = true)]
+#[command(
+    name = "hm",
+    version,
+    about = "A crash-isolated pipeline runner",
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,22 +100,35 @@ pub fn main(builtins: &[Builtin]) -> i32 {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
                 _ => exit::USAGE,
             };
         }
     };
     match cli.command {
         Command::Run(args) => {
-            let color = crate::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
+            let color =
+                crate::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
             run::run(args, builtins, color)
         }
         Command::Validate { file } => run::validate(file, builtins),
         Command::Version => {
             println!("hm {}", env!("CARGO_PKG_VERSION"));
-            println!("protocol {}..={}", hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX);
+            println!(
+                "protocol {}..={}",
+                hm_ipc::PROTOCOL_MIN,
+                hm_ipc::PROTOCOL_MAX
+            );
             let (level, reason) = run::isolation();
-            println!("isolation {} ({reason})", serde_json::to_value(level).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+            println!(
+                "isolation {} ({reason})",
+                serde_json::to_value(level)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            );
             exit::OK
         }
     }

@@ -24,7 +24,9 @@ pub struct PluginSpec {
 
 impl PluginSpec {
     pub fn executors(&self) -> impl Iterator<Item = &str> {
-        self.capabilities.iter().filter_map(|c| c.strip_prefix("executor:"))
+        self.capabilities
+            .iter()
+            .filter_map(|c| c.strip_prefix("executor:"))
     }
 }
 
@@ -79,7 +81,9 @@ impl Registry {
     }
 
     fn read_layer(&mut self, dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
@@ -96,20 +100,28 @@ impl Registry {
                         if previous.origin != "built-in" {
                             self.warnings.push(format!(
                                 "plugin {} {} in {} shadows {} in {}",
-                                spec.name, spec.version, spec.origin, previous.version, previous.origin
+                                spec.name,
+                                spec.version,
+                                spec.origin,
+                                previous.version,
+                                previous.origin
                             ));
                         }
                     }
                     self.plugins.insert(spec.name.clone(), spec);
                 }
-                Err(e) => self.warnings.push(format!("{}: {e}; skipped", path.display())),
+                Err(e) => self
+                    .warnings
+                    .push(format!("{}: {e}; skipped", path.display())),
             }
         }
     }
 
     /// The plugin providing executor `name`.
     pub fn executor(&self, name: &str) -> Option<&PluginSpec> {
-        self.plugins.values().find(|p| p.executors().any(|e| e == name))
+        self.plugins
+            .values()
+            .find(|p| p.executors().any(|e| e == name))
     }
 
     pub fn executor_names(&self) -> Vec<&str> {
@@ -127,8 +139,11 @@ fn user_data_dir() -> Option<PathBuf> {
 /// Reads `<bundle>/plugin.toml`.
 fn read_manifest(bundle: &Path) -> Result<PluginSpec, String> {
     let path = bundle.join("plugin.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read plugin.toml: {e}"))?;
-    let doc = text.parse::<toml_edit::DocumentMut>().map_err(|e| format!("plugin.toml: {e}"))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read plugin.toml: {e}"))?;
+    let doc = text
+        .parse::<toml_edit::DocumentMut>()
+        .map_err(|e| format!("plugin.toml: {e}"))?;
     let string = |key: &str| -> Result<String, String> {
         doc.get(key)
             .and_then(|v| v.as_str())
@@ -151,7 +166,11 @@ fn read_manifest(bundle: &Path) -> Result<PluginSpec, String> {
         .and_then(|v| v.as_array())
         .ok_or("plugin.toml: `capabilities` must be an array of strings")?
         .iter()
-        .map(|v| v.as_str().map(str::to_owned).ok_or("plugin.toml: capabilities must be strings"))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or("plugin.toml: capabilities must be strings")
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if executable.contains('/') {
         return Err("plugin.toml: `executable` must be a file name inside the bundle".into());

@@ -51,10 +51,23 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         return exit::OK;
     }
     let format = args.format.unwrap_or_else(|| {
-        if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") { Format::Github } else { Format::Human }
+        if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+            Format::Github
+        } else {
+            Format::Human
+        }
     });
-    let opts = RenderOptions { format, color, tty: std::io::stderr().is_terminal(), logs: args.logs };
-    let renderer = render::renderer(&opts, Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let opts = RenderOptions {
+        format,
+        color,
+        tty: std::io::stderr().is_terminal(),
+        logs: args.logs,
+    };
+    let renderer = render::renderer(
+        &opts,
+        Box::new(std::io::stdout()),
+        Box::new(std::io::stderr()),
+    );
     let (isolation, reason) = isolation();
     let run_opts = RunOptions {
         run_id: new_run_id(),
@@ -68,7 +81,10 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         isolation,
         isolation_reason: Some(reason.to_owned()),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -88,7 +104,11 @@ pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {
     if let Err(code) = resolve_executors(&pipeline, &all, &registry) {
         return code;
     }
-    println!("{}: ok ({} steps)", display(&pipeline.file), pipeline.steps.len());
+    println!(
+        "{}: ok ({} steps)",
+        display(&pipeline.file),
+        pipeline.steps.len()
+    );
     exit::OK
 }
 
@@ -115,10 +135,16 @@ fn load(file: Option<&Path>) -> Result<Pipeline, i32> {
             LoadError::Invalid(diagnostics) => {
                 eprint!("{diagnostics}");
                 let n = diagnostics.len();
-                eprintln!("error: {} has {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
+                eprintln!(
+                    "error: {} has {n} problem{}",
+                    path.display(),
+                    if n == 1 { "" } else { "s" }
+                );
             }
             other => {
-                let source = std::error::Error::source(&other).map(|s| format!(": {s}")).unwrap_or_default();
+                let source = std::error::Error::source(&other)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
                 eprintln!("error: {other}{source}");
             }
         }
@@ -195,7 +221,11 @@ fn print_plan(pipeline: &Pipeline, selected: &[usize], parallelism: usize) {
                 details.push(format!("timeout {}", humantime::format_duration(t)));
             }
             if !step.needs.is_empty() {
-                let needs: Vec<&str> = step.needs.iter().map(|&n| pipeline.steps[n].name.as_str()).collect();
+                let needs: Vec<&str> = step
+                    .needs
+                    .iter()
+                    .map(|&n| pipeline.steps[n].name.as_str())
+                    .collect();
                 details.push(format!("needs {}", needs.join(", ")));
             }
             println!("  {}  ({})", step.name, details.join(", "));
@@ -207,7 +237,11 @@ fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{:x}-{:x}", nanos as u64 & 0xffff_ffff_ffff, std::process::id())
+    format!(
+        "{:x}-{:x}",
+        nanos as u64 & 0xffff_ffff_ffff,
+        std::process::id()
+    )
 }
 
 fn display(path: &Path) -> String {

@@ -86,7 +86,10 @@ struct StepRun {
 enum PluginState {
     Idle,
     Starting,
-    Ready { pid: u32, writer: mpsc::UnboundedSender<OutFrame> },
+    Ready {
+        pid: u32,
+        writer: mpsc::UnboundedSender<OutFrame>,
+    },
     /// Started and gone; may be restarted within its budget.
     Exited,
     /// Will not be started again; the message says why.
@@ -129,7 +132,11 @@ pub struct Scheduler<'a> {
 }
 
 impl<'a> Scheduler<'a> {
-    pub fn new(pipeline: &'a Pipeline, opts: RunOptions, renderer: Box<dyn Renderer + Send>) -> Self {
+    pub fn new(
+        pipeline: &'a Pipeline,
+        opts: RunOptions,
+        renderer: Box<dyn Renderer + Send>,
+    ) -> Self {
         let mut plugins: Vec<PluginSlot> = Vec::new();
         let mut steps = Vec::new();
         let mut by_index = HashMap::new();
@@ -140,7 +147,11 @@ impl<'a> Scheduler<'a> {
                 None => {
                     plugins.push(PluginSlot {
                         spec: spec.clone(),
-                        settings: pipeline.plugins.get(&spec.name).cloned().unwrap_or_else(default_settings),
+                        settings: pipeline
+                            .plugins
+                            .get(&spec.name)
+                            .cloned()
+                            .unwrap_or_else(default_settings),
                         generation: 0,
                         state: PluginState::Idle,
                         pid: 0,
@@ -325,10 +336,13 @@ impl<'a> Scheduler<'a> {
         let step = &self.pipeline.steps[self.steps[i].index];
         let mut pending = false;
         for need in &step.needs {
-            let Some(&j) = self.by_index.get(need) else { continue };
+            let Some(&j) = self.by_index.get(need) else {
+                continue;
+            };
             let dep = &self.steps[j];
             match (&dep.state, &dep.verdict) {
-                (StepState::Done, Some(v)) if v.status == StepStatus::Passed || dep.allowed_failure => {}
+                (StepState::Done, Some(v))
+                    if v.status == StepStatus::Passed || dep.allowed_failure => {}
                 (StepState::Done, _) => return Needs::Failed,
                 _ => pending = true,
             }
@@ -352,8 +366,16 @@ impl<'a> Scheduler<'a> {
                     let slot = &mut self.plugins[p];
                     slot.restart_count += 1;
                     slot.restarts.push_back(Instant::now());
-                    let (plugin, restarts, max) = (slot.spec.name.clone(), slot.restart_count, slot.settings.restart.max);
-                    self.emit(BuildEvent::PluginRestart { plugin, restarts, max });
+                    let (plugin, restarts, max) = (
+                        slot.spec.name.clone(),
+                        slot.restart_count,
+                        slot.settings.restart.max,
+                    );
+                    self.emit(BuildEvent::PluginRestart {
+                        plugin,
+                        restarts,
+                        max,
+                    });
                     self.start_plugin(p);
                 } else {
                     let slot = &mut self.plugins[p];
@@ -378,7 +400,11 @@ impl<'a> Scheduler<'a> {
     fn restart_allowed(&mut self, p: usize) -> bool {
         let slot = &mut self.plugins[p];
         let now = Instant::now();
-        while slot.restarts.front().is_some_and(|t| now.duration_since(*t) > slot.settings.restart.within) {
+        while slot
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > slot.settings.restart.within)
+        {
             slot.restarts.pop_front();
         }
         (slot.restarts.len() as u32) < slot.settings.restart.max
@@ -389,7 +415,10 @@ impl<'a> Scheduler<'a> {
         slot.generation += 1;
         slot.state = PluginState::Starting;
         slot.shutdown_sent = false;
-        let key = PluginKey { index: p, generation: slot.generation };
+        let key = PluginKey {
+            index: p,
+            generation: slot.generation,
+        };
         let ctx = ConnectionContext {
             run_id: self.opts.run_id.clone(),
             pipeline: self.pipeline.name.clone(),
@@ -408,9 +437,15 @@ impl<'a> Scheduler<'a> {
             .env
             .iter()
             .filter(|(k, _)| !self.opts.env_overrides.iter().any(|(o, _)| o == *k))
-            .map(|(k, v)| EnvVar { name: k.clone(), value: v.clone() })
+            .map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: v.clone(),
+            })
             .collect();
-        env.extend(self.opts.env_overrides.iter().map(|(k, v)| EnvVar { name: k.clone(), value: v.clone() }));
+        env.extend(self.opts.env_overrides.iter().map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: v.clone(),
+        }));
         let request = KernelCall::ExecuteStep(Box::new(ExecuteStep {
             step: step_def.name.clone(),
             attempt: self.steps[i].attempt,
@@ -422,11 +457,17 @@ impl<'a> Scheduler<'a> {
             grace_ms: self.opts.grace.as_millis() as u64,
         }));
         let timeout = step_def.timeout;
-        let PluginState::Ready { pid, writer } = &self.plugins[p].state else { return };
+        let PluginState::Ready { pid, writer } = &self.plugins[p].state else {
+            return;
+        };
         let (pid, writer) = (*pid, writer.clone());
         let sent = OutFrame::message(FrameKind::Call, call, &request)
             .map_err(|e| e.to_string())
-            .and_then(|frame| writer.send(frame).map_err(|_| "plugin connection closed".to_string()));
+            .and_then(|frame| {
+                writer
+                    .send(frame)
+                    .map_err(|_| "plugin connection closed".to_string())
+            });
         let now = Instant::now();
         let step = &mut self.steps[i];
         step.state = StepState::Running;
@@ -435,8 +476,17 @@ impl<'a> Scheduler<'a> {
         step.deadline = timeout.map(|t| now + t);
         step.pgid = None;
         self.plugins[p].in_flight.insert(call, i);
-        let (name, attempt, executor) = (self.step_name(i).to_owned(), self.steps[i].attempt, step_def.executor.clone());
-        self.emit(BuildEvent::StepStart { step: name, attempt, executor, plugin_pid: pid });
+        let (name, attempt, executor) = (
+            self.step_name(i).to_owned(),
+            self.steps[i].attempt,
+            step_def.executor.clone(),
+        );
+        self.emit(BuildEvent::StepStart {
+            step: name,
+            attempt,
+            executor,
+            plugin_pid: pid,
+        });
         if let Err(message) = sent {
             // The exit event of the plugin will follow; end the step now with the reason.
             self.plugins[p].in_flight.remove(&call);
@@ -452,18 +502,35 @@ impl<'a> Scheduler<'a> {
             return;
         }
         match event.kind {
-            PluginEventKind::Ready { pid, protocol, writer } => {
+            PluginEventKind::Ready {
+                pid,
+                protocol,
+                writer,
+            } => {
                 let slot = &mut self.plugins[p];
                 slot.pid = pid;
                 slot.state = PluginState::Ready { pid, writer };
                 let plugin = slot.spec.name.clone();
-                self.emit(BuildEvent::PluginStart { plugin, pid, protocol });
+                self.emit(BuildEvent::PluginStart {
+                    plugin,
+                    pid,
+                    protocol,
+                });
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
                         if let Some(reason) = self.steps[i].stop {
                             let (status, cause) = stopped(reason);
                             self.steps[i].state = StepState::Running;
-                            self.end_attempt(i, Verdict { status, cause: Some(cause), exit_code: None, signal: None, message: None });
+                            self.end_attempt(
+                                i,
+                                Verdict {
+                                    status,
+                                    cause: Some(cause),
+                                    exit_code: None,
+                                    signal: None,
+                                    message: None,
+                                },
+                            );
                         } else {
                             self.send_execute(i);
                         }
@@ -484,19 +551,26 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::Log { call, lines } => {
                 if let Some(&i) = self.plugins[p].in_flight.get(&call) {
                     let step = self.step_name(i).to_owned();
-                    let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                    let ts =
+                        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
                     for (stream, line) in lines {
                         let envelope = Envelope {
                             ts: ts.clone(),
                             run_id: self.opts.run_id.clone(),
-                            event: BuildEvent::StepLog { step: step.clone(), stream, line },
+                            event: BuildEvent::StepLog {
+                                step: step.clone(),
+                                stream,
+                                line,
+                            },
                         };
                         let _ = self.renderer.event(&envelope);
                     }
                 }
                 // The batch is consumed: the plugin may send another.
                 if let PluginState::Ready { writer, .. } = &self.plugins[p].state {
-                    if let Ok(frame) = OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 }) {
+                    if let Ok(frame) =
+                        OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 })
+                    {
                         let _ = writer.send(frame);
                     }
                 }
@@ -512,9 +586,21 @@ impl<'a> Scheduler<'a> {
                     let verdict = match self.steps[i].stop {
                         Some(reason) => {
                             let (status, cause) = stopped(reason);
-                            Verdict { status, cause: Some(cause), exit_code: None, signal: None, message: Some(message) }
+                            Verdict {
+                                status,
+                                cause: Some(cause),
+                                exit_code: None,
+                                signal: None,
+                                message: Some(message),
+                            }
                         }
-                        None => Verdict::failed(Cause::Exit, format!("the {} executor could not run it: {message}", self.plugins[p].spec.name)),
+                        None => Verdict::failed(
+                            Cause::Exit,
+                            format!(
+                                "the {} executor could not run it: {message}",
+                                self.plugins[p].spec.name
+                            ),
+                        ),
                     };
                     self.end_attempt(i, verdict);
                 }
@@ -551,13 +637,23 @@ impl<'a> Scheduler<'a> {
         };
         let plugin = slot.spec.name.clone();
         let in_flight: Vec<(u64, usize)> = slot.in_flight.drain().collect();
-        self.emit(BuildEvent::PluginExit { plugin: plugin.clone(), pid: exit.pid, clean, cause, exit_code, signal });
+        self.emit(BuildEvent::PluginExit {
+            plugin: plugin.clone(),
+            pid: exit.pid,
+            clean,
+            cause,
+            exit_code,
+            signal,
+        });
         if !clean && !expected {
             let mut message = match (&exit.violation, exit.hung) {
                 (Some(v), _) => format!("plugin {plugin} broke the protocol and was killed: {v}"),
                 (None, true) => format!("plugin {plugin} stopped answering and was killed"),
                 _ => match (exit_code, signal) {
-                    (_, Some(s)) => format!("plugin {plugin} was killed by signal {}", crate::classify::signal_name(s)),
+                    (_, Some(s)) => format!(
+                        "plugin {plugin} was killed by signal {}",
+                        crate::classify::signal_name(s)
+                    ),
                     (Some(c), _) => format!("plugin {plugin} exited with code {c}"),
                     _ => format!("plugin {plugin} exited"),
                 },
@@ -567,7 +663,11 @@ impl<'a> Scheduler<'a> {
                 message.push_str(&exit.stderr_tail.join(" | "));
             }
             tracing::warn!("{message}");
-            let step_cause = if exit.violation.is_some() { Cause::ProtocolError } else { Cause::ExecutorCrash };
+            let step_cause = if exit.violation.is_some() {
+                Cause::ProtocolError
+            } else {
+                Cause::ExecutorCrash
+            };
             for (_, i) in in_flight {
                 // Kill what the dead plugin left of the step: it cannot be trusted to have.
                 if let Some(pgid) = self.steps[i].pgid {
@@ -576,7 +676,13 @@ impl<'a> Scheduler<'a> {
                 let verdict = match self.steps[i].stop {
                     Some(reason) => {
                         let (status, cause) = stopped(reason);
-                        Verdict { status, cause: Some(cause), exit_code: None, signal: None, message: None }
+                        Verdict {
+                            status,
+                            cause: Some(cause),
+                            exit_code: None,
+                            signal: None,
+                            message: None,
+                        }
                     }
                     None => Verdict::failed(step_cause, message.clone()),
                 };
@@ -602,7 +708,11 @@ impl<'a> Scheduler<'a> {
             && !self.failing_fast
             && !self.pipeline_timed_out
             && attempt < def.retry.attempts
-            && def.retry.on.iter().any(|class| retry_matches(*class, &verdict));
+            && def
+                .retry
+                .on
+                .iter()
+                .any(|class| retry_matches(*class, &verdict));
         let allowed = verdict.is_failure() && def.allow_failure && !retry;
         if allowed && verdict.message.is_none() {
             verdict.message = Some("failure allowed".into());
@@ -620,7 +730,10 @@ impl<'a> Scheduler<'a> {
             message: verdict.message.clone(),
             allowed_failure: allowed,
         }));
-        if matches!(self.steps[i].state, StepState::Running | StepState::Starting) {
+        if matches!(
+            self.steps[i].state,
+            StepState::Running | StepState::Starting
+        ) {
             self.running = self.running.saturating_sub(1);
         }
         let step = &mut self.steps[i];
@@ -633,7 +746,11 @@ impl<'a> Scheduler<'a> {
             step.attempt += 1;
             step.state = StepState::Waiting;
             let cause = verdict.cause.unwrap_or(Cause::Exit);
-            self.emit(BuildEvent::StepRetry { step: def.name.clone(), attempt: attempt + 1, cause });
+            self.emit(BuildEvent::StepRetry {
+                step: def.name.clone(),
+                attempt: attempt + 1,
+                cause,
+            });
             return;
         }
         step.state = StepState::Done;
@@ -650,7 +767,13 @@ impl<'a> Scheduler<'a> {
     fn finish_unstarted(&mut self, i: usize, status: StepStatus, cause: Cause) {
         let step = &mut self.steps[i];
         step.state = StepState::Done;
-        step.verdict = Some(Verdict { status, cause: Some(cause), exit_code: None, signal: None, message: None });
+        step.verdict = Some(Verdict {
+            status,
+            cause: Some(cause),
+            exit_code: None,
+            signal: None,
+            message: None,
+        });
         let name = self.step_name(i).to_owned();
         let attempt = self.steps[i].attempt;
         self.emit(BuildEvent::StepEnd(StepEnd {
@@ -675,7 +798,9 @@ impl<'a> Scheduler<'a> {
         let (status, cause) = match reason {
             StopReason::FailFast => (StepStatus::Skipped, Cause::DependencyFailed),
             StopReason::UserCancel => (StepStatus::Cancelled, Cause::Cancelled),
-            StopReason::PipelineTimeout | StopReason::StepTimeout => (StepStatus::Skipped, Cause::Timeout),
+            StopReason::PipelineTimeout | StopReason::StepTimeout => {
+                (StepStatus::Skipped, Cause::Timeout)
+            }
         };
         for i in 0..self.steps.len() {
             match self.steps[i].state {
@@ -706,7 +831,9 @@ impl<'a> Scheduler<'a> {
     fn on_interrupt(&mut self, count: u32) {
         self.user_cancelled = true;
         if count == 1 {
-            tracing::warn!("cancelling: waiting for steps to stop (press Ctrl-C again to kill now)");
+            tracing::warn!(
+                "cancelling: waiting for steps to stop (press Ctrl-C again to kill now)"
+            );
             self.stop_all(StopReason::UserCancel);
         } else {
             self.stop_all(StopReason::UserCancel);
@@ -722,7 +849,11 @@ impl<'a> Scheduler<'a> {
             }
         }
         for slot in &self.plugins {
-            if matches!(slot.state, PluginState::Ready { .. } | PluginState::Starting) && slot.pid > 0 {
+            if matches!(
+                slot.state,
+                PluginState::Ready { .. } | PluginState::Starting
+            ) && slot.pid > 0
+            {
                 let _ = killpg(Pid::from_raw(slot.pid as i32), Signal::SIGKILL);
             }
         }
@@ -734,7 +865,10 @@ impl<'a> Scheduler<'a> {
             self.pipeline_timed_out = true;
             self.pipeline_deadline = None;
             let timeout = self.opts.timeout.map(humantime::format_duration);
-            tracing::warn!("the pipeline timeout ({}) has passed: stopping", timeout.map(|t| t.to_string()).unwrap_or_default());
+            tracing::warn!(
+                "the pipeline timeout ({}) has passed: stopping",
+                timeout.map(|t| t.to_string()).unwrap_or_default()
+            );
             self.stop_all(StopReason::PipelineTimeout);
         }
         for i in 0..self.steps.len() {
@@ -772,8 +906,15 @@ impl<'a> Scheduler<'a> {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let steps = self.steps.iter().filter(|s| s.state == StepState::Running).flat_map(|s| [s.deadline, s.escalate_at]);
-        steps.chain([self.pipeline_deadline, self.shutdown_deadline]).flatten().min()
+        let steps = self
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Running)
+            .flat_map(|s| [s.deadline, s.escalate_at]);
+        steps
+            .chain([self.pipeline_deadline, self.shutdown_deadline])
+            .flatten()
+            .min()
     }
 
     // ---- the end ----
@@ -783,7 +924,9 @@ impl<'a> Scheduler<'a> {
     }
 
     fn plugins_gone(&self) -> bool {
-        self.plugins.iter().all(|p| !matches!(p.state, PluginState::Ready { .. } | PluginState::Starting))
+        self.plugins
+            .iter()
+            .all(|p| !matches!(p.state, PluginState::Ready { .. } | PluginState::Starting))
     }
 
     fn shut_down_plugins(&mut self) {

@@ -67,7 +67,10 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Self { attempts: 1, on: Vec::new() }
+        Self {
+            attempts: 1,
+            on: Vec::new(),
+        }
     }
 }
 
@@ -106,6 +109,9 @@ pub struct RestartBudget {
 
 impl Default for RestartBudget {
     fn default() -> Self {
-        Self { max: 3, within: Duration::from_secs(60) }
+        Self {
+            max: 3,
+            within: Duration::from_secs(60),
+        }
     }
 }

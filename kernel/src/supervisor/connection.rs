@@ -57,16 +57,36 @@ pub struct PluginEvent {
 #[derive(Debug)]
 pub enum PluginEventKind {
     /// Handshake (and `Init`) done: calls may be sent through `writer`.
-    Ready { pid: u32, protocol: u32, writer: mpsc::UnboundedSender<OutFrame> },
+    Ready {
+        pid: u32,
+        protocol: u32,
+        writer: mpsc::UnboundedSender<OutFrame>,
+    },
     /// The plugin could not be started; `message` says why in full.
-    StartFailed { message: String },
+    StartFailed {
+        message: String,
+    },
     /// Output lines of the step running as call `call`. The run loop grants credit back.
-    Log { call: u64, lines: Vec<(Stream, String)> },
-    StepDone { call: u64, result: StepResult },
-    CallFailed { call: u64, message: String },
-    StepProcess { call: u64, pgid: i32 },
+    Log {
+        call: u64,
+        lines: Vec<(Stream, String)>,
+    },
+    StepDone {
+        call: u64,
+        result: StepResult,
+    },
+    CallFailed {
+        call: u64,
+        message: String,
+    },
+    StepProcess {
+        call: u64,
+        pgid: i32,
+    },
     /// A diagnostic from the plugin itself.
-    Diagnostic { message: String },
+    Diagnostic {
+        message: String,
+    },
     Exited(PluginExit),
 }
 
@@ -101,7 +121,10 @@ pub fn start_plugin(
     tokio::spawn(async move {
         let events = ctx.events.clone();
         if let Err(message) = run_plugin(key, &spec, &settings, ctx).await {
-            let _ = events.send(PluginEvent { key, kind: PluginEventKind::StartFailed { message } });
+            let _ = events.send(PluginEvent {
+                key,
+                kind: PluginEventKind::StartFailed { message },
+            });
         }
     });
 }
@@ -131,7 +154,9 @@ async fn run_plugin(
         capture.push(tokio::spawn(capture_lines(stdout, tail.clone())));
     }
 
-    kernel_end.set_nonblocking(true).map_err(|e| format!("plugin {name}: {e}"))?;
+    kernel_end
+        .set_nonblocking(true)
+        .map_err(|e| format!("plugin {name}: {e}"))?;
     let stream = UnixStream::from_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
     let (read_half, write_half) = stream.into_split();
     let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
@@ -154,7 +179,10 @@ async fn run_plugin(
             };
             kill_group(pid);
             drop(writer);
-            let status = tokio::time::timeout(EXIT_GRACE, child.wait()).await.ok().and_then(Result::ok);
+            let status = tokio::time::timeout(EXIT_GRACE, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
             for task in capture {
                 let _ = tokio::time::timeout(EXIT_GRACE, task).await;
             }
@@ -165,7 +193,11 @@ async fn run_plugin(
     let send = |kind| {
         let _ = ctx.events.send(PluginEvent { key, kind });
     };
-    send(PluginEventKind::Ready { pid, protocol, writer: writer.clone() });
+    send(PluginEventKind::Ready {
+        pid,
+        protocol,
+        writer: writer.clone(),
+    });
 
     let mut violation = None;
     let mut hung = false;
@@ -219,8 +251,17 @@ async fn run_plugin(
         let _ = tokio::time::timeout(EXIT_GRACE, task).await;
     }
     writer_task.abort();
-    let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-    send(PluginEventKind::Exited(PluginExit { pid, status, violation, hung, stderr_tail }));
+    let stderr_tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    send(PluginEventKind::Exited(PluginExit {
+        pid,
+        status,
+        violation,
+        hung,
+        stderr_tail,
+    }));
     Ok(())
 }
 
@@ -238,11 +279,22 @@ async fn handshake(
         Some(Ok(frame)) => frame,
     };
     if frame.kind() != FrameKind::Hello {
-        return Err(format!("sent {:?} where Hello must come first", frame.kind()));
+        return Err(format!(
+            "sent {:?} where Hello must come first",
+            frame.kind()
+        ));
     }
-    let hello: Hello = frame.decode().map_err(|e| format!("sent an invalid Hello: {e}"))?;
+    let hello: Hello = frame
+        .decode()
+        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
     let reject = |reason: String| {
-        if let Ok(frame) = OutFrame::message(FrameKind::Reject, 0, &Reject { reason: reason.clone() }) {
+        if let Ok(frame) = OutFrame::message(
+            FrameKind::Reject,
+            0,
+            &Reject {
+                reason: reason.clone(),
+            },
+        ) {
             let _ = writer.send(frame);
         }
         Err(reason)
@@ -279,7 +331,9 @@ async fn handshake(
         max_batch_bytes: MAX_BATCH_BYTES,
     };
     let frame = OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string())?;
-    writer.send(frame).map_err(|_| "connection closed".to_string())?;
+    writer
+        .send(frame)
+        .map_err(|_| "connection closed".to_string())?;
     if protocol < hm_ipc::handshake::INIT_SINCE {
         return Ok(protocol);
     }
@@ -288,7 +342,9 @@ async fn handshake(
         pipeline: ctx.pipeline.clone(),
     }));
     let frame = OutFrame::message(FrameKind::Call, 0, &init).map_err(|e| e.to_string())?;
-    writer.send(frame).map_err(|_| "connection closed".to_string())?;
+    writer
+        .send(frame)
+        .map_err(|_| "connection closed".to_string())?;
     loop {
         let frame = match frames.next().await {
             None => return Err("exited during Init".into()),
@@ -332,7 +388,9 @@ fn dispatch(
     let call = frame.call_id();
     match frame.kind() {
         FrameKind::LogBatch => {
-            let batch = frame.access::<ArchivedLogBatch>().map_err(|e| e.to_string())?;
+            let batch = frame
+                .access::<ArchivedLogBatch>()
+                .map_err(|e| e.to_string())?;
             let mut lines = Vec::with_capacity(batch.lines.len());
             for line in batch.lines.iter() {
                 let stream = match line.stream {
@@ -345,25 +403,37 @@ fn dispatch(
             send(PluginEventKind::Log { call, lines });
         }
         FrameKind::Reply => match frame.decode::<PluginReply>().map_err(|e| e.to_string())? {
-            PluginReply::StepDone(result) => send(PluginEventKind::StepDone { call, result: *result }),
-            PluginReply::Failed(f) => send(PluginEventKind::CallFailed { call, message: f.message }),
+            PluginReply::StepDone(result) => send(PluginEventKind::StepDone {
+                call,
+                result: *result,
+            }),
+            PluginReply::Failed(f) => send(PluginEventKind::CallFailed {
+                call,
+                message: f.message,
+            }),
             PluginReply::Ready => return Err("sent Ready outside Init".into()),
         },
         FrameKind::Call => {
             let reply = match frame.decode::<HostCall>().map_err(|e| e.to_string())? {
                 HostCall::Log(record) => {
-                    send(PluginEventKind::Diagnostic { message: record.message });
+                    send(PluginEventKind::Diagnostic {
+                        message: record.message,
+                    });
                     HostReply::Ok
                 }
                 HostCall::KvGet(key) => ctx.host.get(&spec.name, &key),
                 HostCall::KvSet(write) => ctx.host.set(&spec.name, &write.key, write.value),
                 HostCall::ReadConfig => HostReply::Value(Box::new(None)),
                 HostCall::StepProcess(p) => {
-                    send(PluginEventKind::StepProcess { call: p.step_call, pgid: p.pgid });
+                    send(PluginEventKind::StepProcess {
+                        call: p.step_call,
+                        pgid: p.pgid,
+                    });
                     HostReply::Ok
                 }
             };
-            let frame = OutFrame::message(FrameKind::Reply, call, &reply).map_err(|e| e.to_string())?;
+            let frame =
+                OutFrame::message(FrameKind::Reply, call, &reply).map_err(|e| e.to_string())?;
             let _ = writer.send(frame);
         }
         FrameKind::Pong => {
@@ -397,15 +467,25 @@ fn kill_group(pid: u32) {
 
 /// The full story of a plugin that did not start: what went wrong, how it exited, and the
 /// last lines it wrote to stderr.
-fn start_failure(spec: &PluginSpec, reason: &str, status: Option<ExitStatus>, tail: &Tail) -> String {
+fn start_failure(
+    spec: &PluginSpec,
+    reason: &str,
+    status: Option<ExitStatus>,
+    tail: &Tail,
+) -> String {
     use std::os::unix::process::ExitStatusExt;
     let mut message = format!("plugin {} ({}) {reason}", spec.name, spec.origin);
     match status {
-        Some(s) if s.code().is_some() => message.push_str(&format!("\n  exit status: {}", s.code().unwrap_or(0))),
+        Some(s) if s.code().is_some() => {
+            message.push_str(&format!("\n  exit status: {}", s.code().unwrap_or(0)))
+        }
         Some(s) => message.push_str(&format!("\n  killed by signal {}", s.signal().unwrap_or(0))),
         None => {}
     }
-    let tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
     if !tail.is_empty() {
         message.push_str("\n  last lines of its output:");
         for line in tail {

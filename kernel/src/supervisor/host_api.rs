@@ -78,7 +78,12 @@ impl HostState {
 }
 
 fn mem_key(plugin: &str, scope: KvScope, key: &KvKey) -> (String, u8, u64, String) {
-    (plugin.to_owned(), scope as u8, key.step_call, key.key.clone())
+    (
+        plugin.to_owned(),
+        scope as u8,
+        key.step_call,
+        key.key.clone(),
+    )
 }
 
 fn check_key(key: &KvKey) -> Result<(), HostReply> {
@@ -98,8 +103,16 @@ fn state_file(plugin: &str) -> Option<PathBuf> {
         _ => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
     };
     // Plugin names are validated identifiers, but never let one name a path.
-    let safe: String =
-        plugin.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = plugin
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     Some(base.join("hm/kv").join(format!("{safe}.json")))
 }
 
@@ -113,7 +126,9 @@ fn load_plugin_scope(plugin: &str) -> BTreeMap<String, String> {
 /// Writes through a temp file and a rename, so a crash never leaves half a state file.
 fn store_plugin_scope(plugin: &str, map: &BTreeMap<String, String>) -> std::io::Result<()> {
     let path = state_file(plugin).ok_or_else(|| std::io::Error::other("no home directory"))?;
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("bad state path"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("bad state path"))?;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), plugin.len()));
     std::fs::write(&tmp, serde_json::to_vec(map)?)?;
