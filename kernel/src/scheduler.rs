@@ -519,18 +519,8 @@ impl<'a> Scheduler<'a> {
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
                         if let Some(reason) = self.steps[i].stop {
-                            let (status, cause) = stopped(reason);
                             self.steps[i].state = StepState::Running;
-                            self.end_attempt(
-                                i,
-                                Verdict {
-                                    status,
-                                    cause: Some(cause),
-                                    exit_code: None,
-                                    signal: None,
-                                    message: None,
-                                },
-                            );
+                            self.end_attempt(i, stopped_verdict(reason, None));
                         } else {
                             self.send_execute(i);
                         }
@@ -544,7 +534,11 @@ impl<'a> Scheduler<'a> {
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
                         self.steps[i].state = StepState::Running;
-                        self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message.clone()));
+                        let verdict = match self.steps[i].stop {
+                            Some(reason) => stopped_verdict(reason, None),
+                            None => Verdict::failed(Cause::ExecutorCrash, message.clone()),
+                        };
+                        self.end_attempt(i, verdict);
                     }
                 }
             }
@@ -584,16 +578,7 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::CallFailed { call, message } => {
                 if let Some(i) = self.plugins[p].in_flight.remove(&call) {
                     let verdict = match self.steps[i].stop {
-                        Some(reason) => {
-                            let (status, cause) = stopped(reason);
-                            Verdict {
-                                status,
-                                cause: Some(cause),
-                                exit_code: None,
-                                signal: None,
-                                message: Some(message),
-                            }
-                        }
+                        Some(reason) => stopped_verdict(reason, Some(message)),
                         None => Verdict::failed(
                             Cause::Exit,
                             format!(
@@ -674,16 +659,7 @@ impl<'a> Scheduler<'a> {
                     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                 }
                 let verdict = match self.steps[i].stop {
-                    Some(reason) => {
-                        let (status, cause) = stopped(reason);
-                        Verdict {
-                            status,
-                            cause: Some(cause),
-                            exit_code: None,
-                            signal: None,
-                            message: None,
-                        }
-                    }
+                    Some(reason) => stopped_verdict(reason, None),
                     None => Verdict::failed(step_cause, message.clone()),
                 };
                 self.end_attempt(i, verdict);
@@ -977,5 +953,17 @@ async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()
     match sig {
         Some(sig) => sig.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The verdict of a step the kernel stopped, when no process result says more.
+fn stopped_verdict(reason: StopReason, message: Option<String>) -> Verdict {
+    let (status, cause) = stopped(reason);
+    Verdict {
+        status,
+        cause: Some(cause),
+        exit_code: None,
+        signal: None,
+        message,
     }
 }

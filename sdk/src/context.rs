@@ -41,7 +41,12 @@ struct Pending {
 impl StepContext {
     pub(crate) fn new(link: Arc<Link>, call_id: u64, cancel: CancellationToken) -> Self {
         Self {
-            inner: Arc::new(Inner { link, call_id, cancel, batch: Mutex::new(Pending::default()) }),
+            inner: Arc::new(Inner {
+                link,
+                call_id,
+                cancel,
+                batch: Mutex::new(Pending::default()),
+            }),
         }
     }
 
@@ -61,7 +66,10 @@ impl StepContext {
         let full = {
             let mut pending = self.lock_batch();
             pending.bytes += text.len() + 8;
-            pending.lines.push(LogLine { stream: stream as u8, text });
+            pending.lines.push(LogLine {
+                stream: stream as u8,
+                text,
+            });
             pending.bytes >= self.inner.link.max_batch_bytes
         };
         if full { self.flush().await } else { Ok(()) }
@@ -77,12 +85,18 @@ impl StepContext {
         if lines.is_empty() {
             return Ok(());
         }
-        self.inner.link.send_batch(self.inner.call_id, &LogBatch { lines }).await
+        self.inner
+            .link
+            .send_batch(self.inner.call_id, &LogBatch { lines })
+            .await
     }
 
     /// A diagnostic from the plugin about this step, shown by hm (not step output).
     pub fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), StepError> {
-        self.inner.link.notify(&HostCall::Log(Box::new(LogRecord { level, message: message.into() })))
+        self.inner.link.notify(&HostCall::Log(Box::new(LogRecord {
+            level,
+            message: message.into(),
+        })))
     }
 
     /// Resolves when hm cancels this step (timeout, fail-fast, Ctrl-C).
@@ -97,16 +111,23 @@ impl StepContext {
     /// Tells hm the process group the step's processes run in, so hm can kill them itself if
     /// this plugin stops answering.
     pub fn report_process_group(&self, pgid: i32) -> Result<(), StepError> {
-        self.inner.link.notify(&HostCall::StepProcess(Box::new(StepProcess {
-            step_call: self.inner.call_id,
-            pgid,
-        })))
+        self.inner
+            .link
+            .notify(&HostCall::StepProcess(Box::new(StepProcess {
+                step_call: self.inner.call_id,
+                pgid,
+            })))
     }
 
     /// Reads a value from hm's key-value store.
     pub async fn kv_get(&self, scope: KvScope, key: &str) -> Result<Option<String>, StepError> {
         let key = self.key(scope, key);
-        match self.inner.link.call(&HostCall::KvGet(Box::new(key))).await? {
+        match self
+            .inner
+            .link
+            .call(&HostCall::KvGet(Box::new(key)))
+            .await?
+        {
             HostReply::Value(v) => Ok(*v),
             HostReply::Ok => Ok(None),
             HostReply::Error(e) => Err(StepError::Message(e.message)),
@@ -121,15 +142,28 @@ impl StepContext {
         value: Option<String>,
     ) -> Result<(), StepError> {
         let key = self.key(scope, key);
-        match self.inner.link.call(&HostCall::KvSet(Box::new(KvWrite { key, value }))).await? {
+        match self
+            .inner
+            .link
+            .call(&HostCall::KvSet(Box::new(KvWrite { key, value })))
+            .await?
+        {
             HostReply::Error(e) => Err(StepError::Message(e.message)),
             _ => Ok(()),
         }
     }
 
     fn key(&self, scope: KvScope, key: &str) -> KvKey {
-        let step_call = if scope == KvScope::Step { self.inner.call_id } else { 0 };
-        KvKey { scope, step_call, key: key.to_owned() }
+        let step_call = if scope == KvScope::Step {
+            self.inner.call_id
+        } else {
+            0
+        };
+        KvKey {
+            scope,
+            step_call,
+            key: key.to_owned(),
+        }
     }
 
     fn lock_batch(&self) -> std::sync::MutexGuard<'_, Pending> {

@@ -65,8 +65,16 @@ impl Link {
     }
 
     /// Sends one batch of step output, waiting for credit first.
-    pub(crate) async fn send_batch(&self, step_call: u64, batch: &LogBatch) -> Result<(), StepError> {
-        let permit = self.credit.acquire().await.map_err(|_| StepError::Disconnected)?;
+    pub(crate) async fn send_batch(
+        &self,
+        step_call: u64,
+        batch: &LogBatch,
+    ) -> Result<(), StepError> {
+        let permit = self
+            .credit
+            .acquire()
+            .await
+            .map_err(|_| StepError::Disconnected)?;
         permit.forget();
         let frame = OutFrame::message(FrameKind::LogBatch, step_call, batch)
             .map_err(|e| StepError::Message(e.to_string()))?;

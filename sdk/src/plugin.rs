@@ -137,12 +137,19 @@ impl Plugin {
 
     /// `executor:NAME`, ... as sent in `Hello`.
     pub fn capabilities(&self) -> Vec<String> {
-        self.executor.iter().map(|(name, _)| format!("executor:{name}")).collect()
+        self.executor
+            .iter()
+            .map(|(name, _)| format!("executor:{name}"))
+            .collect()
     }
 
     /// The `plugin.toml` this plugin would ship with, printed by `--hm-manifest`.
     pub fn manifest(&self, executable: &str) -> String {
-        let caps: Vec<String> = self.capabilities().iter().map(|c| format!("{c:?}")).collect();
+        let caps: Vec<String> = self
+            .capabilities()
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect();
         format!(
             "name = {:?}\nversion = {:?}\ndescription = {:?}\nexecutable = {:?}\n\
              protocol = {{ min = {}, max = {} }}\ncapabilities = [{}]\n",

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use hm_ipc::messages::{LogLevel, StepResult};
+use hm_ipc::messages::StepResult;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
@@ -34,8 +34,14 @@ pub fn shell_command(step: &StepRequest) -> Command {
 /// The command gets stdin from /dev/null, stdout and stderr piped, its own process group and
 /// SIGKILL as parent-death signal. On cancel the group gets SIGTERM, then SIGKILL once the
 /// step's grace period has passed.
-pub async fn run(mut cmd: Command, step: &StepRequest, ctx: &StepContext) -> Result<StepResult, StepError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+pub async fn run(
+    mut cmd: Command,
+    step: &StepRequest,
+    ctx: &StepContext,
+) -> Result<StepResult, StepError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd.process_group(0).kill_on_drop(true);
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
@@ -96,9 +102,10 @@ pub async fn run(mut cmd: Command, step: &StepRequest, ctx: &StepContext) -> Res
                 if let Some(pgid) = pgid {
                     leaked = kill_leftovers(pgid);
                     if leaked > 0 {
-                        ctx.log(LogLevel::Warn, format!(
-                            "killed {leaked} process(es) the step left running in the background"
-                        ))?;
+                        // Said in the step's own log, so every renderer and hook sees it.
+                        ctx.line(OutputStream::Stderr, format!(
+                            "hm: killed {leaked} process(es) the step left running in the background"
+                        )).await?;
                     }
                 }
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
@@ -140,7 +147,10 @@ pub async fn run(mut cmd: Command, step: &StepRequest, ctx: &StepContext) -> Res
 
 /// Reads once from an open pipe; `None` at end of file (or on a read error, which for a pipe
 /// means the same). A closed pipe never resolves, so `select!` ignores it.
-async fn read_some<R: tokio::io::AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(
+    pipe: &mut Option<R>,
+    buf: &mut [u8],
+) -> Option<usize> {
     match pipe {
         None => std::future::pending().await,
         Some(reader) => match reader.read(buf).await {
@@ -161,7 +171,9 @@ fn kill_leftovers(pgid: i32) -> u32 {
 
 /// Live (non-zombie) processes whose process group is `pgid`, from /proc.
 fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|entry| {
         let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -184,7 +196,11 @@ struct LineSplitter {
 
 impl LineSplitter {
     fn new(stream: OutputStream, max: usize) -> Self {
-        Self { stream, partial: Vec::new(), max: max.saturating_sub(64).max(256) }
+        Self {
+            stream,
+            partial: Vec::new(),
+            max: max.saturating_sub(64).max(256),
+        }
     }
 
     async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
 use hm_ipc::messages::{
-    CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall,
-    PluginReply, Reject, Welcome,
+    CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
+    Welcome,
 };
 use hm_ipc::{Frame, FrameCodec, FrameError, FrameKind, OutFrame};
 use thiserror::Error;
@@ -98,7 +98,8 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
     };
     let hello = OutFrame::message(FrameKind::Hello, 0, &hello)
         .map_err(|e| ServeError::Protocol(e.to_string()))?;
-    out.send(hello).map_err(|_| ServeError::ClosedDuringHandshake)?;
+    out.send(hello)
+        .map_err(|_| ServeError::ClosedDuringHandshake)?;
 
     let welcome: Welcome = match frames.next().await {
         None => return Err(ServeError::ClosedDuringHandshake),
@@ -106,7 +107,9 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
             let frame = frame?;
             match frame.kind() {
                 FrameKind::Welcome => frame.decode()?,
-                FrameKind::Reject => return Err(ServeError::Rejected(frame.decode::<Reject>()?.reason)),
+                FrameKind::Reject => {
+                    return Err(ServeError::Rejected(frame.decode::<Reject>()?.reason));
+                }
                 other => {
                     return Err(ServeError::Protocol(format!(
                         "expected Welcome or Reject, got {other:?}"
@@ -128,7 +131,12 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
         welcome.protocol,
     ));
 
-    let mut dispatcher = Dispatcher { plugin, link: link.clone(), calls: HashMap::new(), tasks: JoinSet::new() };
+    let mut dispatcher = Dispatcher {
+        plugin,
+        link: link.clone(),
+        calls: HashMap::new(),
+        tasks: JoinSet::new(),
+    };
     let result = dispatcher.run(&mut frames).await;
     // Whatever ended the loop, nothing may keep running: cancel every step (their helpers kill
     // their process groups) and wait for them.
@@ -202,7 +210,9 @@ impl Dispatcher {
                 }
             }
             FrameKind::Ping => {
-                let _ = self.link.send(OutFrame::empty(FrameKind::Pong, frame.call_id()));
+                let _ = self
+                    .link
+                    .send(OutFrame::empty(FrameKind::Pong, frame.call_id()));
             }
             FrameKind::Credit => {
                 let credit: Credit = frame.decode()?;
@@ -210,7 +220,9 @@ impl Dispatcher {
             }
             FrameKind::Shutdown => return Ok(true),
             other => {
-                return Err(ServeError::Protocol(format!("unexpected {other:?} frame from hm")));
+                return Err(ServeError::Protocol(format!(
+                    "unexpected {other:?} frame from hm"
+                )));
             }
         }
         Ok(false)
@@ -238,7 +250,10 @@ impl Dispatcher {
             Ok(config) => config,
             Err(e) => return failed(format!("hm sent config that is not JSON: {e}")),
         };
-        let info = InitInfo { config, pipeline: init.pipeline };
+        let info = InitInfo {
+            config,
+            pipeline: init.pipeline,
+        };
         match &self.plugin.init {
             None => PluginReply::Ready,
             Some(check) => match check(&info) {
@@ -250,7 +265,10 @@ impl Dispatcher {
 
     fn execute(&mut self, id: u64, step: ExecuteStep) {
         let Some((_, executor)) = self.plugin.executor.clone() else {
-            self.reply(id, &failed(format!("plugin {} provides no executor", self.plugin.name)));
+            self.reply(
+                id,
+                &failed(format!("plugin {} provides no executor", self.plugin.name)),
+            );
             return;
         };
         let with = match serde_json::from_str(&step.with_json) {
@@ -300,4 +318,3 @@ impl Dispatcher {
 fn failed(message: String) -> PluginReply {
     PluginReply::Failed(Box::new(CallFailure { message }))
 }
-
