@@ -544,20 +544,18 @@ impl<'a> Scheduler<'a> {
             }
             PluginEventKind::Log { call, lines } => {
                 if let Some(&i) = self.plugins[p].in_flight.get(&call) {
-                    let step = self.step_name(i).to_owned();
+                    let def = &self.pipeline.steps[self.steps[i].index];
+                    // One timestamp per batch: its lines arrived together.
                     let ts =
                         humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-                    for (stream, line) in lines {
-                        let envelope = Envelope {
-                            ts: ts.clone(),
-                            run_id: self.opts.run_id.clone(),
-                            event: BuildEvent::StepLog {
-                                step: step.clone(),
-                                stream,
-                                line,
-                            },
-                        };
-                        let _ = self.renderer.event(&envelope);
+                    for (stream, line) in &lines {
+                        let _ = self.renderer.step_log(
+                            &ts,
+                            &self.opts.run_id,
+                            &def.name,
+                            *stream,
+                            line,
+                        );
                     }
                 }
                 // The batch is consumed: the plugin may send another.

@@ -205,10 +205,12 @@ impl LineSplitter {
 
     async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
         while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
-            let line = if self.partial.is_empty() {
+            let line = if self.partial.is_empty() && pos <= self.max {
                 text(&bytes[..pos])
             } else {
+                // The end of a line that began in an earlier read may still make it too long.
                 self.partial.extend_from_slice(&bytes[..pos]);
+                self.split_long(ctx).await?;
                 let line = text(&self.partial);
                 self.partial.clear();
                 line
@@ -217,11 +219,18 @@ impl LineSplitter {
             bytes = &bytes[pos + 1..];
         }
         self.partial.extend_from_slice(bytes);
-        while self.partial.len() >= self.max {
-            let rest = self.partial.split_off(self.max);
-            let line = text(&self.partial);
+        self.split_long(ctx).await
+    }
+
+    /// Sends the front of a line longer than `max` as pieces of at most `max` bytes. A piece
+    /// of exactly `max` waits: if the line ends there, it is one line, not a piece and an
+    /// empty line.
+    async fn split_long(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+        while self.partial.len() > self.max {
+            let rest = self.partial.split_off(cut_at(&self.partial, self.max));
+            let piece = String::from_utf8_lossy(&self.partial).into_owned();
             self.partial = rest;
-            ctx.line(self.stream, line).await?;
+            ctx.line(self.stream, piece).await?;
         }
         Ok(())
     }
@@ -237,7 +246,22 @@ impl LineSplitter {
     }
 }
 
+/// Where to cut `bytes` (longer than `max`) so the piece before the cut is at most `max`
+/// bytes and no UTF-8 character is cut in two; text that is not UTF-8 is cut at `max`.
+fn cut_at(bytes: &[u8], max: usize) -> usize {
+    // A continuation byte (0b10xx_xxxx) at the cut means a character straddles it; characters
+    // are at most 4 bytes long.
+    (max.saturating_sub(3).max(1)..=max)
+        .rev()
+        .find(|&at| bytes[at] & 0xC0 != 0x80)
+        .unwrap_or(max)
+}
+
 fn text(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    String::from_utf8_lossy(bytes).into_owned()
+    // The strict check is much faster than the lossy one, and almost all output is valid.
+    match std::str::from_utf8(bytes) {
+        Ok(valid) => valid.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }

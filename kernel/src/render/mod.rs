@@ -35,7 +35,7 @@ mod test_support;
 
 use std::io::{self, Write};
 
-use crate::events::Envelope;
+use crate::events::{Envelope, Stream};
 
 pub use style::color_enabled;
 
@@ -43,6 +43,26 @@ pub use style::color_enabled;
 pub trait Renderer {
     /// Called for every event, in order. Must be cheap for StepLog: a run may emit millions.
     fn event(&mut self, ev: &Envelope) -> io::Result<()>;
+    /// One line of step output: the same as `event` with a `StepLog`, without building one.
+    /// Steps can print millions of lines, so renderers override this to skip the allocations.
+    fn step_log(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        line: &str,
+    ) -> io::Result<()> {
+        self.event(&Envelope {
+            ts: ts.to_owned(),
+            run_id: run_id.to_owned(),
+            event: crate::events::BuildEvent::StepLog {
+                step: step.to_owned(),
+                stream,
+                line: line.to_owned(),
+            },
+        })
+    }
     /// Called every ~100 ms while the run is live (redraw the live view; may do nothing).
     fn tick(&mut self) -> io::Result<()>;
     /// Called after each batch of events and before exit: push buffered output out.

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use crate::events::{BuildEvent, Envelope};
+use crate::events::{BuildEvent, Envelope, Stream};
 
 use super::Renderer;
 use super::output::Output;
@@ -66,6 +66,24 @@ impl Renderer for PlainRenderer {
             }
         }
         self.out.write_all(self.line.as_bytes())
+    }
+
+    fn step_log(
+        &mut self,
+        _ts: &str,
+        _run_id: &str,
+        step: &str,
+        _stream: Stream,
+        line: &str,
+    ) -> io::Result<()> {
+        if self.out.is_closed() {
+            return Ok(());
+        }
+        self.out.write_all(b"[")?;
+        self.out.write_all(step.as_bytes())?;
+        self.out.write_all(b"] ")?;
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")
     }
 
     fn tick(&mut self) -> io::Result<()> {
