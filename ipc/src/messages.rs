@@ -191,14 +191,24 @@ pub enum HostReply {
 /// the `ExecuteStep` call). v1.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogBatch {
-    pub lines: Vec<LogLine>,
+    pub chunks: Vec<LogChunk>,
 }
 
+/// Consecutive whole lines of one stream. Lines are joined with `\n` and the text has no
+/// trailing newline, so `""` is one empty line and `"a\n\nb"` is three lines. Carrying runs of
+/// lines instead of single lines keeps the per-line cost on both sides to a newline search.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
+pub struct LogChunk {
     /// 0 stdout, 1 stderr.
     pub stream: u8,
     pub text: String,
+}
+
+impl ArchivedLogChunk {
+    /// The lines of this chunk.
+    pub fn lines(&self) -> std::str::Split<'_, char> {
+        self.text.as_str().split('\n')
+    }
 }
 
 /// More log batches the plugin may send (`FrameKind::Credit`). v1.

@@ -3,18 +3,18 @@
 use bytes::BytesMut;
 use futures_util::SinkExt;
 use hm_ipc::codec::{WireError, decode_all};
-use hm_ipc::messages::{KernelCall, LogBatch, LogLine, PluginReply};
+use hm_ipc::messages::{KernelCall, LogBatch, LogChunk, PluginReply};
 use hm_ipc::{FrameCodec, FrameError, FrameKind, HEADER_LEN, INLINE_CAP, OutFrame};
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 
 fn batch(n: usize) -> OutFrame {
-    let lines = (0..n)
-        .map(|i| LogLine {
+    let chunks = (0..n)
+        .map(|i| LogChunk {
             stream: 0,
             text: format!("line {i}"),
         })
         .collect();
-    OutFrame::message(FrameKind::LogBatch, 5, &LogBatch { lines }).expect("encode")
+    OutFrame::message(FrameKind::LogBatch, 5, &LogBatch { chunks }).expect("encode")
 }
 
 fn protocol_error(bytes: &[u8]) -> FrameError {
@@ -46,7 +46,7 @@ fn a_partial_frame_is_not_an_error_until_eof() {
     let archived = frame
         .access::<hm_ipc::messages::ArchivedLogBatch>()
         .expect("valid");
-    assert_eq!(archived.lines.len(), 3);
+    assert_eq!(archived.chunks.len(), 3);
     assert!(matches!(
         protocol_error(&wire[..wire.len() - 3]),
         FrameError::Truncated { .. }

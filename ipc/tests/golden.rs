@@ -82,12 +82,12 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
     }));
     let value = HostReply::Value(Box::new(Some("v".into())));
     let batch = LogBatch {
-        lines: vec![
-            LogLine {
+        chunks: vec![
+            LogChunk {
                 stream: 0,
-                text: "compiling".into(),
+                text: "compiling\nlinking".into(),
             },
-            LogLine {
+            LogChunk {
                 stream: 1,
                 text: "warning: x".into(),
             },

@@ -133,7 +133,7 @@ fn load(file: Option<&Path>) -> Result<Pipeline, i32> {
     config::load(&path).map_err(|e| {
         match e {
             LoadError::Invalid(diagnostics) => {
-                eprint!("{diagnostics}");
+                eprintln!("{diagnostics}");
                 let n = diagnostics.len();
                 eprintln!(
                     "error: {} has {n} problem{}",

@@ -542,13 +542,16 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             }
-            PluginEventKind::Log { call, lines } => {
+            PluginEventKind::Log { call, chunks } => {
                 if let Some(&i) = self.plugins[p].in_flight.get(&call) {
                     let def = &self.pipeline.steps[self.steps[i].index];
                     // One timestamp per batch: its lines arrived together.
                     let ts =
                         humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-                    for (stream, line) in &lines {
+                    for (stream, line) in chunks
+                        .iter()
+                        .flat_map(|(s, text)| text.split('\n').map(move |l| (s, l)))
+                    {
                         let _ = self.renderer.step_log(
                             &ts,
                             &self.opts.run_id,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use hm_ipc::messages::{
-    HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogLevel, LogLine, LogRecord,
+    HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogChunk, LogLevel, LogRecord,
     StepProcess,
 };
 use tokio_util::sync::CancellationToken;
@@ -34,8 +34,27 @@ struct Inner {
 
 #[derive(Default)]
 struct Pending {
-    lines: Vec<LogLine>,
+    chunks: Vec<LogChunk>,
     bytes: usize,
+}
+
+impl Pending {
+    /// Appends whole lines (joined by `\n`) of `stream`, extending the last chunk when it is
+    /// of the same stream.
+    fn push(&mut self, stream: OutputStream, lines: &str) {
+        let stream = stream as u8;
+        self.bytes += lines.len() + 1;
+        match self.chunks.last_mut() {
+            Some(last) if last.stream == stream => {
+                last.text.push('\n');
+                last.text.push_str(lines);
+            }
+            _ => self.chunks.push(LogChunk {
+                stream,
+                text: lines.to_owned(),
+            }),
+        }
+    }
 }
 
 impl StepContext {
@@ -60,34 +79,66 @@ impl StepContext {
         self.inner.link.max_batch_bytes
     }
 
-    /// Queues one line of step output. Lines are sent in batches; call [`Self::flush`] when
-    /// no more output is immediately available so the user sees it live.
+    /// Queues one line of step output (without its newline). Lines are sent in batches;
+    /// call [`Self::flush`] when no more output is immediately available so the user sees it
+    /// live. A line longer than [`Self::max_line_bytes`] is sent whole all the same; the
+    /// process helper splits long lines before they get here.
     pub async fn line(&self, stream: OutputStream, text: String) -> Result<(), StepError> {
-        let full = {
-            let mut pending = self.lock_batch();
-            pending.bytes += text.len() + 8;
-            pending.lines.push(LogLine {
-                stream: stream as u8,
-                text,
-            });
-            pending.bytes >= self.inner.link.max_batch_bytes
-        };
-        if full { self.flush().await } else { Ok(()) }
+        self.lines(stream, &text).await
+    }
+
+    /// Queues several whole lines of one stream at once, joined by `\n` (no trailing newline).
+    pub(crate) async fn lines(
+        &self,
+        stream: OutputStream,
+        mut text: &str,
+    ) -> Result<(), StepError> {
+        let max = self.inner.link.max_batch_bytes;
+        loop {
+            let (pending_bytes, empty) = {
+                let pending = self.lock_batch();
+                (pending.bytes, pending.chunks.is_empty())
+            };
+            let room = max.saturating_sub(pending_bytes + 1);
+            if text.len() <= room || (empty && !text.contains('\n')) {
+                let full = {
+                    let mut pending = self.lock_batch();
+                    pending.push(stream, text);
+                    pending.bytes >= max
+                };
+                return if full { self.flush().await } else { Ok(()) };
+            }
+            // Too much for this batch: send the lines that fit (or, into an empty batch, at
+            // least the first line) and go on with the rest.
+            let cut = match text
+                .get(..room.min(text.len()))
+                .and_then(|head| head.rfind('\n'))
+            {
+                Some(cut) => Some(cut),
+                None if empty => text.find('\n'),
+                None => None,
+            };
+            if let Some(cut) = cut {
+                self.lock_batch().push(stream, &text[..cut]);
+                text = &text[cut + 1..];
+            }
+            self.flush().await?;
+        }
     }
 
     /// Sends queued output now (waiting for log credit if the kernel is behind).
     pub async fn flush(&self) -> Result<(), StepError> {
-        let lines = {
+        let chunks = {
             let mut pending = self.lock_batch();
             pending.bytes = 0;
-            std::mem::take(&mut pending.lines)
+            std::mem::take(&mut pending.chunks)
         };
-        if lines.is_empty() {
+        if chunks.is_empty() {
             return Ok(());
         }
         self.inner
             .link
-            .send_batch(self.inner.call_id, &LogBatch { lines })
+            .send_batch(self.inner.call_id, &LogBatch { chunks })
             .await
     }
 

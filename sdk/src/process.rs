@@ -19,7 +19,10 @@ use crate::plugin::{StepError, StepRequest};
 /// How long output may keep arriving after the step's process group is gone. Only a process
 /// that escaped the group (setsid) can hold the pipes that long; cgroups catch those.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+/// Step output pipes are enlarged to this (best effort), so a fast writer is read in few, large
+/// reads rather than many 64 KiB ones.
+const PIPE_SIZE: i32 = 1024 * 1024;
 
 /// `sh -c RUN` in the step's directory with the step's environment.
 pub fn shell_command(step: &StepRequest) -> Command {
@@ -60,11 +63,21 @@ pub async fn run(
     }
     let mut child = cmd.spawn().map_err(StepError::Spawn)?;
     let pgid = child.id().map(|id| id as i32);
+    // Until the step has ended and its leftovers are killed, an early return (hm went away) or
+    // the dropping of this future must not leave anything of the group running:
+    // `kill_on_drop` only reaches the main process.
+    let mut group = GroupGuard(pgid);
     if let Some(pgid) = pgid {
         ctx.report_process_group(pgid)?;
     }
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
+    if let Some(pipe) = &stdout {
+        enlarge_pipe(pipe);
+    }
+    if let Some(pipe) = &stderr {
+        enlarge_pipe(pipe);
+    }
     let mut out_lines = LineSplitter::new(OutputStream::Stdout, ctx.max_line_bytes());
     let mut err_lines = LineSplitter::new(OutputStream::Stderr, ctx.max_line_bytes());
     let mut out_buf = vec![0u8; READ_CHUNK];
@@ -84,17 +97,23 @@ pub async fn run(
         tokio::select! {
             n = read_some(&mut stdout, &mut out_buf) => {
                 match n {
-                    Some(n) => out_lines.feed(&out_buf[..n], ctx).await?,
-                    None => { out_lines.finish(ctx).await?; stdout = None; }
+                    Some(n) => {
+                        out_lines.feed(&out_buf[..n], ctx).await?;
+                        // A full read means more is waiting: batch it. Otherwise the pipe is
+                        // drained and what we have goes out now, so output stays live.
+                        if n < out_buf.len() { ctx.flush().await?; }
+                    }
+                    None => { out_lines.finish(ctx).await?; stdout = None; ctx.flush().await?; }
                 }
-                ctx.flush().await?;
             }
             n = read_some(&mut stderr, &mut err_buf) => {
                 match n {
-                    Some(n) => err_lines.feed(&err_buf[..n], ctx).await?,
-                    None => { err_lines.finish(ctx).await?; stderr = None; }
+                    Some(n) => {
+                        err_lines.feed(&err_buf[..n], ctx).await?;
+                        if n < err_buf.len() { ctx.flush().await?; }
+                    }
+                    None => { err_lines.finish(ctx).await?; stderr = None; ctx.flush().await?; }
                 }
-                ctx.flush().await?;
             }
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit.map_err(StepError::Spawn)?);
@@ -132,6 +151,8 @@ pub async fn run(
             }
         }
     }
+    // The group is gone: the main process was reaped, its leftovers killed.
+    group.0 = None;
     ctx.flush().await?;
     let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
     Ok(StepResult {
@@ -158,6 +179,22 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(
             Ok(n) => Some(n),
         },
     }
+}
+
+/// SIGKILLs the process group it holds when dropped.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Best effort: a pipe that cannot grow (a lower `pipe-max-size`) works the same, only slower.
+fn enlarge_pipe(pipe: &impl std::os::fd::AsFd) {
+    let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
 }
 
 /// Kills every process still in the group and says how many there were.
@@ -204,19 +241,38 @@ impl LineSplitter {
     }
 
     async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n') {
-            let line = if self.partial.is_empty() && pos <= self.max {
-                text(&bytes[..pos])
-            } else {
-                // The end of a line that began in an earlier read may still make it too long.
-                self.partial.extend_from_slice(&bytes[..pos]);
-                self.split_long(ctx).await?;
-                let line = text(&self.partial);
-                self.partial.clear();
-                line
+        // First the end of a line that began in an earlier read.
+        if !self.partial.is_empty() {
+            let Some(pos) = memchr::memchr(b'\n', bytes) else {
+                self.partial.extend_from_slice(bytes);
+                return self.split_long(ctx).await;
             };
+            // Its end may still make it too long.
+            self.partial.extend_from_slice(&bytes[..pos]);
+            self.split_long(ctx).await?;
+            let line = text(&self.partial);
+            self.partial.clear();
             ctx.line(self.stream, line).await?;
             bytes = &bytes[pos + 1..];
+        }
+        // Then every whole line of this read as one block: the common case costs one search
+        // for the last newline, not one per line.
+        if let Some(last) = memchr::memrchr(b'\n', bytes) {
+            let block = &bytes[..last];
+            if block.len() <= self.max {
+                ctx.lines(self.stream, &String::from_utf8_lossy(block))
+                    .await?;
+            } else {
+                // Only a block longer than `max` can hold a line longer than `max`.
+                for line in block.split(|&b| b == b'\n') {
+                    self.partial.extend_from_slice(line);
+                    self.split_long(ctx).await?;
+                    let line = text(&self.partial);
+                    self.partial.clear();
+                    ctx.line(self.stream, line).await?;
+                }
+            }
+            bytes = &bytes[last + 1..];
         }
         self.partial.extend_from_slice(bytes);
         self.split_long(ctx).await
@@ -257,9 +313,10 @@ fn cut_at(bytes: &[u8], max: usize) -> usize {
         .unwrap_or(max)
 }
 
+/// Output bytes as text: byte-exact when they are UTF-8 (almost always), with replacement
+/// characters where they are not.
 fn text(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    // The strict check is much faster than the lossy one, and almost all output is valid.
+    // The strict check is much faster than the lossy one.
     match std::str::from_utf8(bytes) {
         Ok(valid) => valid.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),

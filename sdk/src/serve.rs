@@ -2,9 +2,10 @@
 //! or until the kernel goes away.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use hm_ipc::codec::WireError;
 use hm_ipc::messages::{
     CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::StepContext;
 use crate::link::Link;
-use crate::plugin::{InitInfo, Plugin, StepRequest};
+use crate::plugin::{InitInfo, Plugin, StepError, StepRequest};
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -139,12 +140,13 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
     };
     let result = dispatcher.run(&mut frames).await;
     // Whatever ended the loop, nothing may keep running: cancel every step (their helpers kill
-    // their process groups) and wait for them.
+    // their process groups) and wait for them. Close the link first: no credit or host-API
+    // reply will come any more, and a step waiting for one would never end.
+    link.close();
     for token in dispatcher.calls.values() {
         token.cancel();
     }
     while dispatcher.tasks.join_next().await.is_some() {}
-    link.close();
     drop(dispatcher);
     drop(link);
     // Flush what the steps queued; the writer ends once every sender is gone.
@@ -293,7 +295,12 @@ impl Dispatcher {
         let ctx = StepContext::new(self.link.clone(), id, token);
         let link = self.link.clone();
         self.tasks.spawn(async move {
-            let result = executor.execute(request, ctx.clone()).await;
+            // A panicking executor fails its step, not the plugin; and the call still gets its
+            // reply, without which hm (and `Shutdown`) would wait for it forever.
+            let result = AssertUnwindSafe(executor.execute(request, ctx.clone()))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(StepError::Message(panic_message(&*panic))));
             // Output queued before the end goes out before the reply: no line is lost.
             let flushed = ctx.flush().await;
             let reply = match (result, flushed) {
@@ -313,6 +320,15 @@ impl Dispatcher {
             let _ = self.link.send(frame);
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    format!("the executor panicked: {message}")
 }
 
 fn failed(message: String) -> PluginReply {

@@ -36,8 +36,8 @@ use futures_util::StreamExt;
 use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::messages::{
-    CallFailure, Credit, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, PluginReply,
-    Reject, Welcome,
+    CallFailure, Credit, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel,
+    PluginReply, Reject, StepResult, Welcome,
 };
 use hm_ipc::{Frame, FrameCodec, FrameKind, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN};
 use nix::sys::signal::{Signal, killpg};
@@ -52,7 +52,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-pub use hm_ipc::messages::{EnvVar, ExecuteStep, Hello, KvScope, LogLevel, StepResult};
+pub use hm_ipc::messages::{EnvVar, ExecuteStep, Hello, KvScope};
 
 use crate::context::OutputStream;
 use crate::plugin::Plugin;
@@ -100,6 +100,9 @@ pub struct HarnessOptions {
     /// The newest protocol version the harness offers; the oldest is always [`PROTOCOL_MIN`].
     pub protocol_max: u32,
     /// Log batches the plugin may send before it must wait for credit (`Welcome::log_credit`).
+    /// The harness gives back one batch of credit for each batch once it has taken it in, never
+    /// before, so the plugin can never have more than this many in flight; one more is a
+    /// protocol violation.
     pub log_credit: u32,
     /// The most bytes of line text one log batch may carry (`Welcome::max_batch_bytes`). The SDK
     /// does not go below 1024, so smaller values make it break the protocol.
@@ -772,7 +775,7 @@ impl Kernel {
     }
 
     fn log_batch(&self, id: u64, batch: LogBatch) -> Result<(), String> {
-        let bytes: usize = batch.lines.iter().map(|line| line.text.len()).sum();
+        let bytes: usize = batch.chunks.iter().map(|chunk| chunk.text.len()).sum();
         if bytes > self.max_batch_bytes {
             return Err(format!(
                 "sent a log batch with {bytes} bytes of text for call {id}, over max_batch_bytes \
@@ -780,14 +783,14 @@ impl Kernel {
                 self.max_batch_bytes
             ));
         }
-        let mut lines = Vec::with_capacity(batch.lines.len());
-        for line in batch.lines {
-            let stream = match line.stream {
+        let mut lines = Vec::new();
+        for chunk in batch.chunks {
+            let stream = match chunk.stream {
                 0 => OutputStream::Stdout,
                 1 => OutputStream::Stderr,
-                other => return Err(format!("sent a log line with unknown stream {other}")),
+                other => return Err(format!("sent a log chunk with unknown stream {other}")),
             };
-            lines.push((stream, line.text));
+            lines.extend(chunk.text.split('\n').map(|line| (stream, line.to_owned())));
         }
         let mut state = self.lock();
         if state.credit == 0 {

@@ -66,10 +66,11 @@ pub enum PluginEventKind {
     StartFailed {
         message: String,
     },
-    /// Output lines of the step running as call `call`. The run loop grants credit back.
+    /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
+    /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
     Log {
         call: u64,
-        lines: Vec<(Stream, String)>,
+        chunks: Vec<(Stream, String)>,
     },
     StepDone {
         call: u64,
@@ -391,16 +392,16 @@ fn dispatch(
             let batch = frame
                 .access::<ArchivedLogBatch>()
                 .map_err(|e| e.to_string())?;
-            let mut lines = Vec::with_capacity(batch.lines.len());
-            for line in batch.lines.iter() {
-                let stream = match line.stream {
+            let mut chunks = Vec::with_capacity(batch.chunks.len());
+            for chunk in batch.chunks.iter() {
+                let stream = match chunk.stream {
                     0 => Stream::Stdout,
                     1 => Stream::Stderr,
-                    other => return Err(format!("log line with unknown stream {other}")),
+                    other => return Err(format!("log chunk with unknown stream {other}")),
                 };
-                lines.push((stream, line.text.as_str().to_owned()));
+                chunks.push((stream, chunk.text.as_str().to_owned()));
             }
-            send(PluginEventKind::Log { call, lines });
+            send(PluginEventKind::Log { call, chunks });
         }
         FrameKind::Reply => match frame.decode::<PluginReply>().map_err(|e| e.to_string())? {
             PluginReply::StepDone(result) => send(PluginEventKind::StepDone {
