@@ -680,7 +680,8 @@ impl<'a> Scheduler<'a> {
         let duration_ms = step.started.map_or(0, |s| s.elapsed().as_millis() as u64);
         let attempt = step.attempt;
         let retry = verdict.is_failure()
-            && step.stop.is_none()
+            // The step's own timeout may be retried; every other stop ends the step.
+            && matches!(step.stop, None | Some(StopReason::StepTimeout))
             && !self.user_cancelled
             && !self.failing_fast
             && !self.pipeline_timed_out
@@ -720,6 +721,7 @@ impl<'a> Scheduler<'a> {
         step.escalations = 0;
         step.pgid = None;
         if retry {
+            step.stop = None;
             step.attempt += 1;
             step.state = StepState::Waiting;
             let cause = verdict.cause.unwrap_or(Cause::Exit);

@@ -20,8 +20,8 @@ pub fn plugin_command(spec: &PluginSpec, plugin_end: RawFd) -> Command {
         .process_group(0)
         .kill_on_drop(true);
     let kernel = std::process::id() as i32;
-    // SAFETY: runs between fork and exec; prctl, getppid, dup2, fcntl and _exit are all
-    // async-signal-safe, and nothing here allocates.
+    // SAFETY: runs between fork and exec; prctl, getppid, dup2, fcntl, close_range and _exit are
+    // all async-signal-safe, and nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
@@ -31,7 +31,18 @@ pub fn plugin_command(spec: &PluginSpec, plugin_end: RawFd) -> Command {
             if libc::getppid() != kernel {
                 libc::_exit(1);
             }
-            place_in_child(plugin_end)
+            place_in_child(plugin_end)?;
+            // Descriptors hm inherited without close-on-exec (from a shell, a CI agent) must
+            // not reach plugins and steps. Marking them close-on-exec rather than closing them
+            // keeps the pipe std uses to report a failed exec working. Linux 5.11+; on older
+            // kernels this fails harmlessly.
+            libc::syscall(
+                libc::SYS_close_range,
+                CHILD_FD as libc::c_uint + 1,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
+            Ok(())
         });
     }
     cmd
