@@ -13,3 +13,5 @@ pub mod run;
 pub mod scheduler;
 pub mod suggest;
 pub mod supervisor;
+pub mod guardian;
+pub mod reaper;

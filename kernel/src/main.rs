@@ -3,11 +3,16 @@
 
 use std::process::ExitCode;
 
+use hm_kernel::guardian::GUARDIAN_ENTRY;
 use hm_kernel::registry::{BUILTIN_ENTRY, Builtin};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == BUILTIN_ENTRY) {
+    let first = args.next();
+    if first.as_deref().is_some_and(|a| a == GUARDIAN_ENTRY) {
+        return ExitCode::from(hm_kernel::guardian::guardian_main(|_| {}) as u8);
+    }
+    if first.is_some_and(|a| a == BUILTIN_ENTRY) {
         let name = args.next().unwrap_or_default();
         match name.to_str() {
             Some(hm_plugin_shell::NAME) => hm_sdk::serve(hm_plugin_shell::plugin()),

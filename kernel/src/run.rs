@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::RunArgs;
 use crate::config::{self, LoadError, Pipeline};
 use crate::events::Isolation;
+use crate::guardian::Guardian;
 use crate::registry::{Builtin, PluginSpec, Registry};
 use crate::render::{self, Format, RenderOptions};
 use crate::scheduler::{RunOptions, Scheduler};
@@ -91,7 +92,25 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
             return exit::ENVIRONMENT;
         }
     };
-    runtime.block_on(Scheduler::new(&pipeline, run_opts, renderer).run())
+    if let Err(e) = crate::reaper::become_subreaper() {
+        tracing::warn!(
+            "cannot become a child subreaper ({e}); daemonised step processes may escape"
+        );
+    }
+    let guardian = match Guardian::start() {
+        Ok(guardian) => Some(guardian),
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the guardian ({e}); if hm is killed, steps may survive it"
+            );
+            None
+        }
+    };
+    runtime.block_on(
+        Scheduler::new(&pipeline, run_opts, renderer)
+            .with_guardian(guardian)
+            .run(),
+    )
 }
 
 pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {

@@ -25,6 +25,7 @@ use crate::classify::{StopReason, Verdict, classify, retry_matches, stopped};
 use crate::config::Pipeline;
 use crate::events::{BuildEvent, Cause, Envelope, Isolation, StepEnd, StepStatus};
 use crate::exit;
+use crate::guardian::Guardian;
 use crate::registry::PluginSpec;
 use crate::render::Renderer;
 use crate::supervisor::connection::ConnectionContext;
@@ -129,6 +130,8 @@ pub struct Scheduler<'a> {
     failing_fast: bool,
     plugin_problem: bool,
     shutdown_deadline: Option<Instant>,
+    /// Cleans up after the kernel if it dies; told about every process group started.
+    guardian: Option<Guardian>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -201,13 +204,22 @@ impl<'a> Scheduler<'a> {
             failing_fast: false,
             plugin_problem: false,
             shutdown_deadline: None,
+            guardian: None,
         }
     }
 
     /// Runs the pipeline to the end and returns hm's exit code.
+    /// Hands the run's guardian to the scheduler, which reports every process group to it and
+    /// dismisses it once everything is cleaned up.
+    pub fn with_guardian(mut self, guardian: Option<Guardian>) -> Self {
+        self.guardian = guardian;
+        self
+    }
+
     pub async fn run(mut self) -> i32 {
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sigchld = signal(SignalKind::child()).ok();
         self.emit(BuildEvent::BuildStart {
             pipeline: self.pipeline.name.clone(),
             steps: self.steps.len(),
@@ -242,6 +254,9 @@ impl<'a> Scheduler<'a> {
                 Some(()) = recv_signal(&mut sigint) => {
                     interrupts += 1;
                     self.on_interrupt(interrupts);
+                }
+                Some(()) = recv_signal(&mut sigchld) => {
+                    self.reap_orphans();
                 }
                 Some(()) = recv_signal(&mut sigterm) => {
                     interrupts += 1;
@@ -282,7 +297,26 @@ impl<'a> Scheduler<'a> {
             cancelled,
         });
         let _ = self.renderer.flush();
+        self.reap_orphans();
+        if let Some(guardian) = self.guardian.take() {
+            guardian.dismiss();
+        }
         code
+    }
+
+    /// Reaps zombies re-parented to the kernel (it is a subreaper), never the plugins tokio
+    /// waits for, nor the guardian.
+    fn reap_orphans(&self) {
+        let mut keep: std::collections::HashSet<u32> = self
+            .plugins
+            .iter()
+            .map(|p| p.pid)
+            .filter(|&pid| pid > 0)
+            .collect();
+        if let Some(guardian) = &self.guardian {
+            keep.insert(guardian.pid());
+        }
+        crate::reaper::reap_orphans(&keep);
     }
 
     fn exit_code(&self) -> i32 {
@@ -510,6 +544,9 @@ impl<'a> Scheduler<'a> {
                 let slot = &mut self.plugins[p];
                 slot.pid = pid;
                 slot.state = PluginState::Ready { pid, writer };
+                if let Some(guardian) = &mut self.guardian {
+                    guardian.watch_pgid(pid as i32);
+                }
                 let plugin = slot.spec.name.clone();
                 self.emit(BuildEvent::PluginStart {
                     plugin,
@@ -592,6 +629,9 @@ impl<'a> Scheduler<'a> {
                 }
             }
             PluginEventKind::StepProcess { call, pgid } => {
+                if let Some(guardian) = &mut self.guardian {
+                    guardian.watch_pgid(pgid);
+                }
                 if let Some(&i) = self.plugins[p].in_flight.get(&call) {
                     self.steps[i].pgid = Some(pgid);
                 }

@@ -33,9 +33,17 @@ use crate::registry::PluginSpec;
 /// chatty step can make the kernel hold.
 pub const LOG_CREDIT: u32 = 8;
 pub const MAX_BATCH_BYTES: u32 = 256 * 1024;
-/// An idle plugin is pinged this often, and must answer within [`PING_DEADLINE`].
+/// An idle plugin is pinged after this long without a frame, and must answer within twice
+/// that. `HM_PING_INTERVAL` (a humantime duration) overrides it, for tests and slow machines.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
-const PING_DEADLINE: Duration = Duration::from_secs(10);
+
+fn ping_interval() -> Duration {
+    std::env::var("HM_PING_INTERVAL")
+        .ok()
+        .and_then(|text| humantime::parse_duration(&text).ok())
+        .filter(|interval| !interval.is_zero())
+        .unwrap_or(PING_INTERVAL)
+}
 /// How long a plugin may take to exit once its socket is closed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 const STDERR_TAIL: usize = 20;
@@ -205,7 +213,8 @@ async fn run_plugin(
     let mut last_heard = Instant::now();
     let mut ping: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
-    let mut ticker = tokio::time::interval(PING_INTERVAL / 2);
+    let interval = ping_interval();
+    let mut ticker = tokio::time::interval(interval / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -225,10 +234,10 @@ async fn run_plugin(
                 let now = Instant::now();
                 match ping {
                     Some((_, deadline)) if now >= deadline => { hung = true; break; }
-                    None if now.duration_since(last_heard) >= PING_INTERVAL => {
+                    None if now.duration_since(last_heard) >= interval => {
                         nonce += 1;
                         let _ = writer.send(OutFrame::empty(FrameKind::Ping, nonce));
-                        ping = Some((nonce, now + PING_DEADLINE));
+                        ping = Some((nonce, now + 2 * interval));
                     }
                     _ => {}
                 }

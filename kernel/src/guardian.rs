@@ -1,0 +1,114 @@
+//! The guardian: a tiny process per run (this binary re-executed as `hm __guardian`) that
+//! outlives the kernel and cleans up after it if it dies (DESIGN §7.4).
+//!
+//! The kernel holds the write end of a pipe; the guardian reads the other end as its stdin.
+//! The kernel tells it, one line at a time, what to clean up should it die: `pgid N` for every
+//! process group it starts, `cgroup PATH` for the run's cgroup directories. When the run ends
+//! normally the kernel writes `bye` and the guardian exits. When the pipe closes without `bye`
+//! (the kernel crashed or was SIGKILLed) the guardian kills every recorded process group and
+//! every process in the recorded cgroups, removes those cgroups, and exits.
+//!
+//! The guardian runs in its own session (no terminal signals reach it) and outside the run's
+//! cgroups, and nothing but the kernel holds the pipe's write end (it is close-on-exec).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// The internal entry the guardian runs under: `hm __guardian`.
+pub const GUARDIAN_ENTRY: &str = "__guardian";
+
+/// The kernel's handle on its guardian.
+pub struct Guardian {
+    pipe: std::fs::File,
+    child: Child,
+}
+
+impl Guardian {
+    /// Starts the guardian for this run.
+    pub fn start() -> std::io::Result<Self> {
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(GUARDIAN_ENTRY)
+            .stdin(Stdio::from(read_end))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; it detaches the guardian from the terminal's
+        // process group so a Ctrl-C meant for hm never reaches it.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        Ok(Self {
+            pipe: std::fs::File::from(write_end),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Records a process group to kill if the kernel dies.
+    pub fn watch_pgid(&mut self, pgid: i32) {
+        self.say(&format!("pgid {pgid}"));
+    }
+
+    /// Records a cgroup directory to empty and remove if the kernel dies.
+    pub fn watch_cgroup(&mut self, path: &std::path::Path) {
+        self.say(&format!("cgroup {}", path.display()));
+    }
+
+    fn say(&mut self, line: &str) {
+        // A guardian that died early cannot be helped; the run goes on without one.
+        if let Err(e) = writeln!(self.pipe, "{line}") {
+            tracing::debug!("guardian pipe: {e}");
+        }
+    }
+
+    /// The run is over and cleaned up: the guardian leaves without touching anything.
+    pub fn dismiss(mut self) {
+        self.say("bye");
+        drop(self.pipe);
+        let _ = self.child.wait();
+    }
+}
+
+/// `hm __guardian`: reads instructions from stdin until it closes; cleans up unless told
+/// `bye`. Returns the process exit code.
+pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
+    let mut pgids = Vec::new();
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line == "bye" {
+            return 0;
+        }
+        if let Some(pgid) = line
+            .strip_prefix("pgid ")
+            .and_then(|n| n.parse::<i32>().ok())
+        {
+            if pgid > 1 {
+                pgids.push(pgid);
+            }
+        } else if let Some(path) = line.strip_prefix("cgroup ") {
+            cgroups.push(PathBuf::from(path));
+        }
+    }
+    // The kernel is gone without saying goodbye: nothing of its run may survive it.
+    for &pgid in &pgids {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    for path in &cgroups {
+        cleanup_cgroup(path);
+    }
+    0
+}
