@@ -64,6 +64,20 @@ pub struct ExecuteStep {
     pub with_json: String,
     /// How long the step may take to stop after `Cancel` before it is killed.
     pub grace_ms: u64,
+    /// The step's cgroup: the `cgroup.procs` files (one per hierarchy) its processes must
+    /// join before they exec. Empty when hm runs without cgroups.
+    pub cgroup_procs: Vec<String>,
+    /// The step's limits, for best-effort rlimits when there is no cgroup to enforce them.
+    pub limits: StepLimits,
+}
+
+/// Resource limits of a step; `None` means no limit. v1.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepLimits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// Thousandths of a core.
+    pub cpu_millicores: Option<u64>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

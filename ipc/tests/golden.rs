@@ -47,6 +47,8 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         image: None,
         with_json: "{}".into(),
         grace_ms: 10_000,
+        cgroup_procs: vec!["/sys/fs/cgroup/hm/run-1/shell/step-build-1/cgroup.procs".into()],
+        limits: StepLimits { memory_bytes: Some(64 << 20), pids: Some(32), cpu_millicores: Some(1500) },
     }));
     let init = KernelCall::Init(Box::new(Init {
         config_json: "{\"a\":1}".into(),

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hm_ipc::messages::{Credit, EnvVar, ExecuteStep, KernelCall, StepResult};
+use hm_ipc::messages::{Credit, EnvVar, ExecuteStep, KernelCall, StepLimits, StepResult};
 use hm_ipc::{FrameKind, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -489,6 +489,12 @@ impl<'a> Scheduler<'a> {
             image: step_def.image.clone(),
             with_json: step_def.with_json.clone(),
             grace_ms: self.opts.grace.as_millis() as u64,
+            cgroup_procs: Vec::new(),
+            limits: StepLimits {
+                memory_bytes: step_def.limits.memory_bytes,
+                pids: step_def.limits.pids,
+                cpu_millicores: step_def.limits.cpu.map(|c| (c * 1000.0).round() as u64),
+            },
         }));
         let timeout = step_def.timeout;
         let PluginState::Ready { pid, writer } = &self.plugins[p].state else {

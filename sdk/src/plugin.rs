@@ -25,6 +25,11 @@ pub struct StepRequest {
     pub with: serde_json::Value,
     /// How long the step may take to stop after a cancel before it is killed.
     pub grace: std::time::Duration,
+    /// The `cgroup.procs` files the step's processes join (empty without cgroups); the
+    /// process helper does this for you.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The step's limits; the process helper applies them as rlimits when there is no cgroup.
+    pub limits: hm_ipc::messages::StepLimits,
 }
 
 /// Why an executor could not run a step at all (as opposed to a step that ran and failed,

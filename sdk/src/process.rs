@@ -3,6 +3,7 @@
 //! SIGKILL after the grace period). After the main process exits, anything it left running in
 //! its group is killed and reported, so a step never outlives its `step_end`.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -47,8 +48,17 @@ pub async fn run(
         .stderr(Stdio::piped());
     cmd.process_group(0).kill_on_drop(true);
     let parent = std::process::id() as i32;
+    // Opened here, before the fork: between fork and exec only async-signal-safe calls are
+    // allowed, and `write` on an open fd is one.
+    let cgroups = open_cgroup_procs(&step.cgroup_procs)?;
+    let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
+    let memory_rlimit = if cgroups.is_empty() {
+        step.limits.memory_bytes
+    } else {
+        None
+    };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, _exit).
+    // (prctl, getppid, getpid, write, setrlimit, _exit) and does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
@@ -57,6 +67,25 @@ pub async fn run(
             // The plugin may have died between fork and prctl: then nobody would kill us.
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            // Join the step's cgroup before exec, so every process of the step is in it from
+            // its first instruction.
+            let mut digits = [0u8; 16];
+            let pid = decimal(libc::getpid() as u64, &mut digits);
+            for &fd in &cgroup_fds {
+                if libc::write(fd, pid.as_ptr().cast(), pid.len()) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Without a cgroup, a memory limit is the best an rlimit can do (address space).
+            if let Some(bytes) = memory_rlimit {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -164,6 +193,37 @@ pub async fn run(
         peak_memory_bytes: None,
         cpu_ms: None,
     })
+}
+
+/// Opens each `cgroup.procs` file for writing, or says which one the step cannot join.
+fn open_cgroup_procs(paths: &[std::path::PathBuf]) -> Result<Vec<std::fs::File>, StepError> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| {
+                    StepError::Message(format!(
+                        "cannot join the step's cgroup {}: {e}",
+                        path.display()
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Formats `n` in decimal into `buf` without allocating (for use between fork and exec).
+fn decimal(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// Reads once from an open pipe; `None` at end of file (or on a read error, which for a pipe
@@ -320,5 +380,18 @@ fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(valid) => valid.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_formats_without_allocating() {
+        let mut buf = [0u8; 16];
+        for n in [0u64, 7, 10, 4242, 4_194_304, u64::from(u32::MAX)] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 }

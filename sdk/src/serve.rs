@@ -289,6 +289,8 @@ impl Dispatcher {
             image: step.image,
             with,
             grace: std::time::Duration::from_millis(step.grace_ms),
+            cgroup_procs: step.cgroup_procs.into_iter().map(Into::into).collect(),
+            limits: step.limits,
         };
         let token = CancellationToken::new();
         self.calls.insert(id, token.clone());

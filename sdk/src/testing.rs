@@ -176,6 +176,8 @@ pub fn step(run: &str) -> ExecuteStep {
         image: None,
         with_json: "{}".into(),
         grace_ms: 10_000,
+        cgroup_procs: Vec::new(),
+        limits: hm_ipc::messages::StepLimits::default(),
     }
 }
 
