@@ -1,0 +1,202 @@
+//! A run's cgroup tree (`<own>/hm/run-<id>`) and its leaves (`<plugin>/plugin`,
+//! `<plugin>/step-<name>-<attempt>`): what the scheduler and the supervisor hold.
+
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+
+use super::node::{Flavor, Node};
+use super::{CgroupError, cgroupfs, name, v1, v2};
+use crate::config::Limits;
+
+/// The cgroup tree of one run, in every hierarchy used.
+///
+/// **Invariant:** dropping it kills every process left in the tree and removes the tree, so a
+/// run that ends in any way (an error, a panic) leaves no cgroup behind. [`RunCgroup::remove`]
+/// does the same and reports what failed; both may happen, in any order, any number of times.
+#[derive(Debug)]
+pub struct RunCgroup {
+    id: String,
+    node: Node,
+}
+
+impl RunCgroup {
+    /// Takes charge of an existing run directory (made by `create_run`, or found by a sweep).
+    pub(crate) fn adopt(id: String, node: Node) -> Self {
+        Self { id, node }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Creates the leaf `<plugin>/<leaf>` (the plugin directory if needed) and sets only the
+    /// limits that are configured. Fails if the leaf exists already: a leaf is fresh, so its
+    /// counters (OOM kills, limit hits) belong to it alone.
+    pub fn leaf(&self, plugin: &str, leaf: &str, limits: &Limits) -> Result<Leaf, CgroupError> {
+        name::check(plugin)?;
+        name::check(leaf)?;
+        let plugin_node = self.node.child(plugin);
+        plugin_node.create(false)?;
+        if let Flavor::V2 { controllers } = &plugin_node.flavor {
+            for dir in &plugin_node.dirs {
+                v2::enable(dir, controllers)?;
+            }
+        }
+        let leaf = Leaf {
+            node: plugin_node.child(leaf),
+        };
+        leaf.node.create(true)?;
+        let limited = match &leaf.node.flavor {
+            Flavor::V2 { controllers } => leaf
+                .node
+                .dirs
+                .iter()
+                .try_for_each(|dir| v2::set_limits(dir, controllers, limits)),
+            Flavor::V1(roles) => v1::set_limits(&leaf.node, *roles, limits),
+        };
+        if let Err(e) = limited {
+            let _ = leaf.node.remove();
+            return Err(e);
+        }
+        Ok(leaf)
+    }
+
+    /// SIGKILLs every process in the run's tree and waits until it is empty.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        self.node.kill(true)
+    }
+
+    /// Kills what is left and removes the whole tree bottom-up, and `<own>/hm` too when no
+    /// other run uses it. Idempotent: what is already gone counts as removed.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_run_node(&self.node)
+    }
+
+    /// The run's directory in each hierarchy (on v1 the freezer's first), for the guardian;
+    /// see [`super::remove_run_path`].
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.node.dirs.clone()
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!(run = %self.id, "cannot clean up the run's cgroups: {e}");
+        }
+    }
+}
+
+/// Removes a run's tree, then `hm` above it if that is now empty. The `hm` directory is shared
+/// by concurrent runs, so failing to remove it (another run, or hm's own v2 `kernel` leaf) is
+/// expected and ignored; `create_run` retries when it loses that race.
+pub(crate) fn remove_run_node(run: &Node) -> Result<(), CgroupError> {
+    let result = run.remove_tree();
+    for dir in &run.dirs {
+        if let Some(hm) = dir.parent() {
+            if cgroupfs::subdirs(hm).is_empty() {
+                let _ = cgroupfs::rmdir(hm);
+            }
+        }
+    }
+    result
+}
+
+/// One leaf cgroup (a plugin's or a step's) in every hierarchy used. Dropping it does
+/// nothing: the run removes what its leaves leave behind.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    node: Node,
+}
+
+/// Accounting of one leaf since it was created; `None` where this kernel or backend does not
+/// tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeafStats {
+    /// v2 `memory.peak`, v1 `memory.max_usage_in_bytes`.
+    pub peak_memory_bytes: Option<u64>,
+    /// v2 `cpu.stat` `usage_usec`, v1 `cpuacct.usage`.
+    pub cpu_ms: Option<u64>,
+    /// Processes killed by the OOM killer: v2 `memory.events` `oom_kill`, v1
+    /// `memory.oom_control` `oom_kill`.
+    pub oom_kills: Option<u64>,
+    /// Times usage ran into the memory limit: v2 `memory.events` `max`, v1 `memory.failcnt`.
+    pub memory_limit_hits: Option<u64>,
+    /// Forks refused by the pids limit: `pids.events` `max` on both.
+    pub pids_limit_hits: Option<u64>,
+    /// The memory limit in force (page-rounded on v1); `None` for no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl Leaf {
+    /// The leaf's directory in each hierarchy.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.node.dirs.clone()
+    }
+
+    /// `cgroup.procs` of this leaf in every hierarchy: a process joins by writing its pid (or
+    /// `0` for itself, e.g. between fork and exec) to each of them.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.node
+            .dirs
+            .iter()
+            .map(|d| d.join(cgroupfs::PROCS))
+            .collect()
+    }
+
+    /// Moves process `pid` (all its threads) into the leaf in every hierarchy. A failure
+    /// part-way leaves it in some of them: the caller should kill it. Refuses hm itself.
+    pub fn join(&self, pid: u32) -> Result<(), CgroupError> {
+        for file in self.procs_files() {
+            // `0` would move the writer, hm; hm is never in a leaf.
+            let source = if pid == 0 || pid == std::process::id() {
+                Some(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+            } else {
+                std::fs::write(&file, pid.to_string()).err()
+            };
+            if let Some(source) = source {
+                return Err(CgroupError::Join {
+                    path: file,
+                    pid,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The processes in the leaf now, in any hierarchy, sorted.
+    pub fn pids(&self) -> Vec<i32> {
+        self.node.pids(false)
+    }
+
+    /// Sends `signal` to every process in the leaf (the SIGTERM rung of the kill ladder);
+    /// returns how many were signalled.
+    pub fn signal(&self, signal: Signal) -> usize {
+        self.node.signal(signal, false)
+    }
+
+    /// SIGKILLs every process in the leaf (v2 `cgroup.kill`; v1 freeze, kill, thaw) and waits
+    /// until it is empty, for at most about 2 s.
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        self.node.kill(false)
+    }
+
+    pub fn stats(&self) -> LeafStats {
+        match &self.node.flavor {
+            Flavor::V2 { .. } => self
+                .node
+                .dirs
+                .first()
+                .map(|d| v2::stats(d))
+                .unwrap_or_default(),
+            Flavor::V1(roles) => v1::stats(&self.node, *roles),
+        }
+    }
+
+    /// Removes the leaf, which must be empty (kill it first). Idempotent.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        self.node.remove()
+    }
+}
