@@ -35,6 +35,8 @@ enum Command {
     },
     /// Show the version, the protocol range and the isolation level.
     Version,
+    /// Check what this machine offers hm: isolation, Docker, plugin directories.
+    Doctor,
 }
 
 /// `hm run` arguments.
@@ -70,6 +72,9 @@ pub struct RunArgs {
     /// How long a cancelled step gets to stop before it is killed.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub grace: Duration,
+    /// Fail (exit 4) instead of running without cgroup isolation.
+    #[arg(long)]
+    pub require_isolation: bool,
     /// No colours (also: NO_COLOR).
     #[arg(long)]
     pub no_color: bool,
@@ -121,16 +126,15 @@ pub fn main(builtins: &[Builtin]) -> i32 {
                 hm_ipc::PROTOCOL_MIN,
                 hm_ipc::PROTOCOL_MAX
             );
-            let (level, reason) = run::isolation();
-            println!(
-                "isolation {} ({reason})",
-                serde_json::to_value(level)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            );
+            let detected = crate::cgroup::detect();
+            print!("isolation {}", run::isolation_name(detected.level));
+            match detected.reason {
+                Some(reason) => println!(" ({reason})"),
+                None => println!(),
+            }
             exit::OK
         }
+        Command::Doctor => crate::doctor::doctor(builtins),
     }
 }
 

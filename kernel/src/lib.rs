@@ -16,3 +16,4 @@ pub mod suggest;
 pub mod supervisor;
 pub mod guardian;
 pub mod reaper;
+pub mod doctor;

@@ -10,7 +10,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let first = args.next();
     if first.as_deref().is_some_and(|a| a == GUARDIAN_ENTRY) {
-        return ExitCode::from(hm_kernel::guardian::guardian_main(|_| {}) as u8);
+        return ExitCode::from(hm_kernel::guardian::guardian_main(|path| {
+            let _ = hm_kernel::cgroup::remove_run_path(path);
+        }) as u8);
     }
     if first.is_some_and(|a| a == BUILTIN_ENTRY) {
         let name = args.next().unwrap_or_default();

@@ -12,14 +12,34 @@ use crate::guardian::Guardian;
 use crate::registry::{Builtin, PluginSpec, Registry};
 use crate::render::{self, Format, RenderOptions};
 use crate::scheduler::{RunOptions, Scheduler};
-use crate::{dag, exit};
+use crate::{cgroup, dag, exit};
+use std::sync::Arc;
 
-/// The isolation this build provides, and why it is not better.
-pub fn isolation() -> (Isolation, &'static str) {
-    (
-        Isolation::Rlimit,
-        "process groups only; cgroup limits are not implemented yet",
-    )
+/// The words for an isolation level, as in `build_start`.
+pub fn isolation_name(level: Isolation) -> &'static str {
+    match level {
+        Isolation::CgroupV2 => "cgroup_v2",
+        Isolation::CgroupV1 => "cgroup_v1",
+        Isolation::Rlimit => "rlimit",
+    }
+}
+
+/// Whether the kernel of run `run_id` (`<time>-<pid>`, both hex) is still running: its pid
+/// exists and is an `hm`. A pid reused by another `hm` counts as alive, which only delays the
+/// sweep of that run to a later start.
+pub fn run_owner_alive(run_id: &str) -> bool {
+    let Some(pid) = run_id
+        .rsplit('-')
+        .next()
+        .and_then(|p| u32::from_str_radix(p, 16).ok())
+    else {
+        // Not a run id hm makes: leave it alone.
+        return true;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim_end() == "hm",
+        Err(_) => false,
+    }
 }
 
 pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
@@ -69,9 +89,38 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         Box::new(std::io::stdout()),
         Box::new(std::io::stderr()),
     );
-    let (isolation, reason) = isolation();
+    let detected = cgroup::detect();
+    if args.require_isolation && detected.level == Isolation::Rlimit {
+        eprintln!(
+            "error: --require-isolation: cgroups are not available ({})\n  hint: run `hm doctor` \
+             for details, or run hm where it may create cgroups (root, or a delegated cgroup)",
+            detected.reason.as_deref().unwrap_or("no reason given")
+        );
+        return exit::ENVIRONMENT;
+    }
+    // Runs whose kernel died (and whose guardian could not clean up) are swept first.
+    for stale in cgroup::sweep_stale(&detected.backend, run_owner_alive) {
+        tracing::info!("removed the cgroups of dead run {stale}");
+    }
+    let run_id = new_run_id();
+    let (run_cgroup, isolation, isolation_reason) = match detected.backend.create_run(&run_id) {
+        Ok(run) => (Some(Arc::new(run)), detected.level, detected.reason),
+        Err(cgroup::CgroupError::Unavailable { .. }) => (None, detected.level, detected.reason),
+        Err(e) => {
+            if args.require_isolation {
+                eprintln!("error: --require-isolation: {e}");
+                return exit::ENVIRONMENT;
+            }
+            tracing::warn!("running without cgroups: {e}");
+            (
+                None,
+                Isolation::Rlimit,
+                Some(format!("cannot create the run's cgroups: {e}")),
+            )
+        }
+    };
     let run_opts = RunOptions {
-        run_id: new_run_id(),
+        run_id,
         selected,
         parallelism,
         keep_going: args.keep_going || pipeline.keep_going,
@@ -80,7 +129,8 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         env_overrides: args.env,
         executors,
         isolation,
-        isolation_reason: Some(reason.to_owned()),
+        isolation_reason,
+        run_cgroup: run_cgroup.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -98,7 +148,12 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         );
     }
     let guardian = match Guardian::start() {
-        Ok(guardian) => Some(guardian),
+        Ok(mut guardian) => {
+            for path in run_cgroup.iter().flat_map(|run| run.paths()) {
+                guardian.watch_cgroup(&path);
+            }
+            Some(guardian)
+        }
         Err(e) => {
             tracing::warn!(
                 "cannot start the guardian ({e}); if hm is killed, steps may survive it"

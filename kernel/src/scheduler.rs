@@ -21,16 +21,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::cgroup::{Leaf, LeafStats, RunCgroup};
 use crate::classify::{StopReason, Verdict, classify, retry_matches, stopped};
 use crate::config::Pipeline;
-use crate::events::{BuildEvent, Cause, Envelope, Isolation, StepEnd, StepStatus};
+use crate::events::{BuildEvent, Cause, Envelope, Isolation, StepEnd, StepStatus, Stream};
 use crate::exit;
 use crate::guardian::Guardian;
 use crate::registry::PluginSpec;
 use crate::render::Renderer;
 use crate::supervisor::connection::ConnectionContext;
 use crate::supervisor::host_api::HostState;
-use crate::supervisor::{PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin};
+use crate::supervisor::{
+    Confinement, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+};
 
 /// After the grace period, how long the kernel waits before killing a step itself, and then
 /// before declaring its plugin hung.
@@ -54,6 +57,8 @@ pub struct RunOptions {
     pub executors: HashMap<usize, PluginSpec>,
     pub isolation: Isolation,
     pub isolation_reason: Option<String>,
+    /// The run's cgroup tree; `None` when hm runs without cgroups.
+    pub run_cgroup: Option<Arc<RunCgroup>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +87,8 @@ struct StepRun {
     escalations: u8,
     verdict: Option<Verdict>,
     allowed_failure: bool,
+    /// The attempt's cgroup leaf, while it runs.
+    leaf: Option<Leaf>,
 }
 
 enum PluginState {
@@ -108,6 +115,8 @@ struct PluginSlot {
     restarts: VecDeque<Instant>,
     restart_count: u32,
     shutdown_sent: bool,
+    /// The plugin process's cgroup leaf, while it lives.
+    leaf: Option<Leaf>,
 }
 
 pub struct Scheduler<'a> {
@@ -162,6 +171,7 @@ impl<'a> Scheduler<'a> {
                         restarts: VecDeque::new(),
                         restart_count: 0,
                         shutdown_sent: false,
+                        leaf: None,
                     });
                     plugins.len() - 1
                 }
@@ -181,6 +191,7 @@ impl<'a> Scheduler<'a> {
                 escalations: 0,
                 verdict: None,
                 allowed_failure: false,
+                leaf: None,
             });
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -270,6 +281,13 @@ impl<'a> Scheduler<'a> {
                 }
             }
             let _ = self.renderer.flush();
+        }
+        if let Some(run) = self.opts.run_cgroup.clone() {
+            // Whatever is left (a plugin's stray children) dies with the run's tree.
+            let removed = tokio::task::spawn_blocking(move || run.remove()).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!("{e}");
+            }
         }
         let code = self.exit_code();
         let (mut passed, mut failed, mut skipped, mut cancelled) = (0, 0, 0, 0);
@@ -459,11 +477,43 @@ impl<'a> Scheduler<'a> {
             events: self.events_tx.clone(),
             host: self.host.clone(),
         };
-        start_plugin(key, slot.spec.clone(), slot.settings.clone(), ctx);
+        let mut confinement = Confinement::default();
+        match &self.opts.run_cgroup {
+            Some(run) => match run.leaf(&slot.spec.name, "plugin", &slot.settings.limits) {
+                Ok(leaf) => {
+                    confinement.leaf = Some(leaf.clone());
+                    slot.leaf = Some(leaf);
+                }
+                Err(e) => {
+                    let message =
+                        format!("plugin {}: cannot create its cgroup: {e}", slot.spec.name);
+                    let kind = PluginEventKind::StartFailed { message };
+                    let _ = self.events_tx.send(PluginEvent { key, kind });
+                    return;
+                }
+            },
+            None => confinement.memory_rlimit = slot.settings.limits.memory_bytes,
+        }
+        start_plugin(
+            key,
+            slot.spec.clone(),
+            slot.settings.clone(),
+            confinement,
+            ctx,
+        );
     }
 
     fn send_execute(&mut self, i: usize) {
         let p = self.steps[i].plugin;
+        let leaf = match self.step_leaf(i) {
+            Ok(leaf) => leaf,
+            Err(message) => {
+                self.steps[i].state = StepState::Running;
+                self.end_attempt(i, Verdict::failed(Cause::Exit, message));
+                return;
+            }
+        };
+        self.steps[i].leaf = leaf.clone();
         let call = self.next_call;
         self.next_call += 1;
         let step_def = &self.pipeline.steps[self.steps[i].index];
@@ -489,7 +539,15 @@ impl<'a> Scheduler<'a> {
             image: step_def.image.clone(),
             with_json: step_def.with_json.clone(),
             grace_ms: self.opts.grace.as_millis() as u64,
-            cgroup_procs: Vec::new(),
+            cgroup_procs: leaf
+                .as_ref()
+                .map(|l| {
+                    l.procs_files()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
             limits: StepLimits {
                 memory_bytes: step_def.limits.memory_bytes,
                 pids: step_def.limits.pids,
@@ -532,6 +590,51 @@ impl<'a> Scheduler<'a> {
             self.plugins[p].in_flight.remove(&call);
             self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
         }
+    }
+
+    /// A fresh cgroup leaf for the step's current attempt, with the step's limits.
+    fn step_leaf(&self, i: usize) -> Result<Option<Leaf>, String> {
+        let Some(run) = &self.opts.run_cgroup else {
+            return Ok(None);
+        };
+        let step = &self.steps[i];
+        let def = &self.pipeline.steps[step.index];
+        let plugin = &self.plugins[step.plugin].spec.name;
+        let name = format!("step-{}-{}", def.name, step.attempt);
+        run.leaf(plugin, &name, &def.limits)
+            .map(Some)
+            .map_err(|e| format!("cannot create the step's cgroup: {e}"))
+    }
+
+    /// Empties and removes a finished attempt's leaf. Processes that escaped the step's
+    /// process group (the executor's own cleanup cannot see them) are reported in the step's
+    /// log before its `step_end`, then killed.
+    fn clean_step_leaf(&mut self, i: usize, leaf: Leaf) {
+        let pgid = self.steps[i].pgid;
+        let escaped = leaf
+            .pids()
+            .into_iter()
+            .filter(|&pid| pgid.is_none_or(|g| process_group(pid) != Some(g)))
+            .count();
+        if escaped > 0 {
+            let def = &self.pipeline.steps[self.steps[i].index];
+            let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let line = format!(
+                "hm: killed {escaped} process(es) that left the step's process group but not its cgroup"
+            );
+            let _ =
+                self.renderer
+                    .step_log(&ts, &self.opts.run_id, &def.name, Stream::Stderr, &line);
+        }
+        if leaf.pids().is_empty() && leaf.remove().is_ok() {
+            return;
+        }
+        // Emptying may wait for dying processes: never in the run loop.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = leaf.kill().and_then(|()| leaf.remove()) {
+                tracing::warn!("{e}");
+            }
+        });
     }
 
     // ---- plugin events ----
@@ -654,12 +757,27 @@ impl<'a> Scheduler<'a> {
         let slot = &mut self.plugins[p];
         let expected = slot.shutdown_sent;
         slot.state = PluginState::Exited;
+        let stats = slot
+            .leaf
+            .as_ref()
+            .map(|leaf| leaf.stats())
+            .unwrap_or_default();
+        if let Some(leaf) = slot.leaf.take() {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = leaf.kill().and_then(|()| leaf.remove()) {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
         let exit_code = exit.status.and_then(|s| s.code());
         let signal = exit.status.and_then(|s| s.signal());
+        let oom = stats.oom_kills.is_some_and(|n| n > 0);
         let (clean, cause) = if exit.violation.is_some() {
             (false, Some(Cause::ProtocolError))
         } else if exit.hung {
             (false, Some(Cause::Timeout))
+        } else if oom && signal == Some(libc::SIGKILL) {
+            (false, Some(Cause::Oom))
         } else if signal.is_some() {
             (false, Some(Cause::Signal))
         } else if exit_code == Some(0) && expected {
@@ -681,6 +799,10 @@ impl<'a> Scheduler<'a> {
             let mut message = match (&exit.violation, exit.hung) {
                 (Some(v), _) => format!("plugin {plugin} broke the protocol and was killed: {v}"),
                 (None, true) => format!("plugin {plugin} stopped answering and was killed"),
+                (None, false) if oom && signal == Some(libc::SIGKILL) => format!(
+                    "plugin {plugin} was killed: {}",
+                    out_of_memory(&stats, self.plugins[p].settings.limits.memory_bytes)
+                ),
                 _ => match (exit_code, signal) {
                     (_, Some(s)) => format!(
                         "plugin {plugin} was killed by signal {}",
@@ -722,6 +844,18 @@ impl<'a> Scheduler<'a> {
 
     fn end_attempt_with(&mut self, i: usize, mut verdict: Verdict, result: &StepResult) {
         let def = &self.pipeline.steps[self.steps[i].index];
+        let stats = self.steps[i]
+            .leaf
+            .as_ref()
+            .map(|leaf| leaf.stats())
+            .unwrap_or_default();
+        if verdict.is_failure() && self.steps[i].stop.is_none() {
+            refine_with_cgroup(&mut verdict, &stats, &def.limits);
+        }
+        if let Some(leaf) = self.steps[i].leaf.take() {
+            self.clean_step_leaf(i, leaf);
+        }
+        let def = &self.pipeline.steps[self.steps[i].index];
         let step = &mut self.steps[i];
         let duration_ms = step.started.map_or(0, |s| s.elapsed().as_millis() as u64);
         let attempt = step.attempt;
@@ -749,8 +883,8 @@ impl<'a> Scheduler<'a> {
             exit_code: verdict.exit_code,
             signal: verdict.signal,
             duration_ms,
-            peak_memory_bytes: result.peak_memory_bytes,
-            cpu_ms: result.cpu_ms,
+            peak_memory_bytes: stats.peak_memory_bytes.or(result.peak_memory_bytes),
+            cpu_ms: stats.cpu_ms.or(result.cpu_ms),
             message: verdict.message.clone(),
             allowed_failure: allowed,
         }));
@@ -868,6 +1002,13 @@ impl<'a> Scheduler<'a> {
 
     /// Second Ctrl-C: SIGKILL every step's process group and every plugin, now.
     fn kill_everything(&mut self) {
+        if let Some(run) = self.opts.run_cgroup.clone() {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = run.kill_all() {
+                    tracing::warn!("{e}");
+                }
+            });
+        }
         for step in &self.steps {
             if let Some(pgid) = step.pgid {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -911,6 +1052,9 @@ impl<'a> Scheduler<'a> {
                 if step.escalations == 1 {
                     if let Some(pgid) = step.pgid {
                         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                    }
+                    if let Some(leaf) = step.leaf.clone() {
+                        tokio::task::spawn_blocking(move || leaf.kill());
                     }
                     step.escalate_at = Some(now + ESCALATE);
                 } else {
@@ -1015,4 +1159,38 @@ fn stopped_verdict(reason: StopReason, message: Option<String>) -> Verdict {
         signal: None,
         message,
     }
+}
+
+/// Turns a failure into `oom` or `pids_limit` when the step's cgroup says that is what it was.
+fn refine_with_cgroup(verdict: &mut Verdict, stats: &LeafStats, limits: &crate::config::Limits) {
+    if stats.oom_kills.is_some_and(|n| n > 0) {
+        verdict.cause = Some(Cause::Oom);
+        verdict.message = Some(out_of_memory(stats, limits.memory_bytes));
+    } else if stats.pids_limit_hits.is_some_and(|n| n > 0) {
+        verdict.cause = Some(Cause::PidsLimit);
+        let limit = limits
+            .pids
+            .map_or_else(|| "its".to_owned(), |n| n.to_string());
+        verdict.message = Some(format!("hit the process limit ({limit} processes)"));
+    }
+}
+
+/// `out of memory (limit 64 MiB, peak 64 MiB)`.
+fn out_of_memory(stats: &LeafStats, configured: Option<u64>) -> String {
+    let bytes = crate::render::format_bytes;
+    let limit = stats
+        .memory_limit
+        .or(configured)
+        .map_or_else(|| "none".to_owned(), bytes);
+    match stats.peak_memory_bytes {
+        Some(peak) => format!("out of memory (limit {limit}, peak {})", bytes(peak)),
+        None => format!("out of memory (limit {limit})"),
+    }
+}
+
+/// The process group of `pid`, from /proc.
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(2)?.parse().ok()
 }

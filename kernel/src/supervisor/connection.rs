@@ -25,6 +25,7 @@ use tokio_util::codec::FramedRead;
 
 use super::host_api::HostState;
 use super::spawn::{describe_spawn_error, plugin_command};
+use crate::cgroup::Leaf;
 use crate::config::PluginSettings;
 use crate::events::Stream;
 use crate::registry::PluginSpec;
@@ -125,11 +126,12 @@ pub fn start_plugin(
     key: PluginKey,
     spec: PluginSpec,
     settings: PluginSettings,
+    confinement: Confinement,
     ctx: ConnectionContext,
 ) {
     tokio::spawn(async move {
         let events = ctx.events.clone();
-        if let Err(message) = run_plugin(key, &spec, &settings, ctx).await {
+        if let Err(message) = run_plugin(key, &spec, &settings, &confinement, ctx).await {
             let _ = events.send(PluginEvent {
                 key,
                 kind: PluginEventKind::StartFailed { message },
@@ -140,10 +142,51 @@ pub fn start_plugin(
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
+/// Where a plugin process is confined: its cgroup leaf, or without cgroups a best-effort
+/// address-space rlimit.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    pub leaf: Option<Leaf>,
+    pub memory_rlimit: Option<u64>,
+}
+
+impl Confinement {
+    /// Puts the just-spawned plugin in its place. Nothing of the plugin runs before its
+    /// handshake, and it starts no process before its first call, so joining right after the
+    /// spawn leaves nothing outside.
+    fn apply(&self, pid: u32) -> Result<(), String> {
+        if let Some(leaf) = &self.leaf {
+            leaf.join(pid).map_err(|e| e.to_string())?;
+        } else if let Some(bytes) = self.memory_rlimit {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: prlimit reads `limit` and writes nothing (null old-limit pointer).
+            let rc = unsafe {
+                libc::prlimit(
+                    pid as libc::pid_t,
+                    libc::RLIMIT_AS,
+                    &limit,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc == -1 {
+                return Err(format!(
+                    "cannot set its memory rlimit: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn run_plugin(
     key: PluginKey,
     spec: &PluginSpec,
     settings: &PluginSettings,
+    confinement: &Confinement,
     ctx: ConnectionContext,
 ) -> Result<(), String> {
     let name = &spec.name;
@@ -154,6 +197,11 @@ async fn run_plugin(
         .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
     drop(plugin_end);
     let pid = child.id().unwrap_or(0);
+    if let Err(reason) = confinement.apply(pid) {
+        kill_group(pid);
+        let _ = child.wait().await;
+        return Err(format!("plugin {name}: {reason}"));
+    }
     let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut capture = Vec::new();
     if let Some(stderr) = child.stderr.take() {
@@ -225,7 +273,7 @@ async fn run_plugin(
                     Some(Err(e)) => { violation = Some(e.to_string()); break; }
                 };
                 last_heard = Instant::now();
-                if let Err(e) = dispatch(spec, &ctx, &writer, &frame, &mut ping, &send) {
+                if let Err(e) = dispatch(spec, &ctx, &writer, &frame, &mut ping, &send, pid) {
                     violation = Some(e);
                     break;
                 }
@@ -394,6 +442,7 @@ fn dispatch(
     frame: &hm_ipc::Frame,
     ping: &mut Option<(u64, Instant)>,
     send: &impl Fn(PluginEventKind),
+    plugin_pid: u32,
 ) -> Result<(), String> {
     let call = frame.call_id();
     match frame.kind() {
@@ -435,11 +484,20 @@ fn dispatch(
                 HostCall::KvSet(write) => ctx.host.set(&spec.name, &write.key, write.value),
                 HostCall::ReadConfig => HostReply::Value(Box::new(None)),
                 HostCall::StepProcess(p) => {
-                    send(PluginEventKind::StepProcess {
-                        call: p.step_call,
-                        pgid: p.pgid,
-                    });
-                    HostReply::Ok
+                    // hm will SIGKILL this group if the plugin dies: believe the plugin only
+                    // for a group led by one of its own children.
+                    if leads_group_of_child(p.pgid, plugin_pid) {
+                        send(PluginEventKind::StepProcess {
+                            call: p.step_call,
+                            pgid: p.pgid,
+                        });
+                        HostReply::Ok
+                    } else {
+                        super::host_api::error(format!(
+                            "process group {} is not led by a child of this plugin",
+                            p.pgid
+                        ))
+                    }
                 }
             };
             let frame =
@@ -467,6 +525,25 @@ async fn capture_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, tail: Tail) {
             tail.push_back(line);
         }
     }
+}
+
+/// Whether `pgid` is a live process that leads its own process group and whose parent is
+/// `parent`. A step whose process already ended fails this too, which only means hm has
+/// nothing of it to kill.
+fn leads_group_of_child(pgid: i32, parent: u32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pgid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
+        return false;
+    };
+    let mut fields = rest.split(' ').skip(1);
+    let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
+    let group = fields.next().and_then(|f| f.parse::<i32>().ok());
+    ppid == Some(parent) && group == Some(pgid)
 }
 
 fn kill_group(pid: u32) {

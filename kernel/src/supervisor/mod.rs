@@ -7,4 +7,6 @@ pub mod connection;
 pub mod host_api;
 pub mod spawn;
 
-pub use connection::{PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin};
+pub use connection::{
+    Confinement, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+};
