@@ -1,0 +1,230 @@
+//! Resource limits enforced by cgroups, per step: an OOM or a fork bomb in one step is
+//! contained, named in plain words, and cleaned up while its siblings finish; nothing of the
+//! run's cgroup tree is left behind, also after `hm` itself is SIGKILLed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hm_tests::cgroups::{cgroups_available, run_cgroup_dirs};
+use hm_tests::{MARKER_VAR, Project, Signal, Value, assert_no_process_left, marker};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn run_id(run: &hm_tests::Run) -> String {
+    run.build_end()["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned()
+}
+
+#[test]
+fn oom_in_one_step_does_not_stop_siblings() {
+    if !cgroups_available("oom_in_one_step_does_not_stop_siblings") {
+        return;
+    }
+    let m = marker("oom");
+    let project = Project::new(&format!(
+        r#"
+[steps.hog]
+run = "echo allocating; head -c 1073741824 /dev/zero | tail"
+limits = {{ memory = "64MiB" }}
+env = {{ {MARKER_VAR} = "{m}" }}
+
+[steps.sibling]
+run = "sleep 2; echo done"
+"#
+    ));
+    let run = project.run(&["-k"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("hog"), "failed", "{run}");
+    assert_eq!(run.cause("hog"), Some("oom"), "{run}");
+    let end = run.step_end("hog");
+    let message = end["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("out of memory (limit 64 MiB, peak"),
+        "{message}"
+    );
+    // The OOM killer strikes at the limit, give or take what the kernel charged meanwhile.
+    let peak = end["peak_memory_bytes"].as_u64().unwrap_or(0);
+    assert!((48 << 20..=(64 << 20) + (1 << 20)).contains(&peak), "peak {peak}; {run}");
+    assert_eq!(run.status("sibling"), "passed", "{run}");
+    assert_eq!(run.lines("sibling"), ["done"], "{run}");
+    // Every line the step wrote before the kill arrived (the shell may add its own "Killed").
+    assert_eq!(run.stream_lines("hog", "stdout"), ["allocating"], "{run}");
+    assert!(
+        run_cgroup_dirs(&run_id(&run)).is_empty(),
+        "cgroups left: {:?}",
+        run_cgroup_dirs(&run_id(&run))
+    );
+    assert_no_process_left(&m);
+}
+
+#[test]
+fn the_human_summary_says_out_of_memory_in_words() {
+    if !cgroups_available("the_human_summary_says_out_of_memory_in_words") {
+        return;
+    }
+    let project = Project::new(
+        r#"
+[steps.hog]
+run = "head -c 1073741824 /dev/zero | tail"
+limits = { memory = "32MiB" }
+"#,
+    );
+    let out = project.hm(&["run"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("out of memory (limit 32 MiB, peak 32 MiB)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("isolation cgroup_"), "{}", out.stderr);
+}
+
+#[test]
+fn a_fork_bomb_under_a_pids_limit_is_contained() {
+    if !cgroups_available("a_fork_bomb_under_a_pids_limit_is_contained") {
+        return;
+    }
+    let m = marker("fork-bomb");
+    let project = Project::new(&format!(
+        r#"
+[steps.bomb]
+run = "echo forking; while :; do sleep 300 & done; : {m}"
+limits = {{ pids = 32 }}
+env = {{ {MARKER_VAR} = "{m}" }}
+
+[steps.recursive]
+run = "bomb() {{ bomb | bomb & }}; bomb; sleep 2; echo survived; : {m}"
+limits = {{ pids = 32 }}
+env = {{ {MARKER_VAR} = "{m}" }}
+
+[steps.sibling]
+run = "echo fine"
+"#
+    ));
+    let run = project.run(&["-k", "-j3"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("bomb"), "failed", "{run}");
+    assert_eq!(run.cause("bomb"), Some("pids_limit"), "{run}");
+    // The recursive bomb's own shell survives its children's failed forks and exits 0: it is
+    // contained all the same, and its leftovers are killed.
+    assert!(run.lines("recursive").contains(&"survived"), "{run}");
+    assert_eq!(run.status("sibling"), "passed", "{run}");
+    assert!(run_cgroup_dirs(&run_id(&run)).is_empty(), "{run}");
+    assert_no_process_left(&m);
+}
+
+#[test]
+fn every_step_reports_its_peak_memory_and_cpu_time() {
+    if !cgroups_available("every_step_reports_its_peak_memory_and_cpu_time") {
+        return;
+    }
+    let project = Project::new(
+        r#"
+[steps.work]
+run = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i"
+"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 0, "{run}");
+    let end = run.step_end("work");
+    assert!(
+        end["peak_memory_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{run}"
+    );
+    assert!(end["cpu_ms"].as_u64().is_some(), "{run}");
+    assert!(
+        run.of_kind("build_start")[0]["isolation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("cgroup_")),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_process_that_leaves_the_step_process_group_is_killed_by_its_cgroup() {
+    if !cgroups_available("a_process_that_leaves_the_step_process_group_is_killed_by_its_cgroup") {
+        return;
+    }
+    let m = marker("setsid");
+    let project = Project::new(&format!(
+        r#"
+[steps.escape]
+run = "setsid sh -c 'echo $$ > escaped.pid; exec sleep 1000' < /dev/null > /dev/null 2>&1 & while [ ! -s escaped.pid ]; do :; done; echo spawned; : {m}"
+env = {{ {MARKER_VAR} = "{m}" }}
+"#
+    ));
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 0, "{run}");
+    let lines = run.lines("escape");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("hm: killed 1 process(es) that left the step's process group")),
+        "{run}"
+    );
+    assert_no_process_left(&m);
+}
+
+#[test]
+fn sigkill_to_hm_leaves_no_cgroup_and_the_next_start_sweeps_stale_runs() {
+    if !cgroups_available("sigkill_to_hm_leaves_no_cgroup_and_the_next_start_sweeps_stale_runs") {
+        return;
+    }
+    let m = marker("sigkill-cgroup");
+    let project = Project::new(&format!(
+        r#"
+[steps.long]
+run = "echo started; sleep 1000; : {m}"
+limits = {{ memory = "128MiB" }}
+env = {{ {MARKER_VAR} = "{m}" }}
+"#
+    ));
+    let mut hm = project.spawn_run(&[]);
+    let started = hm.wait_for_event("the first log line", WAIT, |e: &Value| {
+        e["kind"] == "step_log" && e["line"] == "started"
+    });
+    let id = started["run_id"].as_str().expect("run_id").to_owned();
+    // The hierarchies hm uses here: where this run's tree is.
+    let used = run_cgroup_dirs(&id);
+    assert!(!used.is_empty(), "the run has cgroups while it runs");
+    hm.signal(Signal::SIGKILL);
+    hm.finish(WAIT);
+    // The guardian removes the tree as soon as the kernel is gone; allow it a bounded moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !run_cgroup_dirs(&id).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        run_cgroup_dirs(&id).is_empty(),
+        "left: {:?}",
+        run_cgroup_dirs(&id)
+    );
+    assert_no_process_left(&m);
+
+    // A run whose kernel and guardian both died: its tree is still there until the next start.
+    // Its id names a pid that does not exist.
+    let stale = "0-7ffffffe";
+    let made: Vec<PathBuf> = used
+        .iter()
+        .filter_map(|dir| dir.parent())
+        .map(|hm_dir| {
+            hm_dir
+                .join(format!("run-{stale}"))
+                .join("shell")
+                .join("plugin")
+        })
+        .filter(|dir| std::fs::create_dir_all(dir).is_ok())
+        .collect();
+    assert!(!made.is_empty(), "could not fake a stale run");
+    let next = Project::new("[steps.ok]\nrun = \"true\"\n");
+    let run = next.run(&[]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(
+        run_cgroup_dirs(stale).is_empty(),
+        "the stale run was not swept: {:?}",
+        run_cgroup_dirs(stale)
+    );
+}
