@@ -6,6 +6,8 @@
 //! gets a hermetic environment: its own empty `XDG_DATA_HOME`/`XDG_STATE_HOME` (so plugins
 //! installed on the machine do not leak in), no `GITHUB_ACTIONS`, no `HM_LOG`, `NO_COLOR=1`.
 
+pub mod cgroups;
+
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
