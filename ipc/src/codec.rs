@@ -130,6 +130,14 @@ pub struct FrameCodec {
     pending: Option<FrameHeader>,
 }
 
+impl FrameCodec {
+    /// Whether a frame's header has been read but not yet its whole payload: a connection that
+    /// ends now ends in the middle of a frame.
+    pub fn is_mid_frame(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = WireError;

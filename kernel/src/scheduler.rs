@@ -9,8 +9,8 @@
 //! later, SIGKILL to the step's process group from here; if it still has not answered 2 s after
 //! that, the plugin is considered hung and its process group is killed.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hm_ipc::messages::{Credit, EnvVar, ExecuteStep, KernelCall, StepLimits, StepResult};
@@ -117,6 +117,8 @@ struct PluginSlot {
     shutdown_sent: bool,
     /// The plugin process's cgroup leaf, while it lives.
     leaf: Option<Leaf>,
+    /// This instance's unanswered calls, shared with its connection (which polices replies).
+    calls: Arc<Mutex<HashSet<u64>>>,
 }
 
 pub struct Scheduler<'a> {
@@ -141,6 +143,8 @@ pub struct Scheduler<'a> {
     shutdown_deadline: Option<Instant>,
     /// Cleans up after the kernel if it dies; told about every process group started.
     guardian: Option<Guardian>,
+    /// Plugin processes tokio waits for; the orphan reaper leaves them alone.
+    children: Arc<Mutex<HashSet<u32>>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -172,6 +176,7 @@ impl<'a> Scheduler<'a> {
                         restart_count: 0,
                         shutdown_sent: false,
                         leaf: None,
+                        calls: Arc::default(),
                     });
                     plugins.len() - 1
                 }
@@ -216,6 +221,7 @@ impl<'a> Scheduler<'a> {
             plugin_problem: false,
             shutdown_deadline: None,
             guardian: None,
+            children: Arc::default(),
         }
     }
 
@@ -325,12 +331,11 @@ impl<'a> Scheduler<'a> {
     /// Reaps zombies re-parented to the kernel (it is a subreaper), never the plugins tokio
     /// waits for, nor the guardian.
     fn reap_orphans(&self) {
-        let mut keep: std::collections::HashSet<u32> = self
-            .plugins
-            .iter()
-            .map(|p| p.pid)
-            .filter(|&pid| pid > 0)
-            .collect();
+        let mut keep = self
+            .children
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default();
         if let Some(guardian) = &self.guardian {
             keep.insert(guardian.pid());
         }
@@ -471,15 +476,23 @@ impl<'a> Scheduler<'a> {
             index: p,
             generation: slot.generation,
         };
+        slot.calls = Arc::default();
         let ctx = ConnectionContext {
             run_id: self.opts.run_id.clone(),
             pipeline: self.pipeline.name.clone(),
             events: self.events_tx.clone(),
             host: self.host.clone(),
+            children: self.children.clone(),
+            calls: slot.calls.clone(),
         };
         let mut confinement = Confinement::default();
         match &self.opts.run_cgroup {
-            Some(run) => match run.leaf(&slot.spec.name, "plugin", &slot.settings.limits) {
+            // A restarted instance gets a leaf of its own: the old one may still be emptying.
+            Some(run) => match run.leaf(
+                &slot.spec.name,
+                &plugin_leaf_name(slot.generation),
+                &slot.settings.limits,
+            ) {
                 Ok(leaf) => {
                     confinement.leaf = Some(leaf.clone());
                     slot.leaf = Some(leaf);
@@ -559,6 +572,10 @@ impl<'a> Scheduler<'a> {
             return;
         };
         let (pid, writer) = (*pid, writer.clone());
+        // Registered before it is sent, so the connection accepts its reply and output.
+        if let Ok(mut calls) = self.plugins[p].calls.lock() {
+            calls.insert(call);
+        }
         let sent = OutFrame::message(FrameKind::Call, call, &request)
             .map_err(|e| e.to_string())
             .and_then(|frame| {
@@ -854,6 +871,13 @@ impl<'a> Scheduler<'a> {
         }
         if let Some(leaf) = self.steps[i].leaf.take() {
             self.clean_step_leaf(i, leaf);
+        } else if let Some(pgid) = self.steps[i].pgid {
+            // Without a cgroup the step's process group is all hm knows of it: nothing in it
+            // may outlive the step, whatever its executor did. The group cannot have been
+            // reused while a member is alive, and is only signalled if one is.
+            if crate::reaper::group_has_members(pgid) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
         }
         let def = &self.pipeline.steps[self.steps[i].index];
         let step = &mut self.steps[i];
@@ -1193,4 +1217,12 @@ fn process_group(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(2)?.parse().ok()
+}
+
+/// The leaf of a plugin instance: `plugin`, then `plugin-2`, `plugin-3`... for restarts.
+fn plugin_leaf_name(generation: u32) -> String {
+    match generation {
+        0 | 1 => "plugin".to_owned(),
+        n => format!("plugin-{n}"),
+    }
 }

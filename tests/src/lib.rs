@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: find the `hm` binary, build throwaway projects (an `hm.toml`,
 //! files, fixture plugin bundles), run `hm` on them with every wait bounded, read its
 //! `--format json` event stream (whole or as it arrives), and find processes a test left behind.
+//! The fixture plugins in `src/bin/` share [`fixture`]: output that hm provably has before they
+//! misbehave.
 //!
 //! Everything goes through the real binary, as a user or a CI system would run it. Each `hm`
 //! gets a hermetic environment: its own empty `XDG_DATA_HOME`/`XDG_STATE_HOME` (so plugins
@@ -162,6 +164,24 @@ pub fn wait_for_processes(marker: &str, at_least: usize, within: Duration) -> Ve
             Instant::now() < deadline,
             "fewer than {at_least} processes with marker {marker} within {within:?}: {found:#?}"
         );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Asserts that process `pid` is gone (or a zombie), allowing [`PROCESS_EXIT_GRACE`] for a
+/// SIGKILL to take effect. Tests use it on the pids `plugin_start` reported.
+pub fn assert_process_gone(pid: u32) {
+    let deadline = Instant::now() + PROCESS_EXIT_GRACE;
+    let pid = pid as i32;
+    while !is_zombie(pid) {
+        if Instant::now() >= deadline {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            panic!(
+                "process {pid} ({}) is still running after hm exited",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()
+            );
+        }
         std::thread::sleep(POLL);
     }
 }
@@ -773,6 +793,23 @@ impl Run {
             .collect()
     }
 
+    /// Events of `kind` (`plugin_start`, `plugin_exit`, `plugin_restart`) about `plugin`.
+    pub fn of_plugin(&self, kind: &str, plugin: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["plugin"] == plugin)
+            .collect()
+    }
+
+    /// The pids of every instance of `plugin` that started.
+    pub fn plugin_pids(&self, plugin: &str) -> Vec<u32> {
+        self.of_plugin("plugin_start", plugin)
+            .into_iter()
+            .filter_map(|e| e["pid"].as_u64())
+            .map(|pid| pid as u32)
+            .collect()
+    }
+
     /// Step names in `step_queued` order.
     pub fn queued(&self) -> Vec<&str> {
         self.of_kind("step_queued")
@@ -854,6 +891,109 @@ impl fmt::Display for Run {
             tail(&kinds, 60).join(", "),
             tail(&stderr, 40).join("\n")
         )
+    }
+}
+
+// ---- for the fixture plugins (src/bin/) ----
+
+/// What the fixture plugins share: reading their instructions from a step's environment, and
+/// writing output that hm provably has before they misbehave.
+pub mod fixture {
+    use std::os::fd::RawFd;
+    use std::sync::OnceLock;
+
+    use hm_ipc::messages::{KvScope, LogLevel};
+    use hm_ipc::transport::IPC_FD_ENV;
+    use hm_sdk::{OutputStream, StepContext, StepError, StepRequest};
+
+    static SOCKET_FD: OnceLock<RawFd> = OnceLock::new();
+
+    /// Notes the fd number of the socket to hm. Call it first thing in `main`: `serve` takes
+    /// the socket over and removes `HM_IPC_FD` from the environment.
+    pub fn note_socket_fd() {
+        if let Some(fd) = std::env::var(IPC_FD_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            let _ = SOCKET_FD.set(fd);
+        }
+    }
+
+    /// The socket's fd, as [`note_socket_fd`] found it; the SDK keeps it open while it serves.
+    pub fn socket_fd() -> Result<RawFd, StepError> {
+        SOCKET_FD
+            .get()
+            .copied()
+            .ok_or_else(|| StepError::Message(format!("{IPC_FD_ENV} was not noted")))
+    }
+
+    /// Returns once hm has sent this plugin a frame it will never read: a diagnostic goes out
+    /// (hm answers every host call), then the plugin's only runtime thread blocks until the
+    /// answer is waiting on the socket. A plugin that dies now dies the common way, while hm
+    /// is talking to it; the socket's close then resets the connection rather than ending it
+    /// cleanly.
+    pub fn await_unread_frame(ctx: &StepContext) -> Result<(), StepError> {
+        let fd = socket_fd()?;
+        ctx.log(LogLevel::Debug, "fixture: about to misbehave")?;
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on an fd the SDK keeps open; bounded to 10 s.
+        let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+        if ready == 1 {
+            Ok(())
+        } else {
+            Err(StepError::Message(
+                "hm did not answer a diagnostic within 10 s".into(),
+            ))
+        }
+    }
+
+    /// The step variable that says how many lines a fixture writes before it misbehaves.
+    pub const LINES_VAR: &str = "FIXTURE_LINES";
+
+    /// The value of the step's environment variable `name`.
+    pub fn var<'a>(step: &'a StepRequest, name: &str) -> Option<&'a str> {
+        step.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The lines a fixture writes for `step` when [`LINES_VAR`] is `n`; tests compare what hm
+    /// reported against this.
+    pub fn expected_lines(step: &str, n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("{step} line {i} of {n}")).collect()
+    }
+
+    /// Queues [`LINES_VAR`] lines of stdout without waiting for hm to have them.
+    pub async fn queue_lines(step: &StepRequest, ctx: &StepContext) -> Result<(), StepError> {
+        let n = var(step, LINES_VAR)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for line in expected_lines(&step.step, n) {
+            ctx.line(OutputStream::Stdout, line).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes [`LINES_VAR`] lines and returns once hm has read them: the lines are flushed, then
+    /// a host call is made whose reply can only come after hm read every earlier frame.
+    pub async fn write_confirmed_lines(
+        step: &StepRequest,
+        ctx: &StepContext,
+    ) -> Result<(), StepError> {
+        queue_lines(step, ctx).await?;
+        ctx.flush().await?;
+        confirm(ctx).await
+    }
+
+    /// A host-call round trip: when it returns, hm has read everything sent before it.
+    pub async fn confirm(ctx: &StepContext) -> Result<(), StepError> {
+        ctx.kv_get(KvScope::Run, "fixture-confirm").await.map(drop)
     }
 }
 

@@ -4,12 +4,13 @@
 //! steps. A frame that fails validation is a protocol violation: the plugin is killed, the
 //! kernel carries on.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hm_ipc::codec::WireError;
 use hm_ipc::messages::{
     ArchivedLogBatch, Hello, HostCall, HostReply, Init, KernelCall, PluginReply, Reject,
     StepResult, Welcome,
@@ -119,6 +120,13 @@ pub struct ConnectionContext {
     pub pipeline: String,
     pub events: mpsc::UnboundedSender<PluginEvent>,
     pub host: Arc<HostState>,
+    /// Pids of the plugin processes whose exit status tokio waits for: the orphan reaper must
+    /// leave them alone. Inserted right after the spawn, removed after the wait.
+    pub children: Arc<Mutex<HashSet<u32>>>,
+    /// Ids of the kernel's calls to this plugin instance that have not been answered: the
+    /// scheduler inserts before sending, the connection removes on the reply. A reply or log
+    /// batch for any other id is a protocol violation.
+    pub calls: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// Starts the task that runs one plugin instance from spawn to exit.
@@ -197,6 +205,12 @@ async fn run_plugin(
         .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
     drop(plugin_end);
     let pid = child.id().unwrap_or(0);
+    // No await since the spawn: the reaper, on this same thread, cannot have run in between.
+    lock(&ctx.children).insert(pid);
+    let _registered = Registered {
+        set: ctx.children.clone(),
+        pid,
+    };
     if let Err(reason) = confinement.apply(pid) {
         kill_group(pid);
         let _ = child.wait().await;
@@ -270,6 +284,15 @@ async fn run_plugin(
                 let frame = match frame {
                     None => break,
                     Some(Ok(frame)) => frame,
+                    // A peer that dies with frames from hm unread resets the socket: that is
+                    // the end of the connection, not a protocol violation, unless it ended in
+                    // the middle of a frame.
+                    Some(Err(WireError::Io(e))) => {
+                        if !frames.read_buffer().is_empty() || frames.decoder().is_mid_frame() {
+                            violation = Some(format!("connection lost in the middle of a frame ({e})"));
+                        }
+                        break;
+                    }
                     Some(Err(e)) => { violation = Some(e.to_string()); break; }
                 };
                 last_heard = Instant::now();
@@ -447,6 +470,9 @@ fn dispatch(
     let call = frame.call_id();
     match frame.kind() {
         FrameKind::LogBatch => {
+            if !lock(&ctx.calls).contains(&call) {
+                return Err(format!("sent output for call {call}, which is not running"));
+            }
             let batch = frame
                 .access::<ArchivedLogBatch>()
                 .map_err(|e| e.to_string())?;
@@ -460,6 +486,11 @@ fn dispatch(
                 chunks.push((stream, chunk.text.as_str().to_owned()));
             }
             send(PluginEventKind::Log { call, chunks });
+        }
+        FrameKind::Reply if !lock(&ctx.calls).remove(&call) => {
+            return Err(format!(
+                "answered call {call}, which hm never made or already had answered"
+            ));
         }
         FrameKind::Reply => match frame.decode::<PluginReply>().map_err(|e| e.to_string())? {
             PluginReply::StepDone(result) => send(PluginEventKind::StepDone {
@@ -544,6 +575,23 @@ fn leads_group_of_child(pgid: i32, parent: u32) -> bool {
     let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
     let group = fields.next().and_then(|f| f.parse::<i32>().ok());
     ppid == Some(parent) && group == Some(pgid)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only means a panic elsewhere; the sets stay consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes a plugin's pid from the reaper's keep-set once tokio has waited for it.
+struct Registered {
+    set: Arc<Mutex<HashSet<u32>>>,
+    pid: u32,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.pid);
+    }
 }
 
 fn kill_group(pid: u32) {
