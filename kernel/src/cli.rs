@@ -126,7 +126,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
                 hm_ipc::PROTOCOL_MIN,
                 hm_ipc::PROTOCOL_MAX
             );
-            let detected = crate::cgroup::detect();
+            let detected = crate::run::detect_isolation();
             print!("isolation {}", run::isolation_name(detected.level));
             match detected.reason {
                 Some(reason) => println!(" ({reason})"),

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use crate::events::Isolation;
 use crate::registry::{Builtin, Registry};
-use crate::{cgroup, exit, run};
+use crate::{exit, run};
 
 /// Prints every check; exits 0 when hm can run with full isolation, 4 otherwise.
 pub fn doctor(builtins: &[Builtin]) -> i32 {
     let mut ok = true;
-    let detected = cgroup::detect();
+    let detected = run::detect_isolation();
     let level = run::isolation_name(detected.level);
     match (detected.level, &detected.reason) {
         (Isolation::Rlimit, reason) => {

@@ -24,6 +24,19 @@ pub fn isolation_name(level: Isolation) -> &'static str {
     }
 }
 
+/// The isolation available to this run: `cgroup::detect()`, unless `HM_CGROUPS=off` asks hm to
+/// run without cgroups (as if none were available: process groups and best-effort rlimits).
+pub fn detect_isolation() -> cgroup::Detected {
+    if std::env::var("HM_CGROUPS").is_ok_and(|v| v == "off") {
+        return cgroup::Detected {
+            level: Isolation::Rlimit,
+            reason: Some("cgroups turned off with HM_CGROUPS=off".to_owned()),
+            backend: cgroup::Backend::None,
+        };
+    }
+    cgroup::detect()
+}
+
 /// Whether the kernel of run `run_id` (`<time>-<pid>`, both hex) is still running: its pid
 /// exists and is an `hm`. A pid reused by another `hm` counts as alive, which only delays the
 /// sweep of that run to a later start.
@@ -89,7 +102,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         Box::new(std::io::stdout()),
         Box::new(std::io::stderr()),
     );
-    let detected = cgroup::detect();
+    let detected = detect_isolation();
     if args.require_isolation && detected.level == Isolation::Rlimit {
         eprintln!(
             "error: --require-isolation: cgroups are not available ({})\n  hint: run `hm doctor` \
