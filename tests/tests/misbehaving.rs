@@ -136,11 +136,19 @@ impl Scenario {
     }
 
     /// No process of the test is left: none with its marker (hm, plugins, steps and whatever
-    /// they started all carry it), and no instance of the fixture plugin.
+    /// they started all carry it), no instance of the fixture plugin, and no cgroup of the run.
     fn assert_nothing_left(&self, run: &Run) {
         assert_no_process_left(&self.marker);
         for pid in run.plugin_pids(&self.plugin) {
             assert_process_gone(pid);
+        }
+        if let Some(id) = run
+            .of_kind("build_start")
+            .first()
+            .and_then(|e| e["run_id"].as_str())
+        {
+            let left = hm_tests::cgroups::run_cgroup_dirs(id);
+            assert!(left.is_empty(), "the run's cgroups are left: {left:?}");
         }
     }
 
