@@ -1,0 +1,3 @@
+//! The trivial Rust binary whose spawn + wait is the baseline of the cold-start bench.
+
+fn main() {}

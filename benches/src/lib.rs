@@ -1,0 +1,63 @@
+//! `hm-benches`: the side-by-side comparisons of DESIGN §11. Each bench times hm and a
+//! baseline in the same run, interleaved, and reports the ratio of the medians against the
+//! target; README.md says exactly what each one measures.
+//!
+//! [`measure`] holds the method (interleaving, medians, the report line), [`child`] runs
+//! external processes with a deadline; one module per bench. The `compare` bench target is the
+//! command line (`cargo xtask bench` runs it).
+
+pub mod call_round_trip;
+pub mod child;
+pub mod cold_start;
+pub mod log_throughput;
+pub mod measure;
+pub mod run_steps;
+
+use std::path::PathBuf;
+
+pub use measure::{BenchError, Outcome, Target};
+
+/// What every bench needs to know about this run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Fewer rounds and smaller inputs, for a check that the benches still work.
+    pub quick: bool,
+    /// The release `hm` binary.
+    pub hm: PathBuf,
+    /// The trivial binary of the cold-start baseline.
+    pub bench_true: PathBuf,
+    /// Run both threads of each round-trip pair on one CPU (see `call_round_trip`).
+    pub pin: bool,
+}
+
+/// One comparison: its name on the command line, whether it runs the `hm` binary, and the
+/// function that runs it.
+pub struct Bench {
+    pub name: &'static str,
+    pub needs_hm: bool,
+    pub run: fn(&Settings) -> Result<Outcome, BenchError>,
+}
+
+/// Every bench, in the order of the table in DESIGN §11.
+pub const BENCHES: &[Bench] = &[
+    Bench {
+        name: call_round_trip::NAME,
+        needs_hm: false,
+        run: call_round_trip::run,
+    },
+    Bench {
+        name: cold_start::NAME,
+        needs_hm: true,
+        run: cold_start::run,
+    },
+    Bench {
+        name: run_steps::NAME,
+        needs_hm: true,
+        run: run_steps::run,
+    },
+    Bench {
+        name: log_throughput::NAME,
+        needs_hm: true,
+        run: log_throughput::run,
+    },
+];

@@ -1,0 +1,189 @@
+//! `cargo xtask`: the repository's automation, one binary with subcommands (the cargo-xtask
+//! convention; the alias lives in `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci`: format check, clippy with warnings denied, then the tests; stops at the
+//!   first step that fails and names it.
+//! - `cargo xtask bench [--quick] [NAME...]`: builds `hm` in release and runs the side-by-side
+//!   comparisons of `benches/` (DESIGN §11), one line per bench.
+//!
+//! Only the standard library: this must build even when the rest of the workspace does not.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <COMMAND> [ARGS]
+
+commands:
+  ci                      cargo fmt --check, cargo clippy -D warnings, cargo test (stops at the
+                          first failure)
+  bench [--quick] [NAME]  build hm in release and run the comparisons of benches/ (all of
+                          them, or the NAMEs given: call-round-trip, cold-start, run-200-steps,
+                          log-throughput); --quick runs fewer iterations and a smaller log;
+                          other flags go to the harness (see benches/README.md)
+  help                    this text
+";
+
+/// Exit code for a command line that makes no sense (matches `hm`'s usage code).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let Some(command) = args.next() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let rest: Vec<OsString> = args.collect();
+    let result = match command.to_str() {
+        Some("ci") if rest.is_empty() => ci(),
+        Some("ci") => {
+            eprintln!("xtask ci takes no arguments\n");
+            eprint!("{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some("bench") => bench(&rest),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("xtask: unknown command {command:?}\n");
+            eprint!("{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("xtask: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Why a subcommand stopped: what to tell the user, and the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+/// `cargo xtask ci`: the checks every commit must pass, in the order that fails fastest.
+fn ci() -> Result<(), Failure> {
+    let steps: [(&str, &[&str]); 3] = [
+        ("fmt", &["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("test", &["test", "--workspace"]),
+    ];
+    for (name, args) in steps {
+        eprintln!("xtask ci: {name}: cargo {}", args.join(" "));
+        cargo(args).map_err(|e| Failure::new(format!("ci step `{name}` failed: {}", e.message)))?;
+    }
+    eprintln!("xtask ci: all steps passed");
+    Ok(())
+}
+
+/// `cargo xtask bench`: builds what the benches run, then runs them with the arguments given.
+fn bench(args: &[OsString]) -> Result<(), Failure> {
+    for arg in args {
+        if arg == "-h" || arg == "--help" {
+            print!("{USAGE}");
+            return Ok(());
+        }
+    }
+    let hm = target_dir().join("release").join("hm");
+    eprintln!("xtask bench: building hm in release");
+    cargo(&["build", "--release", "-p", "hm-kernel", "--bin", "hm"])
+        .map_err(|e| Failure::new(format!("building hm failed: {}", e.message)))?;
+    if !hm.is_file() {
+        return Err(Failure::new(format!(
+            "{} is missing after a successful build (is CARGO_TARGET_DIR or build.target-dir \
+             pointing elsewhere?)",
+            hm.display()
+        )));
+    }
+    let mut cmd = cargo_command();
+    cmd.args([
+        "bench",
+        "-p",
+        "hm-benches",
+        "--bench",
+        "compare",
+        "--",
+        "--hm",
+    ])
+    .arg(&hm)
+    .args(args);
+    // The harness exits 2 on a bad argument and 1 when a bench could not run; pass both on.
+    run(cmd).map_err(|e| Failure {
+        message: format!("bench failed: {}", e.message),
+        code: e.code,
+    })
+}
+
+/// The repository root: the parent of this package's directory.
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
+/// `cargo` as the one that started us (cargo sets `CARGO` for `cargo run`), in the root.
+fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root());
+    cmd
+}
+
+fn cargo(args: &[&str]) -> Result<(), Failure> {
+    let mut cmd = cargo_command();
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Runs a command to the end with inherited stdio; a non-zero exit is a failure with the
+/// command's own exit code (so a caller's exit status keeps its meaning).
+fn run(mut cmd: Command) -> Result<(), Failure> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| Failure::new(format!("could not start {shown}: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let code = status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .filter(|&c| c != 0)
+        .unwrap_or(1);
+    Err(Failure {
+        message: format!("exited with {status}"),
+        code,
+    })
+}
