@@ -46,29 +46,3 @@ pub fn reap_orphans(keep: &HashSet<u32>) -> usize {
     }
     reaped
 }
-
-/// Whether any live (non-zombie) process is in process group `pgid`.
-pub fn group_has_members(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten().any(|entry| {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
-            return false;
-        };
-        let mut fields = rest.split(' ');
-        let state = fields.next();
-        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-        state != Some("Z") && group == Some(pgid)
-    })
-}

@@ -628,9 +628,10 @@ impl<'a> Scheduler<'a> {
     /// log before its `step_end`, then killed.
     fn clean_step_leaf(&mut self, i: usize, leaf: Leaf) {
         let pgid = self.steps[i].pgid;
-        let escaped = leaf
-            .pids()
-            .into_iter()
+        let pids = leaf.pids();
+        let escaped = pids
+            .iter()
+            .copied()
             .filter(|&pid| pgid.is_none_or(|g| process_group(pid) != Some(g)))
             .count();
         if escaped > 0 {
@@ -643,7 +644,7 @@ impl<'a> Scheduler<'a> {
                 self.renderer
                     .step_log(&ts, &self.opts.run_id, &def.name, Stream::Stderr, &line);
         }
-        if leaf.pids().is_empty() && leaf.remove().is_ok() {
+        if pids.is_empty() && leaf.remove().is_ok() {
             return;
         }
         // Emptying may wait for dying processes: never in the run loop.
@@ -875,7 +876,7 @@ impl<'a> Scheduler<'a> {
             // Without a cgroup the step's process group is all hm knows of it: nothing in it
             // may outlive the step, whatever its executor did. The group cannot have been
             // reused while a member is alive, and is only signalled if one is.
-            if crate::reaper::group_has_members(pgid) {
+            if killpg(Pid::from_raw(pgid), None).is_ok() {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
         }

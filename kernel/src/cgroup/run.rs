@@ -18,12 +18,18 @@ use crate::config::Limits;
 pub struct RunCgroup {
     id: String,
     node: Node,
+    /// Plugin directories already created in this run.
+    plugins: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RunCgroup {
     /// Takes charge of an existing run directory (made by `create_run`, or found by a sweep).
     pub(crate) fn adopt(id: String, node: Node) -> Self {
-        Self { id, node }
+        Self {
+            id,
+            node,
+            plugins: Default::default(),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -37,10 +43,22 @@ impl RunCgroup {
         name::check(plugin)?;
         name::check(leaf)?;
         let plugin_node = self.node.child(plugin);
-        plugin_node.create(false)?;
-        if let Flavor::V2 { controllers } = &plugin_node.flavor {
-            for dir in &plugin_node.dirs {
-                v2::enable(dir, controllers)?;
+        // A plugin's directory is made once per run: every step of it would otherwise pay a
+        // failing mkdir (and a subtree_control write on v2) in each hierarchy.
+        let known = self
+            .plugins
+            .lock()
+            .map(|set| set.contains(plugin))
+            .unwrap_or(false);
+        if !known {
+            plugin_node.create(false)?;
+            if let Flavor::V2 { controllers } = &plugin_node.flavor {
+                for dir in &plugin_node.dirs {
+                    v2::enable(dir, controllers)?;
+                }
+            }
+            if let Ok(mut set) = self.plugins.lock() {
+                set.insert(plugin.to_owned());
             }
         }
         let leaf = Leaf {
