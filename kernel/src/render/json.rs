@@ -14,6 +14,10 @@ pub(crate) struct JsonRenderer {
     /// `step_log` events, and one `write_all` of a whole line is cheaper than serde_json's many
     /// small writes through the `Output` wrapper.
     line: Vec<u8>,
+    /// The escaped start of a `step_log` object, up to `"line":`, and what it was made of: a
+    /// batch of lines shares its timestamp, run and step, so they are escaped once a batch.
+    prefix: Vec<u8>,
+    prefix_of: (String, String, String, Option<Stream>),
 }
 
 impl JsonRenderer {
@@ -21,6 +25,8 @@ impl JsonRenderer {
         Self {
             out: Output::new(stdout),
             line: Vec::with_capacity(512),
+            prefix: Vec::new(),
+            prefix_of: Default::default(),
         }
     }
 }
@@ -48,18 +54,29 @@ impl Renderer for JsonRenderer {
             return Ok(());
         }
         // Byte for byte what serde writes for the same `Envelope` (a test holds them equal).
+        let (p_ts, p_run, p_step, p_stream) = &self.prefix_of;
+        if p_ts != ts || p_run != run_id || p_step != step || *p_stream != Some(stream) {
+            self.prefix.clear();
+            self.prefix.extend_from_slice(b"{\"ts\":");
+            write_json_str(&mut self.prefix, ts);
+            self.prefix.extend_from_slice(b",\"run_id\":");
+            write_json_str(&mut self.prefix, run_id);
+            self.prefix
+                .extend_from_slice(b",\"kind\":\"step_log\",\"step\":");
+            write_json_str(&mut self.prefix, step);
+            self.prefix.extend_from_slice(match stream {
+                Stream::Stdout => b",\"stream\":\"stdout\",\"line\":",
+                Stream::Stderr => b",\"stream\":\"stderr\",\"line\":",
+            });
+            self.prefix_of = (
+                ts.to_owned(),
+                run_id.to_owned(),
+                step.to_owned(),
+                Some(stream),
+            );
+        }
         self.line.clear();
-        self.line.extend_from_slice(b"{\"ts\":");
-        write_json_str(&mut self.line, ts);
-        self.line.extend_from_slice(b",\"run_id\":");
-        write_json_str(&mut self.line, run_id);
-        self.line
-            .extend_from_slice(b",\"kind\":\"step_log\",\"step\":");
-        write_json_str(&mut self.line, step);
-        self.line.extend_from_slice(match stream {
-            Stream::Stdout => b",\"stream\":\"stdout\",\"line\":",
-            Stream::Stderr => b",\"stream\":\"stderr\",\"line\":",
-        });
+        self.line.extend_from_slice(&self.prefix);
         write_json_str(&mut self.line, line);
         self.line.extend_from_slice(b"}\n");
         self.out.write_all(&self.line)
