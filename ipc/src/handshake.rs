@@ -1,14 +1,20 @@
 //! Protocol versions and their negotiation (DESIGN §6.3).
 //!
 //! Version 1 is the base protocol. Version 2 adds `KernelCall::Init`: a plugin that speaks it
-//! is sent `Init` before its first real call; a version-1 plugin never is.
+//! is sent `Init` before its first real call; a version-1 plugin never is. Version 3 adds the
+//! plugin's verdicts `PluginReply::Unavailable` and `PluginReply::StepOutOfMemory`, which a
+//! plugin never sends on v1 or v2.
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u32 = 1;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u32 = 2;
+pub const PROTOCOL_MAX: u32 = 3;
 /// The first version in which the kernel sends `Init`.
 pub const INIT_SINCE: u32 = 2;
+/// The first version in which a plugin may answer `PluginReply::Unavailable` (to `Init`) and
+/// `PluginReply::StepOutOfMemory` (to `ExecuteStep`); on older ones it says `Failed` and
+/// `StepDone` instead.
+pub const VERDICTS_SINCE: u32 = 3;
 
 /// Picks the highest version both ranges contain, or says why there is none and what to do.
 pub fn negotiate(ours: (u32, u32), theirs_min: u32, theirs_max: u32) -> Result<u32, String> {

@@ -57,7 +57,8 @@ pub struct ExecuteStep {
     pub run: String,
     /// Absolute working directory.
     pub dir: String,
-    /// The complete environment of the step beyond the plugin's own (pipeline, step, `-e`).
+    /// The complete environment of the step beyond the plugin's own (pipeline, step, `-e`,
+    /// and [`PROJECT_DIR_ENV`]).
     pub env: Vec<EnvVar>,
     pub image: Option<String>,
     /// `with = { ... }` as JSON text, opaque to the kernel.
@@ -70,6 +71,11 @@ pub struct ExecuteStep {
     /// The step's limits, for best-effort rlimits when there is no cgroup to enforce them.
     pub limits: StepLimits,
 }
+
+/// The variable in every step's environment that holds the project's root directory (where the
+/// pipeline file is, and what the workspace archive holds), set by hm over any value from
+/// `hm.toml`. An executor that runs steps elsewhere maps it (the docker executor: `/workspace`).
+pub const PROJECT_DIR_ENV: &str = "HM_PROJECT_DIR";
 
 /// Resource limits of a step; `None` means no limit. v1.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,6 +110,14 @@ pub enum PluginReply {
     Ready,
     /// The call could not be carried out; the message says why, for the user. v1.
     Failed(Box<CallFailure>),
+    /// `Init` refused because something the plugin needs from the machine is missing (a
+    /// daemon that does not answer, a device): hm exits 4 (environment unavailable) instead
+    /// of 5. The message says what was tried and how to fix it. v3.
+    Unavailable(Box<CallFailure>),
+    /// The step attempt is over and was killed for running out of memory, as the executor's
+    /// runtime says (Docker's `OOMKilled` with exit 137) where hm's cgroup cannot see it; hm
+    /// reports cause `oom`. Otherwise read as `StepDone`. v3.
+    StepOutOfMemory(Box<StepResult>),
 }
 
 /// How a step's process ended. v1.

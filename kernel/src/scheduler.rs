@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hm_ipc::messages::{Credit, EnvVar, ExecuteStep, KernelCall, StepLimits, StepResult};
+use hm_ipc::messages::{
+    Credit, EnvVar, ExecuteStep, KernelCall, PROJECT_DIR_ENV, StepLimits, StepResult,
+};
 use hm_ipc::{FrameKind, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -140,6 +142,8 @@ pub struct Scheduler<'a> {
     pipeline_timed_out: bool,
     failing_fast: bool,
     plugin_problem: bool,
+    /// A plugin refused to start because its environment is missing (exit 4).
+    environment_unavailable: bool,
     shutdown_deadline: Option<Instant>,
     /// Cleans up after the kernel if it dies; told about every process group started.
     guardian: Option<Guardian>,
@@ -219,6 +223,7 @@ impl<'a> Scheduler<'a> {
             pipeline_timed_out: false,
             failing_fast: false,
             plugin_problem: false,
+            environment_unavailable: false,
             shutdown_deadline: None,
             guardian: None,
             children: Arc::default(),
@@ -354,6 +359,9 @@ impl<'a> Scheduler<'a> {
             .collect::<Vec<_>>();
         if self.pipeline_timed_out || failures.iter().any(|v| v.cause == Some(Cause::Timeout)) {
             return exit::TIMEOUT;
+        }
+        if self.environment_unavailable {
+            return exit::ENVIRONMENT;
         }
         if self.plugin_problem {
             return exit::PLUGIN;
@@ -500,7 +508,10 @@ impl<'a> Scheduler<'a> {
                 Err(e) => {
                     let message =
                         format!("plugin {}: cannot create its cgroup: {e}", slot.spec.name);
-                    let kind = PluginEventKind::StartFailed { message };
+                    let kind = PluginEventKind::StartFailed {
+                        message,
+                        unavailable: false,
+                    };
                     let _ = self.events_tx.send(PluginEvent { key, kind });
                     return;
                 }
@@ -543,6 +554,11 @@ impl<'a> Scheduler<'a> {
             name: k.clone(),
             value: v.clone(),
         }));
+        env.retain(|var| var.name != PROJECT_DIR_ENV);
+        env.push(EnvVar {
+            name: PROJECT_DIR_ENV.to_owned(),
+            value: self.pipeline.root.display().to_string(),
+        });
         let request = KernelCall::ExecuteStep(Box::new(ExecuteStep {
             step: step_def.name.clone(),
             attempt: self.steps[i].attempt,
@@ -691,8 +707,15 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             }
-            PluginEventKind::StartFailed { message } => {
-                self.plugin_problem = true;
+            PluginEventKind::StartFailed {
+                message,
+                unavailable,
+            } => {
+                if unavailable {
+                    self.environment_unavailable = true;
+                } else {
+                    self.plugin_problem = true;
+                }
                 tracing::error!("{message}");
                 self.plugins[p].state = PluginState::Failed(message.clone());
                 for i in 0..self.steps.len() {
@@ -734,9 +757,24 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             }
-            PluginEventKind::StepDone { call, result } => {
+            PluginEventKind::StepDone {
+                call,
+                result,
+                out_of_memory,
+            } => {
                 if let Some(i) = self.plugins[p].in_flight.remove(&call) {
-                    let verdict = classify(&result, self.steps[i].stop);
+                    let mut verdict = classify(&result, self.steps[i].stop);
+                    if out_of_memory && verdict.is_failure() && self.steps[i].stop.is_none() {
+                        // The executor's runtime saw the OOM kill (a container's own cgroup,
+                        // which is not the step's leaf).
+                        let limit = self.pipeline.steps[self.steps[i].index].limits.memory_bytes;
+                        let stats = LeafStats {
+                            peak_memory_bytes: result.peak_memory_bytes,
+                            ..LeafStats::default()
+                        };
+                        verdict.cause = Some(Cause::Oom);
+                        verdict.message = Some(self::out_of_memory(&stats, limit));
+                    }
                     self.end_attempt_with(i, verdict, &result);
                 }
             }
@@ -870,6 +908,9 @@ impl<'a> Scheduler<'a> {
         if verdict.is_failure() && self.steps[i].stop.is_none() {
             refine_with_cgroup(&mut verdict, &stats, &def.limits);
         }
+        // A leaf that never held a process peaked at 0 bytes (a docker step's container has a
+        // cgroup of its own): its numbers are not the step's, the executor's may be.
+        let leaf_used = stats.peak_memory_bytes.is_some_and(|peak| peak > 0);
         if let Some(leaf) = self.steps[i].leaf.take() {
             self.clean_step_leaf(i, leaf);
         } else if let Some(pgid) = self.steps[i].pgid {
@@ -908,8 +949,11 @@ impl<'a> Scheduler<'a> {
             exit_code: verdict.exit_code,
             signal: verdict.signal,
             duration_ms,
-            peak_memory_bytes: stats.peak_memory_bytes.or(result.peak_memory_bytes),
-            cpu_ms: stats.cpu_ms.or(result.cpu_ms),
+            peak_memory_bytes: stats
+                .peak_memory_bytes
+                .filter(|_| leaf_used)
+                .or(result.peak_memory_bytes),
+            cpu_ms: stats.cpu_ms.filter(|_| leaf_used).or(result.cpu_ms),
             message: verdict.message.clone(),
             allowed_failure: allowed,
         }));

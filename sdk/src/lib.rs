@@ -24,6 +24,6 @@ mod serve;
 pub mod testing;
 
 pub use context::{OutputStream, StepContext};
-pub use hm_ipc::messages::{KvScope, LogLevel, StepResult};
+pub use hm_ipc::messages::{KvScope, LogLevel, PROJECT_DIR_ENV, StepResult};
 pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest};
 pub use serve::{ServeError, serve, serve_on};

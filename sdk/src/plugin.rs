@@ -32,6 +32,19 @@ pub struct StepRequest {
     pub limits: hm_ipc::messages::StepLimits,
 }
 
+impl StepRequest {
+    /// The project's root directory (where the pipeline file is, and what the workspace
+    /// archive holds), from `HM_PROJECT_DIR` in the step's environment; `None` from an hm that
+    /// does not set it.
+    pub fn project_dir(&self) -> Option<&std::path::Path> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == hm_ipc::messages::PROJECT_DIR_ENV)
+            .map(|(_, dir)| std::path::Path::new(dir))
+    }
+}
+
 /// Why an executor could not run a step at all (as opposed to a step that ran and failed,
 /// which is a [`StepResult`] with a non-zero exit).
 #[derive(Debug, Error)]
@@ -43,6 +56,11 @@ pub enum StepError {
     Spawn(#[source] std::io::Error),
     #[error("lost the connection to hm")]
     Disconnected,
+    /// The step ran and was killed for running out of memory, which the executor learned from
+    /// its runtime (Docker's `OOMKilled`) rather than from hm's cgroup. hm reports it with
+    /// cause `oom`; the result says how the process ended (SIGKILL).
+    #[error("the step ran out of memory")]
+    OutOfMemory(StepResult),
 }
 
 /// Runs steps. The plugin serves many steps at once: `execute` is called concurrently.
@@ -60,6 +78,8 @@ pub struct InitInfo {
     /// `[plugins.<name>].config`.
     pub config: serde_json::Value,
     pub pipeline: String,
+    /// The id of the run this plugin instance serves (as in every event of `--format json`).
+    pub run_id: String,
 }
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -94,6 +114,7 @@ pub struct Plugin {
     pub(crate) protocol: (u32, u32),
     pub(crate) executor: Option<(String, Arc<dyn DynExecutor>)>,
     pub(crate) init: Option<Arc<InitFn>>,
+    pub(crate) environment: Option<Arc<InitFn>>,
 }
 
 impl Plugin {
@@ -105,6 +126,7 @@ impl Plugin {
             protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
             executor: None,
             init: None,
+            environment: None,
         }
     }
 
@@ -126,6 +148,19 @@ impl Plugin {
         check: impl Fn(&InitInfo) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.init = Some(Arc::new(check));
+        self
+    }
+
+    /// Checks, once [`Self::on_init`] has accepted the configuration, that what the plugin
+    /// needs from the machine is there: a daemon it talks to, a device, a tool. An `Err` fails
+    /// the run at its start as *environment unavailable* (hm exits 4, on protocol 3 and later)
+    /// with the message shown to the user: say what was tried and how to fix it. It runs on
+    /// the plugin's runtime thread, before any step; do blocking work on a thread of its own.
+    pub fn check_environment(
+        mut self,
+        check: impl Fn(&InitInfo) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.environment = Some(Arc::new(check));
         self
     }
 

@@ -292,15 +292,20 @@ fn group_members(pgid: i32) -> Vec<i32> {
     .collect()
 }
 
-/// Cuts a byte stream into lines (without the `\n`), splitting lines longer than one batch.
-struct LineSplitter {
+/// Cuts a byte stream into lines (without the `\n`) of step output, as [`run`] does for a
+/// process's pipes: lines longer than one batch are split (never dropped), invalid UTF-8 is
+/// replaced, and a last line without a newline still counts. For executors whose output
+/// arrives in chunks from elsewhere (a container runtime's stream): feed every chunk in order,
+/// then call [`LineSplitter::finish`] once at the end.
+pub struct LineSplitter {
     stream: OutputStream,
     partial: Vec<u8>,
     max: usize,
 }
 
 impl LineSplitter {
-    fn new(stream: OutputStream, max: usize) -> Self {
+    /// Lines of `stream`, each at most `max` bytes (pass [`StepContext::max_line_bytes`]).
+    pub fn new(stream: OutputStream, max: usize) -> Self {
         Self {
             stream,
             partial: Vec::new(),
@@ -308,7 +313,9 @@ impl LineSplitter {
         }
     }
 
-    async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
+    /// Queues the whole lines `bytes` completes; call [`StepContext::flush`] when no more
+    /// output is immediately available.
+    pub async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
         // First the end of a line that began in an earlier read.
         if !self.partial.is_empty() {
             let Some(pos) = memchr::memchr(b'\n', bytes) else {
@@ -360,7 +367,7 @@ impl LineSplitter {
     }
 
     /// End of stream: a last line without a newline is still a line.
-    async fn finish(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+    pub async fn finish(&mut self, ctx: &StepContext) -> Result<(), StepError> {
         if !self.partial.is_empty() {
             let line = text(&self.partial);
             self.partial.clear();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use hm_ipc::codec::WireError;
+use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
     CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
     Welcome,
@@ -134,6 +135,7 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
 
     let mut dispatcher = Dispatcher {
         plugin,
+        run_id: welcome.run_id,
         link: link.clone(),
         calls: HashMap::new(),
         tasks: JoinSet::new(),
@@ -160,6 +162,7 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
 
 struct Dispatcher {
     plugin: Plugin,
+    run_id: String,
     link: Arc<Link>,
     /// Calls from the kernel in flight, by call id.
     calls: HashMap<u64, CancellationToken>,
@@ -255,13 +258,17 @@ impl Dispatcher {
         let info = InitInfo {
             config,
             pipeline: init.pipeline,
+            run_id: self.run_id.clone(),
         };
-        match &self.plugin.init {
-            None => PluginReply::Ready,
-            Some(check) => match check(&info) {
-                Ok(()) => PluginReply::Ready,
-                Err(message) => failed(message),
-            },
+        if let Some(Err(message)) = self.plugin.init.as_ref().map(|check| check(&info)) {
+            return failed(message);
+        }
+        match self.plugin.environment.as_ref().map(|check| check(&info)) {
+            None | Some(Ok(())) => PluginReply::Ready,
+            Some(Err(message)) if self.link.protocol >= VERDICTS_SINCE => {
+                PluginReply::Unavailable(Box::new(CallFailure { message }))
+            }
+            Some(Err(message)) => failed(message),
         }
     }
 
@@ -296,6 +303,7 @@ impl Dispatcher {
         self.calls.insert(id, token.clone());
         let ctx = StepContext::new(self.link.clone(), id, token);
         let link = self.link.clone();
+        let verdicts = self.link.protocol >= VERDICTS_SINCE;
         self.tasks.spawn(async move {
             // A panicking executor fails its step, not the plugin; and the call still gets its
             // reply, without which hm (and `Shutdown`) would wait for it forever.
@@ -307,6 +315,13 @@ impl Dispatcher {
             let flushed = ctx.flush().await;
             let reply = match (result, flushed) {
                 (Ok(result), Ok(())) => PluginReply::StepDone(Box::new(result)),
+                // A kernel older than the verdict sees a SIGKILL (cause `signal`).
+                (Err(StepError::OutOfMemory(result)), Ok(())) if verdicts => {
+                    PluginReply::StepOutOfMemory(Box::new(result))
+                }
+                (Err(StepError::OutOfMemory(result)), Ok(())) => {
+                    PluginReply::StepDone(Box::new(result))
+                }
                 (Err(e), _) => failed(e.to_string()),
                 (Ok(_), Err(e)) => failed(e.to_string()),
             };

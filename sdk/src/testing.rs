@@ -739,9 +739,17 @@ impl Kernel {
                 };
                 let fits = match call.kind {
                     CallKind::Execute => {
-                        matches!(reply, PluginReply::StepDone(_) | PluginReply::Failed(_))
+                        matches!(
+                            reply,
+                            PluginReply::StepDone(_)
+                                | PluginReply::StepOutOfMemory(_)
+                                | PluginReply::Failed(_)
+                        )
                     }
-                    CallKind::Init => matches!(reply, PluginReply::Ready | PluginReply::Failed(_)),
+                    CallKind::Init => matches!(
+                        reply,
+                        PluginReply::Ready | PluginReply::Failed(_) | PluginReply::Unavailable(_)
+                    ),
                 };
                 if !fits {
                     return Err(format!("answered {:?} call {id} with {reply:?}", call.kind));

@@ -125,7 +125,8 @@ fn json_carries_every_event_kind_a_run_produces() {
     let plugin_pid = plugin_starts[0]["pid"].as_u64().expect("plugin pid");
     assert_eq!(plugin_starts[0]["plugin"], "shell");
     assert_eq!(
-        plugin_starts[0]["protocol"], 2,
+        plugin_starts[0]["protocol"],
+        hm_ipc::PROTOCOL_MAX,
         "the built-in shell plugin speaks the newest protocol"
     );
     assert_ne!(

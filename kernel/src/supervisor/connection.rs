@@ -72,9 +72,11 @@ pub enum PluginEventKind {
         protocol: u32,
         writer: mpsc::UnboundedSender<OutFrame>,
     },
-    /// The plugin could not be started; `message` says why in full.
+    /// The plugin could not be started; `message` says why in full. `unavailable`: it
+    /// refused `Init` because its environment is missing (a daemon that does not answer).
     StartFailed {
         message: String,
+        unavailable: bool,
     },
     /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
     /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
@@ -85,6 +87,8 @@ pub enum PluginEventKind {
     StepDone {
         call: u64,
         result: StepResult,
+        /// The executor says the step was killed for running out of memory.
+        out_of_memory: bool,
     },
     CallFailed {
         call: u64,
@@ -139,16 +143,35 @@ pub fn start_plugin(
 ) {
     tokio::spawn(async move {
         let events = ctx.events.clone();
-        if let Err(message) = run_plugin(key, &spec, &settings, &confinement, ctx).await {
+        if let Err(failure) = run_plugin(key, &spec, &settings, &confinement, ctx).await {
             let _ = events.send(PluginEvent {
                 key,
-                kind: PluginEventKind::StartFailed { message },
+                kind: PluginEventKind::StartFailed {
+                    message: failure.message,
+                    unavailable: failure.unavailable,
+                },
             });
         }
     });
 }
 
 type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// Why a plugin did not start.
+struct StartFailure {
+    message: String,
+    /// It refused `Init` with `PluginReply::Unavailable`.
+    unavailable: bool,
+}
+
+impl From<String> for StartFailure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            unavailable: false,
+        }
+    }
+}
 
 /// Where a plugin process is confined: its cgroup leaf, or without cgroups a best-effort
 /// address-space rlimit.
@@ -196,7 +219,7 @@ async fn run_plugin(
     settings: &PluginSettings,
     confinement: &Confinement,
     ctx: ConnectionContext,
-) -> Result<(), String> {
+) -> Result<(), StartFailure> {
     let name = &spec.name;
     let (kernel_end, plugin_end) =
         hm_ipc::transport::socket_pair().map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
@@ -214,7 +237,7 @@ async fn run_plugin(
     if let Err(reason) = confinement.apply(pid) {
         kill_group(pid);
         let _ = child.wait().await;
-        return Err(format!("plugin {name}: {reason}"));
+        return Err(format!("plugin {name}: {reason}").into());
     }
     let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut capture = Vec::new();
@@ -233,9 +256,10 @@ async fn run_plugin(
     let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
     let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
 
+    let mut unavailable = false;
     let handshake = tokio::time::timeout(
         settings.handshake_timeout,
-        handshake(spec, settings, &ctx, &mut frames, &writer),
+        handshake(spec, settings, &ctx, &mut frames, &writer, &mut unavailable),
     )
     .await;
     let protocol = match handshake {
@@ -258,7 +282,14 @@ async fn run_plugin(
                 let _ = tokio::time::timeout(EXIT_GRACE, task).await;
             }
             writer_task.abort();
-            return Err(start_failure(spec, &reason, status, &tail));
+            if unavailable {
+                // The plugin's own words say it all; its exit after the kill says nothing.
+                return Err(StartFailure {
+                    message: format!("plugin {} ({}): {reason}", spec.name, spec.origin),
+                    unavailable,
+                });
+            }
+            return Err(start_failure(spec, &reason, status, &tail).into());
         }
     };
     let send = |kind| {
@@ -346,13 +377,15 @@ async fn run_plugin(
     Ok(())
 }
 
-/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version.
+/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version; a
+/// refusal of `Init` as `Unavailable` also sets `unavailable`.
 async fn handshake(
     spec: &PluginSpec,
     settings: &PluginSettings,
     ctx: &ConnectionContext,
     frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
     writer: &mpsc::UnboundedSender<OutFrame>,
+    unavailable: &mut bool,
 ) -> Result<u32, String> {
     let frame = match frames.next().await {
         None => return Err("exited or closed its socket before saying Hello".into()),
@@ -439,6 +472,10 @@ async fn handshake(
                     Ok(PluginReply::Failed(f)) => {
                         Err(format!("refused its configuration: {}", f.message))
                     }
+                    Ok(PluginReply::Unavailable(f)) => {
+                        *unavailable = true;
+                        Err(f.message)
+                    }
                     Ok(other) => Err(format!("answered Init with {other:?}")),
                     Err(e) => Err(format!("sent an invalid Init reply: {e}")),
                 };
@@ -496,7 +533,14 @@ fn dispatch(
             PluginReply::StepDone(result) => send(PluginEventKind::StepDone {
                 call,
                 result: *result,
+                out_of_memory: false,
             }),
+            PluginReply::StepOutOfMemory(result) => send(PluginEventKind::StepDone {
+                call,
+                result: *result,
+                out_of_memory: true,
+            }),
+            PluginReply::Unavailable(_) => return Err("sent Unavailable outside Init".into()),
             PluginReply::Failed(f) => send(PluginEventKind::CallFailed {
                 call,
                 message: f.message,
