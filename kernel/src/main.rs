@@ -18,16 +18,24 @@ fn main() -> ExitCode {
         let name = args.next().unwrap_or_default();
         match name.to_str() {
             Some(hm_plugin_shell::NAME) => hm_sdk::serve(hm_plugin_shell::plugin()),
+            Some(hm_plugin_docker::NAME) => hm_sdk::serve(hm_plugin_docker::plugin()),
             _ => {
                 eprintln!("hm: no built-in plugin called {name:?}");
                 return ExitCode::from(hm_kernel::exit::PLUGIN as u8);
             }
         }
     }
-    let builtins = [Builtin {
-        name: hm_plugin_shell::NAME,
-        version: env!("CARGO_PKG_VERSION"),
-        capabilities: hm_plugin_shell::plugin().capabilities(),
-    }];
+    let builtins = [
+        Builtin {
+            name: hm_plugin_shell::NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            capabilities: hm_plugin_shell::plugin().capabilities(),
+        },
+        Builtin {
+            name: hm_plugin_docker::NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            capabilities: hm_plugin_docker::plugin().capabilities(),
+        },
+    ];
     ExitCode::from(hm_kernel::cli::main(&builtins) as u8)
 }

@@ -86,10 +86,6 @@ fn steps_whose_executor_no_plugin_provides_exit_7_before_anything_runs() {
 [steps.fine]
 run = "touch fine.ran"
 
-[steps.boxed]
-image = "alpine:3"
-run = "true"
-
 [steps.custom]
 executor = "nope"
 run = "true"
@@ -107,11 +103,6 @@ run = "true"
             .find(|l| l.contains(&format!("\"{step}\"")))
             .map(str::to_owned)
     };
-    let boxed = line("boxed").unwrap_or_else(|| panic!("step boxed not named in:\n{}", out.stderr));
-    assert!(
-        boxed.contains("docker") && boxed.starts_with("hm.toml:"),
-        "{boxed}"
-    );
     let custom =
         line("custom").unwrap_or_else(|| panic!("step custom not named in:\n{}", out.stderr));
     assert!(
@@ -119,7 +110,7 @@ run = "true"
         "{custom}"
     );
     assert!(
-        out.stderr.contains("shell"),
+        out.stderr.contains("docker, shell"),
         "the hint lists the executors there are:\n{}",
         out.stderr
     );

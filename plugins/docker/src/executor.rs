@@ -1,0 +1,207 @@
+//! The docker executor: one step attempt = image ready, container created, `/workspace` filled,
+//! run with its output streamed, its end classified, and the container removed whatever
+//! happened in between.
+
+use std::sync::{Arc, OnceLock};
+
+use bollard::Docker;
+use hm_sdk::{
+    Executor, InitInfo, LogLevel, OutputStream, StepContext, StepError, StepRequest, StepResult,
+};
+
+use crate::config::{PluginConfig, StepOptions};
+use crate::container::{self, Container, Ended};
+use crate::daemon::{self, Address};
+use crate::owner::Owner;
+use crate::{image, sweep, workspace};
+
+/// What the plugin knows once it has started: its configuration, then the daemon and the run.
+#[derive(Default)]
+pub(crate) struct State {
+    config: OnceLock<PluginConfig>,
+    ready: tokio::sync::OnceCell<Ready>,
+}
+
+/// A daemon that answered, and the run this plugin serves.
+struct Ready {
+    docker: Docker,
+    owner: Owner,
+}
+
+impl State {
+    /// `Init`: `[plugins.docker].config`.
+    pub(crate) fn configure(&self, info: &InitInfo) -> Result<(), String> {
+        let config = PluginConfig::parse(&info.config)?;
+        let _ = self.config.set(config);
+        Ok(())
+    }
+
+    /// `Init`, once the configuration is accepted: the daemon must answer (else hm exits 4
+    /// with the address tried), and containers of dead runs are swept.
+    pub(crate) fn start(&self, info: &InitInfo) -> Result<(), String> {
+        let address = self.address();
+        let owner = Owner::current(&info.run_id);
+        // `Init` is answered synchronously, on the plugin's only runtime thread: the daemon is
+        // asked from a runtime of our own. The client keeps no connection open (bollard pools
+        // none), so it works on the plugin's runtime afterwards.
+        let (docker, swept) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("cannot start a runtime to reach Docker: {e}"))?;
+                    runtime.block_on(async {
+                        let docker = daemon::connect(&address).await.map_err(|e| e.to_string())?;
+                        let swept = sweep::orphans(&docker, &owner.host).await;
+                        Ok::<_, String>((docker, swept))
+                    })
+                })
+                .join()
+                .map_err(|_| "the connection to Docker panicked".to_owned())?
+        })?;
+        match swept {
+            Ok(0) => {}
+            // The plugin's stderr is hm's diagnostics, never step output.
+            Ok(n) => eprintln!("docker: removed {n} container(s) left by runs that died"),
+            Err(e) => eprintln!("docker: {e}"),
+        }
+        let _ = self.ready.set(Ready { docker, owner });
+        Ok(())
+    }
+
+    fn address(&self) -> Address {
+        Address::resolve(self.config.get().and_then(|c| c.host.as_deref()))
+    }
+
+    /// The daemon, connected at `Init`; or now, for a kernel that sends no `Init` (protocol 1).
+    async fn ready(&self) -> Result<&Ready, StepError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let docker = daemon::connect(&self.address())
+                    .await
+                    .map_err(|e| StepError::Message(e.to_string()))?;
+                Ok(Ready {
+                    docker,
+                    owner: Owner::current(""),
+                })
+            })
+            .await
+    }
+}
+
+pub struct DockerExecutor {
+    pub(crate) state: Arc<State>,
+}
+
+impl Executor for DockerExecutor {
+    async fn execute(&self, step: StepRequest, ctx: StepContext) -> Result<StepResult, StepError> {
+        let Some(image) = step.image.clone() else {
+            return Err(StepError::Message(
+                "the docker executor runs a step in an image: set `image = \"...\"` on the step"
+                    .into(),
+            ));
+        };
+        let options = StepOptions::parse(&step.with).map_err(StepError::Message)?;
+        let ready = self.state.ready().await?;
+        let docker = &ready.docker;
+        // A pull can take minutes: a cancel does not wait for it.
+        tokio::select! {
+            pulled = image::ensure(docker, &image, options.pull, &ctx) => pulled?,
+            () = ctx.cancelled() => return Ok(result(Ended::before_start())),
+        }
+        let definition =
+            container::definition(&step, &image, &ready.owner, &workspace::working_dir(&step));
+        let name = (!ready.owner.run_id.is_empty())
+            .then(|| format!("hm-{}-{}-{}", ready.owner.run_id, step.step, step.attempt));
+        let container = Container::create(docker, name, definition).await?;
+        let ended = run(docker, &container, &step, &ctx).await;
+        // Whatever happened, the container goes, before the step's end is reported.
+        if let Err(e) = container.remove().await {
+            let _ = ctx
+                .line(
+                    OutputStream::Stderr,
+                    format!("hm: {e}; the next docker step's start removes it"),
+                )
+                .await;
+            let _ = ctx.log(LogLevel::Warn, e);
+        }
+        let ended = ended?;
+        if ended.out_of_memory() {
+            return Err(StepError::OutOfMemory(result(ended)));
+        }
+        Ok(result(ended))
+    }
+}
+
+/// Fills `/workspace` and runs the container; a cancel while the workspace is uploaded ends it
+/// before it starts.
+async fn run(
+    docker: &Docker,
+    container: &Container,
+    step: &StepRequest,
+    ctx: &StepContext,
+) -> Result<Ended, StepError> {
+    tokio::select! {
+        uploaded = workspace::upload(docker, container.id(), ctx) => uploaded?,
+        () = ctx.cancelled() => return Ok(Ended::before_start()),
+    }
+    container.run(step, ctx).await
+}
+
+impl Ended {
+    fn before_start() -> Self {
+        Self {
+            exit_code: None,
+            oom_killed: false,
+            cancelled: true,
+        }
+    }
+
+    /// DESIGN §7.3: out of memory only when the main process was killed (137) *and* the
+    /// daemon says the OOM killer acted. A step whose child was OOM-killed but which went on
+    /// and exited on its own ended by its own exit code.
+    fn out_of_memory(&self) -> bool {
+        self.exit_code == Some(137) && self.oom_killed && !self.cancelled
+    }
+}
+
+fn result(ended: Ended) -> StepResult {
+    if ended.out_of_memory() {
+        // Killed by the OOM killer's SIGKILL, as a shell step's process would be.
+        return StepResult {
+            signal: Some(9),
+            ..StepResult::default()
+        };
+    }
+    StepResult {
+        exit_code: ended.exit_code.map(|c| c as i32),
+        cancelled: ended.cancelled,
+        ..StepResult::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(exit_code: i64, oom_killed: bool, cancelled: bool) -> Ended {
+        Ended {
+            exit_code: Some(exit_code),
+            oom_killed,
+            cancelled,
+        }
+    }
+
+    #[test]
+    fn oom_needs_both_137_and_the_daemons_word() {
+        assert!(ended(137, true, false).out_of_memory());
+        assert!(!ended(137, false, false).out_of_memory());
+        assert!(!ended(0, true, false).out_of_memory());
+        assert!(!ended(1, true, false).out_of_memory());
+        assert!(!ended(137, true, true).out_of_memory());
+        assert_eq!(result(ended(137, true, false)).signal, Some(9));
+        assert_eq!(result(ended(3, false, false)).exit_code, Some(3));
+        assert!(result(ended(137, false, true)).cancelled);
+    }
+}

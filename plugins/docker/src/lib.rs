@@ -1,0 +1,42 @@
+//! The docker executor: runs a step's `run` with `sh -c` in a fresh container of the step's
+//! `image`, through the Docker Engine API (bollard). It ships inside the `hm` binary and also
+//! builds as its own executable.
+//!
+//! Per step attempt: the image is used if present and pulled per `with.pull` otherwise
+//! ([`image`]); one container is created with the step's environment, working directory,
+//! limits and labels ([`container`], [`owner`]); `/workspace` is filled from the workspace
+//! archive ([`workspace`]); the output is streamed live, stdout and stderr apart; the exit code
+//! is the container's, and an OOM kill is reported as one; a cancel stops the container
+//! (SIGTERM, SIGKILL after the grace); and the container is removed with its volumes whatever
+//! happened. At start, the plugin refuses to run without a daemon that answers ([`daemon`]:
+//! hm exits 4) and sweeps containers of runs that died ([`sweep`]).
+
+mod config;
+mod container;
+mod daemon;
+mod executor;
+mod image;
+mod owner;
+mod sweep;
+mod workspace;
+
+use std::sync::Arc;
+
+use hm_sdk::Plugin;
+
+pub use executor::DockerExecutor;
+
+/// The executor name steps use: `executor = "docker"`, or implicitly by setting `image`.
+pub const NAME: &str = "docker";
+
+/// The docker plugin, ready for [`hm_sdk::serve`]. Building it does nothing else: the daemon
+/// is contacted when hm starts the plugin (`Init`).
+pub fn plugin() -> Plugin {
+    let state = Arc::new(executor::State::default());
+    let (configure, start) = (state.clone(), state.clone());
+    Plugin::new(NAME, env!("CARGO_PKG_VERSION"))
+        .description("runs steps in Docker containers")
+        .executor(NAME, DockerExecutor { state })
+        .on_init(move |info| configure.configure(info))
+        .check_environment(move |info| start.start(info))
+}
