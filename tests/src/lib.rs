@@ -9,6 +9,7 @@
 //! installed on the machine do not leak in), no `GITHUB_ACTIONS`, no `HM_LOG`, `NO_COLOR=1`.
 
 pub mod cgroups;
+pub mod docker;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,219 @@
+//! What the Docker tests need: a daemon that answers (or a clear skip, and a failure under
+//! `HM_REQUIRE_DOCKER=1`), a tiny local image, and cleanup of everything they create.
+//!
+//! Images cannot be pulled on the project's machines, so each test builds its own: a root
+//! filesystem holding a static busybox (Debian's `busybox-static`) and a link for each of its
+//! applets, streamed as a tar into `docker import` under a tag unique to the test. The
+//! [`DockerFixture`] guard removes the containers of every run it watched and then the image,
+//! also when the test fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// Where Debian's `busybox-static` installs the binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The `docker` command line, for what the tests check and clean up (hm itself uses the API).
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
+}
+
+/// Why Docker tests cannot run here, if they cannot: no daemon answering, or no static busybox
+/// to build the image from.
+pub fn unavailable_reason() -> Option<String> {
+    let version = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output();
+    match version {
+        Err(e) => return Some(format!("the docker command line cannot be run ({e})")),
+        Ok(out) if !out.status.success() => {
+            return Some(format!(
+                "no Docker daemon answers ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(_) => {}
+    }
+    match std::fs::read(BUSYBOX) {
+        Err(e) => Some(format!(
+            "{BUSYBOX} is missing ({e}): apt-get install busybox-static"
+        )),
+        Ok(elf) if !is_static_elf(&elf) => Some(format!(
+            "{BUSYBOX} is not statically linked: apt-get install busybox-static"
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Whether `elf` is a 64-bit little-endian ELF without a program interpreter (`PT_INTERP`),
+/// which is what runs in an image holding nothing else.
+fn is_static_elf(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let header = phoff as usize + i * phentsize as usize;
+        // PT_INTERP = 3
+        u32_at(header).is_some_and(|p_type| p_type != 3)
+    })
+}
+
+/// A Docker test's image and cleanup. Dropping it removes the containers of every run it
+/// watched (by their `hm.run` label) and then the image.
+pub struct DockerFixture {
+    image: String,
+    runs: Mutex<Vec<String>>,
+}
+
+impl DockerFixture {
+    /// Builds the test's image, or returns `None` (after saying why) when Docker tests cannot
+    /// run here; with `HM_REQUIRE_DOCKER=1` that fails the test instead.
+    pub fn new(test: &str) -> Option<Self> {
+        if let Some(reason) = unavailable_reason() {
+            assert!(
+                std::env::var_os("HM_REQUIRE_DOCKER").is_none_or(|v| v != "1"),
+                "{test}: {reason}, and HM_REQUIRE_DOCKER=1"
+            );
+            eprintln!("{test}: skipped: {reason}");
+            return None;
+        }
+        let image = format!("hm-e2e-busybox:{}", crate::marker(test).to_lowercase());
+        let fixture = Self {
+            image,
+            runs: Mutex::new(Vec::new()),
+        };
+        fixture.import();
+        Some(fixture)
+    }
+
+    /// The image's reference (`repository:tag`), unique to this test.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// Removes the containers of run `run_id` when the fixture is dropped, whatever the test
+    /// found before.
+    pub fn watch(&self, run_id: &str) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.push(run_id.to_owned());
+        }
+    }
+
+    /// `docker import` of a root filesystem holding busybox and its applets, from a tar
+    /// streamed into its stdin.
+    fn import(&self) {
+        let dir = tempfile::Builder::new()
+            .prefix("hm-e2e-rootfs-")
+            .tempdir()
+            .expect("create a temp dir for the image's root filesystem");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("create bin/");
+        std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
+        let list = Command::new(BUSYBOX)
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let applet = applet.trim();
+            if !applet.is_empty() && applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+            }
+        }
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-c", "."])
+            .output()
+            .expect("run tar");
+        assert!(tar.status.success(), "tar failed: {tar:?}");
+        let mut import = Command::new("docker")
+            .args(["import", "-", &self.image])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker import");
+        import
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(&tar.stdout)
+            .expect("stream the root filesystem into docker import");
+        let out = import.wait_with_output().expect("wait for docker import");
+        assert!(
+            out.status.success(),
+            "docker import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for DockerFixture {
+    fn drop(&mut self) {
+        let runs = self.runs.lock().map(|r| r.clone()).unwrap_or_default();
+        for run in runs {
+            // Never a panic here: this may run while a failing test unwinds.
+            let ids = list_run(&run).unwrap_or_default();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = docker(&args);
+            }
+        }
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+/// `docker ps -a --filter label=hm.run=RUN_ID`: the ids of run `run_id`'s containers, in any
+/// state.
+pub fn containers_of_run(run_id: &str) -> Vec<String> {
+    list_run(run_id).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn list_run(run_id: &str) -> Result<Vec<String>, String> {
+    let label = format!("label=hm.run={run_id}");
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--no-trunc", "--filter", &label])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run docker ps: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// A path that is certainly not a Docker socket, for the unreachable-daemon tests.
+pub fn nowhere_socket() -> PathBuf {
+    Path::new("/nonexistent-hm-e2e").join("docker.sock")
+}

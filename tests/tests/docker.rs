@@ -1,0 +1,364 @@
+//! The docker executor through `hm`, against the real daemon: steps in containers next to
+//! shell steps, `/workspace`, exit codes, OOM, limits, and no container left behind after a
+//! Ctrl-C, a timeout or the docker plugin's death. Each test builds its own tiny image (see
+//! `hm_tests::docker`); without a daemon the tests say they were skipped, and fail instead
+//! under `HM_REQUIRE_DOCKER=1`. An unreachable daemon needs no daemon to test.
+
+use std::time::Duration;
+
+use hm_tests::docker::{DockerFixture, containers_of_run, nowhere_socket};
+use hm_tests::{Project, Run, Signal, Value, marker};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn run_id(events: &[Value]) -> String {
+    events
+        .first()
+        .and_then(|e| e["run_id"].as_str())
+        .expect("every event has a run_id")
+        .to_owned()
+}
+
+/// Runs `hm run --format json ARGS` to the end and has `fixture` clean up after its run.
+fn run(project: &Project, fixture: &DockerFixture, args: &[&str]) -> Run {
+    let run = project.run(args);
+    fixture.watch(&run_id(&run.events));
+    run
+}
+
+fn assert_no_container_of(run_id: &str) {
+    let left = containers_of_run(run_id);
+    assert!(
+        left.is_empty(),
+        "containers of run {run_id} are left: {left:?} (docker ps -a --filter label=hm.run={run_id})"
+    );
+}
+
+#[test]
+fn a_pipeline_mixing_shell_and_docker_steps_with_needs_passes() {
+    let Some(docker) = DockerFixture::new("mixed") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[steps.prepare]
+run = "echo prepared"
+
+[steps.inside]
+image = "{image}"
+run = "echo to-stdout; echo to-stderr >&2; pwd; echo $GREETING in $HM_PROJECT_DIR"
+env = {{ GREETING = "hi from env" }}
+needs = ["prepare"]
+
+[steps.after]
+run = "echo after"
+needs = ["inside"]
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 0, "{run}");
+    for step in ["prepare", "inside", "after"] {
+        assert_eq!(run.status(step), "passed", "{step}; {run}");
+    }
+    assert_eq!(
+        run.of_step("step_start", "inside")[0]["executor"],
+        "docker",
+        "{run}"
+    );
+    assert!(run.index_of("step_start", "inside") > run.index_of("step_end", "prepare"));
+    assert!(run.index_of("step_start", "after") > run.index_of("step_end", "inside"));
+    assert_eq!(
+        run.stream_lines("inside", "stdout"),
+        ["to-stdout", "/workspace", "hi from env in /workspace"],
+        "{run}"
+    );
+    assert_eq!(run.stream_lines("inside", "stderr"), ["to-stderr"], "{run}");
+    run.assert_one_final_step_end_each();
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_docker_step_that_exits_3_ends_with_exit_code_3_and_cause_exit() {
+    let Some(docker) = DockerFixture::new("exit3") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[steps.three]
+image = "{}"
+run = "echo before; exit 3"
+"#,
+        docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 1, "{run}");
+    let end = run.step_end("three");
+    assert_eq!(end["status"], "failed", "{run}");
+    assert_eq!(end["cause"], "exit", "{run}");
+    assert_eq!(end["exit_code"], 3, "{run}");
+    assert_eq!(run.stream_lines("three", "stdout"), ["before"], "{run}");
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_docker_step_past_its_memory_limit_ends_with_cause_oom() {
+    let Some(docker) = DockerFixture::new("oom") else {
+        return;
+    };
+    // dd holds one block of 256 MiB in memory: eight times the limit.
+    let project = Project::new(&format!(
+        r#"
+[steps.hog]
+image = "{image}"
+run = "echo allocating; dd if=/dev/zero of=/dev/null bs=256M count=1"
+limits = {{ memory = "32MiB" }}
+
+[steps.survivor]
+image = "{image}"
+run = "dd if=/dev/zero of=/dev/null bs=256M count=1; echo the child died, not me"
+limits = {{ memory = "32MiB" }}
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &["-k"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let end = run.step_end("hog");
+    assert_eq!(end["status"], "failed", "{run}");
+    assert_eq!(end["cause"], "oom", "{run}");
+    assert_eq!(end["signal"], 9, "{run}");
+    let message = end["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("out of memory (limit 32 MiB"),
+        "{message}; {run}"
+    );
+    assert_eq!(run.stream_lines("hog", "stdout"), ["allocating"], "{run}");
+    // Docker says OOMKilled here too, but the main process went on and exited 0: no OOM.
+    assert_eq!(run.status("survivor"), "passed", "{run}");
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn step_limits_become_the_containers_limits() {
+    let Some(docker) = DockerFixture::new("limits") else {
+        return;
+    };
+    // cgroup v1 files first, then v2's: whichever the daemon's machine has.
+    let project = Project::new(&format!(
+        r#"
+[steps.limited]
+image = "{}"
+run = '''
+cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max
+cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max
+cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max
+'''
+limits = {{ memory = "48MiB", pids = 40, cpu = 0.5 }}
+"#,
+        docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        run.stream_lines("limited", "stdout"),
+        [(48 << 20).to_string().as_str(), "40", "50000"],
+        "{run}"
+    );
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_missing_image_with_pull_never_fails_the_step_clearly() {
+    let Some(docker) = DockerFixture::new("pull-never") else {
+        return;
+    };
+    let missing = format!("hm-e2e-missing:{}", marker("absent").to_lowercase());
+    let project = Project::new(&format!(
+        r#"
+[steps.absent]
+image = "{missing}"
+run = "true"
+with = {{ pull = "never" }}
+"#
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 1, "{run}");
+    let end = run.step_end("absent");
+    assert_eq!(end["status"], "failed", "{run}");
+    let message = end["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("image {missing} is not present locally"))
+            && message.contains("with.pull = \"never\""),
+        "{message}; {run}"
+    );
+}
+
+/// A project whose one docker step says `started`, then sleeps as PID 1 (which ignores
+/// SIGTERM: only the SIGKILL after the grace ends it).
+fn long_step(docker: &DockerFixture, extra: &str) -> Project {
+    Project::new(&format!(
+        r#"
+[steps.long]
+image = "{}"
+run = "echo started; exec sleep 1000"
+{extra}
+"#,
+        docker.image()
+    ))
+}
+
+fn is_started(e: &Value) -> bool {
+    e["kind"] == "step_log" && e["step"] == "long" && e["line"] == "started"
+}
+
+#[test]
+fn ctrl_c_during_a_docker_step_leaves_no_container() {
+    let Some(docker) = DockerFixture::new("ctrl-c") else {
+        return;
+    };
+    let project = long_step(&docker, "");
+    let mut hm = project.spawn_run(&["--grace", "1s"]);
+    hm.wait_for_event("the step's first line", WAIT, is_started);
+    let run_id = run_id(hm.events());
+    docker.watch(&run_id);
+    assert_eq!(
+        containers_of_run(&run_id).len(),
+        1,
+        "the step's container runs"
+    );
+    hm.signal(Signal::SIGINT);
+    let run = hm.finish(WAIT).into_run();
+    assert_eq!(run.code(), 130, "{run}");
+    assert_eq!(run.status("long"), "cancelled", "{run}");
+    assert_eq!(run.cause("long"), Some("cancelled"), "{run}");
+    assert_no_container_of(&run_id);
+}
+
+#[test]
+fn a_docker_step_timeout_leaves_no_container() {
+    let Some(docker) = DockerFixture::new("timeout") else {
+        return;
+    };
+    let project = long_step(&docker, r#"timeout = "2s""#);
+    let run = run(&project, &docker, &["--grace", "1s"]);
+    assert_eq!(run.code(), 124, "{run}");
+    assert_eq!(run.status("long"), "timed_out", "{run}");
+    assert_eq!(run.cause("long"), Some("timeout"), "{run}");
+    assert_eq!(run.stream_lines("long", "stdout"), ["started"], "{run}");
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn the_next_start_removes_the_container_of_a_killed_docker_plugin() {
+    let Some(docker) = DockerFixture::new("plugin-kill") else {
+        return;
+    };
+    let project = long_step(&docker, "");
+    let mut hm = project.spawn_run(&[]);
+    hm.wait_for_event("the step's first line", WAIT, is_started);
+    let first = run_id(hm.events());
+    docker.watch(&first);
+    let plugin = hm
+        .events()
+        .iter()
+        .find(|e| e["kind"] == "plugin_start" && e["plugin"] == "docker")
+        .and_then(|e| e["pid"].as_u64())
+        .expect("the docker plugin's plugin_start came before the step's output");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(plugin as i32), Signal::SIGKILL)
+        .expect("SIGKILL the docker plugin");
+    let killed = hm.finish(WAIT).into_run();
+    assert_eq!(killed.code(), 1, "{killed}");
+    assert_eq!(killed.cause("long"), Some("executor_crash"), "{killed}");
+    // Nobody could remove it: the plugin died, and hm knows nothing of containers.
+    assert_eq!(containers_of_run(&first).len(), 1, "{killed}");
+
+    // The next hm start that uses docker sweeps it.
+    let next = Project::new(&format!(
+        r#"
+[steps.quick]
+image = "{}"
+run = "true"
+"#,
+        docker.image()
+    ));
+    let swept = run(&next, &docker, &[]);
+    assert_eq!(swept.code(), 0, "{swept}");
+    assert_no_container_of(&first);
+}
+
+#[test]
+fn an_unreachable_docker_host_exits_4_naming_the_address() {
+    let socket = nowhere_socket();
+    let hosts = [
+        format!("unix://{}", socket.display()),
+        // Nothing listens on port 1 of loopback: refused at once.
+        "tcp://127.0.0.1:1".to_owned(),
+    ];
+    for host in hosts {
+        let project = Project::new(
+            r#"
+[steps.boxed]
+image = "whatever:1"
+run = "true"
+"#,
+        );
+        let mut cmd = project.command(&["run"]);
+        cmd.env("DOCKER_HOST", &host);
+        let out = hm_tests::Hm::spawn(cmd).finish(WAIT);
+        assert_eq!(out.code(), 4, "{host}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "cannot reach the Docker daemon at {host} (from DOCKER_HOST)"
+            )),
+            "{host}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("hint:"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_docker_host_in_the_plugin_config_wins_over_the_environment() {
+    let project = Project::new(&format!(
+        r#"
+[plugins.docker]
+config = {{ host = "unix://{}" }}
+
+[steps.boxed]
+image = "whatever:1"
+run = "true"
+"#,
+        nowhere_socket().display()
+    ));
+    let mut cmd = project.command(&["run"]);
+    cmd.env("DOCKER_HOST", "tcp://127.0.0.1:1");
+    let out = hm_tests::Hm::spawn(cmd).finish(WAIT);
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("(from [plugins.docker].config.host)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_plugin_config_fails_the_run_at_its_start() {
+    let project = Project::new(
+        r#"
+[plugins.docker]
+config = { hots = "unix:///var/run/docker.sock" }
+
+[steps.boxed]
+image = "whatever:1"
+run = "true"
+"#,
+    );
+    let out = project.hm(&["run"]);
+    assert_eq!(out.code(), 5, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("unknown key `hots` in [plugins.docker].config"),
+        "{}",
+        out.stderr
+    );
+}
