@@ -1,8 +1,14 @@
 //! Bytes ⇄ frames. The decoder first checks that a whole frame is buffered ("not enough bytes
 //! yet" is `Ok(None)`), then copies the payload into an aligned buffer; [`Frame::access`]
 //! validates the rkyv archive before any field of it can be read.
+//!
+//! The codec knows bytes only. A frame whose header says a descriptor travels with it
+//! (`FLAG_FD`) gets its shared buffer from [`crate::reader::FrameReader`], which reads the
+//! descriptors from the socket alongside the bytes; and an [`OutFrame`] with an
+//! [`Attachment`] can only be written by [`crate::transport::spawn_writer`].
 
 use std::io;
+use std::os::fd::OwnedFd;
 
 use bytes::{Buf, BufMut, BytesMut};
 use rkyv::api::high::{HighSerializer, HighValidator};
@@ -13,13 +19,44 @@ use rkyv::util::AlignedVec;
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::frame::{FrameError, FrameHeader, FrameKind, HEADER_LEN, padded};
+use crate::frame::{
+    FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, padded,
+};
+use crate::shm::{SHM_THRESHOLD, SealedBuffer, SharedBuffer};
 
 /// A frame received from a peer: a checked header and an aligned, not yet validated payload.
 #[derive(Debug)]
 pub struct Frame {
     pub header: FrameHeader,
-    pub payload: AlignedVec,
+    pub payload: Payload,
+    /// The shared buffer that came with the frame (`FLAG_FD` without `FLAG_SHARED_PAYLOAD`):
+    /// verified sealed, mapped read-only, its descriptor already closed. Set by
+    /// [`crate::reader::FrameReader`]; a receiver that does not expect one must refuse it.
+    pub buffer: Option<SharedBuffer>,
+}
+
+/// A frame's payload bytes: copied out of the socket, or in place in a shared buffer.
+#[derive(Debug)]
+pub enum Payload {
+    Inline(AlignedVec),
+    Shared(SharedBuffer),
+}
+
+impl Payload {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes.as_slice(),
+            Payload::Shared(buffer) => buffer.as_slice(),
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl Frame {
@@ -31,14 +68,27 @@ impl Frame {
         self.header.call_id
     }
 
+    /// Takes the shared buffer that came with the frame, if any.
+    pub fn take_buffer(&mut self) -> Option<SharedBuffer> {
+        self.buffer.take()
+    }
+
     /// Validates the payload as an archived `T` and returns a view of it in place.
     pub fn access<T>(&self) -> Result<&T, FrameError>
     where
         T: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
     {
-        rkyv::access::<T, rancor::Error>(&self.payload).map_err(|e| FrameError::InvalidPayload {
-            what: short_type_name::<T>(),
-            reason: e.to_string(),
+        if self.header.shared_payload() && matches!(self.payload, Payload::Inline(_)) {
+            return Err(FrameError::InvalidPayload {
+                what: short_type_name::<T>(),
+                reason: "the payload is in a shared buffer that did not arrive".into(),
+            });
+        }
+        rkyv::access::<T, rancor::Error>(self.payload.as_slice()).map_err(|e| {
+            FrameError::InvalidPayload {
+                what: short_type_name::<T>(),
+                reason: e.to_string(),
+            }
         })
     }
 
@@ -57,17 +107,29 @@ impl Frame {
     }
 }
 
-fn short_type_name<T>() -> &'static str {
+pub(crate) fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
     full.rsplit("::").next().unwrap_or(full)
 }
 
-/// A frame ready to be written: header fields plus an archived payload.
-#[derive(Debug, Clone)]
+/// A frame ready to be written: header fields plus an archived payload, and perhaps a shared
+/// buffer to send with it.
+#[derive(Debug)]
 pub struct OutFrame {
     pub kind: FrameKind,
     pub call_id: u64,
     pub payload: AlignedVec,
+    /// A descriptor sent with the frame (`FLAG_FD`); closed on this side once it is sent.
+    pub attachment: Option<Attachment>,
+}
+
+/// A sealed buffer's descriptor travelling with a frame.
+#[derive(Debug)]
+pub struct Attachment {
+    pub fd: OwnedFd,
+    /// The buffer is the frame's payload (`FLAG_SHARED_PAYLOAD`), rather than bytes the
+    /// payload names.
+    pub is_payload: bool,
 }
 
 impl OutFrame {
@@ -78,6 +140,48 @@ impl OutFrame {
     {
         let payload =
             rkyv::to_bytes::<rancor::Error>(value).map_err(|e| EncodeError(e.to_string()))?;
+        Self::inline(kind, call_id, payload)
+    }
+
+    /// Archives `value` for a connection that negotiated `protocol`: a payload above
+    /// [`SHM_THRESHOLD`] travels in a sealed shared buffer from protocol
+    /// [`crate::handshake::SHM_SINCE`] on (and up to the inline cap through the socket before).
+    pub fn message_for<T>(
+        protocol: u32,
+        kind: FrameKind,
+        call_id: u64,
+        value: &T,
+    ) -> Result<Self, EncodeError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let payload =
+            rkyv::to_bytes::<rancor::Error>(value).map_err(|e| EncodeError(e.to_string()))?;
+        if payload.len() <= SHM_THRESHOLD || protocol < crate::handshake::SHM_SINCE {
+            return Self::inline(kind, call_id, payload);
+        }
+        if payload.len() > crate::shm::SHARED_PAYLOAD_CAP {
+            return Err(EncodeError(format!(
+                "payload of {} bytes exceeds the shared payload cap of {} bytes",
+                payload.len(),
+                crate::shm::SHARED_PAYLOAD_CAP
+            )));
+        }
+        let buffer = SealedBuffer::from_bytes("hm-payload", &payload)
+            .map_err(|e| EncodeError(e.to_string()))?;
+        let fd = buffer.share().map_err(|e| EncodeError(e.to_string()))?;
+        Ok(Self {
+            kind,
+            call_id,
+            payload: AlignedVec::new(),
+            attachment: Some(Attachment {
+                fd,
+                is_payload: true,
+            }),
+        })
+    }
+
+    fn inline(kind: FrameKind, call_id: u64, payload: AlignedVec) -> Result<Self, EncodeError> {
         if payload.len() > crate::INLINE_CAP {
             return Err(EncodeError(format!(
                 "payload of {} bytes exceeds the inline cap of {} bytes",
@@ -89,7 +193,17 @@ impl OutFrame {
             kind,
             call_id,
             payload,
+            attachment: None,
         })
+    }
+
+    /// Sends `fd`, a sealed buffer's descriptor that the payload names, with this frame.
+    pub fn with_buffer(mut self, fd: OwnedFd) -> Self {
+        self.attachment = Some(Attachment {
+            fd,
+            is_payload: false,
+        });
+        self
     }
 
     /// A frame whose meaning is all in its header (Ping, Pong, Cancel, Shutdown).
@@ -98,6 +212,20 @@ impl OutFrame {
             kind,
             call_id,
             payload: AlignedVec::new(),
+            attachment: None,
+        }
+    }
+
+    /// The header flags this frame is written with.
+    pub fn flags(&self) -> u16 {
+        match &self.attachment {
+            None => 0,
+            Some(Attachment {
+                is_payload: false, ..
+            }) => FLAG_FD,
+            Some(Attachment {
+                is_payload: true, ..
+            }) => FLAG_FD | FLAG_SHARED_PAYLOAD,
         }
     }
 
@@ -170,7 +298,11 @@ impl Decoder for FrameCodec {
         let mut payload = AlignedVec::with_capacity(len);
         payload.extend_from_slice(&src[..len]);
         src.advance(wire_len);
-        Ok(Some(Frame { header, payload }))
+        Ok(Some(Frame {
+            header,
+            payload: Payload::Inline(payload),
+            buffer: None,
+        }))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
@@ -189,15 +321,25 @@ impl Encoder<OutFrame> for FrameCodec {
     type Error = WireError;
 
     fn encode(&mut self, frame: OutFrame, dst: &mut BytesMut) -> Result<(), WireError> {
+        if frame.attachment.is_some() {
+            // Bytes alone cannot carry a descriptor; only the writer task can send this frame.
+            return Err(WireError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a frame with a shared buffer needs hm_ipc::transport::spawn_writer",
+            )));
+        }
         write_frame(&frame, dst);
         Ok(())
     }
 }
 
-fn write_frame(frame: &OutFrame, dst: &mut BytesMut) {
+/// Appends the frame's header and padded payload to `dst` (its descriptor, if any, is the
+/// caller's to send).
+pub(crate) fn write_frame(frame: &OutFrame, dst: &mut BytesMut) {
     let len = frame.payload.len();
     let header = FrameHeader {
         kind: frame.kind,
+        flags: frame.flags(),
         // `OutFrame::message` caps payloads at INLINE_CAP, far below u32::MAX.
         len: len as u32,
         call_id: frame.call_id,

@@ -4,13 +4,21 @@
 //! offset  size  field
 //!      0     4  magic  b"HMF1"
 //!      4     2  kind   FrameKind
-//!      6     2  flags  (none defined; must be 0)
+//!      6     2  flags  FLAG_FD | FLAG_SHARED_PAYLOAD (v3); every other bit must be 0
 //!      8     4  len    payload length in bytes, excluding padding
 //!     12     4  reserved (must be 0)
 //!     16     8  call id
 //! ```
 //! The payload follows, padded with zeros to a multiple of [`PAYLOAD_ALIGN`] so the next
 //! header starts aligned. Decoding never trusts `len` beyond [`INLINE_CAP`].
+//!
+//! Flags (protocol v3; a peer on v1 or v2 never sets one, and a v1/v2 decoder refuses them):
+//! - [`FLAG_FD`]: exactly one file descriptor travels with this frame (`SCM_RIGHTS`, attached
+//!   to the frame's first byte): a sealed shared buffer (`crate::shm`). Only `Call` and `Reply`
+//!   frames may carry one.
+//! - [`FLAG_SHARED_PAYLOAD`] (only with [`FLAG_FD`]): the frame's rkyv payload is that
+//!   buffer's content, and `len` is 0. Without it the buffer is raw bytes that the payload
+//!   names (the workspace archive).
 
 use thiserror::Error;
 
@@ -20,6 +28,12 @@ pub const HEADER_LEN: usize = 24;
 pub const PAYLOAD_ALIGN: usize = 8;
 /// The largest payload that may travel inline through the socket (DESIGN §6.2).
 pub const INLINE_CAP: usize = 16 * 1024 * 1024;
+/// Header flag: one descriptor (a sealed shared buffer) travels with this frame. v3.
+pub const FLAG_FD: u16 = 1 << 0;
+/// Header flag: the payload is the content of the frame's shared buffer (`len` is 0). v3.
+pub const FLAG_SHARED_PAYLOAD: u16 = 1 << 1;
+/// Every flag bit defined; any other is a protocol violation.
+pub const KNOWN_FLAGS: u16 = FLAG_FD | FLAG_SHARED_PAYLOAD;
 
 /// What a frame carries. Values are wire values: append only, never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +86,8 @@ impl FrameKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub kind: FrameKind,
+    /// [`FLAG_FD`], [`FLAG_SHARED_PAYLOAD`].
+    pub flags: u16,
     pub len: u32,
     pub call_id: u64,
 }
@@ -94,6 +110,16 @@ pub enum FrameError {
     InvalidPayload { what: &'static str, reason: String },
     #[error("non-zero padding after the payload")]
     Padding,
+    #[error("header flags {flags:#x} are not allowed on a {kind:?} frame")]
+    Flags { kind: FrameKind, flags: u16 },
+    #[error("a frame claims a file descriptor that did not arrive with it")]
+    FdMissing,
+    #[error("a file descriptor arrived that no frame claims")]
+    FdUnclaimed,
+    #[error("file descriptors arrived where the protocol allows none ({reason})")]
+    FdRefused { reason: &'static str },
+    #[error("shared buffer refused: {reason}")]
+    BadBuffer { reason: String },
 }
 
 impl FrameHeader {
@@ -101,6 +127,7 @@ impl FrameHeader {
         let mut out = [0u8; HEADER_LEN];
         out[0..4].copy_from_slice(&MAGIC);
         out[4..6].copy_from_slice(&(self.kind as u16).to_le_bytes());
+        out[6..8].copy_from_slice(&self.flags.to_le_bytes());
         out[8..12].copy_from_slice(&self.len.to_le_bytes());
         out[16..24].copy_from_slice(&self.call_id.to_le_bytes());
         out
@@ -120,8 +147,15 @@ impl FrameHeader {
         let mut id = [0u8; 8];
         id.copy_from_slice(&bytes[16..24]);
         let kind = FrameKind::from_wire(kind_raw).ok_or(FrameError::UnknownKind(kind_raw))?;
-        if flags != 0 || reserved != 0 {
+        if flags & !KNOWN_FLAGS != 0 || reserved != 0 {
             return Err(FrameError::Reserved { flags, reserved });
+        }
+        if flags != 0 {
+            let may_carry = matches!(kind, FrameKind::Call | FrameKind::Reply);
+            let shared_ok = flags & FLAG_SHARED_PAYLOAD == 0 || (flags & FLAG_FD != 0 && len == 0);
+            if !may_carry || !shared_ok {
+                return Err(FrameError::Flags { kind, flags });
+            }
         }
         if len as usize > INLINE_CAP {
             return Err(FrameError::TooLarge {
@@ -131,9 +165,20 @@ impl FrameHeader {
         }
         Ok(Self {
             kind,
+            flags,
             len,
             call_id: u64::from_le_bytes(id),
         })
+    }
+
+    /// Whether a file descriptor travels with this frame.
+    pub fn carries_fd(&self) -> bool {
+        self.flags & FLAG_FD != 0
+    }
+
+    /// Whether the payload is the content of the frame's shared buffer.
+    pub fn shared_payload(&self) -> bool {
+        self.flags & FLAG_SHARED_PAYLOAD != 0
     }
 
     /// Payload plus padding: how many bytes follow the header on the wire.

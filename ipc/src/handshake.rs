@@ -1,9 +1,12 @@
 //! Protocol versions and their negotiation (DESIGN §6.3).
 //!
 //! Version 1 is the base protocol. Version 2 adds `KernelCall::Init`: a plugin that speaks it
-//! is sent `Init` before its first real call; a version-1 plugin never is. Version 3 adds the
-//! plugin's verdicts `PluginReply::Unavailable` and `PluginReply::StepOutOfMemory`, which a
-//! plugin never sends on v1 or v2.
+//! is sent `Init` before its first real call; a version-1 plugin never is. Version 3 adds
+//! shared-memory buffers: the header flags `FLAG_FD` and `FLAG_SHARED_PAYLOAD` (a descriptor
+//! passed with `SCM_RIGHTS` next to the frame), `HostCall::OpenArchive` and
+//! `HostReply::Archive`; and the plugin's verdicts `PluginReply::Unavailable` and
+//! `PluginReply::StepOutOfMemory`. Neither side sets a flag or sends those variants on v1 or
+//! v2, whose decoders refuse them.
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u32 = 1;
@@ -11,6 +14,9 @@ pub const PROTOCOL_MIN: u32 = 1;
 pub const PROTOCOL_MAX: u32 = 3;
 /// The first version in which the kernel sends `Init`.
 pub const INIT_SINCE: u32 = 2;
+/// The first version with shared buffers: descriptors next to frames, large payloads out of
+/// the socket, and the workspace archive.
+pub const SHM_SINCE: u32 = 3;
 /// The first version in which a plugin may answer `PluginReply::Unavailable` (to `Init`) and
 /// `PluginReply::StepOutOfMemory` (to `ExecuteStep`); on older ones it says `Failed` and
 /// `StepDone` instead.

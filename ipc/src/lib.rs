@@ -2,15 +2,23 @@
 //!
 //! Layers, one file each: [`frame`] (the fixed header and its checks), [`messages`] (the rkyv
 //! payload types, no I/O), [`codec`] (bytes ⇄ frames, validation before any field is read),
-//! [`handshake`] (version negotiation), [`transport`] (the inherited socket pair).
+//! [`handshake`] (version negotiation), [`shm`] (sealed shared-memory buffers and descriptor
+//! passing: all of their `unsafe`), [`reader`] (frames and their descriptors from a socket),
+//! [`transport`] (the inherited socket pair and the writer task).
 //! This crate depends on no other workspace crate and is the only one whose types derive rkyv.
 
 pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod messages;
+pub mod reader;
+pub mod shm;
 pub mod transport;
 
-pub use codec::{Frame, FrameCodec, OutFrame};
-pub use frame::{FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP};
-pub use handshake::{PROTOCOL_MAX, PROTOCOL_MIN, negotiate};
+pub use codec::{Attachment, Frame, FrameCodec, OutFrame, Payload};
+pub use frame::{
+    FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP,
+};
+pub use handshake::{PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, negotiate};
+pub use reader::FrameReader;
+pub use shm::{BufferWriter, SHM_THRESHOLD, SealedBuffer, SharedBuffer};

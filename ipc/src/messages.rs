@@ -153,6 +153,9 @@ pub enum HostCall {
     /// The process group a step's processes run in, so the kernel can kill them itself if the
     /// plugin stops answering. v1.
     StepProcess(Box<StepProcess>),
+    /// The workspace archive: a tar of the project, answered with `HostReply::Archive` and the
+    /// archive's sealed shared buffer next to the reply frame. v3.
+    OpenArchive,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +216,16 @@ pub enum HostReply {
     Value(Box<Option<String>>),
     /// The call was refused; the message says why. v1.
     Error(Box<CallFailure>),
+    /// The answer to `OpenArchive`: the reply frame carries the archive's buffer (`FLAG_FD`).
+    /// v3.
+    Archive(Box<ArchiveBuffer>),
+}
+
+/// What `HostReply::Archive` says about the buffer that comes with it. v3.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveBuffer {
+    /// The archive's length in bytes: the buffer's size.
+    pub len: u64,
 }
 
 /// Step output: many lines of one step in one frame (`FrameKind::LogBatch`; the call id names

@@ -105,15 +105,17 @@ pub fn raw(stream: &StdUnixStream) -> RawFd {
 /// Starts the task that owns the write half of a connection: frames queued on the returned
 /// sender go out in order, batched into as few writes as the queue allows. The task ends when
 /// every sender is dropped (after flushing) or the socket fails.
-pub fn spawn_writer<W>(
-    write_half: W,
+///
+/// A frame with an [`crate::Attachment`] starts a write of its own, a `sendmsg` that carries
+/// its descriptor (`SCM_RIGHTS`) with the frame's first byte: that is how the reader on the
+/// other side knows which frame a descriptor belongs to ([`crate::reader`]). The descriptor is
+/// closed on this side as soon as it is sent (or when the frame is dropped unsent).
+pub fn spawn_writer(
+    write_half: tokio::net::unix::OwnedWriteHalf,
 ) -> (
     tokio::sync::mpsc::UnboundedSender<crate::OutFrame>,
     tokio::task::JoinHandle<Result<(), crate::codec::WireError>>,
-)
-where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     use tokio::io::AsyncWriteExt;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::OutFrame>();
@@ -121,13 +123,33 @@ where
         // No BufWriter: frames are encoded into `bytes` and a burst goes out as one write.
         let mut writer = write_half;
         let mut bytes = bytes::BytesMut::with_capacity(64 * 1024);
-        let mut codec = crate::FrameCodec::default();
-        while let Some(frame) = rx.recv().await {
-            tokio_util::codec::Encoder::encode(&mut codec, frame, &mut bytes)?;
+        // A frame with a descriptor met while batching: it goes first in the next write.
+        let mut next: Option<crate::OutFrame> = None;
+        loop {
+            let mut frame = match next.take() {
+                Some(frame) => frame,
+                None => match rx.recv().await {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
+            crate::codec::write_frame(&frame, &mut bytes);
+            if let Some(attachment) = frame.attachment.take() {
+                let sent = send_with_fd(&writer, &bytes, &attachment.fd).await?;
+                // The descriptor went with the first byte; the rest is plain bytes.
+                writer.write_all(&bytes[sent..]).await?;
+                drop(attachment);
+                bytes.clear();
+                continue;
+            }
             // Drain whatever else is queued so a burst becomes one write.
             while bytes.len() < 1024 * 1024 {
                 match rx.try_recv() {
-                    Ok(frame) => tokio_util::codec::Encoder::encode(&mut codec, frame, &mut bytes)?,
+                    Ok(frame) if frame.attachment.is_some() => {
+                        next = Some(frame);
+                        break;
+                    }
+                    Ok(frame) => crate::codec::write_frame(&frame, &mut bytes),
                     Err(_) => break,
                 }
             }
@@ -138,4 +160,28 @@ where
         Ok(())
     });
     (tx, task)
+}
+
+/// Sends a first part of `bytes` (at least one byte) with `fd` attached; returns how much went.
+async fn send_with_fd(
+    writer: &tokio::net::unix::OwnedWriteHalf,
+    bytes: &[u8],
+    fd: &OwnedFd,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsFd;
+    let stream: &tokio::net::UnixStream = writer.as_ref();
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::shm::send_with_fd(stream.as_raw_fd(), bytes, fd.as_fd())
+        }) {
+            Ok(sent) => return Ok(sent),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -69,10 +69,31 @@ fn garbage_oversized_and_reserved_bits_are_violations() {
         FrameError::UnknownKind(200)
     ));
     let mut flags = OutFrame::empty(FrameKind::Ping, 1).to_wire();
-    flags[6] = 1;
+    flags[6] = 8;
     assert!(matches!(
         protocol_error(&flags),
         FrameError::Reserved { .. }
+    ));
+    // The defined flags only on the frames that may carry a shared buffer, and a shared
+    // payload only with its descriptor and an empty inline payload.
+    let mut fd_on_ping = OutFrame::empty(FrameKind::Ping, 1).to_wire();
+    fd_on_ping[6] = hm_ipc::FLAG_FD as u8;
+    assert!(matches!(
+        protocol_error(&fd_on_ping),
+        FrameError::Flags { .. }
+    ));
+    let mut shared_without_fd = OutFrame::empty(FrameKind::Reply, 1).to_wire();
+    shared_without_fd[6] = hm_ipc::FLAG_SHARED_PAYLOAD as u8;
+    assert!(matches!(
+        protocol_error(&shared_without_fd),
+        FrameError::Flags { .. }
+    ));
+    let mut shared_with_inline = batch(1).to_wire();
+    shared_with_inline[4..6].copy_from_slice(&(FrameKind::Reply as u16).to_le_bytes());
+    shared_with_inline[6] = (hm_ipc::FLAG_FD | hm_ipc::FLAG_SHARED_PAYLOAD) as u8;
+    assert!(matches!(
+        protocol_error(&shared_with_inline),
+        FrameError::Flags { .. }
     ));
     assert_eq!(
         OutFrame::empty(FrameKind::Ping, 1).to_wire().len(),

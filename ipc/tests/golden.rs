@@ -48,7 +48,11 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         with_json: "{}".into(),
         grace_ms: 10_000,
         cgroup_procs: vec!["/sys/fs/cgroup/hm/run-1/shell/step-build-1/cgroup.procs".into()],
-        limits: StepLimits { memory_bytes: Some(64 << 20), pids: Some(32), cpu_millicores: Some(1500) },
+        limits: StepLimits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+            cpu_millicores: Some(1500),
+        },
     }));
     let init = KernelCall::Init(Box::new(Init {
         config_json: "{\"a\":1}".into(),
@@ -83,6 +87,15 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         pgid: 4242,
     }));
     let value = HostReply::Value(Box::new(Some("v".into())));
+    // v3: the archive reply carries the archive's buffer (FLAG_FD); the descriptor itself is
+    // not part of the bytes.
+    let archive = OutFrame::message(
+        K::Reply,
+        5,
+        &HostReply::Archive(Box::new(ArchiveBuffer { len: 10240 })),
+    )
+    .expect("golden messages encode")
+    .with_buffer(memfd());
     let batch = LogBatch {
         chunks: vec![
             LogChunk {
@@ -117,6 +130,11 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ("host_call_kv_set", frame(K::Call, 3, &kv_set)),
         ("host_call_step_process", frame(K::Call, 4, &step_process)),
         ("host_reply_value", frame(K::Reply, 3, &value)),
+        (
+            "host_call_open_archive",
+            frame(K::Call, 5, &HostCall::OpenArchive),
+        ),
+        ("host_reply_archive", archive),
         ("log_batch", frame(K::LogBatch, 7, &batch)),
         (
             "credit",
@@ -127,6 +145,13 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ("pong", OutFrame::empty(K::Pong, 99)),
         ("shutdown", OutFrame::empty(K::Shutdown, 0)),
     ]
+}
+
+/// Any descriptor will do: golden frames are bytes, and the descriptor is not among them.
+fn memfd() -> std::os::fd::OwnedFd {
+    hm_ipc::SealedBuffer::from_bytes("hm-golden", b"")
+        .and_then(|b| b.share())
+        .expect("a memfd")
 }
 
 fn golden_dir() -> PathBuf {
@@ -166,6 +191,7 @@ fn committed_golden_frames_decode_and_validate() {
         let got = &frames[0];
         assert_eq!(got.kind(), frame.kind, "{name}");
         assert_eq!(got.call_id(), frame.call_id, "{name}");
+        assert_eq!(got.header.flags, frame.flags(), "{name}");
         assert_eq!(got.payload.as_slice(), frame.payload.as_slice(), "{name}");
     }
     // Hello is frozen: an old kernel must read it. Check the fields survive the round trip.

@@ -1,6 +1,7 @@
 //! The hm kernel: reads a pipeline, schedules its steps, supervises the plugin processes that
 //! execute them, and renders what happens. It never names plugin code (ARCHITECTURE.md).
 
+pub mod archive;
 pub mod cgroup;
 pub mod classify;
 pub mod cli;

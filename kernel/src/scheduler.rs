@@ -23,6 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::archive::WorkspaceArchive;
 use crate::cgroup::{Leaf, LeafStats, RunCgroup};
 use crate::classify::{StopReason, Verdict, classify, retry_matches, stopped};
 use crate::config::Pipeline;
@@ -134,6 +135,8 @@ pub struct Scheduler<'a> {
     events_tx: mpsc::UnboundedSender<PluginEvent>,
     events_rx: mpsc::UnboundedReceiver<PluginEvent>,
     host: Arc<HostState>,
+    /// The workspace archive, built if a plugin asks; dropped once every step is done.
+    archive: Arc<WorkspaceArchive>,
     next_call: u64,
     running: usize,
     started_at: Instant,
@@ -216,6 +219,7 @@ impl<'a> Scheduler<'a> {
             events_tx,
             events_rx,
             host: Arc::new(HostState::default()),
+            archive: Arc::new(WorkspaceArchive::new(pipeline.root.clone())),
             next_call: 1,
             running: 0,
             started_at: now,
@@ -262,6 +266,9 @@ impl<'a> Scheduler<'a> {
                 if self.plugins_gone() {
                     break;
                 }
+                // No step can ask for the archive any more: its memory goes now, not when
+                // the plugins have exited.
+                self.archive.close();
                 self.shut_down_plugins();
             }
             let wake = self.next_wake();
@@ -300,6 +307,7 @@ impl<'a> Scheduler<'a> {
                 tracing::warn!("{e}");
             }
         }
+        self.archive.close();
         let code = self.exit_code();
         let (mut passed, mut failed, mut skipped, mut cancelled) = (0, 0, 0, 0);
         for step in &self.steps {
@@ -490,6 +498,7 @@ impl<'a> Scheduler<'a> {
             pipeline: self.pipeline.name.clone(),
             events: self.events_tx.clone(),
             host: self.host.clone(),
+            archive: self.archive.clone(),
             children: self.children.clone(),
             calls: slot.calls.clone(),
         };

@@ -1,5 +1,5 @@
 //! The context an executor gets with each step: the host API (log, step output, key-value
-//! state) and the step's cancellation as a future.
+//! state, the workspace archive) and the step's cancellation as a future.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +10,7 @@ use hm_ipc::messages::{
 use tokio_util::sync::CancellationToken;
 
 use crate::StepError;
+use crate::archive::Archive;
 use crate::link::Link;
 
 /// Which of the step's output streams a line came from.
@@ -182,6 +183,43 @@ impl StepContext {
             HostReply::Value(v) => Ok(*v),
             HostReply::Ok => Ok(None),
             HostReply::Error(e) => Err(StepError::Message(e.message)),
+            HostReply::Archive(_) => Err(StepError::Message(
+                "hm answered a key-value read with an archive".into(),
+            )),
+        }
+    }
+
+    /// The workspace archive: a tar of the project that hm builds once per run (on the first
+    /// request of any plugin), mapped read-only into this process. Nothing is copied: the
+    /// bytes are hm's sealed shared buffer. Drop the [`Archive`] when done with it (before the
+    /// step answers), which unmaps it.
+    ///
+    /// Needs protocol 3 (an `hm` that has shared buffers); older ones are told apart with an
+    /// error that says so.
+    pub async fn open_archive(&self) -> Result<Archive, StepError> {
+        let protocol = self.inner.link.protocol;
+        if protocol < hm_ipc::SHM_SINCE {
+            return Err(StepError::Message(format!(
+                "this hm speaks protocol {protocol}, which has no workspace archive (it needs \
+                 protocol {}): upgrade hm",
+                hm_ipc::SHM_SINCE
+            )));
+        }
+        match self
+            .inner
+            .link
+            .call_for_buffer(&HostCall::OpenArchive)
+            .await?
+        {
+            // The serve loop checked that the buffer came with the reply and has its length.
+            (HostReply::Archive(_), Some(buffer)) => Ok(Archive::new(buffer)),
+            (HostReply::Error(e), _) => Err(StepError::Message(format!(
+                "hm could not provide the workspace archive: {}",
+                e.message
+            ))),
+            (other, _) => Err(StepError::Message(format!(
+                "hm answered OpenArchive with {other:?}"
+            ))),
         }
     }
 

@@ -16,6 +16,7 @@
 //! [`serve`] speaks the protocol of `hm-ipc` with the kernel over the inherited socket;
 //! [`testing`] drives a plugin through the same protocol in-process, without an `hm` binary.
 
+mod archive;
 mod context;
 mod link;
 mod plugin;
@@ -23,6 +24,7 @@ pub mod process;
 mod serve;
 pub mod testing;
 
+pub use archive::Archive;
 pub use context::{OutputStream, StepContext};
 pub use hm_ipc::messages::{KvScope, LogLevel, PROJECT_DIR_ENV, StepResult};
 pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest};

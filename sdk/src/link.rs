@@ -6,14 +6,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hm_ipc::messages::{HostCall, HostReply, LogBatch};
-use hm_ipc::{FrameKind, OutFrame};
+use hm_ipc::{FrameKind, OutFrame, SharedBuffer};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::StepError;
 
+/// A host call's answer: the reply, and the shared buffer that came with it (only
+/// `HostReply::Archive` has one; the serve loop checks that they go together).
+pub(crate) type Answer = (HostReply, Option<SharedBuffer>);
+
 pub(crate) struct Link {
     out: mpsc::UnboundedSender<OutFrame>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_id: AtomicU64,
     /// One permit per log batch the kernel allows in flight (credit-based flow control).
     credit: Semaphore,
@@ -44,8 +48,15 @@ impl Link {
 
     /// Calls the host API and waits for the answer.
     pub(crate) async fn call(&self, call: &HostCall) -> Result<HostReply, StepError> {
+        // Only `OpenArchive` is answered with a buffer, and it goes through `call_for_buffer`.
+        self.call_for_buffer(call).await.map(|(reply, _)| reply)
+    }
+
+    /// Calls the host API and waits for the answer and the buffer that may come with it. A
+    /// large call (a big value to store) travels in a shared buffer on protocol v3.
+    pub(crate) async fn call_for_buffer(&self, call: &HostCall) -> Result<Answer, StepError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = OutFrame::message(FrameKind::Call, id, call)
+        let frame = OutFrame::message_for(self.protocol, FrameKind::Call, id, call)
             .map_err(|e| StepError::Message(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(id, tx);
@@ -59,7 +70,7 @@ impl Link {
     /// Calls the host API without waiting: the reply, when it comes, is dropped.
     pub(crate) fn notify(&self, call: &HostCall) -> Result<(), StepError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = OutFrame::message(FrameKind::Call, id, call)
+        let frame = OutFrame::message_for(self.protocol, FrameKind::Call, id, call)
             .map_err(|e| StepError::Message(e.to_string()))?;
         self.send(frame)
     }
@@ -87,9 +98,10 @@ impl Link {
 
     /// Hands a reply to the call waiting for it. A reply nobody waits for (a `notify`) is
     /// dropped; the kernel may answer those.
-    pub(crate) fn complete(&self, id: u64, reply: HostReply) {
+    /// A buffer that nobody waits for is unmapped right here.
+    pub(crate) fn complete(&self, id: u64, reply: HostReply, buffer: Option<SharedBuffer>) {
         if let Some(tx) = self.lock_pending().remove(&id) {
-            let _ = tx.send(reply);
+            let _ = tx.send((reply, buffer));
         }
     }
 
@@ -99,7 +111,7 @@ impl Link {
         self.credit.close();
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<HostReply>>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Answer>>> {
         // A poisoned map only means a panic elsewhere mid-insert; the map itself is still sound.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -12,11 +12,10 @@ use hm_ipc::messages::{
     CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
     Welcome,
 };
-use hm_ipc::{Frame, FrameCodec, FrameError, FrameKind, OutFrame};
+use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
 use tokio::net::UnixStream;
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::StepContext;
@@ -88,7 +87,7 @@ fn run(plugin: Plugin) -> Result<(), ServeError> {
 /// `Shutdown` or the end of the connection. Used by [`serve`] and by [`crate::testing`].
 pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeError> {
     let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
+    let mut frames = FrameReader::new(read_half);
     let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
 
     let hello = Hello {
@@ -126,6 +125,8 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
             welcome.protocol, plugin.protocol.0, plugin.protocol.1
         )));
     }
+    // Shared buffers (and so descriptors) only on a version that has them.
+    frames.allow_fds(welcome.protocol >= hm_ipc::SHM_SINCE);
     let link = Arc::new(Link::new(
         out,
         welcome.log_credit,
@@ -170,10 +171,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(
-        &mut self,
-        frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
-    ) -> Result<(), ServeError> {
+    async fn run(&mut self, frames: &mut FrameReader) -> Result<(), ServeError> {
         let mut shutting_down = false;
         loop {
             if shutting_down && self.calls.is_empty() {
@@ -199,7 +197,14 @@ impl Dispatcher {
     }
 
     /// Handles one frame; `Ok(true)` means the kernel asked us to shut down.
-    fn handle(&mut self, frame: Frame) -> Result<bool, ServeError> {
+    fn handle(&mut self, mut frame: Frame) -> Result<bool, ServeError> {
+        let buffer = frame.take_buffer();
+        if buffer.is_some() && frame.kind() != FrameKind::Reply {
+            return Err(ServeError::Protocol(format!(
+                "hm sent a shared buffer with a {:?} frame",
+                frame.kind()
+            )));
+        }
         match frame.kind() {
             FrameKind::Call => {
                 let call: KernelCall = frame.decode()?;
@@ -207,7 +212,8 @@ impl Dispatcher {
             }
             FrameKind::Reply => {
                 let reply: HostReply = frame.decode()?;
-                self.link.complete(frame.call_id(), reply);
+                check_archive_reply(&reply, buffer.as_ref())?;
+                self.link.complete(frame.call_id(), reply, buffer);
             }
             FrameKind::Cancel => {
                 if let Some(token) = self.calls.get(&frame.call_id()) {
@@ -336,6 +342,28 @@ impl Dispatcher {
         if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, reply) {
             let _ = self.link.send(frame);
         }
+    }
+}
+
+/// An `Archive` reply comes with exactly the buffer it describes, and no other reply has one.
+fn check_archive_reply(
+    reply: &HostReply,
+    buffer: Option<&hm_ipc::SharedBuffer>,
+) -> Result<(), ServeError> {
+    match (reply, buffer) {
+        (HostReply::Archive(info), Some(buffer)) if info.len == buffer.len() as u64 => Ok(()),
+        (HostReply::Archive(info), Some(buffer)) => Err(ServeError::Protocol(format!(
+            "hm described an archive of {} bytes and sent a buffer of {}",
+            info.len,
+            buffer.len()
+        ))),
+        (HostReply::Archive(_), None) => Err(ServeError::Protocol(
+            "hm answered with an archive but sent no buffer".into(),
+        )),
+        (_, Some(_)) => Err(ServeError::Protocol(
+            "hm sent a shared buffer with a reply that has none".into(),
+        )),
+        (_, None) => Ok(()),
     }
 }
 

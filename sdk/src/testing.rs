@@ -7,6 +7,10 @@
 //! every frame the plugin sends, answers the host API, grants log credit and routes step output
 //! and replies to the [`CallHandle`] of the call they belong to.
 //!
+//! The workspace archive (`OpenArchive`, protocol v3) is served from a sealed buffer the test
+//! provides with [`Harness::provide_archive`], sent as the kernel sends it: a duplicate of its
+//! descriptor next to the reply frame.
+//!
 //! The harness checks the plugin as strictly as the kernel would, so a test through it also
 //! tests the SDK's side of the protocol: a payload that fails validation, a log batch beyond the
 //! granted credit or over `max_batch_bytes`, output or a reply for a call that is not in flight,
@@ -36,21 +40,21 @@ use futures_util::StreamExt;
 use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::messages::{
-    CallFailure, Credit, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel,
-    PluginReply, Reject, StepResult, Welcome,
+    ArchiveBuffer, CallFailure, Credit, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch,
+    LogLevel, PluginReply, Reject, StepResult, Welcome,
 };
-use hm_ipc::{Frame, FrameCodec, FrameKind, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN};
+use hm_ipc::{
+    Frame, FrameKind, FrameReader, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SealedBuffer,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
 pub use hm_ipc::messages::{EnvVar, ExecuteStep, Hello, KvScope};
 
@@ -214,7 +218,7 @@ impl Harness {
         let serve = tokio::spawn(crate::serve_on(plugin, plugin_end));
         let (read_half, write_half) = kernel_end.into_split();
         let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
-        let mut frames = FramedRead::new(read_half, FrameCodec::default());
+        let mut frames = FrameReader::new(read_half);
         let agreed = tokio::time::timeout(options.timeout, handshake(&mut frames, &out, &options))
             .await
             .unwrap_or_else(|_| {
@@ -231,8 +235,10 @@ impl Harness {
                 return Err(e);
             }
         };
+        frames.allow_fds(protocol >= SHM_SINCE);
         let kernel = Arc::new(Kernel {
             out,
+            protocol,
             max_batch_bytes: options.max_batch_bytes as usize,
             state: Mutex::new(State {
                 calls: HashMap::new(),
@@ -240,6 +246,8 @@ impl Harness {
                 kv: HashMap::new(),
                 logs: Vec::new(),
                 config_json: options.config_json,
+                archive: None,
+                archive_requests: 0,
                 credit: options.log_credit.into(),
                 ended: None,
             }),
@@ -281,6 +289,18 @@ impl Harness {
             .kv
             .get(&kv_slot(scope, step_call, key))
             .cloned()
+    }
+
+    /// Serves `OpenArchive` from `archive` from now on: each request gets a duplicate of its
+    /// descriptor, as from hm. Until a test provides one, `OpenArchive` is answered with an
+    /// error.
+    pub fn provide_archive(&self, archive: SealedBuffer) {
+        self.kernel.lock().archive = Some(archive);
+    }
+
+    /// How many times the plugin has called `OpenArchive`.
+    pub fn archive_requests(&self) -> u32 {
+        self.kernel.lock().archive_requests
     }
 
     /// Sends `Init` with `config_json` (protocol v2) and waits for the answer: `Ok` on `Ready`,
@@ -625,6 +645,7 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
 /// The kernel's side of the connection, shared by the harness, its call handles and the pump.
 struct Kernel {
     out: mpsc::UnboundedSender<OutFrame>,
+    protocol: u32,
     max_batch_bytes: usize,
     state: Mutex<State>,
 }
@@ -635,6 +656,9 @@ struct State {
     kv: HashMap<(u8, u64, String), String>,
     logs: Vec<(LogLevel, String)>,
     config_json: String,
+    /// What `OpenArchive` is served from.
+    archive: Option<SealedBuffer>,
+    archive_requests: u32,
     /// Log batches the plugin may still send before it needs more credit.
     credit: u64,
     /// Why the connection is over; the first reason wins.
@@ -727,6 +751,13 @@ impl Kernel {
     /// Handles one frame from the plugin; `Err` is a protocol violation.
     fn receive(&self, frame: Frame) -> Result<(), String> {
         let id = frame.call_id();
+        if frame.buffer.is_some() {
+            // Large payloads may travel in a shared buffer; a buffer beside one, never.
+            return Err(format!(
+                "sent a shared buffer with a {:?} frame, which has none",
+                frame.kind()
+            ));
+        }
         match frame.kind() {
             FrameKind::LogBatch => {
                 self.log_batch(id, frame.decode::<LogBatch>().map_err(|e| e.to_string())?)
@@ -764,9 +795,12 @@ impl Kernel {
             }
             FrameKind::Call => {
                 let call = frame.decode::<HostCall>().map_err(|e| e.to_string())?;
-                let reply = self.host_call(call)?;
-                let frame = OutFrame::message(FrameKind::Reply, id, &reply)
+                let (reply, buffer) = self.host_call(call)?;
+                let mut frame = OutFrame::message_for(self.protocol, FrameKind::Reply, id, &reply)
                     .map_err(|e| format!("the harness failed to answer: {e}"))?;
+                if let Some(fd) = buffer {
+                    frame = frame.with_buffer(fd);
+                }
                 // A closed writer means the connection is ending; the pump sees that next.
                 let _ = self.out.send(frame);
                 Ok(())
@@ -826,10 +860,10 @@ impl Kernel {
         Ok(())
     }
 
-    /// Answers one host-API call.
-    fn host_call(&self, call: HostCall) -> Result<HostReply, String> {
+    /// Answers one host-API call, with the descriptor of a shared buffer for `OpenArchive`.
+    fn host_call(&self, call: HostCall) -> Result<(HostReply, Option<OwnedFd>), String> {
         let mut state = self.lock();
-        Ok(match call {
+        let reply = match call {
             HostCall::Log(record) => {
                 for call in state
                     .calls
@@ -879,8 +913,31 @@ impl Kernel {
                 let _ = call.events.send(CallEvent::ProcessGroup(process.pgid));
                 HostReply::Ok
             }
-        })
+            HostCall::OpenArchive => return open_archive(self.protocol, &mut state),
+        };
+        Ok((reply, None))
     }
+}
+
+/// Answers `OpenArchive` from the archive the test provided.
+fn open_archive(protocol: u32, state: &mut State) -> Result<(HostReply, Option<OwnedFd>), String> {
+    if protocol < SHM_SINCE {
+        return Err(format!(
+            "called OpenArchive on protocol {protocol}, which does not have it"
+        ));
+    }
+    state.archive_requests += 1;
+    let Some(archive) = &state.archive else {
+        let message = "the test provided no archive (Harness::provide_archive)".to_owned();
+        return Ok((HostReply::Error(Box::new(CallFailure { message })), None));
+    };
+    let fd = archive
+        .share()
+        .map_err(|e| format!("the harness failed to share the archive: {e}"))?;
+    let reply = HostReply::Archive(Box::new(ArchiveBuffer {
+        len: archive.len() as u64,
+    }));
+    Ok((reply, Some(fd)))
 }
 
 /// Step-scoped state belongs to a running step; the other scopes name no step.
@@ -902,7 +959,7 @@ fn kv_slot(scope: KvScope, step_call: u64, key: &str) -> (u8, u64, String) {
 }
 
 async fn handshake(
-    frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    frames: &mut FrameReader,
     out: &mpsc::UnboundedSender<OutFrame>,
     options: &HarnessOptions,
 ) -> Result<(Hello, u32), HarnessError> {
@@ -950,11 +1007,7 @@ async fn handshake(
 
 /// Reads every frame the plugin sends until the connection ends or the plugin breaks the
 /// protocol.
-async fn pump(
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
-    kernel: Arc<Kernel>,
-    serve: AbortHandle,
-) {
+async fn pump(mut frames: FrameReader, kernel: Arc<Kernel>, serve: AbortHandle) {
     let ended = loop {
         match frames.next().await {
             None | Some(Err(WireError::Io(_))) => break Ended::Closed,

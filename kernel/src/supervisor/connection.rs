@@ -12,20 +12,20 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
 use hm_ipc::messages::{
-    ArchivedLogBatch, Hello, HostCall, HostReply, Init, KernelCall, PluginReply, Reject,
-    StepResult, Welcome,
+    ArchiveBuffer, ArchivedLogBatch, Hello, HostCall, HostReply, Init, KernelCall, PluginReply,
+    Reject, StepResult, Welcome,
 };
-use hm_ipc::{FrameCodec, FrameKind, OutFrame};
+use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
-use super::host_api::HostState;
+use super::host_api::{HostState, MAX_CALL_BYTES};
 use super::spawn::{describe_spawn_error, plugin_command};
+use crate::archive::WorkspaceArchive;
 use crate::cgroup::Leaf;
 use crate::config::PluginSettings;
 use crate::events::Stream;
@@ -124,6 +124,8 @@ pub struct ConnectionContext {
     pub pipeline: String,
     pub events: mpsc::UnboundedSender<PluginEvent>,
     pub host: Arc<HostState>,
+    /// The run's workspace archive, built on the first `OpenArchive`.
+    pub archive: Arc<WorkspaceArchive>,
     /// Pids of the plugin processes whose exit status tokio waits for: the orphan reaper must
     /// leave them alone. Inserted right after the spawn, removed after the wait.
     pub children: Arc<Mutex<HashSet<u32>>>,
@@ -253,7 +255,7 @@ async fn run_plugin(
         .map_err(|e| format!("plugin {name}: {e}"))?;
     let stream = UnixStream::from_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
     let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
+    let mut frames = FrameReader::new(read_half);
     let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
 
     let mut unavailable = false;
@@ -295,6 +297,13 @@ async fn run_plugin(
     let send = |kind| {
         let _ = ctx.events.send(PluginEvent { key, kind });
     };
+    // Shared buffers (and so descriptors) only on a version that has them.
+    frames.allow_fds(protocol >= hm_ipc::SHM_SINCE);
+    let peer = Peer {
+        pid,
+        protocol,
+        config_json: &settings.config_json,
+    };
     send(PluginEventKind::Ready {
         pid,
         protocol,
@@ -319,7 +328,7 @@ async fn run_plugin(
                     // the end of the connection, not a protocol violation, unless it ended in
                     // the middle of a frame.
                     Some(Err(WireError::Io(e))) => {
-                        if !frames.read_buffer().is_empty() || frames.decoder().is_mid_frame() {
+                        if frames.is_mid_frame() {
                             violation = Some(format!("connection lost in the middle of a frame ({e})"));
                         }
                         break;
@@ -327,7 +336,7 @@ async fn run_plugin(
                     Some(Err(e)) => { violation = Some(e.to_string()); break; }
                 };
                 last_heard = Instant::now();
-                if let Err(e) = dispatch(spec, &ctx, &writer, &frame, &mut ping, &send, pid) {
+                if let Err(e) = dispatch(spec, &ctx, &writer, frame, &mut ping, &send, &peer) {
                     violation = Some(e);
                     break;
                 }
@@ -383,7 +392,7 @@ async fn handshake(
     spec: &PluginSpec,
     settings: &PluginSettings,
     ctx: &ConnectionContext,
-    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+    frames: &mut FrameReader,
     writer: &mpsc::UnboundedSender<OutFrame>,
     unavailable: &mut bool,
 ) -> Result<u32, String> {
@@ -494,17 +503,34 @@ async fn handshake(
     }
 }
 
+/// What the connection knows of its plugin instance after the handshake.
+struct Peer<'a> {
+    pid: u32,
+    /// The negotiated protocol version.
+    protocol: u32,
+    /// `[plugins.<name>].config` as JSON, for `ReadConfig`.
+    config_json: &'a str,
+}
+
 /// Validates one frame after the handshake and turns it into an event or a host-API answer.
 fn dispatch(
     spec: &PluginSpec,
     ctx: &ConnectionContext,
     writer: &mpsc::UnboundedSender<OutFrame>,
-    frame: &hm_ipc::Frame,
+    frame: hm_ipc::Frame,
     ping: &mut Option<(u64, Instant)>,
     send: &impl Fn(PluginEventKind),
-    plugin_pid: u32,
+    peer: &Peer<'_>,
 ) -> Result<(), String> {
     let call = frame.call_id();
+    if frame.buffer.is_some() {
+        // A large payload may come in a shared buffer; a buffer beside the payload is a
+        // workspace archive or the like, which only hm hands out.
+        return Err(format!(
+            "sent a shared buffer with a {:?} frame, which has none",
+            frame.kind()
+        ));
+    }
     match frame.kind() {
         FrameKind::LogBatch => {
             if !lock(&ctx.calls).contains(&call) {
@@ -547,6 +573,16 @@ fn dispatch(
             }),
             PluginReply::Ready => return Err("sent Ready outside Init".into()),
         },
+        FrameKind::Call if frame.payload.len() > MAX_CALL_BYTES => {
+            // Refused before it is copied out of its (possibly shared) buffer.
+            let reply = super::host_api::error(format!(
+                "a host call of {} bytes is larger than the {MAX_CALL_BYTES} hm accepts",
+                frame.payload.len()
+            ));
+            let frame = OutFrame::message_for(peer.protocol, FrameKind::Reply, call, &reply)
+                .map_err(|e| e.to_string())?;
+            let _ = writer.send(frame);
+        }
         FrameKind::Call => {
             let reply = match frame.decode::<HostCall>().map_err(|e| e.to_string())? {
                 HostCall::Log(record) => {
@@ -557,11 +593,29 @@ fn dispatch(
                 }
                 HostCall::KvGet(key) => ctx.host.get(&spec.name, &key),
                 HostCall::KvSet(write) => ctx.host.set(&spec.name, &write.key, write.value),
-                HostCall::ReadConfig => HostReply::Value(Box::new(None)),
+                HostCall::ReadConfig => {
+                    HostReply::Value(Box::new(Some(peer.config_json.to_owned())))
+                }
+                HostCall::OpenArchive if peer.protocol < hm_ipc::SHM_SINCE => {
+                    return Err(format!(
+                        "called OpenArchive on protocol {}, which does not have it",
+                        peer.protocol
+                    ));
+                }
+                HostCall::OpenArchive => {
+                    // Building the archive reads the whole project: the answer comes when it
+                    // is ready, and the connection goes on meanwhile.
+                    tokio::spawn(answer_open_archive(
+                        ctx.archive.clone(),
+                        writer.clone(),
+                        call,
+                    ));
+                    return Ok(());
+                }
                 HostCall::StepProcess(p) => {
                     // hm will SIGKILL this group if the plugin dies: believe the plugin only
                     // for a group led by one of its own children.
-                    if leads_group_of_child(p.pgid, plugin_pid) {
+                    if leads_group_of_child(p.pgid, peer.pid) {
                         send(PluginEventKind::StepProcess {
                             call: p.step_call,
                             pgid: p.pgid,
@@ -575,8 +629,8 @@ fn dispatch(
                     }
                 }
             };
-            let frame =
-                OutFrame::message(FrameKind::Reply, call, &reply).map_err(|e| e.to_string())?;
+            let frame = OutFrame::message_for(peer.protocol, FrameKind::Reply, call, &reply)
+                .map_err(|e| e.to_string())?;
             let _ = writer.send(frame);
         }
         FrameKind::Pong => {
@@ -587,6 +641,32 @@ fn dispatch(
         other => return Err(format!("sent a {other:?} frame, which only hm may send")),
     }
     Ok(())
+}
+
+/// Answers `OpenArchive` call `call`: the archive's length, with a duplicate of its descriptor
+/// next to the reply (closed here once the writer has sent it), or why there is none.
+async fn answer_open_archive(
+    archive: Arc<WorkspaceArchive>,
+    writer: mpsc::UnboundedSender<OutFrame>,
+    call: u64,
+) {
+    let frame = match archive.open().await {
+        Ok((fd, len)) => OutFrame::message(
+            FrameKind::Reply,
+            call,
+            &HostReply::Archive(Box::new(ArchiveBuffer { len })),
+        )
+        .map(|frame| frame.with_buffer(fd)),
+        Err(message) => OutFrame::message(
+            FrameKind::Reply,
+            call,
+            &super::host_api::error(format!("cannot build the workspace archive: {message}")),
+        ),
+    };
+    // A closed writer means the plugin is gone: the descriptor is closed with the frame.
+    if let Ok(frame) = frame {
+        let _ = writer.send(frame);
+    }
 }
 
 async fn capture_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, tail: Tail) {
