@@ -79,6 +79,42 @@ needs = ["inside"]
 }
 
 #[test]
+fn the_container_sees_the_project_under_workspace() {
+    let Some(docker) = DockerFixture::new("workspace") else {
+        return;
+    };
+    let m = marker("workspace");
+    let project = Project::new(&format!(
+        r#"
+[steps.top]
+image = "{image}"
+run = "cat data/hello.txt"
+
+[steps.nested]
+image = "{image}"
+dir = "data/deeper"
+run = "pwd; cat inner.txt"
+"#,
+        image = docker.image()
+    ));
+    project.write("data/hello.txt", &format!("hello from the project {m}\n"));
+    project.write("data/deeper/inner.txt", "inner file\n");
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        run.stream_lines("top", "stdout"),
+        [format!("hello from the project {m}").as_str()],
+        "{run}"
+    );
+    assert_eq!(
+        run.stream_lines("nested", "stdout"),
+        ["/workspace/data/deeper", "inner file"],
+        "{run}"
+    );
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
 fn a_docker_step_that_exits_3_ends_with_exit_code_3_and_cause_exit() {
     let Some(docker) = DockerFixture::new("exit3") else {
         return;

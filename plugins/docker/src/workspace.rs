@@ -4,14 +4,32 @@
 use std::path::Path;
 
 use bollard::Docker;
+use bollard::query_parameters::UploadToContainerOptions;
+use bytes::Bytes;
 use hm_sdk::{StepContext, StepError, StepRequest};
 
 use crate::container::WORKSPACE;
+use crate::daemon::describe;
 
-/// Fills the container's `/workspace` with the workspace archive. Until this hm's SDK offers the
-/// archive (`StepContext::open_archive`), `/workspace` starts empty.
-pub async fn upload(_docker: &Docker, _id: &str, _ctx: &StepContext) -> Result<(), StepError> {
-    Ok(())
+/// Fills the container's `/workspace` with the workspace archive, straight from the shared
+/// buffer hm hands over into the Engine's archive upload: no temp file, and no copy (the
+/// request body borrows the read-only mapping until the upload is done).
+pub async fn upload(docker: &Docker, id: &str, ctx: &StepContext) -> Result<(), StepError> {
+    let archive = ctx.open_archive().await?;
+    let body = bollard::body_full(Bytes::from_owner(archive));
+    let options = UploadToContainerOptions {
+        path: WORKSPACE.to_owned(),
+        ..Default::default()
+    };
+    docker
+        .upload_to_container(id, Some(options), body)
+        .await
+        .map_err(|e| {
+            StepError::Message(format!(
+                "cannot upload the workspace into the container: {}",
+                describe(&e)
+            ))
+        })
 }
 
 /// The step's working directory inside the container: its `dir` below the project root,
