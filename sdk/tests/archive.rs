@@ -1,8 +1,8 @@
 //! The workspace archive through the SDK (`StepContext::open_archive`), driven by
 //! `hm_sdk::testing`: a 256 MiB archive arrives mapped and byte-exact (its SHA-256 equals the
 //! test's), the plugin holds no mapping or descriptor of it once the step has answered, an
-//! unsealed memfd from "hm" is a protocol violation, and a kernel without shared buffers is
-//! told apart.
+//! unsealed memfd from "hm" is a protocol violation, a kernel without shared buffers is told
+//! apart, and host-API values above the 64 KiB threshold (shared buffers on v3) arrive intact.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -277,4 +277,53 @@ async fn an_archive_whose_length_is_not_the_buffers_is_a_protocol_violation() {
     // And the same by hand with the right length works, proving the scaffold itself.
     let served = answer_open_archive_with(buffer.share().unwrap(), 4).await;
     assert!(served.is_ok(), "{served:?}");
+}
+
+/// Stores a value of `len` bytes in the run scope, reads it back and says whether it is the
+/// same: both the call and the reply are above the shared-buffer threshold.
+struct BigValue;
+
+impl Executor for BigValue {
+    async fn execute(&self, step: StepRequest, ctx: StepContext) -> Result<StepResult, StepError> {
+        let len: usize = step
+            .run
+            .parse()
+            .map_err(|_| StepError::Message("len".into()))?;
+        let value: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        ctx.kv_set(hm_sdk::KvScope::Run, "big", Some(value.clone()))
+            .await?;
+        let back = ctx.kv_get(hm_sdk::KvScope::Run, "big").await?;
+        let same = back.as_deref() == Some(value.as_str());
+        ctx.line(hm_sdk::OutputStream::Stdout, format!("same {same}"))
+            .await?;
+        Ok(StepResult {
+            exit_code: Some(0),
+            ..StepResult::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn values_above_the_threshold_round_trip_through_shared_buffers() {
+    for protocol_max in [hm_ipc::PROTOCOL_MAX, 2] {
+        let options = HarnessOptions {
+            protocol_max,
+            ..Default::default()
+        };
+        let plugin = Plugin::new("test-big", "0.0.0").executor("big", BigValue);
+        let harness = Harness::start_with(plugin, options).await.unwrap();
+        for len in [hm_ipc::SHM_THRESHOLD - 100, 3 * hm_ipc::SHM_THRESHOLD] {
+            let run = harness.execute(step(&len.to_string())).await.unwrap();
+            assert_eq!(
+                run.stdout(),
+                ["same true"],
+                "v{protocol_max}, {len}: {run:?}"
+            );
+            let stored = harness.kv(hm_sdk::KvScope::Run, 0, "big").unwrap();
+            assert_eq!(stored.len(), len);
+        }
+        harness.shutdown().await.unwrap();
+    }
 }
