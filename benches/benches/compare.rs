@@ -15,8 +15,8 @@ usage: compare [--quick] [--no-pin] [--hm PATH] [NAME...]
   --quick     fewer rounds, and 256 MiB instead of 1 GiB of log
   --no-pin    let the scheduler place the threads of call-round-trip (default: one CPU)
   --hm PATH   the release hm binary (default: target/release/hm of this workspace)
-  NAME        run only these benches: call-round-trip, cold-start, run-200-steps,
-              log-throughput (default: all)
+  NAME        run only these benches: call-round-trip, shm-handoff, shm-handoff-map,
+              shm-vs-socket, cold-start, run-200-steps, log-throughput (default: all)
 ";
 
 fn main() -> ExitCode {

@@ -12,6 +12,7 @@ pub mod cold_start;
 pub mod log_throughput;
 pub mod measure;
 pub mod run_steps;
+pub mod shm_handoff;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,21 @@ pub const BENCHES: &[Bench] = &[
         name: call_round_trip::NAME,
         needs_hm: false,
         run: call_round_trip::run,
+    },
+    Bench {
+        name: shm_handoff::HANDOFF,
+        needs_hm: false,
+        run: shm_handoff::run_handoff,
+    },
+    Bench {
+        name: shm_handoff::HANDOFF_MAP,
+        needs_hm: false,
+        run: shm_handoff::run_handoff_map,
+    },
+    Bench {
+        name: shm_handoff::VS_SOCKET,
+        needs_hm: false,
+        run: shm_handoff::run_vs_socket,
     },
     Bench {
         name: cold_start::NAME,

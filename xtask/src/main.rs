@@ -19,7 +19,8 @@ commands:
   ci                      cargo fmt --check, cargo clippy -D warnings, cargo test (stops at the
                           first failure)
   bench [--quick] [NAME]  build hm in release and run the comparisons of benches/ (all of
-                          them, or the NAMEs given: call-round-trip, cold-start, run-200-steps,
+                          them, or the NAMEs given: call-round-trip, shm-handoff,
+                          shm-handoff-map, shm-vs-socket, cold-start, run-200-steps,
                           log-throughput); --quick runs fewer iterations and a smaller log;
                           other flags go to the harness (see benches/README.md)
   help                    this text
