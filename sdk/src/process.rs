@@ -335,8 +335,7 @@ impl LineSplitter {
         if let Some(last) = memchr::memrchr(b'\n', bytes) {
             let block = &bytes[..last];
             if block.len() <= self.max {
-                ctx.lines(self.stream, &String::from_utf8_lossy(block))
-                    .await?;
+                ctx.lines(self.stream, &text_cow(block)).await?;
             } else {
                 // Only a block longer than `max` can hold a line longer than `max`.
                 for line in block.split(|&b| b == b'\n') {
@@ -386,6 +385,15 @@ fn cut_at(bytes: &[u8], max: usize) -> usize {
         .rev()
         .find(|&at| bytes[at] & 0xC0 != 0x80)
         .unwrap_or(max)
+}
+
+/// Like [`text`], borrowing when the bytes are valid UTF-8. `String::from_utf8_lossy` would
+/// borrow too, but validates through a much slower path.
+fn text_cow(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(valid) => std::borrow::Cow::Borrowed(valid),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Output bytes as text: byte-exact when they are UTF-8 (almost always), with replacement
