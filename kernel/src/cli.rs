@@ -11,6 +11,10 @@ use crate::registry::Builtin;
 use crate::render::Format;
 use crate::{exit, run};
 
+mod plugin;
+
+pub use plugin::PluginCommand;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hm",
@@ -37,6 +41,9 @@ enum Command {
     Version,
     /// Check what this machine offers hm: isolation, Docker, plugin directories.
     Doctor,
+    /// List, inspect, install and remove plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
 /// `hm run` arguments.
@@ -135,7 +142,24 @@ pub fn main(builtins: &[Builtin]) -> i32 {
             exit::OK
         }
         Command::Doctor => crate::doctor::doctor(builtins),
+        Command::Plugin(command) => plugin::run(command, builtins),
     }
+}
+
+/// A message for stderr: its first line and every other unindented line prefixed with
+/// `error: `; indented lines (hints, lists) as they are.
+pub fn error_text(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| {
+            if line.starts_with(' ') {
+                line.to_owned()
+            } else {
+                format!("error: {line}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Diagnostics of hm itself go to stderr, filtered by `HM_LOG` (default: warnings).

@@ -1,12 +1,14 @@
-//! `hm doctor`: what this machine offers hm, and what to do about what it lacks.
+//! `hm doctor`: what this machine offers hm, and what to do about what it lacks: isolation,
+//! Docker, the plugin directories and any problem with the installed plugins.
 
 use std::path::PathBuf;
 
 use crate::events::Isolation;
-use crate::registry::{Builtin, Registry};
+use crate::registry::{Builtin, PluginDirs, Registry};
 use crate::{exit, run};
 
-/// Prints every check; exits 0 when hm can run with full isolation, 4 otherwise.
+/// Prints every check; exits 4 when hm cannot run with full isolation, else 5 when the
+/// installed plugins have problems (bad manifests, conflicts), else 0.
 pub fn doctor(builtins: &[Builtin]) -> i32 {
     let mut ok = true;
     let detected = run::detect_isolation();
@@ -42,12 +44,34 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
     let root = crate::config::find_pipeline_file(&cwd)
         .and_then(|f| f.parent().map(PathBuf::from))
         .unwrap_or(cwd);
-    let registry = Registry::discover(&root, builtins);
+    let dirs = PluginDirs::for_project(&root);
+    for (layer, dir) in [("project", &dirs.project), ("user", &dirs.user)] {
+        match dir {
+            Some(dir) if dir.is_dir() => println!("plugins ({layer}): {}", dir.display()),
+            Some(dir) => println!("plugins ({layer}): {} (none installed)", dir.display()),
+            None => println!("plugins ({layer}): no directory (HOME is unset)"),
+        }
+    }
+    let registry = Registry::discover_in(&dirs, builtins);
     println!("executors: {}", registry.executor_names().join(", "));
     for warning in &registry.warnings {
         println!("  warning: {warning}");
     }
-    if ok { exit::OK } else { exit::ENVIRONMENT }
+    for error in &registry.errors {
+        for line in error.to_string().lines() {
+            match line.strip_prefix("  ") {
+                Some(hint) => println!("    {hint}"),
+                None => println!("  error: {line}"),
+            }
+        }
+    }
+    if !ok {
+        exit::ENVIRONMENT
+    } else if !registry.errors.is_empty() {
+        exit::PLUGIN
+    } else {
+        exit::OK
+    }
 }
 
 fn docker_socket() -> Option<(PathBuf, bool)> {

@@ -56,7 +56,7 @@ pub fn run_owner_alive(run_id: &str) -> bool {
 }
 
 pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
-    let pipeline = match load(args.file.as_deref()) {
+    let mut pipeline = match load(args.file.as_deref()) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -68,13 +68,14 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         }
     };
     let registry = Registry::discover(&pipeline.root, builtins);
-    for warning in &registry.warnings {
-        tracing::warn!("{warning}");
+    if let Err(code) = check_registry(&registry) {
+        return code;
     }
     let executors = match resolve_executors(&pipeline, &selected, &registry) {
         Ok(e) => e,
         Err(code) => return code,
     };
+    apply_manifest_limits(&mut pipeline, &selected, &registry);
     let parallelism = args
         .jobs
         .map(|j| j as usize)
@@ -188,6 +189,9 @@ pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {
     };
     let all: Vec<usize> = (0..pipeline.steps.len()).collect();
     let registry = Registry::discover(&pipeline.root, builtins);
+    if let Err(code) = check_registry(&registry) {
+        return code;
+    }
     if let Err(code) = resolve_executors(&pipeline, &all, &registry) {
         return code;
     }
@@ -239,8 +243,28 @@ fn load(file: Option<&Path>) -> Result<Pipeline, i32> {
     })
 }
 
-/// The plugin serving each selected step, or exit 7 naming every step whose executor no
-/// plugin provides.
+/// Prints the registry's warnings, and its errors (bad manifests, conflicts) with exit 5: a
+/// run must not guess which of two plugins was meant, nor skip one the user installed.
+pub fn check_registry(registry: &Registry) -> Result<(), i32> {
+    for warning in &registry.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if registry.errors.is_empty() {
+        return Ok(());
+    }
+    for error in &registry.errors {
+        eprintln!("{}", crate::cli::error_text(&error.to_string()));
+    }
+    eprintln!(
+        "error: {} problem{} with the installed plugins; `hm plugin list` shows them all",
+        registry.errors.len(),
+        if registry.errors.len() == 1 { "" } else { "s" }
+    );
+    Err(exit::PLUGIN)
+}
+
+/// The plugin serving each selected step; exit 7 naming every step whose executor no plugin
+/// provides, or exit 5 when a plugin's manifest says it cannot talk to this hm.
 fn resolve_executors(
     pipeline: &Pipeline,
     selected: &[usize],
@@ -248,17 +272,29 @@ fn resolve_executors(
 ) -> Result<HashMap<usize, PluginSpec>, i32> {
     let mut found = HashMap::new();
     let mut missing = Vec::new();
+    let mut incompatible: Vec<String> = Vec::new();
     for &i in selected {
         let step = &pipeline.steps[i];
         match registry.executor(&step.executor) {
-            Some(spec) => {
-                found.insert(i, spec.clone());
+            Some(plugin) => {
+                if let Some(problem) = plugin.protocol_problem()
+                    && !incompatible.contains(&problem)
+                {
+                    incompatible.push(problem);
+                }
+                found.insert(i, plugin.spec());
             }
             None => missing.push(step),
         }
     }
-    if missing.is_empty() {
+    if missing.is_empty() && incompatible.is_empty() {
         return Ok(found);
+    }
+    if missing.is_empty() {
+        for problem in incompatible {
+            eprintln!("error: {problem}");
+        }
+        return Err(exit::PLUGIN);
     }
     for step in missing {
         let why = if step.image.is_some() && step.executor == "docker" {
@@ -273,11 +309,37 @@ fn resolve_executors(
     }
     let known = registry.executor_names();
     eprintln!(
-        "  hint: available executors: {}; install a plugin that provides it into .hm/plugins/ or \
-         $XDG_DATA_HOME/hm/plugins/",
+        "  hint: available executors: {}; install a plugin that provides it with `hm plugin \
+         install SOURCE` (`hm plugin list` shows what is installed)",
         known.join(", ")
     );
     Err(exit::NO_EXECUTOR)
+}
+
+/// Puts each plugin's manifest `limits` under the fields its `[plugins.<name>].limits` leaves
+/// unset, for the plugins the selected steps use.
+fn apply_manifest_limits(pipeline: &mut Pipeline, selected: &[usize], registry: &Registry) {
+    for &i in selected {
+        let Some(plugin) = registry.executor(&pipeline.steps[i].executor) else {
+            continue;
+        };
+        let defaults = plugin.manifest.limits;
+        if defaults == crate::config::Limits::default() {
+            continue;
+        }
+        let settings = pipeline
+            .plugins
+            .entry(plugin.manifest.name.clone())
+            .or_insert_with(|| crate::config::PluginSettings {
+                config_json: "{}".to_owned(),
+                handshake_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            });
+        let limits = &mut settings.limits;
+        limits.memory_bytes = limits.memory_bytes.or(defaults.memory_bytes);
+        limits.pids = limits.pids.or(defaults.pids);
+        limits.cpu = limits.cpu.or(defaults.cpu);
+    }
 }
 
 fn print_plan(pipeline: &Pipeline, selected: &[usize], parallelism: usize) {

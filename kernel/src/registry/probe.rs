@@ -1,0 +1,362 @@
+//! Asking a plugin executable about itself before it is installed: its manifest
+//! (`--hm-manifest`) and a real handshake (Hello → Welcome, a Ping answered, Shutdown, a clean
+//! exit). Both start the process exactly as the kernel does (`supervisor::spawn`), with a
+//! deadline, and kill its process group if it does not finish in time.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hm_ipc::messages::{Hello, HostReply, Reject, Welcome};
+use hm_ipc::{FrameKind, FrameReader, OutFrame};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+
+use super::discover::PluginSpec;
+use super::manifest::Manifest;
+use crate::supervisor::spawn::{describe_spawn_error, plugin_command};
+
+/// How long `--hm-manifest` may take.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the whole probe handshake may take (DESIGN §6.3's default handshake deadline).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plugin may take to exit after `Shutdown`.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most manifest text read from a plugin's stdout.
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+const STDERR_TAIL: usize = 10;
+
+fn spec_for(executable: &Path, args: &[&str]) -> PluginSpec {
+    PluginSpec {
+        name: executable
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        version: String::new(),
+        program: executable.to_path_buf(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        capabilities: Vec::new(),
+        protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
+        origin: executable.display().to_string(),
+    }
+}
+
+/// A started plugin process with its diagnostics being collected.
+struct Probed {
+    child: Child,
+    pid: u32,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Probed {
+    fn start(
+        spec: &PluginSpec,
+        plugin_end: &std::os::unix::net::UnixStream,
+    ) -> Result<Self, String> {
+        let mut child = plugin_command(spec, hm_ipc::transport::raw(plugin_end))
+            .spawn()
+            .map_err(|e| describe_spawn_error(spec, &e))?;
+        let pid = child.id().unwrap_or(0);
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(collect_tail(err, stderr.clone()));
+        }
+        Ok(Self { child, pid, stderr })
+    }
+
+    fn kill(&self) {
+        if self.pid != 0 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Waits for the exit within `timeout`, killing the group if it does not come.
+    async fn finish(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                self.kill();
+                None
+            }
+        };
+        // Anything it left in its process group goes with it.
+        self.kill();
+        let _ = self.child.wait().await;
+        status
+    }
+
+    /// The last lines of its stderr, indented, for a failure message.
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
+        if tail.is_empty() {
+            return String::new();
+        }
+        let mut text = String::from("\n  its stderr ended with:");
+        for line in tail {
+            text.push_str("\n    ");
+            text.push_str(&line);
+        }
+        text
+    }
+}
+
+impl Drop for Probed {
+    fn drop(&mut self) {
+        // A probe abandoned half-way (an error, a timeout) leaves nothing running.
+        self.kill();
+    }
+}
+
+async fn collect_tail(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(mut tail) = tail.lock() {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+}
+
+fn describe_status(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "did not exit in time and was killed".to_owned(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => format!("ended with {s}"),
+        },
+    }
+}
+
+/// Runs `executable --hm-manifest` and returns what it printed.
+pub async fn manifest_text(executable: &Path) -> Result<String, String> {
+    let spec = spec_for(executable, &["--hm-manifest"]);
+    let (_kernel_end, plugin_end) =
+        hm_ipc::transport::socket_pair().map_err(|e| format!("socket pair: {e}"))?;
+    let mut probed = Probed::start(&spec, &plugin_end)?;
+    drop(plugin_end);
+    let mut stdout = probed.child.stdout.take();
+    let read = async {
+        let mut text = Vec::new();
+        if let Some(out) = stdout.as_mut() {
+            let _ = out.take(MAX_MANIFEST_BYTES).read_to_end(&mut text).await;
+        }
+        text
+    };
+    let text = match tokio::time::timeout(MANIFEST_TIMEOUT, read).await {
+        Ok(text) => text,
+        Err(_) => {
+            probed.kill();
+            return Err(format!(
+                "`{} --hm-manifest` did not answer within {}",
+                executable.display(),
+                humantime::format_duration(MANIFEST_TIMEOUT)
+            ));
+        }
+    };
+    drop(stdout);
+    let status = probed.finish(EXIT_TIMEOUT).await;
+    if !status.is_some_and(|s| s.success()) {
+        return Err(format!(
+            "`{} --hm-manifest` {}: it is not an hm plugin, or not built on hm-sdk{}",
+            executable.display(),
+            describe_status(status),
+            probed.stderr_tail()
+        ));
+    }
+    String::from_utf8(text).map_err(|_| {
+        format!(
+            "`{} --hm-manifest` printed something that is not UTF-8 text",
+            executable.display()
+        )
+    })
+}
+
+/// What the plugin said in its `Hello`.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    pub protocol: u32,
+    pub version: String,
+}
+
+/// Starts the plugin the way the kernel does, completes the handshake, checks that its
+/// `Hello` says what `manifest` says (name, version, protocol range, capabilities), has it
+/// answer a `Ping`, shuts it down and requires a clean exit.
+pub async fn handshake(spec: &PluginSpec, manifest: &Manifest) -> Result<Greeting, String> {
+    let (kernel_end, plugin_end) =
+        hm_ipc::transport::socket_pair().map_err(|e| format!("socket pair: {e}"))?;
+    let mut probed = Probed::start(spec, &plugin_end)?;
+    drop(plugin_end);
+    if let Some(out) = probed.child.stdout.take() {
+        // Plugins never write to stdout; whatever comes is drained so it cannot block them.
+        tokio::spawn(collect_tail(out, Arc::new(Mutex::new(VecDeque::new()))));
+    }
+    let talk = async {
+        kernel_end
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let stream = UnixStream::from_std(kernel_end).map_err(|e| e.to_string())?;
+        let (read_half, write_half) = stream.into_split();
+        let mut frames = FrameReader::new(read_half);
+        let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+        let result = converse(manifest, &mut frames, &writer).await;
+        drop(writer);
+        let _ = writer_task.await;
+        result
+    };
+    let greeting = match tokio::time::timeout(HANDSHAKE_TIMEOUT, talk).await {
+        Ok(Ok(greeting)) => greeting,
+        Ok(Err(reason)) => {
+            let status = probed.finish(Duration::from_millis(500)).await;
+            let exited = match status {
+                Some(_) => format!(" (it then {})", describe_status(status)),
+                None => String::new(),
+            };
+            return Err(format!("{reason}{exited}{}", probed.stderr_tail()));
+        }
+        Err(_) => {
+            probed.kill();
+            return Err(format!(
+                "did not complete the handshake within {}{}",
+                humantime::format_duration(HANDSHAKE_TIMEOUT),
+                probed.stderr_tail()
+            ));
+        }
+    };
+    let status = probed.finish(EXIT_TIMEOUT).await;
+    if !status.is_some_and(|s| s.success()) {
+        return Err(format!(
+            "completed the handshake but {} when asked to shut down{}",
+            describe_status(status),
+            probed.stderr_tail()
+        ));
+    }
+    Ok(greeting)
+}
+
+async fn converse(
+    manifest: &Manifest,
+    frames: &mut FrameReader,
+    writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
+) -> Result<Greeting, String> {
+    let frame = match frames.next().await {
+        None => return Err("exited or closed its socket before saying Hello".to_owned()),
+        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
+        Some(Ok(frame)) => frame,
+    };
+    if frame.kind() != FrameKind::Hello {
+        return Err(format!(
+            "sent {:?} where Hello must come first",
+            frame.kind()
+        ));
+    }
+    let hello: Hello = frame
+        .decode()
+        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
+    let refuse = |reason: String| -> Result<Greeting, String> {
+        if let Ok(frame) = OutFrame::message(
+            FrameKind::Reject,
+            0,
+            &Reject {
+                reason: reason.clone(),
+            },
+        ) {
+            let _ = writer.send(frame);
+        }
+        Err(reason)
+    };
+    if let Some(mismatch) = hello_mismatch(&hello, manifest) {
+        return refuse(mismatch);
+    }
+    let protocol = match hm_ipc::negotiate(
+        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
+        hello.protocol_min,
+        hello.protocol_max,
+    ) {
+        Ok(protocol) => protocol,
+        Err(reason) => return refuse(reason),
+    };
+    let welcome = Welcome {
+        protocol,
+        run_id: format!("install-probe-{}", std::process::id()),
+        log_credit: 1,
+        max_batch_bytes: 64 * 1024,
+    };
+    let send = |frame: OutFrame| {
+        writer
+            .send(frame)
+            .map_err(|_| "the connection closed".to_owned())
+    };
+    send(OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string())?)?;
+    const NONCE: u64 = 0x6870_726f_6265; // "hprobe"
+    send(OutFrame::empty(FrameKind::Ping, NONCE))?;
+    loop {
+        let frame = match frames.next().await {
+            None => return Err("closed its socket instead of answering a Ping".to_owned()),
+            Some(Err(e)) => return Err(format!("sent an invalid frame: {e}")),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.kind() {
+            FrameKind::Pong if frame.call_id() == NONCE => break,
+            // A diagnostic (a host call) is fine; answer it so the plugin does not wait.
+            FrameKind::Call => {
+                let reply = OutFrame::message(FrameKind::Reply, frame.call_id(), &HostReply::Ok)
+                    .map_err(|e| e.to_string())?;
+                send(reply)?;
+            }
+            other => {
+                return Err(format!(
+                    "answered a Ping with {other:?} (call id {})",
+                    frame.call_id()
+                ));
+            }
+        }
+    }
+    send(OutFrame::empty(FrameKind::Shutdown, 0))?;
+    Ok(Greeting {
+        protocol,
+        version: hello.version,
+    })
+}
+
+/// How `hello` disagrees with `manifest`, showing both values.
+pub fn hello_mismatch(hello: &Hello, manifest: &Manifest) -> Option<String> {
+    if hello.name != manifest.name {
+        return Some(format!(
+            "says its name is {:?} but its manifest says {:?}",
+            hello.name, manifest.name
+        ));
+    }
+    if hello.version != manifest.version {
+        return Some(format!(
+            "says its version is {:?} but its manifest says {:?}",
+            hello.version, manifest.version
+        ));
+    }
+    if (hello.protocol_min, hello.protocol_max) != manifest.protocol {
+        return Some(format!(
+            "says it speaks protocol {}..={} but its manifest says {}..={}",
+            hello.protocol_min, hello.protocol_max, manifest.protocol.0, manifest.protocol.1
+        ));
+    }
+    let mut said = hello.capabilities.clone();
+    let mut declared = manifest.capabilities.clone();
+    said.sort();
+    declared.sort();
+    if said != declared {
+        return Some(format!(
+            "declares capabilities [{}] but its manifest says [{}]",
+            said.join(", "),
+            declared.join(", ")
+        ));
+    }
+    None
+}
