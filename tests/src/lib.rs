@@ -268,20 +268,22 @@ impl Project {
 
     /// Installs a plugin bundle into `<project>/.hm/plugins/<name>/`; returns the bundle dir.
     pub fn install(&self, bundle: &Bundle) -> PathBuf {
-        let dir = self.root.join(".hm/plugins").join(&bundle.name);
-        std::fs::create_dir_all(&dir).expect("create the bundle directory");
-        std::fs::write(dir.join("plugin.toml"), bundle.manifest()).expect("write plugin.toml");
-        if let Some(binary) = &bundle.binary {
-            let dest = dir.join(&bundle.executable);
-            // A hard link, not a copy: a copy is written through a file descriptor that a
-            // concurrently forked child of this test process could still hold when hm execs
-            // the plugin, which fails with ETXTBSY. Copy only across filesystems.
-            if std::fs::hard_link(binary, &dest).is_err() {
-                std::fs::copy(binary, &dest)
-                    .unwrap_or_else(|e| panic!("copy {} into the bundle: {e}", binary.display()));
-            }
-        }
-        dir
+        bundle.write_into(&self.root.join(".hm/plugins"))
+    }
+
+    /// The `XDG_DATA_HOME` hm runs with.
+    pub fn data_home(&self) -> PathBuf {
+        self.xdg.join("data")
+    }
+
+    /// The `XDG_CONFIG_HOME` hm runs with (where `hm/config.toml` may name a plugin index).
+    pub fn config_home(&self) -> PathBuf {
+        self.xdg.join("config")
+    }
+
+    /// The user layer's plugins directory: `$XDG_DATA_HOME/hm/plugins`.
+    pub fn user_plugins(&self) -> PathBuf {
+        self.data_home().join("hm/plugins")
     }
 
     /// `hm ARGS...` in the project root with the hermetic environment, not yet started.
@@ -296,9 +298,12 @@ impl Project {
             .current_dir(dir)
             .env("XDG_DATA_HOME", self.xdg.join("data"))
             .env("XDG_STATE_HOME", self.xdg.join("state"))
+            .env("XDG_CONFIG_HOME", self.xdg.join("config"))
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
-            .env_remove("HM_LOG");
+            .env_remove("HM_LOG")
+            .env_remove("HM_PLUGIN_INDEX")
+            .env_remove("CARGO_TARGET_DIR");
         cmd
     }
 
@@ -376,6 +381,18 @@ impl Bundle {
         self
     }
 
+    /// Writes the bundle as `<parent>/<name>/`: its `plugin.toml` and its executable. Returns
+    /// the bundle directory.
+    pub fn write_into(&self, parent: &Path) -> PathBuf {
+        let dir = parent.join(&self.name);
+        std::fs::create_dir_all(&dir).expect("create the bundle directory");
+        std::fs::write(dir.join("plugin.toml"), self.manifest()).expect("write plugin.toml");
+        if let Some(binary) = &self.binary {
+            link_executable(binary, &dir.join(&self.executable));
+        }
+        dir
+    }
+
     /// The `plugin.toml` text.
     pub fn manifest(&self) -> String {
         let caps: Vec<String> = self.capabilities.iter().map(|c| toml_string(c)).collect();
@@ -390,6 +407,16 @@ impl Bundle {
             self.protocol.1,
             caps.join(", "),
         )
+    }
+}
+
+/// Puts the executable `binary` at `dest`. A hard link, not a copy: a copy is written through a
+/// file descriptor that a concurrently forked child of this test process could still hold when
+/// hm execs the plugin, which fails with ETXTBSY. Copies only across filesystems.
+pub fn link_executable(binary: &Path, dest: &Path) {
+    if std::fs::hard_link(binary, dest).is_err() {
+        std::fs::copy(binary, dest)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", binary.display(), dest.display()));
     }
 }
 
@@ -995,6 +1022,34 @@ pub mod fixture {
     /// A host-call round trip: when it returns, hm has read everything sent before it.
     pub async fn confirm(ctx: &StepContext) -> Result<(), StepError> {
         ctx.kv_get(KvScope::Run, "fixture-confirm").await.map(drop)
+    }
+
+    /// The plugin `echo` at `version`: executor `echo` writes `echo plugin VERSION`, then runs
+    /// the step with `sh -c` like the shell executor. Two builds with different versions
+    /// (`hm-fixture-echo`, `hm-fixture-echo-v2`) let the registry tests install, upgrade and
+    /// shadow one plugin, and see which build ran a step.
+    pub fn echo_plugin(version: &'static str) -> hm_sdk::Plugin {
+        hm_sdk::Plugin::new("echo", version)
+            .description("says its version, then runs steps with sh -c")
+            .executor("echo", Echo { version })
+    }
+
+    struct Echo {
+        version: &'static str,
+    }
+
+    impl hm_sdk::Executor for Echo {
+        async fn execute(
+            &self,
+            step: StepRequest,
+            ctx: StepContext,
+        ) -> Result<hm_sdk::StepResult, StepError> {
+            let line = format!("echo plugin {}", self.version);
+            ctx.line(OutputStream::Stdout, line).await?;
+            ctx.flush().await?;
+            let cmd = hm_sdk::process::shell_command(&step);
+            hm_sdk::process::run(cmd, &step, &ctx).await
+        }
     }
 }
 
