@@ -46,6 +46,25 @@ pub enum KernelCall {
     ExecuteStep(Box<ExecuteStep>),
     /// Configure the plugin before its first real call. v2.
     Init(Box<Init>),
+    /// Run `hm <verb> ...`: the plugin has the terminal as its stdin, stdout and stderr and
+    /// answers `PluginReply::SubcommandDone` with the exit code for `hm`. v4.
+    RunSubcommand(Box<RunSubcommand>),
+}
+
+/// One invocation of a plugin's subcommand. v4.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RunSubcommand {
+    pub verb: String,
+    /// The parsed arguments as a JSON object: each argument of the manifest by its `name`, a
+    /// string (or `null` when absent) for one that takes a value, `true`/`false` for a flag.
+    pub args_json: String,
+}
+
+/// How a subcommand ended. v4.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubcommandExit {
+    /// What `hm` exits with (0..=255; others are reported as 1).
+    pub exit_code: i32,
 }
 
 /// Everything an executor needs to run one attempt of a step. v1.
@@ -118,6 +137,8 @@ pub enum PluginReply {
     /// runtime says (Docker's `OOMKilled` with exit 137) where hm's cgroup cannot see it; hm
     /// reports cause `oom`. Otherwise read as `StepDone`. v3.
     StepOutOfMemory(Box<StepResult>),
+    /// The subcommand of a `RunSubcommand` call is over; `hm` exits with its code. v4.
+    SubcommandDone(Box<SubcommandExit>),
 }
 
 /// How a step's process ended. v1.

@@ -125,6 +125,27 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ("call_init", frame(K::Call, 1, &init)),
         ("reply_step_done", frame(K::Reply, 7, &done)),
         ("reply_ready", frame(K::Reply, 1, &PluginReply::Ready)),
+        (
+            "call_run_subcommand",
+            frame(
+                K::Call,
+                1,
+                &KernelCall::RunSubcommand(Box::new(hm_ipc::messages::RunSubcommand {
+                    verb: "greet".into(),
+                    args_json: "{\"flag\":\"x\"}".into(),
+                })),
+            ),
+        ),
+        (
+            "reply_subcommand_done",
+            frame(
+                K::Reply,
+                1,
+                &PluginReply::SubcommandDone(Box::new(hm_ipc::messages::SubcommandExit {
+                    exit_code: 7,
+                })),
+            ),
+        ),
         ("reply_failed", frame(K::Reply, 1, &failed)),
         ("host_call_log", frame(K::Call, 2, &log)),
         ("host_call_kv_set", frame(K::Call, 3, &kv_set)),

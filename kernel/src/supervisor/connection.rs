@@ -572,6 +572,9 @@ fn dispatch(
                 message: f.message,
             }),
             PluginReply::Ready => return Err("sent Ready outside Init".into()),
+            PluginReply::SubcommandDone(_) => {
+                return Err("sent SubcommandDone, but a run sends no RunSubcommand".into());
+            }
         },
         FrameKind::Call if frame.payload.len() > MAX_CALL_BYTES => {
             // Refused before it is copied out of its (possibly shared) buffer.
