@@ -27,5 +27,5 @@ pub mod testing;
 pub use archive::Archive;
 pub use context::{OutputStream, StepContext};
 pub use hm_ipc::messages::{KvScope, LogLevel, PROJECT_DIR_ENV, StepResult};
-pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest};
+pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest, Subcommand, SubcommandArg};
 pub use serve::{ServeError, serve, serve_on};

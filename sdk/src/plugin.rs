@@ -82,6 +82,68 @@ pub struct InitInfo {
     pub run_id: String,
 }
 
+/// One argument of a subcommand, as `hm` parses it before it starts the plugin (DESIGN §3).
+/// `hm VERB --help` shows `help`; the plugin receives the value under `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubcommandArg {
+    pub name: String,
+    /// The long option, without `--`.
+    pub long: String,
+    /// Takes a value (`--flag x`, a string or `null` when absent) or is a switch (`--loud`,
+    /// `true` or `false`).
+    pub takes_value: bool,
+    pub help: String,
+}
+
+impl SubcommandArg {
+    /// `--NAME VALUE`.
+    pub fn value(name: impl Into<String>, help: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            long: name.clone(),
+            name,
+            takes_value: true,
+            help: help.into(),
+        }
+    }
+
+    /// `--NAME`, a switch.
+    pub fn switch(name: impl Into<String>, help: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            long: name.clone(),
+            name,
+            takes_value: false,
+            help: help.into(),
+        }
+    }
+}
+
+/// `hm VERB ...` (protocol v4). The plugin's stdin, stdout and stderr are the terminal's while it
+/// runs; the returned code is what `hm` exits with.
+pub trait Subcommand: Send + Sync + 'static {
+    /// `args` is a JSON object: every argument by its name.
+    fn run(&self, args: serde_json::Value) -> impl Future<Output = i32> + Send;
+}
+
+pub(crate) trait DynSubcommand: Send + Sync {
+    fn run(self: Arc<Self>, args: serde_json::Value) -> BoxFuture<i32>;
+}
+
+impl<S: Subcommand> DynSubcommand for S {
+    fn run(self: Arc<Self>, args: serde_json::Value) -> BoxFuture<i32> {
+        Box::pin(async move { Subcommand::run(&*self, args).await })
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct SubcommandEntry {
+    pub(crate) verb: String,
+    pub(crate) about: String,
+    pub(crate) args: Vec<SubcommandArg>,
+    pub(crate) handler: Arc<dyn DynSubcommand>,
+}
+
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type InitFn = dyn Fn(&InitInfo) -> Result<(), String> + Send + Sync;
 
@@ -115,6 +177,7 @@ pub struct Plugin {
     pub(crate) executor: Option<(String, Arc<dyn DynExecutor>)>,
     pub(crate) init: Option<Arc<InitFn>>,
     pub(crate) environment: Option<Arc<InitFn>>,
+    pub(crate) subcommands: Vec<SubcommandEntry>,
 }
 
 impl Plugin {
@@ -127,7 +190,26 @@ impl Plugin {
             executor: None,
             init: None,
             environment: None,
+            subcommands: Vec::new(),
         }
+    }
+
+    /// Adds `hm <verb>` (protocol v4) with `about` for `hm --help` and its arguments, which
+    /// `hm` parses from the manifest without starting the plugin.
+    pub fn subcommand(
+        mut self,
+        verb: impl Into<String>,
+        about: impl Into<String>,
+        args: Vec<SubcommandArg>,
+        handler: impl Subcommand,
+    ) -> Self {
+        self.subcommands.push(SubcommandEntry {
+            verb: verb.into(),
+            about: about.into(),
+            args,
+            handler: Arc::new(handler),
+        });
+        self
     }
 
     pub fn description(mut self, text: impl Into<String>) -> Self {
@@ -180,6 +262,11 @@ impl Plugin {
         self.executor
             .iter()
             .map(|(name, _)| format!("executor:{name}"))
+            .chain(
+                self.subcommands
+                    .iter()
+                    .map(|s| format!("subcommand:{}", s.verb)),
+            )
             .collect()
     }
 
@@ -190,7 +277,7 @@ impl Plugin {
             .iter()
             .map(|c| format!("{c:?}"))
             .collect();
-        format!(
+        let mut text = format!(
             "name = {:?}\nversion = {:?}\ndescription = {:?}\nexecutable = {:?}\n\
              protocol = {{ min = {}, max = {} }}\ncapabilities = [{}]\n",
             self.name,
@@ -200,6 +287,20 @@ impl Plugin {
             self.protocol.0,
             self.protocol.1,
             caps.join(", ")
-        )
+        );
+        for sub in &self.subcommands {
+            text.push_str(&format!(
+                "\n[[subcommand]]\nverb = {:?}\nabout = {:?}\nargs = [\n",
+                sub.verb, sub.about
+            ));
+            for arg in &sub.args {
+                text.push_str(&format!(
+                    "  {{ name = {:?}, long = {:?}, takes_value = {}, help = {:?} }},\n",
+                    arg.name, arg.long, arg.takes_value, arg.help
+                ));
+            }
+            text.push_str("]\n");
+        }
+        text
     }
 }

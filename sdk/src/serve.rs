@@ -10,7 +10,7 @@ use hm_ipc::codec::WireError;
 use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
     CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
-    Welcome,
+    RunSubcommand, SubcommandExit, Welcome,
 };
 use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
@@ -252,6 +252,15 @@ impl Dispatcher {
                 self.reply(id, &reply);
             }
             KernelCall::ExecuteStep(step) => self.execute(id, *step),
+            KernelCall::RunSubcommand(call) => {
+                if self.link.protocol < hm_ipc::SUBCOMMANDS_SINCE {
+                    return Err(ServeError::Protocol(format!(
+                        "RunSubcommand received on protocol {}, which does not have it",
+                        self.link.protocol
+                    )));
+                }
+                self.subcommand(id, *call);
+            }
         }
         Ok(())
     }
@@ -330,6 +339,50 @@ impl Dispatcher {
                 }
                 (Err(e), _) => failed(e.to_string()),
                 (Ok(_), Err(e)) => failed(e.to_string()),
+            };
+            if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
+                let _ = link.send(frame);
+            }
+            id
+        });
+    }
+
+    fn subcommand(&mut self, id: u64, call: RunSubcommand) {
+        let Some(entry) = self
+            .plugin
+            .subcommands
+            .iter()
+            .find(|s| s.verb == call.verb)
+            .cloned()
+        else {
+            let message = format!(
+                "plugin {} provides no subcommand `{}`",
+                self.plugin.name, call.verb
+            );
+            self.reply(id, &failed(message));
+            return;
+        };
+        let args = match serde_json::from_str(&call.args_json) {
+            Ok(args) => args,
+            Err(e) => {
+                self.reply(
+                    id,
+                    &failed(format!("hm sent arguments that are not JSON: {e}")),
+                );
+                return;
+            }
+        };
+        self.calls.insert(id, CancellationToken::new());
+        let link = self.link.clone();
+        self.tasks.spawn(async move {
+            let reply = match AssertUnwindSafe(entry.handler.run(args))
+                .catch_unwind()
+                .await
+            {
+                Ok(exit_code) => {
+                    PluginReply::SubcommandDone(Box::new(SubcommandExit { exit_code }))
+                }
+                Err(panic) => failed(panic_message(&*panic)),
             };
             if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
                 let _ = link.send(frame);
