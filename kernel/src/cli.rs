@@ -5,13 +5,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::registry::Builtin;
 use crate::render::Format;
 use crate::{exit, run};
 
 mod plugin;
+pub mod verb;
 
 pub use plugin::PluginCommand;
 
@@ -107,9 +108,32 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs the command line and returns the process exit code.
 pub fn main(builtins: &[Builtin]) -> i32 {
     install_tracing();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // Plugin verbs come from the manifests, so `hm --help` lists them without starting anything.
+    let verbs = std::env::current_dir()
+        .map(|cwd| verb::discover(&cwd, builtins))
+        .unwrap_or_default();
+    let mut command = verb::augment(Cli::command(), &verbs);
+    let parsed = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|matches| {
+            if let Some((name, sub)) = matches.subcommand()
+                && let Some(found) = verbs.iter().find(|v| v.spec.verb == name)
+            {
+                return Ok(Err((found, verb::args_json(&found.spec, sub))));
+            }
+            Cli::from_arg_matches(&matches).map(Ok)
+        });
+    let cli = match parsed {
+        Ok(Ok(cli)) => cli,
+        Ok(Err((found, args))) => return verb::run(found, args),
         Err(e) => {
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand
+                && let Some(clap::error::ContextValue::String(name)) =
+                    e.get(clap::error::ContextKind::InvalidSubcommand)
+            {
+                eprintln!("{}", verb::unknown_verb(name, &verbs));
+                return exit::USAGE;
+            }
             let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {

@@ -136,6 +136,7 @@ impl Installed {
                 protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
                 capabilities: builtin.capabilities.clone(),
                 limits: Limits::default(),
+                subcommands: Vec::new(),
             },
             layer: Layer::Builtin,
             dir: None,

@@ -22,7 +22,10 @@ const KEYS: &[&str] = &[
     "protocol",
     "capabilities",
     "limits",
+    "subcommand",
 ];
+const SUBCOMMAND_KEYS: &[&str] = &["verb", "about", "args"];
+const ARG_KEYS: &[&str] = &["name", "long", "takes_value", "help"];
 const PROTOCOL_KEYS: &[&str] = &["min", "max"];
 const LIMITS_KEYS: &[&str] = &["memory", "pids", "cpu"];
 /// The kinds of capability a manifest may declare (DESIGN §8.1).
@@ -42,6 +45,27 @@ pub struct Manifest {
     pub capabilities: Vec<String>,
     /// Limits for the plugin's own cgroup when `[plugins.<name>].limits` does not set them.
     pub limits: Limits,
+    /// `[[subcommand]]`: what `hm --help` and `hm VERB --help` show, and how `hm` parses the
+    /// verb's arguments, without starting the plugin.
+    pub subcommands: Vec<SubcommandSpec>,
+}
+
+/// One `[[subcommand]]` table: `verb`, `about`, and `args = [{ name, long, takes_value, help }]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubcommandSpec {
+    pub verb: String,
+    pub about: String,
+    pub args: Vec<ArgSpec>,
+}
+
+/// One argument of a subcommand: `--LONG VALUE` (`takes_value = true`) or the switch `--LONG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgSpec {
+    /// The key of its value in the JSON object the plugin receives.
+    pub name: String,
+    pub long: String,
+    pub takes_value: bool,
+    pub help: String,
 }
 
 /// What one capability claims for its plugin alone: an executor name or a verb. Hooks claim
@@ -287,6 +311,10 @@ impl Checker<'_> {
             None => Some(Limits::default()),
             Some(item) => self.limits(item),
         };
+        let subcommands = match doc.get("subcommand") {
+            None => Some(Vec::new()),
+            Some(item) => self.subcommands(item, capabilities.as_deref().unwrap_or(&[])),
+        };
         Some(Manifest {
             name: name?.0,
             version: version?.0,
@@ -295,7 +323,120 @@ impl Checker<'_> {
             protocol: protocol?,
             capabilities: capabilities?,
             limits: limits?,
+            subcommands: subcommands?,
         })
+    }
+
+    fn subcommands(&mut self, item: &Item, capabilities: &[String]) -> Option<Vec<SubcommandSpec>> {
+        let hint = "write `[[subcommand]]` tables with `verb`, `about` and `args`".to_owned();
+        let Some(tables) = item.as_array_of_tables() else {
+            self.problem(
+                item.span(),
+                format!(
+                    "`subcommand` must be an array of tables, found {}",
+                    found(item)
+                ),
+                Some(hint),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut specs = Vec::new();
+        for table in tables.iter() {
+            self.unknown_keys(table, SUBCOMMAND_KEYS, "`[[subcommand]]`");
+            let Some((verb, span)) = self.required_string(table, "verb") else {
+                ok = false;
+                continue;
+            };
+            if !capabilities.contains(&format!("subcommand:{verb}")) {
+                self.problem(
+                    span,
+                    format!(
+                        "`[[subcommand]]` describes `{verb}`, which `capabilities` does not declare"
+                    ),
+                    Some(format!("add \"subcommand:{verb}\" to `capabilities`")),
+                );
+                ok = false;
+            }
+            let about = match table.get("about") {
+                None => String::new(),
+                Some(item) => self.string(item, "about").unwrap_or_default(),
+            };
+            let mut args = Vec::new();
+            if let Some(item) = table.get("args") {
+                let Some(array) = item.as_array() else {
+                    self.problem(
+                        item.span(),
+                        format!(
+                            "`args` must be an array of inline tables, found {}",
+                            found(item)
+                        ),
+                        None,
+                    );
+                    ok = false;
+                    continue;
+                };
+                for value in array.iter() {
+                    let Some(arg) = value.as_inline_table() else {
+                        self.problem(
+                            value.span(),
+                            format!("an argument must be an inline table, found {}", value.type_name()),
+                            Some("write `{ name = \"flag\", long = \"flag\", takes_value = true, help = \"...\" }`".to_owned()),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    let arg: &dyn TableLike = arg;
+                    self.unknown_keys(arg, ARG_KEYS, "an argument");
+                    let Some((name, name_span)) = self.required_string(arg, "name") else {
+                        ok = false;
+                        continue;
+                    };
+                    let long = match arg.get("long") {
+                        None => name.clone(),
+                        Some(item) => self.string(item, "long").unwrap_or_default(),
+                    };
+                    if !valid_name(&long) || !valid_name(&name) {
+                        self.problem(
+                            name_span,
+                            format!("invalid argument name `{}`", name.escape_default()),
+                            Some(NAME_RULE.to_owned()),
+                        );
+                        ok = false;
+                    }
+                    let takes_value = match arg.get("takes_value") {
+                        None => false,
+                        Some(item) => match item.as_bool() {
+                            Some(b) => b,
+                            None => {
+                                self.problem(
+                                    item.span(),
+                                    format!(
+                                        "`takes_value` must be true or false, found {}",
+                                        found(item)
+                                    ),
+                                    None,
+                                );
+                                ok = false;
+                                false
+                            }
+                        },
+                    };
+                    let help = match arg.get("help") {
+                        None => String::new(),
+                        Some(item) => self.string(item, "help").unwrap_or_default(),
+                    };
+                    args.push(ArgSpec {
+                        name,
+                        long,
+                        takes_value,
+                        help,
+                    });
+                }
+            }
+            specs.push(SubcommandSpec { verb, about, args });
+        }
+        ok.then_some(specs)
     }
 
     fn required_string(
@@ -582,6 +723,45 @@ limits = { memory = "256MiB", pids = 64, cpu = 0.5 }
             m.claims(),
             [Claim::Executor("mine".into()), Claim::Verb("graph".into())]
         );
+    }
+
+    #[test]
+    fn subcommand_tables_describe_declared_verbs() {
+        let text = format!(
+            "{GOOD}\n[[subcommand]]\nverb = \"graph\"\nabout = \"Draws the DAG\"\n\
+             args = [{{ name = \"out\", takes_value = true, help = \"where\" }}, \
+             {{ name = \"dot\", long = \"as-dot\" }}]\n"
+        );
+        let m = parse(&text, Path::new("plugin.toml")).expect("valid");
+        assert_eq!(m.subcommands.len(), 1);
+        let graph = &m.subcommands[0];
+        assert_eq!(
+            (graph.verb.as_str(), graph.about.as_str()),
+            ("graph", "Draws the DAG")
+        );
+        assert_eq!(
+            graph.args,
+            [
+                ArgSpec {
+                    name: "out".into(),
+                    long: "out".into(),
+                    takes_value: true,
+                    help: "where".into(),
+                },
+                ArgSpec {
+                    name: "dot".into(),
+                    long: "as-dot".into(),
+                    takes_value: false,
+                    help: String::new(),
+                },
+            ]
+        );
+        let e = errors(&format!(
+            "{GOOD}\n[[subcommand]]\nverb = \"other\"\nargs = [{{ nme = \"x\" }}]\n"
+        ));
+        assert!(e.contains("which `capabilities` does not declare"), "{e}");
+        assert!(e.contains("unknown key `nme` in an argument"), "{e}");
+        assert!(e.contains("`name` is missing"), "{e}");
     }
 
     #[test]

@@ -20,4 +20,4 @@ pub use discover::{
     project_plugins_dir, protocol_problem, user_plugins_dir,
 };
 pub use install::{InstallError, InstallRequest, Outcome, Removed};
-pub use manifest::{Claim, MANIFEST_FILE, Manifest, ManifestError};
+pub use manifest::{ArgSpec, Claim, MANIFEST_FILE, Manifest, ManifestError, SubcommandSpec};

@@ -1,6 +1,7 @@
 //! The one place that builds a plugin's `Command`: its own process group, SIGKILL as
 //! parent-death signal, stdin from /dev/null, stdout and stderr captured as diagnostics, and
-//! the plugin's end of the socket pair at fd 3 (`HM_IPC_FD=3`).
+//! the plugin's end of the socket pair at fd 3 (`HM_IPC_FD=3`). A subcommand's plugin
+//! ([`terminal_command`]) instead shares hm's terminal and process group.
 
 use std::os::fd::RawFd;
 use std::process::Stdio;
@@ -11,13 +12,29 @@ use tokio::process::Command;
 use crate::registry::PluginSpec;
 
 pub fn plugin_command(spec: &PluginSpec, plugin_end: RawFd) -> Command {
+    let mut cmd = base_command(spec, plugin_end);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+/// The command for `hm VERB`: the plugin inherits hm's stdin, stdout and stderr and stays in
+/// hm's process group, so it is in the terminal's foreground group: it reads the terminal
+/// without SIGTTIN and gets the terminal's Ctrl-C itself. Parent-death SIGKILL still applies.
+pub fn terminal_command(spec: &PluginSpec, plugin_end: RawFd) -> Command {
+    let mut cmd = base_command(spec, plugin_end);
+    cmd.stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+fn base_command(spec: &PluginSpec, plugin_end: RawFd) -> Command {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env(IPC_FD_ENV, CHILD_FD.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     let kernel = std::process::id() as i32;
     // SAFETY: runs between fork and exec; prctl, getppid, dup2, fcntl, close_range and _exit are

@@ -1,0 +1,336 @@
+//! `hm <verb>`: subcommands contributed by plugins (DESIGN §3, §8.1). Their verbs, help and
+//! arguments come from the manifests (`[[subcommand]]`), so `hm --help` and `hm VERB --help`
+//! never start a plugin. `hm VERB ...` parses the arguments, starts the plugin with the
+//! terminal, sends `RunSubcommand` (protocol v4) and exits with the code of its
+//! `SubcommandDone`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hm_ipc::messages::{
+    CallFailure, Hello, HostCall, HostReply, KernelCall, PluginReply, Reject, RunSubcommand,
+    Welcome,
+};
+use hm_ipc::{FrameKind, FrameReader, OutFrame};
+use serde_json::{Map, Value};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::exit;
+use crate::registry::probe::{HANDSHAKE_TIMEOUT, hello_mismatch};
+use crate::registry::{Builtin, Installed, PluginDirs, Registry, SubcommandSpec};
+use crate::supervisor::spawn::{describe_spawn_error, terminal_command};
+
+/// The commands of `hm` itself, which no plugin verb may take.
+const RESERVED: &[&str] = &["run", "validate", "version", "doctor", "plugin", "help"];
+/// How long the plugin may take to exit after `Shutdown`.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The call id of the one `RunSubcommand`.
+const CALL: u64 = 1;
+
+/// One verb in effect and the plugin that provides it.
+#[derive(Debug, Clone)]
+pub struct Verb {
+    pub spec: SubcommandSpec,
+    pub plugin: Installed,
+}
+
+/// The verbs of the plugins in effect from `cwd` (project and user layers, built-ins), sorted.
+/// A verb that names a command of hm itself, or that two plugins claim, is left out: the
+/// registry reports the conflict, `hm plugin list` and `hm doctor` show it.
+pub fn discover(cwd: &Path, builtins: &[Builtin]) -> Vec<Verb> {
+    let project = crate::config::find_pipeline_file(cwd)
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| cwd.to_path_buf());
+    let dirs = PluginDirs {
+        project: Some(crate::registry::project_plugins_dir(&project)),
+        user: crate::registry::user_plugins_dir(),
+    };
+    let registry = Registry::discover_in(&dirs, builtins);
+    let mut verbs: Vec<Verb> = Vec::new();
+    for plugin in registry.active() {
+        for capability in &plugin.manifest.capabilities {
+            let Some(verb) = capability.strip_prefix("subcommand:") else {
+                continue;
+            };
+            if RESERVED.contains(&verb) {
+                continue;
+            }
+            let spec = plugin
+                .manifest
+                .subcommands
+                .iter()
+                .find(|s| s.verb == verb)
+                .cloned()
+                .unwrap_or_else(|| SubcommandSpec {
+                    verb: verb.to_owned(),
+                    ..SubcommandSpec::default()
+                });
+            verbs.push(Verb {
+                spec,
+                plugin: plugin.clone(),
+            });
+        }
+    }
+    verbs.sort_by(|a, b| a.spec.verb.cmp(&b.spec.verb));
+    // Claimed twice: neither runs (the registry's conflict error says which plugins).
+    let mut unique: Vec<Verb> = Vec::new();
+    for (i, verb) in verbs.iter().enumerate() {
+        let twice = |j: usize| verbs.get(j).is_some_and(|v| v.spec.verb == verb.spec.verb);
+        if !twice(i + 1) && (i == 0 || !twice(i - 1)) {
+            unique.push(verb.clone());
+        }
+    }
+    unique
+}
+
+/// `command` with one clap subcommand per verb, built from the manifests.
+pub fn augment(mut command: clap::Command, verbs: &[Verb]) -> clap::Command {
+    for verb in verbs {
+        let about = if verb.spec.about.is_empty() {
+            format!("(plugin {})", verb.plugin.manifest.name)
+        } else {
+            format!("{} (plugin {})", verb.spec.about, verb.plugin.manifest.name)
+        };
+        let mut sub = clap::Command::new(verb.spec.verb.clone()).about(about);
+        for arg in &verb.spec.args {
+            let mut a = clap::Arg::new(arg.name.clone())
+                .long(arg.long.clone())
+                .help(arg.help.clone());
+            a = if arg.takes_value {
+                a.action(clap::ArgAction::Set).value_name("VALUE")
+            } else {
+                a.action(clap::ArgAction::SetTrue)
+            };
+            sub = sub.arg(a);
+        }
+        command = command.subcommand(sub);
+    }
+    command
+}
+
+/// The parsed arguments as the JSON object the plugin receives: each argument by its name, a
+/// string or `null` for one that takes a value, a boolean for a switch.
+pub fn args_json(spec: &SubcommandSpec, matches: &clap::ArgMatches) -> String {
+    let mut object = Map::new();
+    for arg in &spec.args {
+        let value = if arg.takes_value {
+            matches
+                .get_one::<String>(&arg.name)
+                .map_or(Value::Null, |v| Value::String(v.clone()))
+        } else {
+            Value::Bool(matches.get_flag(&arg.name))
+        };
+        object.insert(arg.name.clone(), value);
+    }
+    Value::Object(object).to_string()
+}
+
+/// The message for an unknown verb: the closest verb or command, and how to get more.
+pub fn unknown_verb(verb: &str, verbs: &[Verb]) -> String {
+    let known: Vec<&str> = RESERVED
+        .iter()
+        .copied()
+        .chain(verbs.iter().map(|v| v.spec.verb.as_str()))
+        .collect();
+    let mut text = format!("error: `{verb}` is not an hm command or a plugin subcommand");
+    if let Some(close) = crate::suggest::did_you_mean(verb, known.iter().copied()) {
+        text.push_str(&format!("\n  hint: did you mean `hm {close}`?"));
+    }
+    text.push_str(
+        "\n  hint: plugins add subcommands: `hm plugin install SOURCE` installs one, \
+         `hm plugin list` shows what is installed; `hm --help` lists every command",
+    );
+    text
+}
+
+/// Runs `verb` with `args_json` and returns hm's exit code: the plugin's, or 5 when the plugin
+/// could not run it.
+pub fn run(verb: &Verb, args_json: String) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::PLUGIN;
+        }
+    };
+    match runtime.block_on(run_async(verb, args_json)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!(
+                "error: plugin `{}` (`hm {}`): {message}",
+                verb.plugin.manifest.name, verb.spec.verb
+            );
+            exit::PLUGIN
+        }
+    }
+}
+
+async fn run_async(verb: &Verb, args_json: String) -> Result<i32, String> {
+    let spec = verb.plugin.spec();
+    let (kernel_end, plugin_end) =
+        hm_ipc::transport::socket_pair().map_err(|e| format!("socket pair: {e}"))?;
+    // The plugin shares the terminal's foreground process group, so Ctrl-C reaches it as well
+    // as hm: hm ignores it and waits for the plugin's answer; SIGTERM to hm is passed on.
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut terms = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut child = terminal_command(&spec, hm_ipc::transport::raw(&plugin_end))
+        .spawn()
+        .map_err(|e| describe_spawn_error(&spec, &e))?;
+    drop(plugin_end);
+    let pid = child.id().unwrap_or(0) as i32;
+    kernel_end
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let stream = UnixStream::from_std(kernel_end).map_err(|e| e.to_string())?;
+    let (read_half, write_half) = stream.into_split();
+    let mut frames = FrameReader::new(read_half);
+    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+    let result = {
+        let talk = converse(verb, args_json, &mut frames, &writer);
+        tokio::pin!(talk);
+        loop {
+            tokio::select! {
+                result = &mut talk => break result,
+                _ = interrupts.recv() => {}
+                _ = terms.recv() => {
+                    if pid > 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                }
+            }
+        }
+    };
+    drop(writer);
+    let _ = writer_task.await;
+    let status = tokio::time::timeout(EXIT_TIMEOUT, child.wait()).await;
+    if status.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    result.map(|code| if (0..=255).contains(&code) { code } else { 1 })
+}
+
+async fn converse(
+    verb: &Verb,
+    args_json: String,
+    frames: &mut FrameReader,
+    writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
+) -> Result<i32, String> {
+    let send = |frame: Result<OutFrame, String>| -> Result<(), String> {
+        writer
+            .send(frame?)
+            .map_err(|_| "the connection closed".to_owned())
+    };
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next()).await;
+    let frame = match hello {
+        Err(_) => return Err("did not say Hello in time".to_owned()),
+        Ok(None) => return Err("exited or closed its socket before saying Hello".to_owned()),
+        Ok(Some(Err(e))) => return Err(format!("sent an invalid first frame: {e}")),
+        Ok(Some(Ok(frame))) if frame.kind() != FrameKind::Hello => {
+            return Err(format!(
+                "sent {:?} where Hello must come first",
+                frame.kind()
+            ));
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let hello: Hello = frame
+        .decode()
+        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
+    let refuse = |reason: String| -> Result<i32, String> {
+        let _ = send(
+            OutFrame::message(
+                FrameKind::Reject,
+                0,
+                &Reject {
+                    reason: reason.clone(),
+                },
+            )
+            .map_err(|e| e.to_string()),
+        );
+        Err(reason)
+    };
+    if let Some(mismatch) = hello_mismatch(&hello, &verb.plugin.manifest) {
+        return refuse(format!("{mismatch} (reinstall the plugin)"));
+    }
+    let protocol = match hm_ipc::negotiate(
+        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
+        hello.protocol_min,
+        hello.protocol_max,
+    ) {
+        Ok(protocol) => protocol,
+        Err(reason) => return refuse(reason),
+    };
+    if protocol < hm_ipc::SUBCOMMANDS_SINCE {
+        return refuse(format!(
+            "it speaks protocol {}..={}; subcommands need protocol {}: rebuild the plugin \
+             against a newer hm-sdk",
+            hello.protocol_min,
+            hello.protocol_max,
+            hm_ipc::SUBCOMMANDS_SINCE
+        ));
+    }
+    let welcome = Welcome {
+        protocol,
+        run_id: format!("subcommand-{}", std::process::id()),
+        log_credit: 1,
+        max_batch_bytes: 64 * 1024,
+    };
+    send(OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string()))?;
+    let call = KernelCall::RunSubcommand(Box::new(RunSubcommand {
+        verb: verb.spec.verb.clone(),
+        args_json,
+    }));
+    send(OutFrame::message(FrameKind::Call, CALL, &call).map_err(|e| e.to_string()))?;
+    loop {
+        let frame = match frames.next().await {
+            None => return Err("exited before it answered (it crashed?)".to_owned()),
+            Some(Err(e)) => return Err(format!("sent an invalid frame: {e}")),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.kind() {
+            FrameKind::Reply if frame.call_id() == CALL => {
+                let reply: PluginReply = frame
+                    .decode()
+                    .map_err(|e| format!("sent an invalid reply: {e}"))?;
+                let _ = send(Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
+                return match reply {
+                    PluginReply::SubcommandDone(done) => Ok(done.exit_code),
+                    PluginReply::Failed(failure) => Err(failure.message),
+                    other => Err(format!("answered RunSubcommand with {other:?}")),
+                };
+            }
+            FrameKind::Call => {
+                let reply = match frame.decode::<HostCall>() {
+                    Ok(HostCall::Log(record)) => {
+                        eprintln!("{}: {}", verb.plugin.manifest.name, record.message);
+                        HostReply::Ok
+                    }
+                    Ok(_) => HostReply::Error(Box::new(CallFailure {
+                        message: "this host call is not available to subcommands".to_owned(),
+                    })),
+                    Err(e) => return Err(format!("sent an invalid host call: {e}")),
+                };
+                send(
+                    OutFrame::message(FrameKind::Reply, frame.call_id(), &reply)
+                        .map_err(|e| e.to_string()),
+                )?;
+            }
+            FrameKind::Pong => {}
+            other => {
+                return Err(format!(
+                    "sent {other:?} (call id {}) during a subcommand",
+                    frame.call_id()
+                ));
+            }
+        }
+    }
+}
