@@ -130,6 +130,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
             if e.kind() == clap::error::ErrorKind::InvalidSubcommand
                 && let Some(clap::error::ContextValue::String(name)) =
                     e.get(clap::error::ContextKind::InvalidSubcommand)
+                && std::env::args().nth(1).as_deref() == Some(name.as_str())
             {
                 eprintln!("{}", verb::unknown_verb(name, &verbs));
                 return exit::USAGE;

@@ -683,6 +683,23 @@ fn manifest_text_of(m: &Manifest) -> String {
     if !limits.is_empty() {
         text.push_str(&format!("limits = {{ {} }}\n", limits.join(", ")));
     }
+    for sub in &m.subcommands {
+        text.push_str(&format!(
+            "\n[[subcommand]]\nverb = {}\nabout = {}\nargs = [\n",
+            q(&sub.verb),
+            q(&sub.about)
+        ));
+        for arg in &sub.args {
+            text.push_str(&format!(
+                "  {{ name = {}, long = {}, takes_value = {}, help = {} }},\n",
+                q(&arg.name),
+                q(&arg.long),
+                arg.takes_value,
+                q(&arg.help)
+            ));
+        }
+        text.push_str("]\n");
+    }
     text
 }
 
