@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use hm_tests::{Output, Project, RUN_DEADLINE, link_executable};
+use hm_tests::{Output, Project, RUN_DEADLINE};
 
 const GREETER: &str = env!("CARGO_BIN_EXE_hm-fixture-greet");
 
@@ -17,20 +17,14 @@ fn show(out: &Output) -> String {
     )
 }
 
-/// A project with `greeter` in its project layer: the manifest its `--hm-manifest` prints and
-/// its executable (hard-linked: installing one file from many tests at once races with their
-/// links, which `hm plugin install` rightly calls a change during the install).
+/// A project with `greeter` installed (`hm plugin install --project`, which keeps the
+/// `[[subcommand]]` table of its `--hm-manifest`).
 fn project() -> Project {
     let project = Project::new("[steps.a]\nrun = \"true\"\n");
-    let manifest = std::process::Command::new(GREETER)
-        .arg("--hm-manifest")
-        .output()
-        .expect("run --hm-manifest");
-    assert!(manifest.status.success(), "{manifest:?}");
-    let bundle = project.path(".hm/plugins/greeter");
-    std::fs::create_dir_all(&bundle).expect("create the bundle");
-    std::fs::write(bundle.join("plugin.toml"), &manifest.stdout).expect("write plugin.toml");
-    link_executable(GREETER.as_ref(), &bundle.join("hm-fixture-greet"));
+    let out = project.hm(&["plugin", "install", "--project", GREETER]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let manifest = project.read(".hm/plugins/greeter/plugin.toml");
+    assert!(manifest.contains("[[subcommand]]"), "{manifest}");
     project
 }
 
