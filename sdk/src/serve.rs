@@ -325,7 +325,12 @@ impl Dispatcher {
             let result = AssertUnwindSafe(executor.execute(request, ctx.clone()))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|panic| Err(StepError::Message(panic_message(&*panic))));
+                .unwrap_or_else(|panic| {
+                    Err(StepError::Message(format!(
+                        "the executor panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                });
             // Output queued before the end goes out before the reply: no line is lost.
             let flushed = ctx.flush().await;
             let reply = match (result, flushed) {
@@ -382,7 +387,10 @@ impl Dispatcher {
                 Ok(exit_code) => {
                     PluginReply::SubcommandDone(Box::new(SubcommandExit { exit_code }))
                 }
-                Err(panic) => failed(panic_message(&*panic)),
+                Err(panic) => failed(format!(
+                    "the subcommand panicked: {}",
+                    panic_message(&*panic)
+                )),
             };
             if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
                 let _ = link.send(frame);
@@ -426,7 +434,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
-    format!("the executor panicked: {message}")
+    message.to_owned()
 }
 
 fn failed(message: String) -> PluginReply {
