@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hm_ipc::messages::{Hello, HostReply, Reject, Welcome};
+use hm_ipc::messages::{Hello, HostReply, Welcome};
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -20,6 +20,7 @@ use tokio::process::Child;
 
 use super::discover::PluginSpec;
 use super::manifest::Manifest;
+use crate::supervisor::connection::{read_hello, send_reject};
 use crate::supervisor::spawn::{describe_spawn_error, plugin_command};
 
 /// How long `--hm-manifest` may take.
@@ -247,30 +248,9 @@ async fn converse(
     frames: &mut FrameReader,
     writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
 ) -> Result<Greeting, String> {
-    let frame = match frames.next().await {
-        None => return Err("exited or closed its socket before saying Hello".to_owned()),
-        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
-        Some(Ok(frame)) => frame,
-    };
-    if frame.kind() != FrameKind::Hello {
-        return Err(format!(
-            "sent {:?} where Hello must come first",
-            frame.kind()
-        ));
-    }
-    let hello: Hello = frame
-        .decode()
-        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
+    let hello = read_hello(frames).await?;
     let refuse = |reason: String| -> Result<Greeting, String> {
-        if let Ok(frame) = OutFrame::message(
-            FrameKind::Reject,
-            0,
-            &Reject {
-                reason: reason.clone(),
-            },
-        ) {
-            let _ = writer.send(frame);
-        }
+        send_reject(writer, &reason);
         Err(reason)
     };
     if let Some(mismatch) = hello_mismatch(&hello, manifest) {

@@ -396,30 +396,9 @@ async fn handshake(
     writer: &mpsc::UnboundedSender<OutFrame>,
     unavailable: &mut bool,
 ) -> Result<u32, String> {
-    let frame = match frames.next().await {
-        None => return Err("exited or closed its socket before saying Hello".into()),
-        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
-        Some(Ok(frame)) => frame,
-    };
-    if frame.kind() != FrameKind::Hello {
-        return Err(format!(
-            "sent {:?} where Hello must come first",
-            frame.kind()
-        ));
-    }
-    let hello: Hello = frame
-        .decode()
-        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
-    let reject = |reason: String| {
-        if let Ok(frame) = OutFrame::message(
-            FrameKind::Reject,
-            0,
-            &Reject {
-                reason: reason.clone(),
-            },
-        ) {
-            let _ = writer.send(frame);
-        }
+    let hello = read_hello(frames).await?;
+    let reject = |reason: String| -> Result<u32, String> {
+        send_reject(writer, &reason);
         Err(reason)
     };
     let protocol = match hm_ipc::negotiate(
@@ -510,6 +489,35 @@ struct Peer<'a> {
     protocol: u32,
     /// `[plugins.<name>].config` as JSON, for `ReadConfig`.
     config_json: &'a str,
+}
+
+/// Reads and validates a plugin's first frame, which must be `Hello`. Shared by the run's
+/// handshake and the install-time probe, so both judge a plugin the same way.
+pub async fn read_hello(frames: &mut FrameReader) -> Result<Hello, String> {
+    let frame = match frames.next().await {
+        None => return Err("exited or closed its socket before saying Hello".into()),
+        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
+        Some(Ok(frame)) => frame,
+    };
+    if frame.kind() != FrameKind::Hello {
+        return Err(format!(
+            "sent {:?} where Hello must come first",
+            frame.kind()
+        ));
+    }
+    frame
+        .decode()
+        .map_err(|e| format!("sent an invalid Hello: {e}"))
+}
+
+/// Tells the plugin why it is refused (it exits on `Reject`); the connection closes after.
+pub fn send_reject(writer: &mpsc::UnboundedSender<OutFrame>, reason: &str) {
+    let reject = Reject {
+        reason: reason.to_owned(),
+    };
+    if let Ok(frame) = OutFrame::message(FrameKind::Reject, 0, &reject) {
+        let _ = writer.send(frame);
+    }
 }
 
 /// Validates one frame after the handshake and turns it into an event or a host-API answer.
