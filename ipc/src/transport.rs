@@ -185,3 +185,29 @@ async fn send_with_fd(
         }
     }
 }
+
+/// One end of a connection, as both kernel and plugin use it: frames in through a
+/// [`crate::FrameReader`], frames out through the writer task of [`spawn_writer`].
+pub struct Connection {
+    pub frames: crate::FrameReader,
+    pub writer: tokio::sync::mpsc::UnboundedSender<crate::OutFrame>,
+    pub writer_task: tokio::task::JoinHandle<Result<(), crate::codec::WireError>>,
+}
+
+/// Splits a connected stream into its reader and its writer task.
+pub fn connect(stream: tokio::net::UnixStream) -> Connection {
+    let (read_half, write_half) = stream.into_split();
+    let (writer, writer_task) = spawn_writer(write_half);
+    Connection {
+        frames: crate::FrameReader::new(read_half),
+        writer,
+        writer_task,
+    }
+}
+
+/// [`connect`] for the kernel's end of a [`socket_pair`]: made non-blocking and handed to
+/// tokio first. Must be called inside the runtime.
+pub fn connect_std(stream: StdUnixStream) -> std::io::Result<Connection> {
+    stream.set_nonblocking(true)?;
+    Ok(connect(tokio::net::UnixStream::from_std(stream)?))
+}

@@ -86,9 +86,11 @@ fn run(plugin: Plugin) -> Result<(), ServeError> {
 /// Serves `plugin` on an already connected stream: the handshake, then every call until
 /// `Shutdown` or the end of the connection. Used by [`serve`] and by [`crate::testing`].
 pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeError> {
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FrameReader::new(read_half);
-    let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
+    let hm_ipc::transport::Connection {
+        mut frames,
+        writer: out,
+        writer_task: writer,
+    } = hm_ipc::transport::connect(stream);
 
     let hello = Hello {
         protocol_min: plugin.protocol.0,

@@ -14,7 +14,6 @@ use hm_ipc::messages::{
 };
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use serde_json::{Map, Value};
-use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::exit;
@@ -183,13 +182,11 @@ async fn run_async(verb: &Verb, args_json: String) -> Result<i32, String> {
         .map_err(|e| describe_spawn_error(&spec, &e))?;
     drop(plugin_end);
     let pid = child.id().unwrap_or(0) as i32;
-    kernel_end
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let stream = UnixStream::from_std(kernel_end).map_err(|e| e.to_string())?;
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FrameReader::new(read_half);
-    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+    let hm_ipc::transport::Connection {
+        mut frames,
+        writer,
+        writer_task,
+    } = hm_ipc::transport::connect_std(kernel_end).map_err(|e| e.to_string())?;
     let result = {
         let talk = converse(verb, args_json, &mut frames, &writer);
         tokio::pin!(talk);

@@ -15,7 +15,6 @@ use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::net::UnixStream;
 use tokio::process::Child;
 
 use super::discover::PluginSpec;
@@ -201,13 +200,11 @@ pub async fn handshake(spec: &PluginSpec, manifest: &Manifest) -> Result<Greetin
         tokio::spawn(collect_tail(out, Arc::new(Mutex::new(VecDeque::new()))));
     }
     let talk = async {
-        kernel_end
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let stream = UnixStream::from_std(kernel_end).map_err(|e| e.to_string())?;
-        let (read_half, write_half) = stream.into_split();
-        let mut frames = FrameReader::new(read_half);
-        let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+        let hm_ipc::transport::Connection {
+            mut frames,
+            writer,
+            writer_task,
+        } = hm_ipc::transport::connect_std(kernel_end).map_err(|e| e.to_string())?;
         let result = converse(manifest, &mut frames, &writer).await;
         drop(writer);
         let _ = writer_task.await;

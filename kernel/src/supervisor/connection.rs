@@ -19,7 +19,6 @@ use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -250,13 +249,11 @@ async fn run_plugin(
         capture.push(tokio::spawn(capture_lines(stdout, tail.clone())));
     }
 
-    kernel_end
-        .set_nonblocking(true)
-        .map_err(|e| format!("plugin {name}: {e}"))?;
-    let stream = UnixStream::from_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FrameReader::new(read_half);
-    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+    let hm_ipc::transport::Connection {
+        mut frames,
+        writer,
+        writer_task,
+    } = hm_ipc::transport::connect_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
 
     let mut unavailable = false;
     let handshake = tokio::time::timeout(
