@@ -19,6 +19,8 @@ pub use codec::{Attachment, Frame, FrameCodec, OutFrame, Payload};
 pub use frame::{
     FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP,
 };
-pub use handshake::{PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SUBCOMMANDS_SINCE, negotiate};
+pub use handshake::{
+    HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SUBCOMMANDS_SINCE, negotiate,
+};
 pub use reader::FrameReader;
 pub use shm::{BufferWriter, SHM_THRESHOLD, SealedBuffer, SharedBuffer};

@@ -49,6 +49,40 @@ pub enum KernelCall {
     /// Run `hm <verb> ...`: the plugin has the terminal as its stdin, stdout and stderr and
     /// answers `PluginReply::SubcommandDone` with the exit code for `hm`. v4.
     RunSubcommand(Box<RunSubcommand>),
+    /// One event of the run for a hook (DESIGN §8.1): the plugin answers
+    /// `PluginReply::HookDone`. Sent only for the events the plugin's manifest subscribes to,
+    /// in the phase it names. v5.
+    OnEvent(Box<HookEvent>),
+}
+
+/// When a hook sees an event. v5.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+#[repr(u8)]
+pub enum HookPhase {
+    /// Before the event takes effect; the kernel waits for the answer (up to the hook's
+    /// timeout), and on `step_start` the answer may abort the step.
+    Before,
+    /// After the event; the kernel does not wait, and the answer only says the hook is done.
+    After,
+}
+
+/// An event of the run, delivered to a hook. v5.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HookEvent {
+    pub phase: HookPhase,
+    /// The event's `kind` (`step_start`, `step_end`, ...).
+    pub kind: String,
+    /// The event as one JSON object, exactly as `hm run --format json` prints it.
+    pub event_json: String,
+}
+
+/// A hook's answer to `OnEvent`. v5.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    /// Set by a `before` hook on `step_start` to stop the step: the reason, shown to the user
+    /// with cause `hook_abort`. Ignored in the `after` phase and on other events.
+    pub abort: Option<String>,
 }
 
 /// One invocation of a plugin's subcommand. v4.
@@ -139,6 +173,8 @@ pub enum PluginReply {
     StepOutOfMemory(Box<StepResult>),
     /// The subcommand of a `RunSubcommand` call is over; `hm` exits with its code. v4.
     SubcommandDone(Box<SubcommandExit>),
+    /// The hook has handled the event of an `OnEvent` call. v5.
+    HookDone(Box<HookOutcome>),
 }
 
 /// How a step's process ended. v1.

@@ -146,6 +146,28 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
                 })),
             ),
         ),
+        (
+            "call_on_event",
+            frame(
+                K::Call,
+                9,
+                &KernelCall::OnEvent(Box::new(hm_ipc::messages::HookEvent {
+                    phase: hm_ipc::messages::HookPhase::Before,
+                    kind: "step_start".into(),
+                    event_json: "{\"kind\":\"step_start\",\"step\":\"deploy\"}".into(),
+                })),
+            ),
+        ),
+        (
+            "reply_hook_done",
+            frame(
+                K::Reply,
+                9,
+                &PluginReply::HookDone(Box::new(hm_ipc::messages::HookOutcome {
+                    abort: Some("frozen".into()),
+                })),
+            ),
+        ),
         ("reply_failed", frame(K::Reply, 1, &failed)),
         ("host_call_log", frame(K::Call, 2, &log)),
         ("host_call_kv_set", frame(K::Call, 3, &kv_set)),

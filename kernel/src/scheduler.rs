@@ -813,6 +813,7 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::Diagnostic { message } => {
                 tracing::warn!(plugin = %self.plugins[p].spec.name, "{message}");
             }
+            PluginEventKind::HookDone { .. } => {}
             PluginEventKind::Exited(exit) => self.on_plugin_exit(p, exit),
         }
     }

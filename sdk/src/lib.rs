@@ -26,6 +26,9 @@ pub mod testing;
 
 pub use archive::Archive;
 pub use context::{OutputStream, StepContext};
-pub use hm_ipc::messages::{KvScope, LogLevel, PROJECT_DIR_ENV, StepResult};
-pub use plugin::{Executor, InitInfo, Plugin, StepError, StepRequest, Subcommand, SubcommandArg};
+pub use hm_ipc::messages::{HookPhase, KvScope, LogLevel, PROJECT_DIR_ENV, StepResult};
+pub use plugin::{
+    DEFAULT_HOOK_TIMEOUT, Executor, Hook, HookContext, HookEvent, HookVerdict, InitInfo, Plugin,
+    StepError, StepRequest, Subcommand, SubcommandArg, Subscription,
+};
 pub use serve::{ServeError, serve, serve_on};

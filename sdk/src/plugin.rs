@@ -4,8 +4,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hm_ipc::messages::StepResult;
+use hm_ipc::messages::{HookPhase, StepResult};
 use thiserror::Error;
 
 use crate::context::StepContext;
@@ -144,6 +145,125 @@ pub(crate) struct SubcommandEntry {
     pub(crate) handler: Arc<dyn DynSubcommand>,
 }
 
+/// How long hm waits for a hook's answer to one event unless the subscription says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One event kind a hook observes, in one phase (DESIGN §8.1). `hm` reads these from the
+/// manifest (`capabilities = ["hook:EVENT"]` and a `[[hook]]` table each) without starting the
+/// plugin, and starts it on the first event it subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// An event kind of DESIGN §4 (`build_start`, `step_start`, `step_end`, ...), or `*` for
+    /// all of them.
+    pub event: String,
+    pub phase: HookPhase,
+    /// How long hm waits for the answer to one event. A hook that takes longer is treated as
+    /// hung: it is killed, reported, and restarted for the next event within its budget.
+    pub timeout: Duration,
+}
+
+impl Subscription {
+    /// Observe `event` after it happened: hm does not wait for the hook, whose events queue
+    /// up (a bounded queue; what does not fit is dropped, counted and reported).
+    pub fn after(event: impl Into<String>) -> Self {
+        Self {
+            event: event.into(),
+            phase: HookPhase::After,
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        }
+    }
+
+    /// See `event` before it takes effect: hm waits for the answer. Only `step_start` has a
+    /// before phase; a [`HookVerdict::Abort`] there stops the step (cause `hook_abort`).
+    pub fn before(event: impl Into<String>) -> Self {
+        Self {
+            event: event.into(),
+            phase: HookPhase::Before,
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        }
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// One event of the run as a hook receives it.
+#[derive(Debug, Clone)]
+pub struct HookEvent {
+    pub phase: HookPhase,
+    /// The event's `kind`: `step_start`, `step_end`, `build_end`, ...
+    pub kind: String,
+    /// The whole event, exactly as one line of `hm run --format json` (DESIGN §4).
+    pub event: serde_json::Value,
+}
+
+/// What a hook knows about the run it observes.
+#[derive(Debug, Clone)]
+pub struct HookContext {
+    pub(crate) info: Arc<InitInfo>,
+}
+
+impl HookContext {
+    /// `[plugins.<name>].config` from the project's `hm.toml`.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.info.config
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.info.run_id
+    }
+
+    pub fn pipeline(&self) -> &str {
+        &self.info.pipeline
+    }
+
+    /// The project's root directory (where `hm.toml` is): relative paths in the plugin's
+    /// configuration are relative to it. `None` from an hm that does not say.
+    pub fn project_dir(&self) -> Option<PathBuf> {
+        std::env::var_os(hm_ipc::messages::PROJECT_DIR_ENV).map(PathBuf::from)
+    }
+}
+
+/// A hook's answer to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookVerdict {
+    Continue,
+    /// Stop the step of a `before` `step_start` event, with the reason shown to the user. Read
+    /// as `Continue` anywhere else.
+    Abort(String),
+}
+
+/// Observes the run's events (protocol v5). The plugin may be called for several events at
+/// once. An `Err` is reported as the hook failing (and fails the run only when the project
+/// sets `required = true` for the plugin); so is a panic.
+pub trait Hook: Send + Sync + 'static {
+    fn on_event(
+        &self,
+        event: HookEvent,
+        ctx: HookContext,
+    ) -> impl Future<Output = Result<HookVerdict, String>> + Send;
+}
+
+pub(crate) trait DynHook: Send + Sync {
+    fn on_event(
+        self: Arc<Self>,
+        event: HookEvent,
+        ctx: HookContext,
+    ) -> BoxFuture<Result<HookVerdict, String>>;
+}
+
+impl<H: Hook> DynHook for H {
+    fn on_event(
+        self: Arc<Self>,
+        event: HookEvent,
+        ctx: HookContext,
+    ) -> BoxFuture<Result<HookVerdict, String>> {
+        Box::pin(async move { Hook::on_event(&*self, event, ctx).await })
+    }
+}
+
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type InitFn = dyn Fn(&InitInfo) -> Result<(), String> + Send + Sync;
 
@@ -178,6 +298,7 @@ pub struct Plugin {
     pub(crate) init: Option<Arc<InitFn>>,
     pub(crate) environment: Option<Arc<InitFn>>,
     pub(crate) subcommands: Vec<SubcommandEntry>,
+    pub(crate) hook: Option<(Vec<Subscription>, Arc<dyn DynHook>)>,
 }
 
 impl Plugin {
@@ -191,7 +312,20 @@ impl Plugin {
             init: None,
             environment: None,
             subcommands: Vec::new(),
+            hook: None,
         }
+    }
+
+    /// Makes this plugin a hook (protocol v5) that observes the events of `subscriptions`.
+    /// hm runs a plugin's hooks only in projects whose `hm.toml` has a `[plugins.<name>]`
+    /// table for it.
+    pub fn hook(
+        mut self,
+        hook: impl Hook,
+        subscriptions: impl IntoIterator<Item = Subscription>,
+    ) -> Self {
+        self.hook = Some((subscriptions.into_iter().collect(), Arc::new(hook)));
+        self
     }
 
     /// Adds `hm <verb>` (protocol v4) with `about` for `hm --help` and its arguments, which
@@ -259,15 +393,28 @@ impl Plugin {
 
     /// `executor:NAME`, ... as sent in `Hello`.
     pub fn capabilities(&self) -> Vec<String> {
+        let mut hooks: Vec<String> = Vec::new();
+        for sub in self.subscriptions() {
+            let capability = format!("hook:{}", sub.event);
+            if !hooks.contains(&capability) {
+                hooks.push(capability);
+            }
+        }
         self.executor
             .iter()
             .map(|(name, _)| format!("executor:{name}"))
+            .chain(hooks)
             .chain(
                 self.subcommands
                     .iter()
                     .map(|s| format!("subcommand:{}", s.verb)),
             )
             .collect()
+    }
+
+    /// The events this plugin's hook observes.
+    pub fn subscriptions(&self) -> &[Subscription] {
+        self.hook.as_ref().map_or(&[], |(subs, _)| subs.as_slice())
     }
 
     /// The `plugin.toml` this plugin would ship with, printed by `--hm-manifest`.
@@ -288,6 +435,17 @@ impl Plugin {
             self.protocol.1,
             caps.join(", ")
         );
+        for sub in self.subscriptions() {
+            let phase = match sub.phase {
+                HookPhase::Before => "before",
+                HookPhase::After => "after",
+            };
+            text.push_str(&format!(
+                "\n[[hook]]\nevent = {:?}\nphase = {phase:?}\ntimeout = \"{}ms\"\n",
+                sub.event,
+                sub.timeout.as_millis()
+            ));
+        }
         for sub in &self.subcommands {
             text.push_str(&format!(
                 "\n[[subcommand]]\nverb = {:?}\nabout = {:?}\nargs = [\n",

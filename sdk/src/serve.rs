@@ -9,8 +9,8 @@ use futures_util::{FutureExt, StreamExt};
 use hm_ipc::codec::WireError;
 use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
-    CallFailure, Credit, ExecuteStep, Hello, HostReply, Init, KernelCall, PluginReply, Reject,
-    RunSubcommand, SubcommandExit, Welcome,
+    CallFailure, Credit, ExecuteStep, Hello, HookOutcome, HostReply, Init, KernelCall, PluginReply,
+    Reject, RunSubcommand, SubcommandExit, Welcome,
 };
 use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::StepContext;
 use crate::link::Link;
-use crate::plugin::{InitInfo, Plugin, StepError, StepRequest};
+use crate::plugin::{
+    HookContext, HookEvent, HookVerdict, InitInfo, Plugin, StepError, StepRequest,
+};
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -139,6 +141,7 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
     let mut dispatcher = Dispatcher {
         plugin,
         run_id: welcome.run_id,
+        info: None,
         link: link.clone(),
         calls: HashMap::new(),
         tasks: JoinSet::new(),
@@ -166,6 +169,8 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
 struct Dispatcher {
     plugin: Plugin,
     run_id: String,
+    /// What `Init` said, once it came; hooks see it through their context.
+    info: Option<Arc<InitInfo>>,
     link: Arc<Link>,
     /// Calls from the kernel in flight, by call id.
     calls: HashMap<u64, CancellationToken>,
@@ -263,11 +268,20 @@ impl Dispatcher {
                 }
                 self.subcommand(id, *call);
             }
+            KernelCall::OnEvent(event) => {
+                if self.link.protocol < hm_ipc::HOOKS_SINCE {
+                    return Err(ServeError::Protocol(format!(
+                        "OnEvent received on protocol {}, which does not have it",
+                        self.link.protocol
+                    )));
+                }
+                self.hook(id, *event);
+            }
         }
         Ok(())
     }
 
-    fn init(&self, init: Init) -> PluginReply {
+    fn init(&mut self, init: Init) -> PluginReply {
         let config = match serde_json::from_str(&init.config_json) {
             Ok(config) => config,
             Err(e) => return failed(format!("hm sent config that is not JSON: {e}")),
@@ -277,6 +291,7 @@ impl Dispatcher {
             pipeline: init.pipeline,
             run_id: self.run_id.clone(),
         };
+        self.info = Some(Arc::new(info.clone()));
         if let Some(Err(message)) = self.plugin.init.as_ref().map(|check| check(&info)) {
             return failed(message);
         }
@@ -393,6 +408,61 @@ impl Dispatcher {
                     "the subcommand panicked: {}",
                     panic_message(&*panic)
                 )),
+            };
+            if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
+                let _ = link.send(frame);
+            }
+            id
+        });
+    }
+
+    fn hook(&mut self, id: u64, call: hm_ipc::messages::HookEvent) {
+        let Some((_, hook)) = self.plugin.hook.clone() else {
+            let message = format!("plugin {} provides no hook", self.plugin.name);
+            self.reply(id, &failed(message));
+            return;
+        };
+        let event = match serde_json::from_str(&call.event_json) {
+            Ok(event) => event,
+            Err(e) => {
+                self.reply(
+                    id,
+                    &failed(format!("hm sent an event that is not JSON: {e}")),
+                );
+                return;
+            }
+        };
+        let event = HookEvent {
+            phase: call.phase,
+            kind: call.kind,
+            event,
+        };
+        // Hooks need protocol 5, so `Init` always came first; the fallback only keeps a
+        // misbehaving kernel from panicking the plugin.
+        let info = self.info.clone().unwrap_or_else(|| {
+            Arc::new(InitInfo {
+                config: serde_json::Value::Object(Default::default()),
+                pipeline: String::new(),
+                run_id: self.run_id.clone(),
+            })
+        });
+        self.calls.insert(id, CancellationToken::new());
+        let link = self.link.clone();
+        self.tasks.spawn(async move {
+            let ctx = HookContext { info };
+            let reply = match AssertUnwindSafe(hook.on_event(event, ctx))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(verdict)) => {
+                    let abort = match verdict {
+                        HookVerdict::Continue => None,
+                        HookVerdict::Abort(reason) => Some(reason),
+                    };
+                    PluginReply::HookDone(Box::new(HookOutcome { abort }))
+                }
+                Ok(Err(message)) => failed(message),
+                Err(panic) => failed(format!("the hook panicked: {}", panic_message(&*panic))),
             };
             if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
                 let _ = link.send(frame);

@@ -40,11 +40,12 @@ use futures_util::StreamExt;
 use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::messages::{
-    ArchiveBuffer, CallFailure, Credit, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch,
-    LogLevel, PluginReply, Reject, StepResult, Welcome,
+    ArchiveBuffer, CallFailure, Credit, HookEvent, HookPhase, HostCall, HostReply, Init,
+    KernelCall, KvKey, LogBatch, LogLevel, PluginReply, Reject, RunSubcommand, StepResult, Welcome,
 };
 use hm_ipc::{
-    Frame, FrameKind, FrameReader, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SealedBuffer,
+    Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE,
+    SealedBuffer,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -59,7 +60,7 @@ use tokio::time::Instant;
 pub use hm_ipc::messages::{EnvVar, ExecuteStep, Hello, KvScope};
 
 use crate::context::OutputStream;
-use crate::plugin::Plugin;
+use crate::plugin::{HookVerdict, Plugin};
 use crate::serve::ServeError;
 
 /// The run id the harness sends in `Welcome`.
@@ -328,6 +329,60 @@ impl Harness {
             PluginReply::Failed(failure) => Err(failure.message),
             // The pump only routes replies that fit the call.
             other => Err(format!("the plugin answered Init with {other:?}")),
+        }
+    }
+
+    /// Sends one event to the plugin's hook (`OnEvent`, protocol v5) as hm would: `event` is
+    /// the JSON object of one `hm run --format json` line, its `kind` says which event it is.
+    /// Returns the hook's verdict, or its failure message (an `Err` or a panic in the hook).
+    pub async fn on_event(
+        &self,
+        phase: HookPhase,
+        event: &serde_json::Value,
+    ) -> Result<HookVerdict, String> {
+        if self.protocol < HOOKS_SINCE {
+            return Err(format!(
+                "protocol {} has no hooks (added in version {HOOKS_SINCE})",
+                self.protocol
+            ));
+        }
+        let call = KernelCall::OnEvent(Box::new(HookEvent {
+            phase,
+            kind: event["kind"].as_str().unwrap_or_default().to_owned(),
+            event_json: event.to_string(),
+        }));
+        let mut call = self
+            .start_call(CallKind::Hook, &call)
+            .map_err(|e| e.to_string())?;
+        match call.reply().await.map_err(|e| e.to_string())? {
+            PluginReply::HookDone(outcome) => Ok(match outcome.abort {
+                Some(reason) => HookVerdict::Abort(reason),
+                None => HookVerdict::Continue,
+            }),
+            PluginReply::Failed(failure) => Err(failure.message),
+            other => Err(format!("the plugin answered OnEvent with {other:?}")),
+        }
+    }
+
+    /// Runs `hm VERB` in the plugin (`RunSubcommand`, protocol v4) with `args` (a JSON object,
+    /// every argument by name) and returns its exit code, or its failure message. The
+    /// subcommand shares the test process's stdout and stderr, as it shares hm's terminal.
+    pub async fn run_subcommand(
+        &self,
+        verb: &str,
+        args: &serde_json::Value,
+    ) -> Result<i32, String> {
+        let call = KernelCall::RunSubcommand(Box::new(RunSubcommand {
+            verb: verb.to_owned(),
+            args_json: args.to_string(),
+        }));
+        let mut call = self
+            .start_call(CallKind::Subcommand, &call)
+            .map_err(|e| e.to_string())?;
+        match call.reply().await.map_err(|e| e.to_string())? {
+            PluginReply::SubcommandDone(exit) => Ok(exit.exit_code),
+            PluginReply::Failed(failure) => Err(failure.message),
+            other => Err(format!("the plugin answered RunSubcommand with {other:?}")),
         }
     }
 
@@ -675,6 +730,8 @@ struct CallEntry {
 enum CallKind {
     Init,
     Execute,
+    Hook,
+    Subcommand,
 }
 
 enum CallEvent {
@@ -781,6 +838,15 @@ impl Kernel {
                         reply,
                         PluginReply::Ready | PluginReply::Failed(_) | PluginReply::Unavailable(_)
                     ),
+                    CallKind::Hook => {
+                        matches!(reply, PluginReply::HookDone(_) | PluginReply::Failed(_))
+                    }
+                    CallKind::Subcommand => {
+                        matches!(
+                            reply,
+                            PluginReply::SubcommandDone(_) | PluginReply::Failed(_)
+                        )
+                    }
                 };
                 if !fits {
                     return Err(format!("answered {:?} call {id} with {reply:?}", call.kind));

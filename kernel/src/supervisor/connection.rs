@@ -93,6 +93,12 @@ pub enum PluginEventKind {
         call: u64,
         message: String,
     },
+    /// A hook has handled the event of call `call`; `abort` is a `before` hook's reason to
+    /// stop the step.
+    HookDone {
+        call: u64,
+        abort: Option<String>,
+    },
     StepProcess {
         call: u64,
         pgid: i32,
@@ -580,6 +586,10 @@ fn dispatch(
             PluginReply::SubcommandDone(_) => {
                 return Err("sent SubcommandDone, but a run sends no RunSubcommand".into());
             }
+            PluginReply::HookDone(outcome) => send(PluginEventKind::HookDone {
+                call,
+                abort: outcome.abort,
+            }),
         },
         FrameKind::Call if frame.payload.len() > MAX_CALL_BYTES => {
             // Refused before it is copied out of its (possibly shared) buffer.
