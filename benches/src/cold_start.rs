@@ -94,6 +94,7 @@ fn spec(name: &str, program: &Path, args: &[&str]) -> PluginSpec {
         program: program.to_path_buf(),
         args: args.iter().map(|&a| a.to_owned()).collect(),
         capabilities: Vec::new(),
+        hooks: Vec::new(),
         protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
         origin: "bench".to_owned(),
     }

@@ -88,6 +88,24 @@ pub enum BuildEvent {
     },
 }
 
+impl BuildEvent {
+    /// The event's `kind` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BuildEvent::BuildStart { .. } => "build_start",
+            BuildEvent::StepQueued { .. } => "step_queued",
+            BuildEvent::StepStart { .. } => "step_start",
+            BuildEvent::StepLog { .. } => "step_log",
+            BuildEvent::StepRetry { .. } => "step_retry",
+            BuildEvent::StepEnd(_) => "step_end",
+            BuildEvent::PluginStart { .. } => "plugin_start",
+            BuildEvent::PluginExit { .. } => "plugin_exit",
+            BuildEvent::PluginRestart { .. } => "plugin_restart",
+            BuildEvent::BuildEnd { .. } => "build_end",
+        }
+    }
+}
+
 /// The final word on one attempt of one step.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepEnd {
@@ -194,6 +212,86 @@ impl StepStatus {
             StepStatus::Skipped => "skipped",
             StepStatus::Cancelled => "cancelled",
             StepStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_is_the_serialised_kind_field() {
+        let end = StepEnd {
+            step: "a".into(),
+            attempt: 1,
+            status: StepStatus::Passed,
+            cause: None,
+            exit_code: Some(0),
+            signal: None,
+            duration_ms: 1,
+            peak_memory_bytes: None,
+            cpu_ms: None,
+            message: None,
+            allowed_failure: false,
+        };
+        let events = [
+            BuildEvent::BuildStart {
+                pipeline: "p".into(),
+                steps: 1,
+                parallelism: 1,
+                isolation: Isolation::Rlimit,
+                isolation_reason: None,
+            },
+            BuildEvent::StepQueued { step: "a".into() },
+            BuildEvent::StepStart {
+                step: "a".into(),
+                attempt: 1,
+                executor: "shell".into(),
+                plugin_pid: 1,
+            },
+            BuildEvent::StepLog {
+                step: "a".into(),
+                stream: Stream::Stdout,
+                line: "x".into(),
+            },
+            BuildEvent::StepRetry {
+                step: "a".into(),
+                attempt: 2,
+                cause: Cause::Exit,
+            },
+            BuildEvent::StepEnd(end),
+            BuildEvent::PluginStart {
+                plugin: "shell".into(),
+                pid: 1,
+                protocol: 5,
+            },
+            BuildEvent::PluginExit {
+                plugin: "shell".into(),
+                pid: 1,
+                clean: true,
+                cause: None,
+                exit_code: Some(0),
+                signal: None,
+            },
+            BuildEvent::PluginRestart {
+                plugin: "shell".into(),
+                restarts: 1,
+                max: 3,
+            },
+            BuildEvent::BuildEnd {
+                status: StepStatus::Passed,
+                exit_code: 0,
+                duration_ms: 1,
+                passed: 1,
+                failed: 0,
+                skipped: 0,
+                cancelled: 0,
+            },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).expect("serialise");
+            assert_eq!(json["kind"], event.kind(), "{json}");
         }
     }
 }

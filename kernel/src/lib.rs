@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod events;
 pub mod exit;
 pub mod guardian;
+pub mod hooks;
 pub mod reaper;
 pub mod registry;
 pub mod render;

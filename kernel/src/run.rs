@@ -75,6 +75,10 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         Ok(e) => e,
         Err(code) => return code,
     };
+    let hooks = match resolve_hooks(&pipeline, &registry) {
+        Ok(hooks) => hooks,
+        Err(code) => return code,
+    };
     apply_manifest_limits(&mut pipeline, &selected, &registry);
     let parallelism = args
         .jobs
@@ -83,6 +87,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if args.dry_run {
         print_plan(&pipeline, &selected, parallelism);
+        print_hooks(&hooks);
         return exit::OK;
     }
     let format = args.format.unwrap_or_else(|| {
@@ -142,6 +147,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         grace: args.grace,
         env_overrides: args.env,
         executors,
+        hooks,
         isolation,
         isolation_reason,
         run_cgroup: run_cgroup.clone(),
@@ -193,6 +199,9 @@ pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {
         return code;
     }
     if let Err(code) = resolve_executors(&pipeline, &all, &registry) {
+        return code;
+    }
+    if let Err(code) = resolve_hooks(&pipeline, &registry) {
         return code;
     }
     println!(
@@ -314,6 +323,62 @@ fn resolve_executors(
         known.join(", ")
     );
     Err(exit::NO_EXECUTOR)
+}
+
+/// The hook plugins of this run: those with `hook:` capabilities that the project configures
+/// with a `[plugins.<name>]` table (an installed hook never observes a project that did not
+/// ask for it). Exit 5 when one cannot speak the hooks' protocol.
+fn resolve_hooks(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<PluginSpec>, i32> {
+    let mut hooks = Vec::new();
+    let mut problems = Vec::new();
+    for name in pipeline.plugins.keys() {
+        let Some(plugin) = registry.get(name) else {
+            eprintln!(
+                "warning: {}: `[plugins.{name}]` configures a plugin that is not installed \
+                 (`hm plugin list` shows what is)",
+                display(&pipeline.file)
+            );
+            continue;
+        };
+        if plugin.manifest.hooks.is_empty() {
+            continue;
+        }
+        if let Some(problem) = plugin.protocol_problem() {
+            problems.push(problem);
+        } else if plugin.manifest.protocol.1 < hm_ipc::HOOKS_SINCE {
+            problems.push(format!(
+                "plugin `{name}` declares hooks but speaks protocol {}..={}, and hooks need \
+                 protocol {}: rebuild it against hm-sdk {}",
+                plugin.manifest.protocol.0,
+                plugin.manifest.protocol.1,
+                hm_ipc::HOOKS_SINCE,
+                env!("CARGO_PKG_VERSION")
+            ));
+        } else {
+            hooks.push(plugin.spec());
+        }
+    }
+    if problems.is_empty() {
+        return Ok(hooks);
+    }
+    for problem in problems {
+        eprintln!("error: {problem}");
+    }
+    Err(exit::PLUGIN)
+}
+
+fn print_hooks(hooks: &[PluginSpec]) {
+    for hook in hooks {
+        let events: Vec<String> = hook
+            .hooks
+            .iter()
+            .map(|h| match h.phase {
+                crate::registry::manifest::HookPhase::Before => format!("before {}", h.event),
+                crate::registry::manifest::HookPhase::After => h.event.to_owned(),
+            })
+            .collect();
+        println!("hook {}: {}", hook.name, events.join(", "));
+    }
 }
 
 /// Puts each plugin's manifest `limits` under the fields its `[plugins.<name>].limits` leaves

@@ -8,13 +8,24 @@
 //! (SIGTERM, then SIGKILL after `--grace`), and, if the plugin has not answered `grace + 2 s`
 //! later, SIGKILL to the step's process group from here; if it still has not answered 2 s after
 //! that, the plugin is considered hung and its process group is killed.
+//!
+//! Hooks (DESIGN §8.1) see the same events as the renderers. A step whose needs are met and
+//! that has a slot first passes its `before` hooks on `step_start` (state `Gating`): the kernel
+//! asks every such hook and waits, each up to its timeout; one abort ends the step with cause
+//! `hook_abort` before any executor sees it. `after` hooks get their events from a bounded
+//! queue, one at a time and in order, and the run never waits for them, except at its very end:
+//! `build_end` is delivered and the queues drained (for a bounded time) before hook plugins are
+//! shut down. A hook that fails, crashes or hangs is reported, killed if hung, and restarted for
+//! its next event within the plugin's budget; it fails the run (exit 5) only with
+//! `required = true`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hm_ipc::messages::{
-    Credit, EnvVar, ExecuteStep, KernelCall, PROJECT_DIR_ENV, StepLimits, StepResult,
+    Credit, EnvVar, ExecuteStep, HookEvent, HookPhase, KernelCall, PROJECT_DIR_ENV, StepLimits,
+    StepResult,
 };
 use hm_ipc::{FrameKind, OutFrame};
 use nix::sys::signal::{Signal, killpg};
@@ -30,7 +41,9 @@ use crate::config::Pipeline;
 use crate::events::{BuildEvent, Cause, Envelope, Isolation, StepEnd, StepStatus, Stream};
 use crate::exit;
 use crate::guardian::Guardian;
+use crate::hooks::{HookQueue, QueuedEvent, subscription};
 use crate::registry::PluginSpec;
+use crate::registry::manifest::HookSpec;
 use crate::render::Renderer;
 use crate::supervisor::connection::ConnectionContext;
 use crate::supervisor::host_api::HostState;
@@ -44,6 +57,9 @@ const ESCALATE: Duration = Duration::from_secs(2);
 /// How long plugins get to exit after `Shutdown` at the end of the run.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
+/// At the end of the run, how long hooks get to take their last events (beyond the longest
+/// hook timeout) before what is left is dropped.
+const HOOK_DRAIN: Duration = Duration::from_secs(10);
 
 /// What `hm run` asked for, beyond the pipeline itself.
 pub struct RunOptions {
@@ -58,6 +74,8 @@ pub struct RunOptions {
     pub env_overrides: Vec<(String, String)>,
     /// The plugin serving each selected step's executor, by step index.
     pub executors: HashMap<usize, PluginSpec>,
+    /// The hook plugins the project configures (`[plugins.<name>]`).
+    pub hooks: Vec<PluginSpec>,
     pub isolation: Isolation,
     pub isolation_reason: Option<String>,
     /// The run's cgroup tree; `None` when hm runs without cgroups.
@@ -68,6 +86,8 @@ pub struct RunOptions {
 enum StepState {
     /// Needs unfinished steps, or waits for a free slot.
     Waiting,
+    /// Holds a slot; its `before` hooks on `step_start` have not all answered.
+    Gating,
     /// Holds a slot; its plugin is starting.
     Starting,
     /// Its `ExecuteStep` call is in flight.
@@ -92,6 +112,22 @@ struct StepRun {
     allowed_failure: bool,
     /// The attempt's cgroup leaf, while it runs.
     leaf: Option<Leaf>,
+    /// Numbers the gates a step passes (one per attempt), so a late answer to an old gate is
+    /// never taken for the current one.
+    gate: u32,
+    /// `before` hooks that have not answered the current gate.
+    gates_pending: usize,
+    /// The first abort of the current gate: which hook, and why.
+    gate_abort: Option<String>,
+}
+
+/// A hook call in flight.
+struct HookCall {
+    kind: &'static str,
+    timeout: Duration,
+    deadline: Instant,
+    /// For a `before` call: the step (position in `steps`) and its gate number.
+    gate: Option<(usize, u32)>,
 }
 
 enum PluginState {
@@ -122,6 +158,48 @@ struct PluginSlot {
     leaf: Option<Leaf>,
     /// This instance's unanswered calls, shared with its connection (which polices replies).
     calls: Arc<Mutex<HashSet<u64>>>,
+    /// The events this plugin's hook observes in this run; empty when it is no hook here.
+    hooks: Vec<HookSpec>,
+    /// `after` events waiting for the hook.
+    queue: HookQueue,
+    /// Hook calls in flight, by call id.
+    hook_calls: HashMap<u64, HookCall>,
+    /// The one `after` call in flight: events go one at a time, in order.
+    after_call: Option<u64>,
+    /// `before` calls waiting for the plugin to start: step, gate, event.
+    parked_gates: Vec<(usize, u32, String)>,
+}
+
+impl PluginSlot {
+    fn new(spec: PluginSpec, settings: crate::config::PluginSettings) -> Self {
+        Self {
+            spec,
+            settings,
+            generation: 0,
+            state: PluginState::Idle,
+            pid: 0,
+            in_flight: HashMap::new(),
+            restarts: VecDeque::new(),
+            restart_count: 0,
+            shutdown_sent: false,
+            leaf: None,
+            calls: Arc::default(),
+            hooks: Vec::new(),
+            queue: HookQueue::default(),
+            hook_calls: HashMap::new(),
+            after_call: None,
+            parked_gates: Vec::new(),
+        }
+    }
+
+    fn is_hook(&self) -> bool {
+        !self.hooks.is_empty()
+    }
+
+    /// Nothing waits for this hook, nor is it answering anything.
+    fn hook_idle(&self) -> bool {
+        self.queue.is_empty() && self.hook_calls.is_empty() && self.parked_gates.is_empty()
+    }
 }
 
 pub struct Scheduler<'a> {
@@ -152,6 +230,11 @@ pub struct Scheduler<'a> {
     guardian: Option<Guardian>,
     /// Plugin processes tokio waits for; the orphan reaper leaves them alone.
     children: Arc<Mutex<HashSet<u32>>>,
+    /// The exit code `build_end` reported, once it has been emitted. Events after it go to no
+    /// renderer and no hook: `build_end` is the last event of every run.
+    build_end_code: Option<i32>,
+    /// When hooks must have taken their last events.
+    drain_deadline: Option<Instant>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -165,29 +248,7 @@ impl<'a> Scheduler<'a> {
         let mut by_index = HashMap::new();
         for &index in &opts.selected {
             let spec = &opts.executors[&index];
-            let plugin = match plugins.iter().position(|p| p.spec.name == spec.name) {
-                Some(p) => p,
-                None => {
-                    plugins.push(PluginSlot {
-                        spec: spec.clone(),
-                        settings: pipeline
-                            .plugins
-                            .get(&spec.name)
-                            .cloned()
-                            .unwrap_or_else(default_settings),
-                        generation: 0,
-                        state: PluginState::Idle,
-                        pid: 0,
-                        in_flight: HashMap::new(),
-                        restarts: VecDeque::new(),
-                        restart_count: 0,
-                        shutdown_sent: false,
-                        leaf: None,
-                        calls: Arc::default(),
-                    });
-                    plugins.len() - 1
-                }
-            };
+            let plugin = slot_for(&mut plugins, pipeline, spec);
             by_index.insert(index, steps.len());
             steps.push(StepRun {
                 index,
@@ -204,7 +265,14 @@ impl<'a> Scheduler<'a> {
                 verdict: None,
                 allowed_failure: false,
                 leaf: None,
+                gate: 0,
+                gates_pending: 0,
+                gate_abort: None,
             });
+        }
+        for spec in &opts.hooks {
+            let p = slot_for(&mut plugins, pipeline, spec);
+            plugins[p].hooks = spec.hooks.clone();
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -231,6 +299,8 @@ impl<'a> Scheduler<'a> {
             shutdown_deadline: None,
             guardian: None,
             children: Arc::default(),
+            build_end_code: None,
+            drain_deadline: None,
         }
     }
 
@@ -262,14 +332,8 @@ impl<'a> Scheduler<'a> {
         let mut interrupts = 0u32;
         loop {
             self.schedule();
-            if self.all_done() {
-                if self.plugins_gone() {
-                    break;
-                }
-                // No step can ask for the archive any more: its memory goes now, not when
-                // the plugins have exited.
-                self.archive.close();
-                self.shut_down_plugins();
+            if self.all_done() && self.finish() {
+                break;
             }
             let wake = self.next_wake();
             tokio::select! {
@@ -308,32 +372,29 @@ impl<'a> Scheduler<'a> {
             }
         }
         self.archive.close();
-        let code = self.exit_code();
-        let (mut passed, mut failed, mut skipped, mut cancelled) = (0, 0, 0, 0);
-        for step in &self.steps {
-            match step.verdict.as_ref().map(|v| v.status) {
-                Some(StepStatus::Passed) => passed += 1,
-                Some(StepStatus::Failed | StepStatus::TimedOut) => failed += 1,
-                Some(StepStatus::Skipped) => skipped += 1,
-                Some(StepStatus::Cancelled) | None => cancelled += 1,
+        if self.build_end_code.is_none() {
+            self.end_build();
+        }
+        let _ = self.renderer.flush();
+        for slot in self.plugins.iter().filter(|s| s.is_hook()) {
+            if slot.queue.dropped() > 0 {
+                tracing::warn!(
+                    "hook {} missed {} event(s): it fell behind (queue of {} full), crashed or \
+                     hung",
+                    slot.spec.name,
+                    slot.queue.dropped(),
+                    crate::hooks::QUEUE_CAPACITY
+                );
             }
         }
-        let status = match code {
-            exit::OK => StepStatus::Passed,
-            exit::CANCELLED => StepStatus::Cancelled,
-            exit::TIMEOUT => StepStatus::TimedOut,
-            _ => StepStatus::Failed,
-        };
-        self.emit(BuildEvent::BuildEnd {
-            status,
-            exit_code: code,
-            duration_ms: self.started_at.elapsed().as_millis() as u64,
-            passed,
-            failed,
-            skipped,
-            cancelled,
-        });
-        let _ = self.renderer.flush();
+        let code = self.exit_code();
+        if Some(code) != self.build_end_code {
+            tracing::error!(
+                "exiting with {code}, not the {} build_end reported: a required hook failed \
+                 after it",
+                self.build_end_code.unwrap_or_default()
+            );
+        }
         self.reap_orphans();
         if let Some(guardian) = self.guardian.take() {
             guardian.dismiss();
@@ -399,7 +460,7 @@ impl<'a> Scheduler<'a> {
                         continue;
                     }
                     self.running += 1;
-                    self.dispatch(i);
+                    self.gate(i);
                 }
             }
         }
@@ -434,31 +495,8 @@ impl<'a> Scheduler<'a> {
                 self.start_plugin(p);
             }
             PluginState::Exited => {
-                if self.restart_allowed(p) {
-                    self.steps[i].state = StepState::Starting;
-                    let slot = &mut self.plugins[p];
-                    slot.restart_count += 1;
-                    slot.restarts.push_back(Instant::now());
-                    let (plugin, restarts, max) = (
-                        slot.spec.name.clone(),
-                        slot.restart_count,
-                        slot.settings.restart.max,
-                    );
-                    self.emit(BuildEvent::PluginRestart {
-                        plugin,
-                        restarts,
-                        max,
-                    });
-                    self.start_plugin(p);
-                } else {
-                    let slot = &mut self.plugins[p];
-                    let message = format!(
-                        "plugin {} crashed more than {} times within {}; not restarted",
-                        slot.spec.name,
-                        slot.settings.restart.max,
-                        humantime::format_duration(slot.settings.restart.within)
-                    );
-                    slot.state = PluginState::Failed(message);
+                self.steps[i].state = StepState::Starting;
+                if !self.restart_plugin(p) {
                     self.dispatch(i);
                 }
             }
@@ -468,6 +506,39 @@ impl<'a> Scheduler<'a> {
                 self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
             }
         }
+    }
+
+    /// Starts a plugin that exited again if its budget allows (`plugin_restart`), or marks it
+    /// failed for good. Returns whether it is starting.
+    fn restart_plugin(&mut self, p: usize) -> bool {
+        if !self.restart_allowed(p) {
+            let slot = &mut self.plugins[p];
+            let message = format!(
+                "plugin {} crashed more than {} times within {}; not restarted",
+                slot.spec.name,
+                slot.settings.restart.max,
+                humantime::format_duration(slot.settings.restart.within)
+            );
+            slot.state = PluginState::Failed(message);
+            return false;
+        }
+        let slot = &mut self.plugins[p];
+        slot.restart_count += 1;
+        slot.restarts.push_back(Instant::now());
+        let (plugin, restarts, max) = (
+            slot.spec.name.clone(),
+            slot.restart_count,
+            slot.settings.restart.max,
+        );
+        // Starting before the event: a hook that observes its own restart must find itself
+        // starting, not start a second time.
+        self.start_plugin(p);
+        self.emit(BuildEvent::PluginRestart {
+            plugin,
+            restarts,
+            max,
+        });
+        true
     }
 
     fn restart_allowed(&mut self, p: usize) -> bool {
@@ -496,6 +567,7 @@ impl<'a> Scheduler<'a> {
         let ctx = ConnectionContext {
             run_id: self.opts.run_id.clone(),
             pipeline: self.pipeline.name.clone(),
+            project_dir: self.pipeline.root.clone(),
             events: self.events_tx.clone(),
             host: self.host.clone(),
             archive: self.archive.clone(),
@@ -715,18 +787,28 @@ impl<'a> Scheduler<'a> {
                         }
                     }
                 }
+                for (i, gate, json) in std::mem::take(&mut self.plugins[p].parked_gates) {
+                    self.send_gate(p, i, gate, json);
+                }
+                self.pump_hook(p);
             }
             PluginEventKind::StartFailed {
                 message,
                 unavailable,
             } => {
-                if unavailable {
-                    self.environment_unavailable = true;
+                let serves_steps = self.steps.iter().any(|s| s.plugin == p);
+                if serves_steps || self.plugins[p].settings.required {
+                    if unavailable {
+                        self.environment_unavailable = true;
+                    } else {
+                        self.plugin_problem = true;
+                    }
+                    tracing::error!("{message}");
                 } else {
-                    self.plugin_problem = true;
+                    tracing::warn!("{message}; its hook does not observe this run");
                 }
-                tracing::error!("{message}");
                 self.plugins[p].state = PluginState::Failed(message.clone());
+                self.hook_gone(p, &message);
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
                         self.steps[i].state = StepState::Running;
@@ -755,6 +837,23 @@ impl<'a> Scheduler<'a> {
                             *stream,
                             line,
                         );
+                    }
+                    if self.hooks_want_logs() {
+                        let step = def.name.clone();
+                        for (stream, text) in &chunks {
+                            for line in text.split('\n') {
+                                let envelope = Envelope {
+                                    ts: ts.clone(),
+                                    run_id: self.opts.run_id.clone(),
+                                    event: BuildEvent::StepLog {
+                                        step: step.clone(),
+                                        stream: *stream,
+                                        line: line.to_owned(),
+                                    },
+                                };
+                                self.offer_to_hooks(&envelope);
+                            }
+                        }
                     }
                 }
                 // The batch is consumed: the plugin may send another.
@@ -787,6 +886,11 @@ impl<'a> Scheduler<'a> {
                     self.end_attempt_with(i, verdict, &result);
                 }
             }
+            PluginEventKind::CallFailed { call, message }
+                if self.plugins[p].hook_calls.contains_key(&call) =>
+            {
+                self.on_hook_answer(p, call, Err(message));
+            }
             PluginEventKind::CallFailed { call, message } => {
                 if let Some(i) = self.plugins[p].in_flight.remove(&call) {
                     let verdict = match self.steps[i].stop {
@@ -813,7 +917,17 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::Diagnostic { message } => {
                 tracing::warn!(plugin = %self.plugins[p].spec.name, "{message}");
             }
-            PluginEventKind::HookDone { .. } => {}
+            PluginEventKind::HookDone { call, abort } => {
+                if self.plugins[p].hook_calls.contains_key(&call) {
+                    self.on_hook_answer(p, call, Ok(abort));
+                } else if let Some(i) = self.plugins[p].in_flight.remove(&call) {
+                    let message = format!(
+                        "the {} executor answered the step with a hook's reply",
+                        self.plugins[p].spec.name
+                    );
+                    self.end_attempt(i, Verdict::failed(Cause::ProtocolError, message));
+                }
+            }
             PluginEventKind::Exited(exit) => self.on_plugin_exit(p, exit),
         }
     }
@@ -899,7 +1013,14 @@ impl<'a> Scheduler<'a> {
                 };
                 self.end_attempt(i, verdict);
             }
+            if self.plugins[p].is_hook() && self.plugins[p].settings.required {
+                tracing::error!("hook {plugin} is required (`required = true`): the run fails");
+                self.plugin_problem = true;
+            }
+            self.hook_lost_calls(p, &message);
         }
+        // Events still waiting restart the hook (within its budget).
+        self.pump_hook(p);
     }
 
     // ---- ending attempts ----
@@ -936,6 +1057,8 @@ impl<'a> Scheduler<'a> {
         let duration_ms = step.started.map_or(0, |s| s.elapsed().as_millis() as u64);
         let attempt = step.attempt;
         let retry = verdict.is_failure()
+            // A hook's decision would only be asked again.
+            && verdict.cause != Some(Cause::HookAbort)
             // The step's own timeout may be retried; every other stop ends the step.
             && matches!(step.stop, None | Some(StopReason::StepTimeout))
             && !self.user_cancelled
@@ -969,7 +1092,7 @@ impl<'a> Scheduler<'a> {
         }));
         if matches!(
             self.steps[i].state,
-            StepState::Running | StepState::Starting
+            StepState::Running | StepState::Starting | StepState::Gating
         ) {
             self.running = self.running.saturating_sub(1);
         }
@@ -1043,7 +1166,9 @@ impl<'a> Scheduler<'a> {
         for i in 0..self.steps.len() {
             match self.steps[i].state {
                 StepState::Waiting => self.finish_unstarted(i, status, cause),
-                StepState::Starting | StepState::Running => self.stop_step(i, reason),
+                StepState::Gating | StepState::Starting | StepState::Running => {
+                    self.stop_step(i, reason);
+                }
                 StepState::Done => {}
             }
         }
@@ -1055,6 +1180,11 @@ impl<'a> Scheduler<'a> {
             return;
         }
         step.stop = Some(reason);
+        if step.state == StepState::Gating {
+            // No executor has it yet; the hooks' late answers are ignored.
+            self.end_attempt(i, stopped_verdict(reason, None));
+            return;
+        }
         if step.state == StepState::Starting {
             // Ended when its plugin is ready (or fails to start).
             return;
@@ -1151,6 +1281,30 @@ impl<'a> Scheduler<'a> {
             self.shutdown_deadline = None;
             self.kill_everything();
         }
+        for p in 0..self.plugins.len() {
+            let expired: Vec<u64> = self.plugins[p]
+                .hook_calls
+                .iter()
+                .filter(|(_, call)| now >= call.deadline)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in expired {
+                self.on_hook_timeout(p, id);
+            }
+        }
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            self.drain_deadline = None;
+            for p in 0..self.plugins.len() {
+                if !self.plugins[p].hook_idle() {
+                    tracing::warn!(
+                        "hook {} did not take its last events in time; stopping it",
+                        self.plugins[p].spec.name
+                    );
+                    self.plugins[p].queue.drop_all();
+                    self.kill_plugin(p);
+                }
+            }
+        }
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -1159,8 +1313,17 @@ impl<'a> Scheduler<'a> {
             .iter()
             .filter(|s| s.state == StepState::Running)
             .flat_map(|s| [s.deadline, s.escalate_at]);
+        let hooks = self
+            .plugins
+            .iter()
+            .flat_map(|p| p.hook_calls.values().map(|c| Some(c.deadline)));
         steps
-            .chain([self.pipeline_deadline, self.shutdown_deadline])
+            .chain(hooks)
+            .chain([
+                self.pipeline_deadline,
+                self.shutdown_deadline,
+                self.drain_deadline,
+            ])
             .flatten()
             .min()
     }
@@ -1171,14 +1334,17 @@ impl<'a> Scheduler<'a> {
         self.steps.iter().all(|s| s.state == StepState::Done)
     }
 
-    fn plugins_gone(&self) -> bool {
+    /// Whether every plugin `which` selects has exited (or never started).
+    fn plugins_gone(&self, which: fn(&PluginSlot) -> bool) -> bool {
         self.plugins
             .iter()
+            .filter(|p| which(p))
             .all(|p| !matches!(p.state, PluginState::Ready { .. } | PluginState::Starting))
     }
 
-    fn shut_down_plugins(&mut self) {
-        for slot in &mut self.plugins {
+    /// Sends `Shutdown` to the plugins `which` selects, and gives them [`SHUTDOWN_GRACE`].
+    fn shut_down_plugins(&mut self, which: fn(&PluginSlot) -> bool) {
+        for slot in self.plugins.iter_mut().filter(|p| which(p)) {
             if let PluginState::Ready { writer, .. } = &slot.state {
                 if !slot.shutdown_sent {
                     slot.shutdown_sent = true;
@@ -1191,6 +1357,388 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Ends the run once every step is done; `true` when nothing is left to wait for.
+    ///
+    /// First the plugins that are no hooks are shut down, so their exits are in the stream
+    /// before `build_end`; then `build_end` goes out (also to the hooks), the hooks take their
+    /// last events (bounded by their timeouts and [`HOOK_DRAIN`]), and are shut down.
+    fn finish(&mut self) -> bool {
+        // No step can ask for the archive any more: its memory goes now, not when the plugins
+        // have exited.
+        self.archive.close();
+        if self.build_end_code.is_none() {
+            // The hooks take the events so far first, so that `build_end` includes what a
+            // required hook's failure on them means for the run.
+            if self.drain_deadline.is_none() {
+                self.drain_deadline =
+                    Some(Instant::now() + self.longest_hook_timeout() + HOOK_DRAIN);
+            }
+            let hooks_idle = self.plugins.iter().all(PluginSlot::hook_idle);
+            if !self.plugins_gone(|p| !p.is_hook()) || !hooks_idle {
+                self.shut_down_plugins(|p| !p.is_hook());
+                return false;
+            }
+            self.shutdown_deadline = None;
+            self.end_build();
+        }
+        if self.plugins.iter().all(PluginSlot::hook_idle) {
+            self.drain_deadline = None;
+            if self.plugins_gone(|_| true) {
+                return true;
+            }
+            self.shut_down_plugins(|_| true);
+        }
+        false
+    }
+
+    /// Emits `build_end` with the result as it stands, and starts the hooks' last drain.
+    fn end_build(&mut self) {
+        let code = self.exit_code();
+        let (mut passed, mut failed, mut skipped, mut cancelled) = (0, 0, 0, 0);
+        for step in &self.steps {
+            match step.verdict.as_ref().map(|v| v.status) {
+                Some(StepStatus::Passed) => passed += 1,
+                Some(StepStatus::Failed | StepStatus::TimedOut) => failed += 1,
+                Some(StepStatus::Skipped) => skipped += 1,
+                Some(StepStatus::Cancelled) | None => cancelled += 1,
+            }
+        }
+        let status = match code {
+            exit::OK => StepStatus::Passed,
+            exit::CANCELLED => StepStatus::Cancelled,
+            exit::TIMEOUT => StepStatus::TimedOut,
+            _ => StepStatus::Failed,
+        };
+        self.emit(BuildEvent::BuildEnd {
+            status,
+            exit_code: code,
+            duration_ms: self.started_at.elapsed().as_millis() as u64,
+            passed,
+            failed,
+            skipped,
+            cancelled,
+        });
+        self.build_end_code = Some(code);
+        self.drain_deadline = Some(Instant::now() + self.longest_hook_timeout() + HOOK_DRAIN);
+    }
+
+    fn longest_hook_timeout(&self) -> Duration {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.hooks.iter().map(|h| h.timeout))
+            .max()
+            .unwrap_or_default()
+    }
+
+    // ---- hooks ----
+
+    /// Passes a step that may start through its `before` hooks on `step_start`, or dispatches
+    /// it at once when there are none.
+    fn gate(&mut self, i: usize) {
+        let gates: Vec<usize> = (0..self.plugins.len())
+            .filter(|&p| {
+                subscription(&self.plugins[p].hooks, "step_start", HookPhase::Before).is_some()
+            })
+            .collect();
+        if gates.is_empty() {
+            self.dispatch(i);
+            return;
+        }
+        let executor_pid = match &self.plugins[self.steps[i].plugin].state {
+            PluginState::Ready { pid, .. } => *pid,
+            _ => 0,
+        };
+        let def = &self.pipeline.steps[self.steps[i].index];
+        let envelope = Envelope::now(
+            &self.opts.run_id,
+            BuildEvent::StepStart {
+                step: def.name.clone(),
+                attempt: self.steps[i].attempt,
+                executor: def.executor.clone(),
+                plugin_pid: executor_pid,
+            },
+        );
+        let json = QueuedEvent::new(&envelope).json;
+        let step = &mut self.steps[i];
+        step.state = StepState::Gating;
+        step.gate += 1;
+        step.gates_pending = gates.len();
+        step.gate_abort = None;
+        let gate = step.gate;
+        for p in gates {
+            match &self.plugins[p].state {
+                PluginState::Ready { .. } => self.send_gate(p, i, gate, json.clone()),
+                PluginState::Starting => self.plugins[p].parked_gates.push((i, gate, json.clone())),
+                PluginState::Idle => {
+                    self.plugins[p].parked_gates.push((i, gate, json.clone()));
+                    self.start_plugin(p);
+                }
+                PluginState::Exited => {
+                    self.plugins[p].parked_gates.push((i, gate, json.clone()));
+                    if !self.restart_plugin(p) {
+                        let message = self.failed_message(p);
+                        self.hook_gone(p, &message);
+                    }
+                }
+                PluginState::Failed(message) => {
+                    let message = message.clone();
+                    self.resolve_gate(p, i, gate, Err(message));
+                }
+            }
+        }
+    }
+
+    fn failed_message(&self, p: usize) -> String {
+        match &self.plugins[p].state {
+            PluginState::Failed(message) => message.clone(),
+            _ => format!("plugin {} is not running", self.plugins[p].spec.name),
+        }
+    }
+
+    /// Asks a ready hook plugin about a step's `step_start`.
+    fn send_gate(&mut self, p: usize, i: usize, gate: u32, json: String) {
+        let Some(spec) = subscription(&self.plugins[p].hooks, "step_start", HookPhase::Before)
+        else {
+            return;
+        };
+        let event = QueuedEvent {
+            kind: "step_start",
+            json,
+        };
+        match self.send_hook_call(p, HookPhase::Before, event, spec.timeout, Some((i, gate))) {
+            Ok(_) => {}
+            Err(message) => self.resolve_gate(p, i, gate, Err(message)),
+        }
+    }
+
+    /// Sends one `OnEvent` call to a ready plugin and tracks it with its deadline.
+    fn send_hook_call(
+        &mut self,
+        p: usize,
+        phase: HookPhase,
+        event: QueuedEvent,
+        timeout: Duration,
+        gate: Option<(usize, u32)>,
+    ) -> Result<u64, String> {
+        let PluginState::Ready { writer, .. } = &self.plugins[p].state else {
+            return Err(format!(
+                "plugin {} is not running",
+                self.plugins[p].spec.name
+            ));
+        };
+        let writer = writer.clone();
+        let call = self.next_call;
+        self.next_call += 1;
+        let request = KernelCall::OnEvent(Box::new(HookEvent {
+            phase,
+            kind: event.kind.to_owned(),
+            event_json: event.json,
+        }));
+        let frame = OutFrame::message(FrameKind::Call, call, &request)
+            .map_err(|e| format!("cannot encode the event: {e}"))?;
+        let slot = &mut self.plugins[p];
+        if let Ok(mut calls) = slot.calls.lock() {
+            calls.insert(call);
+        }
+        writer
+            .send(frame)
+            .map_err(|_| "plugin connection closed".to_string())?;
+        slot.hook_calls.insert(
+            call,
+            HookCall {
+                kind: event.kind,
+                timeout,
+                deadline: Instant::now() + timeout,
+                gate,
+            },
+        );
+        Ok(call)
+    }
+
+    /// Counts one hook's answer to a gate; the last answer decides: dispatch, or end the step
+    /// with `hook_abort`.
+    fn resolve_gate(
+        &mut self,
+        p: usize,
+        i: usize,
+        gate: u32,
+        answer: Result<Option<String>, String>,
+    ) {
+        let step = &self.steps[i];
+        if step.state != StepState::Gating || step.gate != gate {
+            return;
+        }
+        let name = self.plugins[p].spec.name.clone();
+        let abort = match answer {
+            Ok(abort) => abort.map(|reason| format!("aborted by hook {name}: {reason}")),
+            Err(message) => {
+                let required = self.plugins[p].settings.required;
+                self.hook_failed(p, "step_start", &message);
+                // A required hook that cannot answer cannot let the step through.
+                required.then(|| format!("required hook {name} could not decide: {message}"))
+            }
+        };
+        let step = &mut self.steps[i];
+        if step.gate_abort.is_none() {
+            step.gate_abort = abort;
+        }
+        step.gates_pending = step.gates_pending.saturating_sub(1);
+        if step.gates_pending > 0 {
+            return;
+        }
+        match step.gate_abort.take() {
+            Some(message) => self.end_attempt(i, Verdict::failed(Cause::HookAbort, message)),
+            None => self.dispatch(i),
+        }
+    }
+
+    /// Queues an event for every hook that observes it after the fact.
+    fn offer_to_hooks(&mut self, envelope: &Envelope) {
+        let kind = envelope.event.kind();
+        let mut event = None;
+        for p in 0..self.plugins.len() {
+            if subscription(&self.plugins[p].hooks, kind, HookPhase::After).is_none() {
+                continue;
+            }
+            let event = event.get_or_insert_with(|| QueuedEvent::new(envelope));
+            self.plugins[p].queue.push(event.clone());
+            self.pump_hook(p);
+        }
+    }
+
+    /// Whether any hook observes `step_log`; the log fast path builds no events otherwise.
+    fn hooks_want_logs(&self) -> bool {
+        self.plugins
+            .iter()
+            .any(|p| subscription(&p.hooks, "step_log", HookPhase::After).is_some())
+    }
+
+    /// Sends a hook its next event if it has none in flight, starting (or restarting) the
+    /// plugin when it is not running.
+    fn pump_hook(&mut self, p: usize) {
+        let slot = &self.plugins[p];
+        if slot.after_call.is_some() || slot.queue.is_empty() {
+            return;
+        }
+        match slot.state {
+            PluginState::Ready { .. } => {
+                while let Some(event) = self.plugins[p].queue.pop() {
+                    let Some(spec) =
+                        subscription(&self.plugins[p].hooks, event.kind, HookPhase::After)
+                    else {
+                        continue;
+                    };
+                    match self.send_hook_call(p, HookPhase::After, event, spec.timeout, None) {
+                        Ok(call) => {
+                            self.plugins[p].after_call = Some(call);
+                            return;
+                        }
+                        Err(message) => {
+                            self.plugins[p].queue.count_lost();
+                            tracing::warn!(plugin = %self.plugins[p].spec.name, "{message}");
+                        }
+                    }
+                }
+            }
+            PluginState::Starting => {}
+            PluginState::Idle => self.start_plugin(p),
+            PluginState::Exited => {
+                if !self.restart_plugin(p) {
+                    let message = self.failed_message(p);
+                    self.hook_gone(p, &message);
+                }
+            }
+            PluginState::Failed(_) => self.plugins[p].queue.drop_all(),
+        }
+    }
+
+    fn on_hook_answer(&mut self, p: usize, call: u64, answer: Result<Option<String>, String>) {
+        let Some(hook_call) = self.plugins[p].hook_calls.remove(&call) else {
+            return;
+        };
+        match hook_call.gate {
+            Some((i, gate)) => self.resolve_gate(p, i, gate, answer),
+            None => {
+                self.plugins[p].after_call = None;
+                if let Err(message) = answer {
+                    self.hook_failed(p, hook_call.kind, &message);
+                }
+                self.pump_hook(p);
+            }
+        }
+    }
+
+    /// A hook call passed its deadline: the hook is hung. It is reported, its call given up,
+    /// and the plugin killed (its exit and restart follow as for any crash).
+    fn on_hook_timeout(&mut self, p: usize, call: u64) {
+        let Some(hook_call) = self.plugins[p].hook_calls.remove(&call) else {
+            return;
+        };
+        let message = format!(
+            "did not answer `{}` within {}",
+            hook_call.kind,
+            humantime::format_duration(hook_call.timeout)
+        );
+        match hook_call.gate {
+            Some((i, gate)) => self.resolve_gate(p, i, gate, Err(message)),
+            None => {
+                self.plugins[p].after_call = None;
+                self.plugins[p].queue.count_lost();
+                self.hook_failed(p, hook_call.kind, &message);
+            }
+        }
+        tracing::warn!("hook {} is hung; killing it", self.plugins[p].spec.name);
+        self.kill_plugin(p);
+    }
+
+    fn kill_plugin(&mut self, p: usize) {
+        let slot = &self.plugins[p];
+        if matches!(
+            slot.state,
+            PluginState::Ready { .. } | PluginState::Starting
+        ) && slot.pid > 0
+        {
+            let _ = killpg(Pid::from_raw(slot.pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Reports a hook's failure; with `required = true` it fails the run.
+    fn hook_failed(&mut self, p: usize, kind: &str, message: &str) {
+        let slot = &self.plugins[p];
+        if slot.settings.required {
+            tracing::error!(
+                "hook {} failed on `{kind}`: {message} (it is required: the run fails)",
+                slot.spec.name
+            );
+            self.plugin_problem = true;
+        } else {
+            tracing::warn!("hook {} failed on `{kind}`: {message}", slot.spec.name);
+        }
+    }
+
+    /// The hook's calls in flight died with its plugin: gates count it as failed, after-events
+    /// as lost.
+    fn hook_lost_calls(&mut self, p: usize, message: &str) {
+        let calls: Vec<(u64, HookCall)> = self.plugins[p].hook_calls.drain().collect();
+        self.plugins[p].after_call = None;
+        for (_, call) in calls {
+            match call.gate {
+                Some((i, gate)) => self.resolve_gate(p, i, gate, Err(message.to_owned())),
+                None => self.plugins[p].queue.count_lost(),
+            }
+        }
+    }
+
+    /// The hook plugin will not run again in this run: every gate waiting for it counts it as
+    /// failed, and its events are dropped.
+    fn hook_gone(&mut self, p: usize, message: &str) {
+        for (i, gate, _) in std::mem::take(&mut self.plugins[p].parked_gates) {
+            self.resolve_gate(p, i, gate, Err(message.to_owned()));
+        }
+        self.hook_lost_calls(p, message);
+        self.plugins[p].queue.drop_all();
+    }
+
     // ---- helpers ----
 
     fn step_name(&self, i: usize) -> &str {
@@ -1198,8 +1746,12 @@ impl<'a> Scheduler<'a> {
     }
 
     fn emit(&mut self, event: BuildEvent) {
+        if self.build_end_code.is_some() {
+            return;
+        }
         let envelope = Envelope::now(&self.opts.run_id, event);
         let _ = self.renderer.event(&envelope);
+        self.offer_to_hooks(&envelope);
     }
 }
 
@@ -1207,6 +1759,20 @@ enum Needs {
     Pending,
     Met,
     Failed,
+}
+
+/// The slot of the plugin `spec` names, added if it has none yet.
+fn slot_for(plugins: &mut Vec<PluginSlot>, pipeline: &Pipeline, spec: &PluginSpec) -> usize {
+    if let Some(p) = plugins.iter().position(|p| p.spec.name == spec.name) {
+        return p;
+    }
+    let settings = pipeline
+        .plugins
+        .get(&spec.name)
+        .cloned()
+        .unwrap_or_else(default_settings);
+    plugins.push(PluginSlot::new(spec.clone(), settings));
+    plugins.len() - 1
 }
 
 fn default_settings() -> crate::config::PluginSettings {

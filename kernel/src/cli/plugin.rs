@@ -176,7 +176,29 @@ fn plugin_json(b: &Installed) -> Value {
             "pids": m.limits.pids,
             "cpu": m.limits.cpu,
         },
+        "hooks": m.hooks.iter().map(|h| json!({
+            "event": h.event,
+            "phase": phase_name(h.phase),
+            "timeout_ms": h.timeout.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+        "subcommands": m.subcommands.iter().map(|s| json!({
+            "verb": s.verb,
+            "about": s.about,
+            "args": s.args.iter().map(|a| json!({
+                "name": a.name,
+                "long": a.long,
+                "takes_value": a.takes_value,
+                "help": a.help,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
+}
+
+fn phase_name(phase: crate::registry::manifest::HookPhase) -> &'static str {
+    match phase {
+        crate::registry::manifest::HookPhase::Before => "before",
+        crate::registry::manifest::HookPhase::After => "after",
+    }
 }
 
 fn list(dirs: &PluginDirs, builtins: &[Builtin], json: bool) -> i32 {
@@ -318,6 +340,33 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
                 },
             ],
         ];
+        for hook in &m.hooks {
+            rows.push([
+                "hook".to_owned(),
+                format!(
+                    "{} {} (timeout {})",
+                    phase_name(hook.phase),
+                    hook.event,
+                    humantime::format_duration(hook.timeout)
+                ),
+            ]);
+        }
+        for sub in &m.subcommands {
+            let args: Vec<String> = sub
+                .args
+                .iter()
+                .map(|a| match a.takes_value {
+                    true => format!("--{} <VALUE>", a.long),
+                    false => format!("--{}", a.long),
+                })
+                .collect();
+            rows.push([
+                "subcommand".to_owned(),
+                format!("hm {} {}", sub.verb, args.join(" "))
+                    .trim_end()
+                    .to_owned(),
+            ]);
+        }
         for other in &named[1..] {
             rows.push(["shadows".to_owned(), other.describe()]);
         }

@@ -48,6 +48,8 @@ pub struct PluginSpec {
     pub args: Vec<String>,
     /// `executor:NAME`, `hook:...`, `subcommand:...` as the manifest declares them.
     pub capabilities: Vec<String>,
+    /// The events its hook observes (from the manifest's `hook:EVENT` capabilities).
+    pub hooks: Vec<super::manifest::HookSpec>,
     pub protocol: (u32, u32),
     /// Where it came from, for messages: "built-in" or the bundle directory.
     pub origin: String,
@@ -137,6 +139,7 @@ impl Installed {
                 capabilities: builtin.capabilities.clone(),
                 limits: Limits::default(),
                 subcommands: Vec::new(),
+                hooks: Vec::new(),
             },
             layer: Layer::Builtin,
             dir: None,
@@ -164,6 +167,7 @@ impl Installed {
                 None => vec![BUILTIN_ENTRY.to_owned(), m.name.clone()],
             },
             capabilities: m.capabilities.clone(),
+            hooks: m.hooks.clone(),
             protocol: m.protocol,
             origin: self.location(),
         }

@@ -683,6 +683,18 @@ fn manifest_text_of(m: &Manifest) -> String {
     if !limits.is_empty() {
         text.push_str(&format!("limits = {{ {} }}\n", limits.join(", ")));
     }
+    for hook in &m.hooks {
+        let phase = match hook.phase {
+            super::manifest::HookPhase::Before => "before",
+            super::manifest::HookPhase::After => "after",
+        };
+        text.push_str(&format!(
+            "\n[[hook]]\nevent = {}\nphase = {}\ntimeout = {}\n",
+            q(hook.event),
+            q(phase),
+            q(&format!("{}ms", hook.timeout.as_millis()))
+        ));
+    }
     for sub in &m.subcommands {
         text.push_str(&format!(
             "\n[[subcommand]]\nverb = {}\nabout = {}\nargs = [\n",

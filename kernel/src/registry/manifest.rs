@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use toml_edit::{Document, Item, TableLike, Value};
 
+pub use hm_ipc::messages::HookPhase;
+
 use crate::config::Limits;
 use crate::suggest::did_you_mean;
 
@@ -23,7 +25,27 @@ const KEYS: &[&str] = &[
     "capabilities",
     "limits",
     "subcommand",
+    "hook",
 ];
+const HOOK_KEYS: &[&str] = &["event", "phase", "timeout"];
+/// The event kinds a hook may subscribe to (DESIGN §4), and `*` for all of them.
+pub const HOOK_EVENTS: &[&str] = &[
+    "build_start",
+    "step_queued",
+    "step_start",
+    "step_log",
+    "step_retry",
+    "step_end",
+    "plugin_start",
+    "plugin_exit",
+    "plugin_restart",
+    "build_end",
+    "*",
+];
+/// How long hm waits for a hook's answer when its `[[hook]]` table does not say.
+pub const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest `timeout` a `[[hook]]` may ask for: a before-hook holds a step that long.
+const MAX_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 const SUBCOMMAND_KEYS: &[&str] = &["verb", "about", "args"];
 const ARG_KEYS: &[&str] = &["name", "long", "takes_value", "help"];
 const PROTOCOL_KEYS: &[&str] = &["min", "max"];
@@ -48,6 +70,25 @@ pub struct Manifest {
     /// `[[subcommand]]`: what `hm --help` and `hm VERB --help` show, and how `hm` parses the
     /// verb's arguments, without starting the plugin.
     pub subcommands: Vec<SubcommandSpec>,
+    /// One entry per `hook:EVENT` capability: its `[[hook]]` table, or the defaults (the
+    /// `after` phase, [`DEFAULT_HOOK_TIMEOUT`]).
+    pub hooks: Vec<HookSpec>,
+}
+
+/// One event a hook observes: `[[hook]]` with `event`, `phase` and `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookSpec {
+    /// An entry of [`HOOK_EVENTS`].
+    pub event: &'static str,
+    pub phase: HookPhase,
+    pub timeout: std::time::Duration,
+}
+
+impl HookSpec {
+    /// Whether this subscription covers events of `kind`.
+    pub fn covers(&self, kind: &str) -> bool {
+        self.event == "*" || self.event == kind
+    }
 }
 
 /// One `[[subcommand]]` table: `verb`, `about`, and `args = [{ name, long, takes_value, help }]`.
@@ -315,7 +356,9 @@ impl Checker<'_> {
             None => Some(Vec::new()),
             Some(item) => self.subcommands(item, capabilities.as_deref().unwrap_or(&[])),
         };
+        let hooks = self.hooks(doc.get("hook"), capabilities.as_deref().unwrap_or(&[]));
         Some(Manifest {
+            hooks: hooks?,
             name: name?.0,
             version: version?.0,
             description: description?,
@@ -325,6 +368,122 @@ impl Checker<'_> {
             limits: limits?,
             subcommands: subcommands?,
         })
+    }
+
+    /// The hook subscriptions: every `hook:EVENT` capability, with its `[[hook]]` table if it
+    /// has one.
+    fn hooks(&mut self, item: Option<&Item>, capabilities: &[String]) -> Option<Vec<HookSpec>> {
+        let mut specs: Vec<HookSpec> = capabilities
+            .iter()
+            .filter_map(|c| c.strip_prefix("hook:"))
+            .filter_map(|event| HOOK_EVENTS.iter().copied().find(|e| *e == event))
+            .map(|event| HookSpec {
+                event,
+                phase: HookPhase::After,
+                timeout: DEFAULT_HOOK_TIMEOUT,
+            })
+            .collect();
+        let Some(item) = item else {
+            return Some(specs);
+        };
+        let Some(tables) = item.as_array_of_tables() else {
+            self.problem(
+                item.span(),
+                format!("`hook` must be an array of tables, found {}", found(item)),
+                Some("write `[[hook]]` tables with `event`, `phase` and `timeout`".to_owned()),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut described: Vec<&str> = Vec::new();
+        for table in tables.iter() {
+            self.unknown_keys(table, HOOK_KEYS, "`[[hook]]`");
+            let Some((event, span)) = self.required_string(table, "event") else {
+                ok = false;
+                continue;
+            };
+            let Some(spec) = specs.iter_mut().find(|s| s.event == event) else {
+                self.problem(
+                    span,
+                    format!(
+                        "`[[hook]]` describes `{event}`, which `capabilities` does not declare"
+                    ),
+                    Some(format!("add \"hook:{event}\" to `capabilities`")),
+                );
+                ok = false;
+                continue;
+            };
+            if described.contains(&spec.event) {
+                self.problem(
+                    span,
+                    format!("`[[hook]]` for `{event}` appears twice"),
+                    Some("one event has one phase and one timeout: merge the tables".to_owned()),
+                );
+                ok = false;
+                continue;
+            }
+            described.push(spec.event);
+            if let Some(item) = table.get("phase") {
+                match self.string(item, "phase").as_deref() {
+                    Some("after") => spec.phase = HookPhase::After,
+                    Some("before") if spec.event == "step_start" => {
+                        spec.phase = HookPhase::Before;
+                    }
+                    Some("before") => {
+                        self.problem(
+                            item.span(),
+                            format!("`phase = \"before\"` is only available for `step_start`, not `{event}`"),
+                            Some("other events are observed after they happen: write `phase = \"after\"` or leave it out".to_owned()),
+                        );
+                        ok = false;
+                    }
+                    Some(other) => {
+                        self.problem(
+                            item.span(),
+                            format!("unknown phase `{}`", other.escape_default()),
+                            Some("write `phase = \"before\"` or `phase = \"after\"`".to_owned()),
+                        );
+                        ok = false;
+                    }
+                    None => ok = false,
+                }
+            }
+            if let Some(item) = table.get("timeout") {
+                let Some(text) = self.string(item, "timeout") else {
+                    ok = false;
+                    continue;
+                };
+                match humantime::parse_duration(&text) {
+                    Ok(timeout) if !timeout.is_zero() && timeout <= MAX_HOOK_TIMEOUT => {
+                        spec.timeout = timeout;
+                    }
+                    Ok(_) => {
+                        self.problem(
+                            item.span(),
+                            format!("hook timeout `{}` is out of range", text.escape_default()),
+                            Some(
+                                "write a duration above 0 and at most 10m, e.g. `\"5s\"`"
+                                    .to_owned(),
+                            ),
+                        );
+                        ok = false;
+                    }
+                    Err(e) => {
+                        self.problem(
+                            item.span(),
+                            format!("invalid hook timeout `{}`: {e}", text.escape_default()),
+                            Some(
+                                "write a duration such as `\"500ms\"`, `\"5s\"` or `\"1m\"`"
+                                    .to_owned(),
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        specs.sort_by_key(|s| HOOK_EVENTS.iter().position(|e| *e == s.event));
+        ok.then_some(specs)
     }
 
     fn subcommands(&mut self, item: &Item, capabilities: &[String]) -> Option<Vec<SubcommandSpec>> {
@@ -665,6 +824,19 @@ pub fn check_capability(text: &str) -> Result<(), (String, Option<String>)> {
             Some(hint),
         ));
     }
+    if kind == "hook" && !HOOK_EVENTS.contains(&value) {
+        let hint = did_you_mean(value, HOOK_EVENTS.iter().copied())
+            .map(|s| format!("did you mean `hook:{s}`?"))
+            .unwrap_or_else(|| format!("events: {}", HOOK_EVENTS.join(", ")));
+        return Err((
+            format!(
+                "unknown event `{}` in capability `{}`",
+                value.escape_default(),
+                text.escape_default()
+            ),
+            Some(hint),
+        ));
+    }
     let named = matches!(kind, "executor" | "subcommand");
     if value.is_empty() || (named && !valid_name(value)) {
         return Err((
@@ -762,6 +934,60 @@ limits = { memory = "256MiB", pids = 64, cpu = 0.5 }
         assert!(e.contains("which `capabilities` does not declare"), "{e}");
         assert!(e.contains("unknown key `nme` in an argument"), "{e}");
         assert!(e.contains("`name` is missing"), "{e}");
+    }
+
+    #[test]
+    fn hook_tables_set_phase_and_timeout_and_default_to_after() {
+        let text = GOOD.replace(
+            "\"hook:step_start\"",
+            "\"hook:step_start\", \"hook:build_end\", \"hook:*\"",
+        ) + "\n[[hook]]\nevent = \"step_start\"\nphase = \"before\"\ntimeout = \"1500ms\"\n";
+        let m = parse(&text, Path::new("plugin.toml")).expect("valid");
+        let spec = |event, phase, ms| HookSpec {
+            event,
+            phase,
+            timeout: std::time::Duration::from_millis(ms),
+        };
+        assert_eq!(
+            m.hooks,
+            [
+                spec("step_start", HookPhase::Before, 1500),
+                spec("build_end", HookPhase::After, 5000),
+                spec("*", HookPhase::After, 5000),
+            ]
+        );
+        // Hooks claim nothing: any number of plugins may observe one event.
+        assert_eq!(m.claims().len(), 2);
+    }
+
+    #[test]
+    fn bad_hooks_are_reported_where_they_are() {
+        let e = errors(&GOOD.replace("hook:step_start", "hook:step_stat"));
+        assert!(e.contains("unknown event `step_stat`"), "{e}");
+        assert!(e.contains("did you mean `hook:step_start`?"), "{e}");
+        let text = GOOD.replace(
+            "\"hook:step_start\"",
+            "\"hook:step_start\", \"hook:step_end\"",
+        ) + "\n[[hook]]\nevent = \"step_end\"\nphase = \"before\"\n\
+               \n[[hook]]\nevent = \"step_start\"\nphase = \"during\"\ntimeout = \"0s\"\n\
+               \n[[hook]]\nevent = \"build_end\"\n\
+               \n[[hook]]\nevent = \"step_start\"\nwhen = 1\n";
+        let e = errors(&text);
+        assert!(
+            e.contains("/b/plugin.toml:12:9: `phase = \"before\"` is only available for `step_start`, not `step_end`"),
+            "{e}"
+        );
+        assert!(e.contains("unknown phase `during`"), "{e}");
+        assert!(e.contains("hook timeout `0s` is out of range"), "{e}");
+        assert!(
+            e.contains("`[[hook]]` describes `build_end`, which `capabilities` does not declare"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`[[hook]]` for `step_start` appears twice"),
+            "{e}"
+        );
+        assert!(e.contains("unknown key `when`"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn spec_for(executable: &Path, args: &[&str]) -> PluginSpec {
         program: executable.to_path_buf(),
         args: args.iter().map(|a| (*a).to_owned()).collect(),
         capabilities: Vec::new(),
+        hooks: Vec::new(),
         protocol: (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
         origin: executable.display().to_string(),
     }

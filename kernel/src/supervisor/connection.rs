@@ -127,6 +127,8 @@ pub struct PluginExit {
 pub struct ConnectionContext {
     pub run_id: String,
     pub pipeline: String,
+    /// The project's root directory, in the plugin's environment as `HM_PROJECT_DIR`.
+    pub project_dir: std::path::PathBuf,
     pub events: mpsc::UnboundedSender<PluginEvent>,
     pub host: Arc<HostState>,
     /// The run's workspace archive, built on the first `OpenArchive`.
@@ -231,6 +233,8 @@ async fn run_plugin(
     let (kernel_end, plugin_end) =
         hm_ipc::transport::socket_pair().map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
     let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
+        // Where relative paths of the plugin's configuration start (`HookContext::project_dir`).
+        .env(hm_ipc::messages::PROJECT_DIR_ENV, &ctx.project_dir)
         .spawn()
         .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
     drop(plugin_end);
