@@ -1,5 +1,6 @@
 //! The socket between kernel and plugin: a connected pair whose plugin end is inherited
-//! across exec, its fd number named by `HM_IPC_FD` (DESIGN §6.1).
+//! across exec, its fd number named by `HM_IPC_FD`, or in attach mode a named socket the
+//! kernel listens on, its path named by `HM_IPC_SOCKET` (DESIGN §6.1).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -8,6 +9,9 @@ use thiserror::Error;
 
 /// The environment variable that names the inherited socket's fd in the plugin.
 pub const IPC_FD_ENV: &str = "HM_IPC_FD";
+/// The environment variable that names the socket an attached plugin connects to (`hm run
+/// --attach NAME=SOCKET`): the plugin was started by hand, not by hm.
+pub const IPC_SOCKET_ENV: &str = "HM_IPC_SOCKET";
 /// The fd number the kernel places the plugin's end at.
 pub const CHILD_FD: RawFd = 3;
 
@@ -15,10 +19,20 @@ pub const CHILD_FD: RawFd = 3;
 #[non_exhaustive]
 pub enum TransportError {
     #[error(
-        "{IPC_FD_ENV} is not set: this program is an hm plugin and is started by hm \
-         (run `hm run` in a project that uses it, or `--hm-manifest` to see what it provides)"
+        "neither {IPC_FD_ENV} nor {IPC_SOCKET_ENV} is set: this program is an hm plugin and is \
+         started by hm (run `hm run` in a project that uses it, `hm run --attach NAME=SOCKET` \
+         and start it with {IPC_SOCKET_ENV}=SOCKET to debug it, or `--hm-manifest` to see what \
+         it provides)"
     )]
     NotSet,
+    #[error(
+        "cannot connect to {IPC_SOCKET_ENV}={path}: {source} (is `hm run --attach` waiting there?)"
+    )]
+    Attach {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{IPC_FD_ENV}={0:?} is not a file descriptor number")]
     BadValue(String),
     #[error("{IPC_FD_ENV}={fd} is not an open socket: {reason}")]
@@ -31,6 +45,23 @@ pub enum TransportError {
 /// plugin end to [`CHILD_FD`] in the child, which clears the flag there only.
 pub fn socket_pair() -> std::io::Result<(StdUnixStream, StdUnixStream)> {
     StdUnixStream::pair()
+}
+
+/// The plugin's connection to hm: the socket `HM_IPC_SOCKET` names (attach mode), else the
+/// inherited one of `HM_IPC_FD`. Call it before starting threads (see [`inherited`]).
+pub fn plugin_socket() -> Result<StdUnixStream, TransportError> {
+    let Some(path) = std::env::var_os(IPC_SOCKET_ENV) else {
+        return inherited();
+    };
+    let stream = StdUnixStream::connect(&path).map_err(|source| TransportError::Attach {
+        path: path.to_string_lossy().into_owned(),
+        source,
+    })?;
+    // SAFETY: the caller is still single-threaded (see `inherited`); the steps this plugin
+    // starts must not find the variable and try to attach themselves.
+    unsafe { std::env::remove_var(IPC_SOCKET_ENV) };
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
 
 /// Takes ownership of the socket named by `HM_IPC_FD` in a plugin process.

@@ -86,6 +86,14 @@ pub struct RunArgs {
     /// No colours (also: NO_COLOR).
     #[arg(long)]
     pub no_color: bool,
+    /// Do not start plugin NAME: wait on the socket SOCKET for it to be started by hand (under
+    /// a debugger, say) with HM_IPC_SOCKET=SOCKET.
+    #[arg(long, value_name = "NAME=SOCKET", value_parser = parse_attach)]
+    pub attach: Vec<(String, PathBuf)>,
+}
+
+fn parse_attach(text: &str) -> Result<(String, PathBuf), String> {
+    crate::supervisor::attach::parse_attach(text).map_err(|e| e.to_string())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -12,6 +12,7 @@ use crate::guardian::Guardian;
 use crate::registry::{Builtin, PluginSpec, Registry};
 use crate::render::{self, Format, RenderOptions};
 use crate::scheduler::{RunOptions, Scheduler};
+use crate::supervisor::attach::AttachPoint;
 use crate::{cgroup, dag, exit};
 use std::sync::Arc;
 
@@ -90,6 +91,9 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         print_hooks(&hooks);
         return exit::OK;
     }
+    if let Err(code) = check_attach(&args.attach, &executors, &hooks) {
+        return code;
+    }
     let format = args.format.unwrap_or_else(|| {
         if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
             Format::Github
@@ -148,6 +152,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         env_overrides: args.env,
         executors,
         hooks,
+        attach: HashMap::new(),
         isolation,
         isolation_reason,
         run_cgroup: run_cgroup.clone(),
@@ -162,6 +167,24 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
             return exit::ENVIRONMENT;
         }
     };
+    let attach = {
+        // The listeners register with the runtime's reactor.
+        let _runtime = runtime.enter();
+        let mut points = HashMap::new();
+        for (name, path) in &args.attach {
+            match AttachPoint::bind(name, path) {
+                Ok(point) => {
+                    points.insert(name.clone(), Arc::new(point));
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            }
+        }
+        points
+    };
+    let run_opts = RunOptions { attach, ..run_opts };
     if let Err(e) = crate::reaper::become_subreaper() {
         tracing::warn!(
             "cannot become a child subreaper ({e}); daemonised step processes may escape"
@@ -365,6 +388,35 @@ fn resolve_hooks(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<PluginS
         eprintln!("error: {problem}");
     }
     Err(exit::PLUGIN)
+}
+
+/// `--attach NAME=...` must name a plugin this run uses, once.
+fn check_attach(
+    attach: &[(String, PathBuf)],
+    executors: &HashMap<usize, PluginSpec>,
+    hooks: &[PluginSpec],
+) -> Result<(), i32> {
+    let mut used: Vec<&str> = executors
+        .values()
+        .chain(hooks)
+        .map(|spec| spec.name.as_str())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    for (i, (name, _)) in attach.iter().enumerate() {
+        if !used.contains(&name.as_str()) {
+            eprintln!(
+                "error: --attach {name}: this run does not use plugin `{name}`\n  hint: it uses: {}",
+                used.join(", ")
+            );
+            return Err(exit::USAGE);
+        }
+        if attach[..i].iter().any(|(other, _)| other == name) {
+            eprintln!("error: --attach {name}: given twice");
+            return Err(exit::USAGE);
+        }
+    }
+    Ok(())
 }
 
 fn print_hooks(hooks: &[PluginSpec]) {

@@ -45,6 +45,7 @@ use crate::hooks::{HookQueue, QueuedEvent, subscription};
 use crate::registry::PluginSpec;
 use crate::registry::manifest::HookSpec;
 use crate::render::Renderer;
+use crate::supervisor::attach::AttachPoint;
 use crate::supervisor::connection::ConnectionContext;
 use crate::supervisor::host_api::HostState;
 use crate::supervisor::{
@@ -76,6 +77,8 @@ pub struct RunOptions {
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
     pub hooks: Vec<PluginSpec>,
+    /// `--attach NAME=SOCKET`: plugins hm waits for on a socket instead of starting them.
+    pub attach: HashMap<String, Arc<AttachPoint>>,
     pub isolation: Isolation,
     pub isolation_reason: Option<String>,
     /// The run's cgroup tree; `None` when hm runs without cgroups.
@@ -168,6 +171,10 @@ struct PluginSlot {
     after_call: Option<u64>,
     /// `before` calls waiting for the plugin to start: step, gate, event.
     parked_gates: Vec<(usize, u32, String)>,
+    /// Cancels the start of this instance (an attached plugin nobody starts).
+    abandon: tokio_util::sync::CancellationToken,
+    /// The run gave up waiting for it: its failure to start is no plugin problem.
+    abandoned: bool,
 }
 
 impl PluginSlot {
@@ -189,6 +196,8 @@ impl PluginSlot {
             hook_calls: HashMap::new(),
             after_call: None,
             parked_gates: Vec::new(),
+            abandon: tokio_util::sync::CancellationToken::new(),
+            abandoned: false,
         }
     }
 
@@ -564,10 +573,14 @@ impl<'a> Scheduler<'a> {
             generation: slot.generation,
         };
         slot.calls = Arc::default();
+        slot.abandon = tokio_util::sync::CancellationToken::new();
+        let attach = self.opts.attach.get(&slot.spec.name).cloned();
         let ctx = ConnectionContext {
             run_id: self.opts.run_id.clone(),
             pipeline: self.pipeline.name.clone(),
             project_dir: self.pipeline.root.clone(),
+            attach: attach.clone(),
+            abandon: slot.abandon.clone(),
             events: self.events_tx.clone(),
             host: self.host.clone(),
             archive: self.archive.clone(),
@@ -576,6 +589,8 @@ impl<'a> Scheduler<'a> {
         };
         let mut confinement = Confinement::default();
         match &self.opts.run_cgroup {
+            // A process started by hand is not hm's to confine; its steps still are.
+            _ if attach.is_some() => {}
             // A restarted instance gets a leaf of its own: the old one may still be emptying.
             Some(run) => match run.leaf(
                 &slot.spec.name,
@@ -768,7 +783,10 @@ impl<'a> Scheduler<'a> {
                 let slot = &mut self.plugins[p];
                 slot.pid = pid;
                 slot.state = PluginState::Ready { pid, writer };
-                if let Some(guardian) = &mut self.guardian {
+                // A plugin started by hand (`--attach`) is the user's to stop, not the guardian's.
+                if let Some(guardian) = &mut self.guardian
+                    && !self.opts.attach.contains_key(&slot.spec.name)
+                {
                     guardian.watch_pgid(pid as i32);
                 }
                 let plugin = slot.spec.name.clone();
@@ -797,7 +815,9 @@ impl<'a> Scheduler<'a> {
                 unavailable,
             } => {
                 let serves_steps = self.steps.iter().any(|s| s.plugin == p);
-                if serves_steps || self.plugins[p].settings.required {
+                if self.plugins[p].abandoned {
+                    tracing::info!("{message}");
+                } else if serves_steps || self.plugins[p].settings.required {
                     if unavailable {
                         self.environment_unavailable = true;
                     } else {
@@ -1163,6 +1183,15 @@ impl<'a> Scheduler<'a> {
                 (StepStatus::Skipped, Cause::Timeout)
             }
         };
+        // A plugin hm waits for on an attach socket may never come: stop waiting.
+        for slot in &mut self.plugins {
+            if matches!(slot.state, PluginState::Starting)
+                && self.opts.attach.contains_key(&slot.spec.name)
+            {
+                slot.abandoned = true;
+                slot.abandon.cancel();
+            }
+        }
         for i in 0..self.steps.len() {
             match self.steps[i].state {
                 StepState::Waiting => self.finish_unstarted(i, status, cause),

@@ -74,7 +74,7 @@ pub fn serve(plugin: Plugin) -> ! {
 fn run(plugin: Plugin) -> Result<(), ServeError> {
     // Taken before the runtime starts: it edits the environment, which is only sound while the
     // process is single-threaded.
-    let socket = hm_ipc::transport::inherited()?;
+    let socket = hm_ipc::transport::plugin_socket()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

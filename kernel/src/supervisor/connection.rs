@@ -129,6 +129,11 @@ pub struct ConnectionContext {
     pub pipeline: String,
     /// The project's root directory, in the plugin's environment as `HM_PROJECT_DIR`.
     pub project_dir: std::path::PathBuf,
+    /// Set with `--attach`: wait for the plugin on this socket instead of starting it.
+    pub attach: Option<Arc<super::attach::AttachPoint>>,
+    /// Cancelled when the run no longer needs the plugin while it is still starting (an
+    /// attached plugin that nobody starts).
+    pub abandon: tokio_util::sync::CancellationToken,
     pub events: mpsc::UnboundedSender<PluginEvent>,
     pub host: Arc<HostState>,
     /// The run's workspace archive, built on the first `OpenArchive`.
@@ -230,40 +235,76 @@ async fn run_plugin(
     ctx: ConnectionContext,
 ) -> Result<(), StartFailure> {
     let name = &spec.name;
-    let (kernel_end, plugin_end) =
-        hm_ipc::transport::socket_pair().map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
-    let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
-        // Where relative paths of the plugin's configuration start (`HookContext::project_dir`).
-        .env(hm_ipc::messages::PROJECT_DIR_ENV, &ctx.project_dir)
-        .spawn()
-        .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
-    drop(plugin_end);
-    let pid = child.id().unwrap_or(0);
-    // No await since the spawn: the reaper, on this same thread, cannot have run in between.
-    lock(&ctx.children).insert(pid);
-    let _registered = Registered {
-        set: ctx.children.clone(),
-        pid,
+    let (connection, pid, mut process) = match ctx.attach.clone() {
+        Some(point) => {
+            eprintln!(
+                "hm: waiting for plugin {name}: start it with {}={} (Ctrl-C to give up)",
+                hm_ipc::transport::IPC_SOCKET_ENV,
+                point.path().display()
+            );
+            let accepted = tokio::select! {
+                accepted = point.accept() => accepted,
+                () = ctx.abandon.cancelled() => {
+                    return Err(format!("plugin {name}: stopped waiting for it to attach").into());
+                }
+            };
+            let (stream, pid) = accepted.map_err(|e| {
+                format!(
+                    "plugin {name}: cannot accept on {}: {e}",
+                    point.path().display()
+                )
+            })?;
+            tracing::info!("plugin {name} attached (pid {pid})");
+            let connection = hm_ipc::transport::connect(stream);
+            (connection, pid, PluginProcess::Attached)
+        }
+        None => {
+            let (kernel_end, plugin_end) = hm_ipc::transport::socket_pair()
+                .map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
+            let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
+                // Where relative paths of the plugin's configuration start
+                // (`HookContext::project_dir`).
+                .env(hm_ipc::messages::PROJECT_DIR_ENV, &ctx.project_dir)
+                .spawn()
+                .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
+            drop(plugin_end);
+            let pid = child.id().unwrap_or(0);
+            // No await since the spawn: the reaper, on this same thread, cannot have run in
+            // between.
+            lock(&ctx.children).insert(pid);
+            let registered = Registered {
+                set: ctx.children.clone(),
+                pid,
+            };
+            if let Err(reason) = confinement.apply(pid) {
+                kill_group(pid);
+                let _ = child.wait().await;
+                return Err(format!("plugin {name}: {reason}").into());
+            }
+            let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
+            let mut capture = Vec::new();
+            if let Some(stderr) = child.stderr.take() {
+                capture.push(tokio::spawn(capture_lines(stderr, tail.clone())));
+            }
+            if let Some(stdout) = child.stdout.take() {
+                capture.push(tokio::spawn(capture_lines(stdout, tail.clone())));
+            }
+            let connection = hm_ipc::transport::connect_std(kernel_end)
+                .map_err(|e| format!("plugin {name}: {e}"))?;
+            let process = PluginProcess::Spawned {
+                child,
+                capture,
+                tail,
+                _registered: registered,
+            };
+            (connection, pid, process)
+        }
     };
-    if let Err(reason) = confinement.apply(pid) {
-        kill_group(pid);
-        let _ = child.wait().await;
-        return Err(format!("plugin {name}: {reason}").into());
-    }
-    let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
-    let mut capture = Vec::new();
-    if let Some(stderr) = child.stderr.take() {
-        capture.push(tokio::spawn(capture_lines(stderr, tail.clone())));
-    }
-    if let Some(stdout) = child.stdout.take() {
-        capture.push(tokio::spawn(capture_lines(stdout, tail.clone())));
-    }
-
     let hm_ipc::transport::Connection {
         mut frames,
         writer,
         writer_task,
-    } = hm_ipc::transport::connect_std(kernel_end).map_err(|e| format!("plugin {name}: {e}"))?;
+    } = connection;
 
     let mut unavailable = false;
     let handshake = tokio::time::timeout(
@@ -281,15 +322,10 @@ async fn run_plugin(
                     humantime::format_duration(settings.handshake_timeout)
                 ),
             };
-            kill_group(pid);
+            process.kill(pid);
             drop(writer);
-            let status = tokio::time::timeout(EXIT_GRACE, child.wait())
-                .await
-                .ok()
-                .and_then(Result::ok);
-            for task in capture {
-                let _ = tokio::time::timeout(EXIT_GRACE, task).await;
-            }
+            let status = process.wait(pid).await;
+            let tail = process.finish().await;
             writer_task.abort();
             if unavailable {
                 // The plugin's own words say it all; its exit after the kill says nothing.
@@ -363,26 +399,14 @@ async fn run_plugin(
         }
     }
     if violation.is_some() || hung {
-        kill_group(pid);
+        process.kill(pid);
     }
     drop(writer);
-    let status = match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            kill_group(pid);
-            child.wait().await.ok()
-        }
-    };
+    let status = process.wait(pid).await;
     // The plugin is gone; anything left in its process group goes with it.
-    kill_group(pid);
-    for task in capture {
-        let _ = tokio::time::timeout(EXIT_GRACE, task).await;
-    }
+    process.kill(pid);
+    let stderr_tail = process.finish().await;
     writer_task.abort();
-    let stderr_tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
     send(PluginEventKind::Exited(PluginExit {
         pid,
         status,
@@ -391,6 +415,64 @@ async fn run_plugin(
         stderr_tail,
     }));
     Ok(())
+}
+
+/// The process at the other end of a connection: one hm started, or one that attached.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per plugin instance, never moved around in bulk"
+)]
+enum PluginProcess {
+    Spawned {
+        child: tokio::process::Child,
+        /// The tasks collecting its stdout and stderr, and the last lines they saw.
+        capture: Vec<tokio::task::JoinHandle<()>>,
+        tail: Tail,
+        _registered: Registered,
+    },
+    /// Started by hand (`--attach`): not hm's child, not in a group or cgroup of hm's, its
+    /// output on its own terminal. hm only ever signals the process itself.
+    Attached,
+}
+
+impl PluginProcess {
+    fn kill(&self, pid: u32) {
+        match self {
+            PluginProcess::Spawned { .. } => kill_group(pid),
+            PluginProcess::Attached if pid > 0 => {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            PluginProcess::Attached => {}
+        }
+    }
+
+    /// Its exit status, killing it if it takes longer than [`EXIT_GRACE`]. An attached
+    /// plugin's status is not hm's to collect: its connection closing is its end.
+    async fn wait(&mut self, pid: u32) -> Option<ExitStatus> {
+        let PluginProcess::Spawned { child, .. } = self else {
+            return None;
+        };
+        match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                kill_group(pid);
+                child.wait().await.ok()
+            }
+        }
+    }
+
+    /// The last lines of its output, once the capture has read everything.
+    async fn finish(self) -> Vec<String> {
+        let PluginProcess::Spawned { capture, tail, .. } = self else {
+            return Vec::new();
+        };
+        for task in capture {
+            let _ = tokio::time::timeout(EXIT_GRACE, task).await;
+        }
+        tail.lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version; a
@@ -752,7 +834,7 @@ fn start_failure(
     spec: &PluginSpec,
     reason: &str,
     status: Option<ExitStatus>,
-    tail: &Tail,
+    tail: &[String],
 ) -> String {
     use std::os::unix::process::ExitStatusExt;
     let mut message = format!("plugin {} ({}) {reason}", spec.name, spec.origin);
@@ -763,15 +845,11 @@ fn start_failure(
         Some(s) => message.push_str(&format!("\n  killed by signal {}", s.signal().unwrap_or(0))),
         None => {}
     }
-    let tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect::<Vec<_>>())
-        .unwrap_or_default();
     if !tail.is_empty() {
         message.push_str("\n  last lines of its output:");
         for line in tail {
             message.push_str("\n    ");
-            message.push_str(&line);
+            message.push_str(line);
         }
     }
     message

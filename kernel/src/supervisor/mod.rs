@@ -3,6 +3,7 @@
 //! API plugins call back into ([`host_api`]). The run loop in `scheduler` owns all supervision
 //! state; connection tasks only report to it through [`PluginEvent`]s.
 
+pub mod attach;
 pub mod connection;
 pub mod host_api;
 pub mod spawn;
