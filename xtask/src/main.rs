@@ -5,11 +5,22 @@
 //!   first step that fails and names it.
 //! - `cargo xtask bench [--quick] [NAME...]`: builds `hm` in release and runs the side-by-side
 //!   comparisons of `benches/` (DESIGN §11), one line per bench.
+//! - `cargo xtask plugin new NAME [--kind executor|hook|subcommand] [--dry-run]`: scaffolds
+//!   `plugins/NAME/` and adds it to the workspace (DESIGN §9).
+//! - `cargo xtask plugin install NAME [--project]`: builds `hm-plugin-NAME` and installs it with
+//!   the workspace's own `hm`.
 //!
 //! Only the standard library: this must build even when the rest of the workspace does not.
+//! The repository it works on is the one `cargo xtask` runs in, or `HM_XTASK_ROOT` when set
+//! (the tests point it at a copy of the workspace).
+
+mod cargo_toml;
+mod plugin_install;
+mod plugin_new;
+mod workspace;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "\
@@ -23,6 +34,13 @@ commands:
                           shm-handoff-map, shm-vs-socket, cold-start, run-200-steps,
                           log-throughput); --quick runs fewer iterations and a smaller log;
                           other flags go to the harness (see benches/README.md)
+  plugin new NAME [--kind executor|hook|subcommand] [--dry-run]
+                          create plugins/NAME/ (package hm-plugin-NAME: a working plugin of
+                          that kind, its plugin.toml, a test) and add it to the workspace;
+                          --dry-run lists what it would write
+  plugin install NAME [--project]
+                          build hm-plugin-NAME in release and install it with this
+                          workspace's hm (for your user, or into the current project)
   help                    this text
 ";
 
@@ -44,6 +62,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
         Some("bench") => bench(&rest),
+        Some("plugin") => plugin(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())
@@ -141,10 +160,42 @@ fn bench(args: &[OsString]) -> Result<(), Failure> {
     })
 }
 
-/// The repository root: the parent of this package's directory.
+/// `cargo xtask plugin new|install ...`.
+fn plugin(args: &[OsString]) -> Result<(), Failure> {
+    let usage = format!("{}\n{}", plugin_new::USAGE, plugin_install::USAGE);
+    match args.first().and_then(|a| a.to_str()) {
+        Some("new") => plugin_new::run(&args[1..], &root()),
+        Some("install") => plugin_install::run(&args[1..], &root(), &target_dir()),
+        Some("help" | "-h" | "--help") => {
+            print!("{usage}");
+            Ok(())
+        }
+        Some(other) => Err(Failure {
+            message: format!("unknown plugin command {other:?}\n\n{usage}"),
+            code: EXIT_USAGE,
+        }),
+        None => Err(Failure {
+            message: format!("plugin needs a command: new or install\n\n{usage}"),
+            code: EXIT_USAGE,
+        }),
+    }
+}
+
+/// The repository root: `HM_XTASK_ROOT` if set, else the parent of this package's directory.
+///
+/// The package's directory comes from `CARGO_MANIFEST_DIR` as `cargo run` (the alias) sets it
+/// when it starts us, before the value compiled in: cargo does not rebuild a binary when only
+/// the workspace's location changed, so after a move or a copy of the workspace the compiled-in
+/// path still names the old place.
 fn root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    if let Some(root) = std::env::var_os("HM_XTASK_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
+    let manifest = match std::env::var_os("CARGO_MANIFEST_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    };
+    manifest.parent().unwrap_or(&manifest).to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
