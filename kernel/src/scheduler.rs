@@ -388,8 +388,8 @@ impl<'a> Scheduler<'a> {
         for slot in self.plugins.iter().filter(|s| s.is_hook()) {
             if slot.queue.dropped() > 0 {
                 tracing::warn!(
-                    "hook {} missed {} event(s): it fell behind (queue of {} full), crashed or \
-                     hung",
+                    "hook {} missed {} event(s): its queue of {} was full, or it could not \
+                     take them (see above)",
                     slot.spec.name,
                     slot.queue.dropped(),
                     crate::hooks::QUEUE_CAPACITY

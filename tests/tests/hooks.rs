@@ -327,3 +327,24 @@ fn plugin_info_shows_what_a_hook_observes() {
     assert_eq!(doc["hooks"][0]["phase"], "before", "{doc:#}");
     assert_eq!(doc["hooks"][0]["timeout_ms"], 2000, "{doc:#}");
 }
+
+#[test]
+fn a_hook_that_refuses_its_configuration_is_reported_and_only_fails_a_required_run() {
+    // A required hook that cannot start cannot let a step through either.
+    for (required, code, status) in [(false, 0, "passed"), (true, 5, "failed")] {
+        let project = project(&format!(
+            "[plugins.gatekeeper]\nrequired = {required}\n\
+             config = {{ refuse = \"no path given\" }}\n\n[steps.a]\nrun = \"echo a\"\n"
+        ));
+        let run = project.run(&[]);
+        assert_eq!(run.code(), code, "required = {required}: {}", show(&run));
+        assert_eq!(run.status("a"), status, "{}", show(&run));
+        assert!(
+            run.stderr()
+                .contains("refused its configuration: no path given"),
+            "{}",
+            show(&run)
+        );
+        assert!(!run.stderr().contains("signal"), "{}", show(&run));
+    }
+}

@@ -306,10 +306,10 @@ async fn run_plugin(
         writer_task,
     } = connection;
 
-    let mut unavailable = false;
+    let mut refusal = Refusal::None;
     let handshake = tokio::time::timeout(
         settings.handshake_timeout,
-        handshake(spec, settings, &ctx, &mut frames, &writer, &mut unavailable),
+        handshake(spec, settings, &ctx, &mut frames, &writer, &mut refusal),
     )
     .await;
     let protocol = match handshake {
@@ -327,10 +327,12 @@ async fn run_plugin(
             let status = process.wait(pid).await;
             let tail = process.finish().await;
             writer_task.abort();
-            if unavailable {
+            if refusal != Refusal::None {
                 // The plugin's own words say it all; its exit after the kill says nothing.
+                let unavailable = refusal == Refusal::Unavailable;
+                let colon = if unavailable { ":" } else { "" };
                 return Err(StartFailure {
-                    message: format!("plugin {} ({}): {reason}", spec.name, spec.origin),
+                    message: format!("plugin {} ({}){colon} {reason}", spec.name, spec.origin),
                     unavailable,
                 });
             }
@@ -417,6 +419,16 @@ async fn run_plugin(
     Ok(())
 }
 
+/// How a plugin answered `Init` when it did not accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    None,
+    /// `Failed`: the configuration is wrong.
+    Config,
+    /// `Unavailable`: what it needs from the machine is missing.
+    Unavailable,
+}
+
 /// The process at the other end of a connection: one hm started, or one that attached.
 #[expect(
     clippy::large_enum_variant,
@@ -476,14 +488,14 @@ impl PluginProcess {
 }
 
 /// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version; a
-/// refusal of `Init` as `Unavailable` also sets `unavailable`.
+/// refusal of `Init` also sets `refusal`.
 async fn handshake(
     spec: &PluginSpec,
     settings: &PluginSettings,
     ctx: &ConnectionContext,
     frames: &mut FrameReader,
     writer: &mpsc::UnboundedSender<OutFrame>,
-    unavailable: &mut bool,
+    refusal: &mut Refusal,
 ) -> Result<u32, String> {
     let hello = read_hello(frames).await?;
     let reject = |reason: String| -> Result<u32, String> {
@@ -547,10 +559,11 @@ async fn handshake(
                 return match frame.decode::<PluginReply>() {
                     Ok(PluginReply::Ready) => Ok(protocol),
                     Ok(PluginReply::Failed(f)) => {
+                        *refusal = Refusal::Config;
                         Err(format!("refused its configuration: {}", f.message))
                     }
                     Ok(PluginReply::Unavailable(f)) => {
-                        *unavailable = true;
+                        *refusal = Refusal::Unavailable;
                         Err(f.message)
                     }
                     Ok(other) => Err(format!("answered Init with {other:?}")),

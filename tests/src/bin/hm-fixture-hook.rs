@@ -67,6 +67,10 @@ fn main() {
     hm_sdk::serve(
         Plugin::new("gatekeeper", "1.0.0")
             .description("test fixture: a hook that aborts, records, fails, crashes or hangs")
+            .on_init(|info| match info.config["refuse"].as_str() {
+                Some(why) => Err(why.to_owned()),
+                None => Ok(()),
+            })
             .hook(
                 Gatekeeper,
                 [
