@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::archive::WorkspaceArchive;
-use crate::cgroup::{Leaf, LeafStats, RunCgroup};
+use crate::cgroup::{Leaf, LeafJanitor, LeafStats, RunCgroup};
 use crate::classify::{StopReason, Verdict, classify, retry_matches, stopped};
 use crate::config::Pipeline;
 use crate::events::{BuildEvent, Cause, Envelope, Isolation, StepEnd, StepStatus, Stream};
@@ -244,6 +244,8 @@ pub struct Scheduler<'a> {
     build_end_code: Option<i32>,
     /// When hooks must have taken their last events.
     drain_deadline: Option<Instant>,
+    /// Removes finished step leaves off the run loop.
+    janitor: Option<LeafJanitor>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -310,6 +312,7 @@ impl<'a> Scheduler<'a> {
             children: Arc::default(),
             build_end_code: None,
             drain_deadline: None,
+            janitor: None,
         }
     }
 
@@ -374,8 +377,16 @@ impl<'a> Scheduler<'a> {
             let _ = self.renderer.flush();
         }
         if let Some(run) = self.opts.run_cgroup.clone() {
-            // Whatever is left (a plugin's stray children) dies with the run's tree.
-            let removed = tokio::task::spawn_blocking(move || run.remove()).await;
+            let janitor = self.janitor.take();
+            // Whatever is left (a plugin's stray children) dies with the run's tree, once the
+            // janitor has removed the leaves it was given.
+            let removed = tokio::task::spawn_blocking(move || {
+                if let Some(janitor) = janitor {
+                    janitor.finish();
+                }
+                run.remove()
+            })
+            .await;
             if let Ok(Err(e)) = removed {
                 tracing::warn!("{e}");
             }
@@ -740,7 +751,7 @@ impl<'a> Scheduler<'a> {
     /// log before its `step_end`, then killed.
     fn clean_step_leaf(&mut self, i: usize, leaf: Leaf) {
         let pgid = self.steps[i].pgid;
-        let pids = leaf.pids();
+        let pids = leaf.pids_quick();
         let escaped = pids
             .iter()
             .copied()
@@ -756,15 +767,23 @@ impl<'a> Scheduler<'a> {
                 self.renderer
                     .step_log(&ts, &self.opts.run_id, &def.name, Stream::Stderr, &line);
         }
-        if pids.is_empty() && leaf.remove().is_ok() {
-            return;
-        }
-        // Emptying may wait for dying processes: never in the run loop.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = leaf.kill().and_then(|()| leaf.remove()) {
-                tracing::warn!("{e}");
+        if self.janitor.is_none() {
+            match LeafJanitor::start() {
+                Ok(janitor) => self.janitor = Some(janitor),
+                Err(e) => tracing::warn!("cannot start the cgroup janitor thread: {e}"),
             }
-        });
+        }
+        match &self.janitor {
+            Some(janitor) => janitor.remove(leaf),
+            // Emptying may wait for dying processes: never in the run loop.
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = leaf.kill().and_then(|()| leaf.remove()) {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+        }
     }
 
     // ---- plugin events ----
@@ -1051,10 +1070,14 @@ impl<'a> Scheduler<'a> {
 
     fn end_attempt_with(&mut self, i: usize, mut verdict: Verdict, result: &StepResult) {
         let def = &self.pipeline.steps[self.steps[i].index];
+        // What went wrong is only asked of a failure.
         let stats = self.steps[i]
             .leaf
             .as_ref()
-            .map(|leaf| leaf.stats())
+            .map(|leaf| match verdict.is_failure() {
+                true => leaf.stats(),
+                false => leaf.usage(),
+            })
             .unwrap_or_default();
         if verdict.is_failure() && self.steps[i].stop.is_none() {
             refine_with_cgroup(&mut verdict, &stats, &def.limits);

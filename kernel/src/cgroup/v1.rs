@@ -42,12 +42,6 @@ pub(crate) fn stats(leaf: &Node, roles: V1Roles) -> LeafStats {
     let memory = leaf.dir(roles.memory);
     let memory_file = |name: &str| memory.map(|dir| dir.join(name));
     LeafStats {
-        peak_memory_bytes: memory_file("memory.max_usage_in_bytes")
-            .and_then(|p| cgroupfs::number(&p)),
-        cpu_ms: leaf
-            .dir(roles.cpuacct)
-            .and_then(|dir| cgroupfs::number(&dir.join("cpuacct.usage")))
-            .map(|ns| ns / 1_000_000),
         // `oom_kill` appeared in Linux 4.13; older kernels leave it unknown.
         oom_kills: memory_file("memory.oom_control").and_then(|p| cgroupfs::keyed(&p, "oom_kill")),
         memory_limit_hits: memory_file("memory.failcnt").and_then(|p| cgroupfs::number(&p)),
@@ -57,6 +51,21 @@ pub(crate) fn stats(leaf: &Node, roles: V1Roles) -> LeafStats {
         memory_limit: memory_file("memory.limit_in_bytes")
             .and_then(|p| cgroupfs::number(&p))
             .filter(|&b| b < UNLIMITED_FROM),
+        ..usage(leaf, roles)
+    }
+}
+
+/// Peak memory and CPU time only.
+pub(crate) fn usage(leaf: &Node, roles: V1Roles) -> LeafStats {
+    LeafStats {
+        peak_memory_bytes: leaf
+            .dir(roles.memory)
+            .and_then(|dir| cgroupfs::number(&dir.join("memory.max_usage_in_bytes"))),
+        cpu_ms: leaf
+            .dir(roles.cpuacct)
+            .and_then(|dir| cgroupfs::number(&dir.join("cpuacct.usage")))
+            .map(|ns| ns / 1_000_000),
+        ..LeafStats::default()
     }
 }
 

@@ -104,12 +104,20 @@ pub(crate) fn set_limits(
 pub(crate) fn stats(dir: &Path) -> LeafStats {
     let events = dir.join("memory.events");
     LeafStats {
-        peak_memory_bytes: cgroupfs::number(&dir.join("memory.peak")),
-        cpu_ms: cgroupfs::keyed(&dir.join("cpu.stat"), "usage_usec").map(|us| us / 1_000),
         oom_kills: cgroupfs::keyed(&events, "oom_kill"),
         memory_limit_hits: cgroupfs::keyed(&events, "max"),
         pids_limit_hits: cgroupfs::keyed(&dir.join("pids.events"), "max"),
         // `max` (no limit) does not parse and is `None`.
         memory_limit: cgroupfs::number(&dir.join("memory.max")),
+        ..usage(dir)
+    }
+}
+
+/// Peak memory and CPU time only.
+pub(crate) fn usage(dir: &Path) -> LeafStats {
+    LeafStats {
+        peak_memory_bytes: cgroupfs::number(&dir.join("memory.peak")),
+        cpu_ms: cgroupfs::keyed(&dir.join("cpu.stat"), "usage_usec").map(|us| us / 1_000),
+        ..LeafStats::default()
     }
 }
