@@ -246,6 +246,9 @@ pub struct Scheduler<'a> {
     drain_deadline: Option<Instant>,
     /// Removes finished step leaves off the run loop.
     janitor: Option<LeafJanitor>,
+    /// Everything was killed (second Ctrl-C, or plugins that would not shut down): no plugin
+    /// is started again, not even a hook with events left.
+    killed_all: bool,
 }
 
 impl<'a> Scheduler<'a> {
@@ -313,6 +316,7 @@ impl<'a> Scheduler<'a> {
             build_end_code: None,
             drain_deadline: None,
             janitor: None,
+            killed_all: false,
         }
     }
 
@@ -1263,6 +1267,7 @@ impl<'a> Scheduler<'a> {
 
     /// Second Ctrl-C: SIGKILL every step's process group and every plugin, now.
     fn kill_everything(&mut self) {
+        self.killed_all = true;
         if let Some(run) = self.opts.run_cgroup.clone() {
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = run.kill_all() {
@@ -1668,6 +1673,10 @@ impl<'a> Scheduler<'a> {
     /// Sends a hook its next event if it has none in flight, starting (or restarting) the
     /// plugin when it is not running.
     fn pump_hook(&mut self, p: usize) {
+        if self.killed_all {
+            self.plugins[p].queue.drop_all();
+            return;
+        }
         let slot = &self.plugins[p];
         if slot.after_call.is_some() || slot.queue.is_empty() {
             return;

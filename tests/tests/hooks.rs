@@ -348,3 +348,39 @@ fn a_hook_that_refuses_its_configuration_is_reported_and_only_fails_a_required_r
         assert!(!run.stderr().contains("signal"), "{}", show(&run));
     }
 }
+
+#[test]
+fn a_cancelled_run_still_tells_its_hooks_how_it_ended() {
+    let tag = marker("hook-cancel");
+    let project = project(&format!(
+        r#"
+[plugins.gatekeeper]
+config = {{ record = "record.txt" }}
+
+[pipeline]
+env = {{ HM_E2E_MARKER = "{tag}" }}
+
+[steps.long]
+run = "sleep 30"
+"#
+    ));
+    let mut hm = project.spawn_run(&[]);
+    hm.wait_for_event("the step's start", hm_tests::RUN_DEADLINE, |e| {
+        e["kind"] == "step_start" && e["step"] == "long"
+    });
+    hm.signal(nix::sys::signal::Signal::SIGINT);
+    let run = hm.finish(hm_tests::RUN_DEADLINE).into_run();
+    assert_eq!(run.code(), 130, "{}", show(&run));
+    assert_eq!(run.kinds().last(), Some(&"build_end"), "{}", show(&run));
+    let record = recorded(&project);
+    assert!(
+        record.contains(&"step_end long cancelled".to_owned()),
+        "{record:?}"
+    );
+    assert_eq!(
+        record.last().map(String::as_str),
+        Some("build_end"),
+        "{record:?}"
+    );
+    assert_no_process_left(&tag);
+}
