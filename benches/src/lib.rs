@@ -9,14 +9,17 @@
 pub mod call_round_trip;
 pub mod child;
 pub mod cold_start;
+pub mod ctrl_c;
+pub mod kernel_rss;
 pub mod log_throughput;
 pub mod measure;
+pub mod procfs;
 pub mod run_steps;
 pub mod shm_handoff;
 
 use std::path::PathBuf;
 
-pub use measure::{BenchError, Outcome, Target};
+pub use measure::{BenchError, Outcome, Target, Unit};
 
 /// What every bench needs to know about this run.
 #[derive(Debug, Clone)]
@@ -31,7 +34,7 @@ pub struct Settings {
     pub pin: bool,
 }
 
-/// One comparison: its name on the command line, whether it runs the `hm` binary, and the
+/// One bench: its name on the command line, whether it runs the `hm` binary, and the
 /// function that runs it.
 pub struct Bench {
     pub name: &'static str,
@@ -75,5 +78,15 @@ pub const BENCHES: &[Bench] = &[
         name: log_throughput::NAME,
         needs_hm: true,
         run: log_throughput::run,
+    },
+    Bench {
+        name: kernel_rss::NAME,
+        needs_hm: true,
+        run: kernel_rss::run,
+    },
+    Bench {
+        name: ctrl_c::NAME,
+        needs_hm: true,
+        run: ctrl_c::run,
     },
 ];

@@ -1,6 +1,7 @@
 //! The method shared by every bench: run ours and the baseline in alternating order, round
 //! after round, within a time budget; take the median of each side; report their ratio against
-//! the target.
+//! the target. A target with no baseline (an absolute limit) repeats one measurement instead and
+//! reports its median against the limit, in the same table.
 //!
 //! Interleaving matters more than the number of rounds on a noisy two-core machine: a burst
 //! of background load then hits both sides of a round instead of one whole series.
@@ -89,6 +90,26 @@ pub fn interleave(
     Ok(samples)
 }
 
+/// Runs `measure` round after round within `plan`, for an absolute figure (no baseline to
+/// interleave with); returns one value per round.
+pub fn repeat<T>(
+    plan: Plan,
+    mut measure: impl FnMut() -> Result<T, BenchError>,
+) -> Result<Vec<T>, BenchError> {
+    if plan.warm_up {
+        measure()?;
+    }
+    let start = Instant::now();
+    let mut values = Vec::new();
+    for round in 0..plan.rounds.max(1) {
+        if round >= MIN_ROUNDS && start.elapsed() >= plan.budget {
+            break;
+        }
+        values.push(measure()?);
+    }
+    Ok(values)
+}
+
 impl Samples {
     /// Each sample divided by `ops`, for rounds that time a batch of operations.
     pub fn per_op(self, ops: u32) -> Self {
@@ -118,14 +139,46 @@ pub enum Target {
     TimeAtMost(f64),
     /// baseline / ours (throughput) must be at least this.
     ThroughputAtLeast(f64),
+    /// An absolute figure with no baseline (a "—" in DESIGN §11): the median must be at most
+    /// `limit`, counted in `unit`s.
+    AtMost { limit: f64, unit: Unit },
 }
+
+/// What an absolute figure counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Bytes,
+}
+
+impl Unit {
+    /// A measured value with three significant digits.
+    pub fn format(self, value: f64) -> String {
+        match self {
+            Self::Seconds => format_duration(Duration::from_secs_f64(value.max(0.0))),
+            Self::Bytes => format_bytes(value),
+        }
+    }
+
+    /// A limit as the design states it: `30 MiB`, `100 ms`.
+    fn format_limit(self, limit: f64) -> String {
+        match self {
+            Self::Seconds => format_duration(Duration::from_secs_f64(limit.max(0.0))),
+            Self::Bytes => format!("{} MiB", limit / MIB),
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// One bench's result: the medians, the ratio and the verdict.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub name: &'static str,
-    pub ours: Duration,
-    pub baseline: Duration,
+    /// The median of ours: seconds, or for [`Target::AtMost`] whatever its unit counts.
+    pub ours: f64,
+    /// The median of the baseline in seconds; `None` for [`Target::AtMost`].
+    pub baseline: Option<f64>,
     pub target: Target,
     pub rounds: usize,
     /// The smallest and largest ratio of a single round: how noisy the figure is.
@@ -135,6 +188,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A comparison against a baseline ([`Target::TimeAtMost`], [`Target::ThroughputAtLeast`]).
     pub fn new(
         name: &'static str,
         samples: &Samples,
@@ -145,22 +199,39 @@ impl Outcome {
             .ours
             .iter()
             .zip(&samples.baseline)
-            .map(|(&o, &b)| ratio(target, o, b))
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
-                (lo.min(r), hi.max(r))
-            });
+            .map(|(o, b)| ratio(target, o.as_secs_f64(), Some(b.as_secs_f64())));
         Self {
             name,
-            ours: median(&samples.ours),
-            baseline: median(&samples.baseline),
+            ours: median(&samples.ours).as_secs_f64(),
+            baseline: Some(median(&samples.baseline).as_secs_f64()),
             target,
             rounds: samples.ours.len().min(samples.baseline.len()),
-            round_ratios: per_round,
+            round_ratios: spread(per_round),
             unit: unit.into(),
         }
     }
 
-    /// The ratio the target is about: time for [`Target::TimeAtMost`], throughput otherwise.
+    /// An absolute figure against its limit ([`Target::AtMost`]): one value per round, in the
+    /// target's unit.
+    pub fn absolute(
+        name: &'static str,
+        values: &[f64],
+        target: Target,
+        unit: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            ours: median_f64(values),
+            baseline: None,
+            target,
+            rounds: values.len(),
+            round_ratios: spread(values.iter().map(|&v| ratio(target, v, None))),
+            unit: unit.into(),
+        }
+    }
+
+    /// The ratio the target is about: time for [`Target::TimeAtMost`], throughput for
+    /// [`Target::ThroughputAtLeast`], the figure over its limit for [`Target::AtMost`].
     pub fn ratio(&self) -> f64 {
         ratio(self.target, self.ours, self.baseline)
     }
@@ -169,6 +240,7 @@ impl Outcome {
         match self.target {
             Target::TimeAtMost(limit) => self.ratio() <= limit,
             Target::ThroughputAtLeast(limit) => self.ratio() >= limit,
+            Target::AtMost { .. } => self.ratio() <= 1.0,
         }
     }
 
@@ -180,17 +252,23 @@ impl Outcome {
         )
     }
 
-    /// One line of the report.
+    /// One line of the report. An absolute figure shows its value under `ours`, `-` under
+    /// `baseline`, and the value over the limit as its ratio.
     pub fn line(&self) -> String {
-        let target = match self.target {
-            Target::TimeAtMost(limit) => format!("≤ {limit}×"),
-            Target::ThroughputAtLeast(limit) => format!("≥ {limit}×"),
+        let (ours, target) = match self.target {
+            Target::TimeAtMost(limit) => (format_secs(self.ours), format!("≤ {limit}×")),
+            Target::ThroughputAtLeast(limit) => (format_secs(self.ours), format!("≥ {limit}×")),
+            Target::AtMost { limit, unit } => (
+                unit.format(self.ours),
+                format!("≤ {}", unit.format_limit(limit)),
+            ),
         };
+        let baseline = self.baseline.map_or_else(|| "-".to_owned(), format_secs);
         let mut line = format!(
             "{:<16} {:>10} {:>10} {:>6.2}× {:>9}  {:<6} {:>6}  {:.2}–{:.2}",
             self.name,
-            format_duration(self.ours),
-            format_duration(self.baseline),
+            ours,
+            baseline,
             self.ratio(),
             target,
             if self.met() { "PASS" } else { "MISS" },
@@ -198,20 +276,63 @@ impl Outcome {
             self.round_ratios.0,
             self.round_ratios.1,
         );
-        if matches!(self.target, Target::ThroughputAtLeast(_)) {
-            let _ = write!(line, " (throughput)");
+        match self.target {
+            Target::ThroughputAtLeast(_) => {
+                let _ = write!(line, " (throughput)");
+            }
+            Target::AtMost { .. } => {
+                let _ = write!(line, " (of the limit)");
+            }
+            Target::TimeAtMost(_) => {}
         }
         line
     }
 }
 
-fn ratio(target: Target, ours: Duration, baseline: Duration) -> f64 {
-    let (ours, baseline) = (ours.as_secs_f64(), baseline.as_secs_f64());
-    let (num, den) = match target {
-        Target::TimeAtMost(_) => (ours, baseline),
-        Target::ThroughputAtLeast(_) => (baseline, ours),
+/// `ours` and `baseline` in seconds (`baseline` is `None` for [`Target::AtMost`], whose
+/// `ours` is in the target's unit).
+fn ratio(target: Target, ours: f64, baseline: Option<f64>) -> f64 {
+    let (num, den) = match (target, baseline) {
+        (Target::TimeAtMost(_), Some(baseline)) => (ours, baseline),
+        (Target::ThroughputAtLeast(_), Some(baseline)) => (baseline, ours),
+        (Target::AtMost { limit, .. }, _) => (ours, limit),
+        (_, None) => return f64::NAN,
     };
     if den > 0.0 { num / den } else { f64::INFINITY }
+}
+
+/// The smallest and largest of `ratios`.
+fn spread(ratios: impl Iterator<Item = f64>) -> (f64, f64) {
+    ratios.fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+        (lo.min(r), hi.max(r))
+    })
+}
+
+/// The median of plain numbers; the mean of the middle two for an even count.
+pub fn median_f64(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn format_secs(secs: f64) -> String {
+    format_duration(Duration::from_secs_f64(secs.max(0.0)))
+}
+
+/// A size in bytes with three significant digits, in KiB, MiB or GiB.
+pub fn format_bytes(bytes: f64) -> String {
+    let (value, unit) = if bytes >= 1024.0 * MIB {
+        (bytes / (1024.0 * MIB), "GiB")
+    } else if bytes >= MIB {
+        (bytes / MIB, "MiB")
+    } else {
+        (bytes / 1024.0, "KiB")
+    };
+    format!("{} {unit}", three_digits(value))
 }
 
 /// A duration with three significant digits and a unit that suits it.
@@ -226,6 +347,10 @@ pub fn format_duration(d: Duration) -> String {
     } else {
         (secs * 1e9, "ns")
     };
+    format!("{} {unit}", three_digits(value))
+}
+
+fn three_digits(value: f64) -> String {
     let decimals = if value >= 100.0 {
         0
     } else if value >= 10.0 {
@@ -233,7 +358,7 @@ pub fn format_duration(d: Duration) -> String {
     } else {
         2
     };
-    format!("{value:.decimals$} {unit}")
+    format!("{value:.decimals$}")
 }
 
 #[cfg(test)]
@@ -267,6 +392,32 @@ mod tests {
     }
 
     #[test]
+    fn absolute_figures_compare_against_their_limit_with_no_baseline() {
+        let rss = Target::AtMost {
+            limit: 30.0 * MIB,
+            unit: Unit::Bytes,
+        };
+        let outcome = Outcome::absolute("rss", &[9.0 * MIB, 6.0 * MIB, 7.5 * MIB], rss, "peak");
+        assert!((outcome.ratio() - 0.25).abs() < 1e-9 && outcome.met());
+        assert_eq!(
+            outcome.line(),
+            "rss                7.50 MiB          -   0.25×  ≤ 30 MiB  PASS        3  0.20–0.30 \
+             (of the limit)"
+        );
+        let late = Target::AtMost {
+            limit: 0.1,
+            unit: Unit::Seconds,
+        };
+        let outcome = Outcome::absolute("late", &[0.15, 0.09], late, "over the grace");
+        assert!(!outcome.met(), "median 120 ms against 100 ms");
+        assert!(
+            outcome
+                .line()
+                .contains("  120 ms          -   1.20×  ≤ 100 ms  MISS")
+        );
+    }
+
+    #[test]
     fn interleaving_alternates_which_side_goes_first() {
         let order = std::cell::RefCell::new(String::new());
         let plan = Plan {
@@ -294,5 +445,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_nanos(1234)), "1.23 µs");
         assert_eq!(format_duration(ms(250)), "250 ms");
         assert_eq!(format_duration(Duration::from_millis(12_345)), "12.3 s");
+        assert_eq!(format_bytes(8.4 * MIB), "8.40 MiB");
+        assert_eq!(format_bytes(512.0 * 1024.0), "512 KiB");
     }
 }
