@@ -218,6 +218,69 @@ mod tests {
         assert!(!socket.exists() && !dir.exists());
     }
 
+    /// Connects to `socket` as uid/gid 65534 from a child process, between fork and exec
+    /// (where only async-signal-safe calls are made), and returns the child.
+    fn connect_as_nobody(socket: &Path) -> std::process::Child {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sockaddr_un is plain old data; all zeroes is a valid (empty) value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        let mut cmd = std::process::Command::new("/bin/true");
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let rc = libc::connect(fd, (&raw const addr).cast(), len);
+                // Hold the connection until hm has looked at it.
+                libc::sleep(1);
+                libc::_exit(if rc == 0 { 0 } else { 3 });
+            });
+        }
+        cmd.spawn().expect("fork a client")
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_user_is_refused_and_the_wait_goes_on() {
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("skipped: needs root to connect as another user");
+            return;
+        }
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("debug");
+        let socket = dir.join("shell.sock");
+        let point = AttachPoint::bind("shell", &socket).expect("bind");
+        // Open the way on purpose, as a careless chmod would: the uid check still holds.
+        for path in [temp.path(), dir.as_path(), socket.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let mut stranger = connect_as_nobody(&socket);
+        let accept = tokio::spawn(async move { point.accept().await.map(|(_, pid)| pid) });
+        // The stranger connected (exit 0 after its second), and was not the one accepted.
+        let status = tokio::task::spawn_blocking(move || stranger.wait())
+            .await
+            .unwrap();
+        assert_eq!(
+            status.unwrap().code(),
+            Some(0),
+            "the stranger could connect"
+        );
+        assert!(!accept.is_finished(), "a peer of another uid was accepted");
+        let _mine = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connect");
+        let pid = accept.await.unwrap().expect("accept");
+        assert_eq!(pid, std::process::id());
+    }
+
     #[tokio::test]
     async fn a_directory_others_can_enter_is_refused() {
         let temp = tempfile::tempdir().unwrap();
