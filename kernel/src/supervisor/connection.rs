@@ -406,7 +406,7 @@ async fn run_plugin(
     drop(writer);
     let status = process.wait(pid).await;
     // The plugin is gone; anything left in its process group goes with it.
-    process.kill(pid);
+    process.clean_up(pid);
     let stderr_tail = process.finish().await;
     writer_task.abort();
     send(PluginEventKind::Exited(PluginExit {
@@ -455,6 +455,14 @@ impl PluginProcess {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
             PluginProcess::Attached => {}
+        }
+    }
+
+    /// After its end: kills what is left in the process group hm started it in. An attached
+    /// plugin was not started by hm and may still be exiting on its own; it is left alone.
+    fn clean_up(&self, pid: u32) {
+        if let PluginProcess::Spawned { .. } = self {
+            kill_group(pid);
         }
     }
 
