@@ -1,7 +1,10 @@
 //! `hm doctor`: what this machine offers hm, and what to do about what it lacks: isolation,
 //! Docker, the plugin directories and any problem with the installed plugins.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::events::Isolation;
 use crate::registry::{Builtin, PluginDirs, Registry};
@@ -33,7 +36,14 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
         }
     }
     match docker_socket() {
-        Some((path, true)) => println!("docker: socket {} present", path.display()),
+        Some((path, true)) => match docker_version(&path) {
+            Ok(version) => println!("docker: {version} at {}", path.display()),
+            Err(e) => println!(
+                "docker: the daemon at {} does not answer ({e}); docker steps will fail \
+                 (start dockerd, or point DOCKER_HOST at a daemon that runs)",
+                path.display()
+            ),
+        },
         Some((path, false)) => println!(
             "docker: no socket at {} (docker steps will fail)",
             path.display()
@@ -54,6 +64,32 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
     }
     let registry = Registry::discover_in(&dirs, builtins);
     println!("executors: {}", registry.executor_names().join(", "));
+    let hooks: Vec<String> = registry
+        .active()
+        .filter(|b| !b.manifest.hooks.is_empty())
+        .map(|b| {
+            let events: Vec<&str> = b.manifest.hooks.iter().map(|h| h.event).collect();
+            format!("{} ({})", b.manifest.name, events.join(", "))
+        })
+        .collect();
+    if !hooks.is_empty() {
+        println!(
+            "hooks: {} (each runs in projects with a [plugins.NAME] table for it)",
+            hooks.join("; ")
+        );
+    }
+    let verbs: Vec<String> = registry
+        .active()
+        .flat_map(|b| {
+            b.manifest
+                .subcommands
+                .iter()
+                .map(|s| format!("hm {}", s.verb))
+        })
+        .collect();
+    if !verbs.is_empty() {
+        println!("subcommands: {}", verbs.join(", "));
+    }
     for warning in &registry.warnings {
         println!("  warning: {warning}");
     }
@@ -72,6 +108,48 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
     } else {
         exit::OK
     }
+}
+
+/// Asks the Docker daemon on the unix socket `path` for its version (`GET /version`, the
+/// Engine API's unversioned endpoint), in plain HTTP/1.0: the kernel links no Docker client,
+/// and two seconds and one request are all a health check needs.
+fn docker_version(path: &Path) -> Result<String, String> {
+    let timeout = Some(Duration::from_secs(2));
+    let mut stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "not an HTTP answer".to_owned())?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code == "200")
+    {
+        return Err(format!("it answered `{status}`"));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("its version is not JSON: {e}"))?;
+    let field = |name: &str| json[name].as_str().unwrap_or("?").to_owned();
+    Ok(format!(
+        "Docker Engine {} (API {})",
+        field("Version"),
+        field("ApiVersion")
+    ))
 }
 
 fn docker_socket() -> Option<(PathBuf, bool)> {
