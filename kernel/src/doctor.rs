@@ -135,11 +135,7 @@ fn docker_version(path: &Path) -> Result<String, String> {
         .split_once("\r\n\r\n")
         .ok_or_else(|| "not an HTTP answer".to_owned())?;
     let status = head.lines().next().unwrap_or_default();
-    if !status
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|code| code == "200")
-    {
+    if status.split_whitespace().nth(1) != Some("200") {
         return Err(format!("it answered `{status}`"));
     }
     let json: serde_json::Value =
