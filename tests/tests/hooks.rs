@@ -384,3 +384,18 @@ run = "sleep 30"
     );
     assert_no_process_left(&tag);
 }
+
+#[test]
+fn a_dry_run_lists_the_hooks_that_would_observe_the_run() {
+    let project = project("[plugins.gatekeeper]\n\n[steps.a]\nrun = \"touch ran\"\n");
+    let out = project.hm(&["run", "--dry-run"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("hook gatekeeper: before step_start, step_log, step_end, build_end"),
+        "{}",
+        out.stdout
+    );
+    assert!(!project.exists("ran"));
+    assert!(!project.exists("record.txt"));
+}
