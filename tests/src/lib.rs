@@ -44,21 +44,39 @@ pub fn hm_bin() -> PathBuf {
         assert!(path.is_file(), "HM_BIN={} is not a file", path.display());
         return path;
     }
+    workspace_executable(
+        "hm",
+        "Run the end-to-end tests with `cargo test --workspace` (or together with `-p \
+         hm-kernel`), which builds `hm` first, or point HM_BIN at an hm binary.",
+    )
+}
+
+/// An executable of another package of this workspace (`hm`, a first-party plugin) where cargo
+/// put it: next to the directory holding the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`). `cargo test --workspace` builds
+/// every package's executables before any test runs; `how_to_build` says what to do otherwise.
+pub fn workspace_executable(name: &str, how_to_build: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     let candidate = exe
         .parent()
         .and_then(Path::parent)
-        .map(|profile| profile.join("hm"));
+        .map(|profile| profile.join(name));
     match candidate {
         Some(path) if path.is_file() => path,
         _ => panic!(
-            "the hm binary was not found next to {} (looked for {}).\n\
-             Run the end-to-end tests with `cargo test --workspace` (or together with \
-             `-p hm-kernel`), which builds `hm` first, or point HM_BIN at an hm binary.",
+            "{name} was not found next to {} (looked for {}).\n{how_to_build}",
             exe.display(),
             candidate.map_or_else(|| "<none>".to_owned(), |p| p.display().to_string()),
         ),
     }
+}
+
+/// The root of this repository (the workspace), for files the tests read: examples, schemas.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_path_buf()
 }
 
 // ---- markers and processes ----

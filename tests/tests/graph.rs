@@ -3,7 +3,7 @@
 //! the real `hm` on the example pipeline and on throwaway projects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hm_tests::{Hm, Output, Project, RUN_DEADLINE};
 
@@ -21,32 +21,13 @@ const EXAMPLE_EDGES: &[(&str, &str)] = &[
     ("flaky", "report"),
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is inside the workspace")
-        .to_path_buf()
-}
-
-/// `hm-plugin-graph` where cargo put it: next to the directory holding the running test
-/// executable (`target/<profile>/deps/<test>` → `target/<profile>/hm-plugin-graph`), which is
-/// where `hm` is too.
+/// `hm-plugin-graph` as cargo built it for this workspace.
 fn graph_executable() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join(EXECUTABLE));
-    match candidate {
-        Some(path) if path.is_file() => path,
-        _ => panic!(
-            "{EXECUTABLE} was not found next to {} (looked for {}).\n\
-             Build it first: `cargo test --workspace` does, or run \
-             `cargo build -p hm-kernel -p hm-plugin-graph` before `cargo test -p hm-tests --test graph`.",
-            exe.display(),
-            candidate.map_or_else(|| "<none>".to_owned(), |p| p.display().to_string()),
-        ),
-    }
+    hm_tests::workspace_executable(
+        EXECUTABLE,
+        "Build it first: `cargo test --workspace` does, or run `cargo build -p hm-kernel -p \
+         hm-plugin-graph` before `cargo test -p hm-tests --test graph`.",
+    )
 }
 
 fn show(out: &Output) -> String {
@@ -69,7 +50,7 @@ fn install_graph(project: &Project) {
     let bundle = base.join("bundle").join("graph");
     std::fs::create_dir_all(&bundle).expect("create the bundle directory");
     std::fs::copy(
-        repo_root().join("plugins/graph/plugin.toml"),
+        hm_tests::repo_root().join("plugins/graph/plugin.toml"),
         bundle.join("plugin.toml"),
     )
     .expect("copy plugin.toml");
@@ -91,7 +72,10 @@ fn project_with(hm_toml: &str) -> Project {
 }
 
 fn example() -> String {
-    repo_root().join("examples/hm.toml").display().to_string()
+    hm_tests::repo_root()
+        .join("examples/hm.toml")
+        .display()
+        .to_string()
 }
 
 /// Runs `hm ARGS...` and returns its stdout, failing unless it exits 0 with nothing on stderr.

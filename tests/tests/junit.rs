@@ -3,7 +3,7 @@
 //! after real runs of `hm` checked against hm's own events and validated against the JUnit
 //! schema (plugins/junit/tests/junit.xsd) with xmllint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use hm_tests::{Output, Project, Run, Value};
@@ -11,32 +11,13 @@ use hm_tests::{Output, Project, Run, Value};
 /// The executable cargo builds for `plugins/junit`.
 const EXECUTABLE: &str = "hm-plugin-junit";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is inside the workspace")
-        .to_path_buf()
-}
-
-/// `hm-plugin-junit` where cargo put it: next to the directory holding the running test
-/// executable (`target/<profile>/deps/<test>` → `target/<profile>/hm-plugin-junit`), which is
-/// where `hm` is too.
+/// `hm-plugin-junit` as cargo built it for this workspace.
 fn junit_executable() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join(EXECUTABLE));
-    match candidate {
-        Some(path) if path.is_file() => path,
-        _ => panic!(
-            "{EXECUTABLE} was not found next to {} (looked for {}).\n\
-             Build it first: `cargo test --workspace` does, or run \
-             `cargo build -p hm-kernel -p hm-plugin-junit` before `cargo test -p hm-tests --test junit`.",
-            exe.display(),
-            candidate.map_or_else(|| "<none>".to_owned(), |p| p.display().to_string()),
-        ),
-    }
+    hm_tests::workspace_executable(
+        EXECUTABLE,
+        "Build it first: `cargo test --workspace` does, or run `cargo build -p hm-kernel -p \
+         hm-plugin-junit` before `cargo test -p hm-tests --test junit`.",
+    )
 }
 
 fn show(out: &Output) -> String {
@@ -94,7 +75,7 @@ impl Report {
     }
 
     fn assert_valid(&self) {
-        let schema = repo_root().join("plugins/junit/tests/junit.xsd");
+        let schema = hm_tests::repo_root().join("plugins/junit/tests/junit.xsd");
         let out = xmllint(&[
             "--noout",
             "--schema",
