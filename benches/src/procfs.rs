@@ -22,6 +22,11 @@ pub fn peak_rss(pid: libc::pid_t) -> Option<u64> {
 }
 
 /// The live processes (zombies left out) whose environment contains `marker`, this one aside.
+///
+/// A process's environment is the one its last `execve` was given, and only once that exec has
+/// set up the new image: between fork and exec `/proc/<pid>/environ` shows the parent's, and
+/// during exec, after a `vfork`-style spawner has already returned, it is empty. A process is
+/// therefore found once it runs its own program, not the moment `spawn` returns.
 pub fn processes_with(marker: &str) -> Vec<libc::pid_t> {
     let me = std::process::id() as libc::pid_t;
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -72,18 +77,34 @@ mod tests {
 
     #[test]
     fn a_child_with_the_marker_is_found_and_this_process_is_not() {
+        use std::io::BufRead;
         let marker = format!("hm-bench-procfs-test-{}", std::process::id());
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
+        // The child says it runs its own program (so its environment is the one it was given)
+        // and then waits on its stdin, which only closes when this test ends it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "echo ready; read -r _"])
             .env("HM_BENCH_MARKER", &marker)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
         let found = processes_with(&marker);
         {
             let _sweep = KillMarkedOnDrop { marker: &marker };
         }
-        let _ = child.wait();
+        let status = child.wait().unwrap();
         assert_eq!(found, [child.id() as libc::pid_t]);
+        // Killed by the sweep, not ended by its stdin closing.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
         assert!(processes_with(&marker).is_empty());
     }
 
