@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 pub mod docker;
+pub mod schema;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
