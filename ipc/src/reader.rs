@@ -50,8 +50,8 @@ struct Pending {
 }
 
 /// The reading half of a connection: frames, validated header first, with their shared buffers.
-/// A `Stream` of `Result<Frame, WireError>`; it ends at a clean end of the connection (between
-/// frames, with no descriptor left over).
+/// A `Stream` of `Result<Frame, WireError>`; it ends at the end of the connection between
+/// frames with no descriptor left over, whether the peer closed it or reset it.
 #[derive(Debug)]
 pub struct FrameReader {
     half: OwnedReadHalf,
@@ -229,6 +229,18 @@ impl Stream for FrameReader {
                     });
                 }
                 Ok(_) => {}
+                // A peer that closes its end with bytes of ours unread resets the connection:
+                // between frames that is its end, as a clean close is. Which of the two the
+                // reader sees depends only on timing, so telling them apart would make one
+                // cause read two ways.
+                Err(WireError::Io(e))
+                    if e.kind() == io::ErrorKind::ConnectionReset
+                        && !this.is_mid_frame()
+                        && this.fds.is_empty() =>
+                {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(e)));

@@ -1,5 +1,5 @@
-//! The command line (DESIGN §3): argument parsing, and each command mapped to its exit code.
-//! `main` stays thin; everything that can fail returns an exit code with the message printed.
+//! The command line (`docs/exit-codes.md`): argument parsing, and each command mapped to its exit
+//! code. `main` stays thin; everything that can fail returns an exit code with the message printed.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -115,7 +115,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the command line and returns the process exit code.
 pub fn main(builtins: &[Builtin]) -> i32 {
-    install_tracing();
+    let diagnostics = install_tracing();
     // Plugin verbs come from the manifests, so `hm --help` lists them without starting anything.
     let verbs = std::env::current_dir()
         .map(|cwd| verb::discover(&cwd, builtins))
@@ -156,6 +156,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
         Command::Run(args) => {
             let color =
                 crate::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
+            diagnostics.set_color(color);
             run::run(args, builtins, color)
         }
         Command::Validate { file } => run::validate(file, builtins),
@@ -195,14 +196,43 @@ pub fn error_text(message: &str) -> String {
         .join("\n")
 }
 
-/// Diagnostics of hm itself go to stderr, filtered by `HM_LOG` (default: warnings).
-fn install_tracing() {
+/// Diagnostics of hm itself go to stderr, filtered by `HM_LOG` (default: warnings), coloured
+/// only when stderr is a terminal and `NO_COLOR` is not set; `--no-color` turns colour off
+/// once the command line is parsed (messages before that are about the command line itself).
+fn install_tracing() -> Diagnostics {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let color = crate::render::color_enabled(false, std::io::stderr().is_terminal());
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
-        .try_init();
+        .with_ansi(color);
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(layer);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init()
+        .is_ok();
+    Diagnostics {
+        set_ansi: installed.then(|| {
+            Box::new(move |ansi: bool| {
+                let _ = handle.modify(|layer| layer.set_ansi(ansi));
+            }) as Box<dyn Fn(bool)>
+        }),
+    }
+}
+
+/// hm's own diagnostics, as installed by [`install_tracing`].
+struct Diagnostics {
+    set_ansi: Option<Box<dyn Fn(bool)>>,
+}
+
+impl Diagnostics {
+    fn set_color(&self, color: bool) {
+        if let Some(set_ansi) = &self.set_ansi {
+            set_ansi(color);
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The run's event stream (DESIGN §4): everything the kernel observes becomes a `BuildEvent`,
-//! and renderers, hooks and `--format json` all consume the same values.
+//! The run's event stream (`docs/events.md`): everything the kernel observes becomes a
+//! `BuildEvent`, and renderers, hooks and `--format json` all consume the same values.
 
 use std::time::SystemTime;
 
@@ -25,7 +25,7 @@ impl Envelope {
     }
 }
 
-/// The event kinds of DESIGN §4. Field names are the JSON names.
+/// The event kinds of `docs/events.md`. Field names are the JSON names.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BuildEvent {
@@ -62,7 +62,9 @@ pub enum BuildEvent {
     PluginStart {
         plugin: String,
         pid: u32,
-        protocol: u32,
+        /// The negotiated version; `None` when the plugin's process started but its handshake
+        /// failed (a `plugin_exit` follows at once).
+        protocol: Option<u32>,
     },
     PluginExit {
         plugin: String,
@@ -71,6 +73,9 @@ pub enum BuildEvent {
         cause: Option<Cause>,
         exit_code: Option<i32>,
         signal: Option<i32>,
+        /// What hm has to say about an exit that was not clean; absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     PluginRestart {
         plugin: String,
@@ -155,7 +160,7 @@ pub enum StepStatus {
 /// Overall result of a run; same words as a step's status.
 pub type BuildStatus = StepStatus;
 
-/// Why a step or plugin ended the way it did (DESIGN §4, §7.3).
+/// Why a step or plugin ended the way it did (`docs/events.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
@@ -264,7 +269,7 @@ mod tests {
             BuildEvent::PluginStart {
                 plugin: "shell".into(),
                 pid: 1,
-                protocol: 5,
+                protocol: Some(5),
             },
             BuildEvent::PluginExit {
                 plugin: "shell".into(),
@@ -273,6 +278,7 @@ mod tests {
                 cause: None,
                 exit_code: Some(0),
                 signal: None,
+                message: None,
             },
             BuildEvent::PluginRestart {
                 plugin: "shell".into(),

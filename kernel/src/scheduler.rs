@@ -1,4 +1,4 @@
-//! The run loop: a dataflow DAG scheduler and the supervisor state in one task (DESIGN §5).
+//! The run loop: a dataflow DAG scheduler and the supervisor state in one task.
 //!
 //! One task owns every step's state and every plugin's state and runs the one `select!`
 //! loop; plugin connection tasks and signals only send it messages. Each step is a small state
@@ -9,7 +9,7 @@
 //! later, SIGKILL to the step's process group from here; if it still has not answered 2 s after
 //! that, the plugin is considered hung and its process group is killed.
 //!
-//! Hooks (DESIGN §8.1) see the same events as the renderers. A step whose needs are met and
+//! Hooks see the same events as the renderers. A step whose needs are met and
 //! that has a slot first passes its `before` hooks on `step_start` (state `Gating`): the kernel
 //! asks every such hook and waits, each up to its timeout; one abort ends the step with cause
 //! `hook_abort` before any executor sees it. `after` hooks get their events from a bounded
@@ -49,7 +49,7 @@ use crate::supervisor::attach::AttachPoint;
 use crate::supervisor::connection::ConnectionContext;
 use crate::supervisor::host_api::HostState;
 use crate::supervisor::{
-    Confinement, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
 };
 
 /// After the grace period, how long the kernel waits before killing a step itself, and then
@@ -622,6 +622,8 @@ impl<'a> Scheduler<'a> {
                     let kind = PluginEventKind::StartFailed {
                         message,
                         unavailable: false,
+                        violation: false,
+                        process: None,
                     };
                     let _ = self.events_tx.send(PluginEvent { key, kind });
                     return;
@@ -816,7 +818,7 @@ impl<'a> Scheduler<'a> {
                 self.emit(BuildEvent::PluginStart {
                     plugin,
                     pid,
-                    protocol,
+                    protocol: Some(protocol),
                 });
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
@@ -836,7 +838,13 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::StartFailed {
                 message,
                 unavailable,
+                violation,
+                process,
             } => {
+                if let Some(process) = process {
+                    // Its process existed: a CI log shows it started and how it ended.
+                    self.emit_failed_start(p, process, &message);
+                }
                 let serves_steps = self.steps.iter().any(|s| s.plugin == p);
                 if self.plugins[p].abandoned {
                     tracing::info!("{message}");
@@ -855,9 +863,13 @@ impl<'a> Scheduler<'a> {
                 for i in 0..self.steps.len() {
                     if self.steps[i].plugin == p && self.steps[i].state == StepState::Starting {
                         self.steps[i].state = StepState::Running;
+                        let cause = match violation {
+                            true => Cause::ProtocolError,
+                            false => Cause::ExecutorCrash,
+                        };
                         let verdict = match self.steps[i].stop {
                             Some(reason) => stopped_verdict(reason, None),
-                            None => Verdict::failed(Cause::ExecutorCrash, message.clone()),
+                            None => Verdict::failed(cause, message.clone()),
                         };
                         self.end_attempt(i, verdict);
                     }
@@ -975,6 +987,27 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// `plugin_start` (no protocol) and `plugin_exit` of a plugin whose process started but
+    /// did not complete its handshake.
+    fn emit_failed_start(&mut self, p: usize, process: FailedProcess, message: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let plugin = self.plugins[p].spec.name.clone();
+        self.emit(BuildEvent::PluginStart {
+            plugin: plugin.clone(),
+            pid: process.pid,
+            protocol: None,
+        });
+        self.emit(BuildEvent::PluginExit {
+            plugin,
+            pid: process.pid,
+            clean: false,
+            cause: Some(process.cause),
+            exit_code: process.status.and_then(|s| s.code()),
+            signal: process.status.and_then(|s| s.signal()),
+            message: Some(message.to_owned()),
+        });
+    }
+
     fn on_plugin_exit(&mut self, p: usize, exit: PluginExit) {
         use std::os::unix::process::ExitStatusExt;
         let slot = &mut self.plugins[p];
@@ -1003,22 +1036,16 @@ impl<'a> Scheduler<'a> {
             (false, Some(Cause::Oom))
         } else if signal.is_some() {
             (false, Some(Cause::Signal))
-        } else if exit_code == Some(0) && expected {
+        } else if expected && (exit_code == Some(0) || exit.status.is_none()) {
+            // An attached plugin has no status for hm: its connection ending after Shutdown
+            // is its clean end.
             (true, None)
         } else {
             (false, Some(Cause::Exit))
         };
         let plugin = slot.spec.name.clone();
         let in_flight: Vec<(u64, usize)> = slot.in_flight.drain().collect();
-        self.emit(BuildEvent::PluginExit {
-            plugin: plugin.clone(),
-            pid: exit.pid,
-            clean,
-            cause,
-            exit_code,
-            signal,
-        });
-        if !clean && !expected {
+        let message = (!clean).then(|| {
             let mut message = match (&exit.violation, exit.hung) {
                 (Some(v), _) => format!("plugin {plugin} broke the protocol and was killed: {v}"),
                 (None, true) => format!("plugin {plugin} stopped answering and was killed"),
@@ -1039,6 +1066,18 @@ impl<'a> Scheduler<'a> {
                 message.push_str("; its last output: ");
                 message.push_str(&exit.stderr_tail.join(" | "));
             }
+            message
+        });
+        self.emit(BuildEvent::PluginExit {
+            plugin: plugin.clone(),
+            pid: exit.pid,
+            clean,
+            cause,
+            exit_code,
+            signal,
+            message: message.clone(),
+        });
+        if let Some(message) = message.filter(|_| !expected) {
             tracing::warn!("{message}");
             let step_cause = if exit.violation.is_some() {
                 Cause::ProtocolError
@@ -1204,7 +1243,7 @@ impl<'a> Scheduler<'a> {
     /// Stops every step: unstarted ones end at once, running ones get the kill ladder.
     fn stop_all(&mut self, reason: StopReason) {
         let (status, cause) = match reason {
-            StopReason::FailFast => (StepStatus::Skipped, Cause::DependencyFailed),
+            StopReason::FailFast => (StepStatus::Skipped, Cause::Cancelled),
             StopReason::UserCancel => (StepStatus::Cancelled, Cause::Cancelled),
             StopReason::PipelineTimeout | StopReason::StepTimeout => {
                 (StepStatus::Skipped, Cause::Timeout)
@@ -1221,6 +1260,13 @@ impl<'a> Scheduler<'a> {
         }
         for i in 0..self.steps.len() {
             match self.steps[i].state {
+                // A step downstream of the failure would not have run anyway; the others
+                // were stopped by it.
+                StepState::Waiting
+                    if reason == StopReason::FailFast && self.downstream_of_failure(i) =>
+                {
+                    self.finish_unstarted(i, StepStatus::Skipped, Cause::DependencyFailed);
+                }
                 StepState::Waiting => self.finish_unstarted(i, status, cause),
                 StepState::Gating | StepState::Starting | StepState::Running => {
                     self.stop_step(i, reason);
@@ -1228,6 +1274,29 @@ impl<'a> Scheduler<'a> {
                 StepState::Done => {}
             }
         }
+    }
+
+    /// Whether step `i` needs, directly or through others, a step that failed (and whose
+    /// failure is not allowed).
+    fn downstream_of_failure(&self, i: usize) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![i];
+        while let Some(at) = stack.pop() {
+            for need in &self.pipeline.steps[self.steps[at].index].needs {
+                let Some(&j) = self.by_index.get(need) else {
+                    continue;
+                };
+                if !seen.insert(j) {
+                    continue;
+                }
+                let dep = &self.steps[j];
+                if dep.verdict.as_ref().is_some_and(|v| v.is_failure()) && !dep.allowed_failure {
+                    return true;
+                }
+                stack.push(j);
+            }
+        }
+        false
     }
 
     fn stop_step(&mut self, i: usize, reason: StopReason) {

@@ -1,6 +1,6 @@
-//! Attach mode (DESIGN §6.1): `hm run --attach NAME=SOCKET` waits for the plugin to be started
-//! by hand with `HM_IPC_SOCKET=SOCKET` instead of starting it, here the built-in shell plugin
-//! (`hm __plugin shell`) started by the test.
+//! Attach mode (`docs/protocol.md`): `hm run --attach NAME=SOCKET` waits for the plugin to be
+//! started by hand with `HM_IPC_SOCKET=SOCKET` instead of starting it, here the built-in shell
+//! plugin (`hm __plugin shell`) started by the test.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -51,9 +51,15 @@ fn an_attached_plugin_runs_the_steps_and_the_socket_goes_away() {
         plugin.id(),
         "the plugin is the process the test started"
     );
-    // `Shutdown` at the end of the run: the plugin exits by itself, cleanly.
+    // `Shutdown` at the end of the run: the plugin exits by itself, cleanly, and hm says so
+    // (it has no exit status of a process it did not start: the end of the connection is it).
     let status = plugin.wait().expect("wait for the plugin");
     assert!(status.success(), "{status:?}");
+    let exits = run.of_kind("plugin_exit");
+    assert_eq!(exits.len(), 1, "{}", run.stderr());
+    assert_eq!(exits[0]["clean"], true, "{:#}", exits[0]);
+    assert_eq!(exits[0]["cause"], hm_tests::Value::Null, "{:#}", exits[0]);
+    hm_tests::schema::assert_valid_events(&run.output.stdout);
     assert!(
         !socket.exists() && !dir.exists(),
         "hm removes what it created"

@@ -3,11 +3,10 @@
 
 use hm_tests::{MARKER_VAR, Project, assert_no_process_left, marker, sh_wait_for_file};
 
-#[test]
-fn a_failure_skips_dependents_and_cancels_running_siblings() {
-    let m = marker("failfast");
-    // `fail` fails only once `long` is running, so `long` is surely cancelled, not skipped.
-    let project = Project::new(&format!(
+/// `long` runs until cancelled; `fail` fails once `long` is running; `after_fail` needs `fail`,
+/// `after_long` needs `long`, and `independent` needs nothing but waits for a slot (`-j2`).
+fn fail_fast_pipeline(m: &str) -> Project {
+    Project::new(&format!(
         r#"
 [steps.long]
 run = "touch long.started; sleep 1000; : {m}"
@@ -15,6 +14,9 @@ env = {{ {MARKER_VAR} = "{m}" }}
 
 [steps.fail]
 run = '''{wait}; echo failing; exit 1'''
+
+[steps.independent]
+run = "touch independent.ran"
 
 [steps.after_fail]
 run = "touch after_fail.ran"
@@ -25,17 +27,28 @@ run = "touch after_long.ran"
 needs = ["long"]
 "#,
         wait = sh_wait_for_file("long.started"),
-    ));
-    let run = project.run(&["-j4", "--grace", "1s"]);
+    ))
+}
+
+#[test]
+fn a_failure_skips_dependents_and_cancels_running_siblings() {
+    let m = marker("failfast");
+    let project = fail_fast_pipeline(&m);
+    let run = project.run(&["-j2", "--grace", "1s"]);
     assert_eq!(run.code(), 1, "{run}");
     assert_eq!(run.status("fail"), "failed", "{run}");
     assert_eq!(run.cause("fail"), Some("exit"), "{run}");
     assert_eq!(run.step_end("fail")["exit_code"], 1, "{run}");
     assert_eq!(run.status("long"), "cancelled", "{run}");
     assert_eq!(run.cause("long"), Some("cancelled"), "{run}");
-    for step in ["after_fail", "after_long"] {
+    // Only what needs the failed step is skipped for it; the rest was stopped by fail fast.
+    for (step, cause) in [
+        ("after_fail", "dependency_failed"),
+        ("after_long", "cancelled"),
+        ("independent", "cancelled"),
+    ] {
         assert_eq!(run.status(step), "skipped", "{run}");
-        assert_eq!(run.cause(step), Some("dependency_failed"), "{run}");
+        assert_eq!(run.cause(step), Some(cause), "{step}; {run}");
         assert!(
             run.of_step("step_start", step).is_empty(),
             "{step} must not start; {run}"
@@ -50,8 +63,27 @@ needs = ["long"]
             end["skipped"].as_u64(),
             end["cancelled"].as_u64()
         ),
-        (Some(1), Some(2), Some(1)),
+        (Some(1), Some(3), Some(1)),
         "{run}"
+    );
+    assert_no_process_left(&m);
+}
+
+#[test]
+fn the_human_summary_says_the_run_stopped_at_the_first_failure_and_how_to_keep_going() {
+    let m = marker("failfast-human");
+    let project = fail_fast_pipeline(&m);
+    let mut cmd = project.command(&["run", "-j2", "--grace", "1s"]);
+    cmd.env(MARKER_VAR, &m);
+    let out = hm_tests::Hm::spawn(cmd).finish(hm_tests::RUN_DEADLINE);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "stopped at the first failure (fail): 3 steps cancelled or not started; \
+             -k (--keep-going) lets the steps that do not need it finish"
+        ),
+        "{}",
+        out.stderr
     );
     assert_no_process_left(&m);
 }

@@ -1,4 +1,4 @@
-//! Misbehaving plugins, as real processes under the real supervisor (DESIGN §10): a plugin that
+//! Misbehaving plugins, as real processes under the real supervisor: a plugin that
 //! segfaults, aborts, panics, fails its handshake, hangs, breaks the protocol, ignores a cancel,
 //! leaks a process or lies about its process group. For each: hm's verdict on the step and on
 //! the plugin, that a shell step running beside it finished, that every line the step wrote
@@ -324,9 +324,23 @@ env = {{ {LINES_VAR} = "{LINES}" }}
 
 // ---- the handshake fails ----
 
+/// How a handshake failure shows.
+struct HandshakeVerdict<'a> {
+    /// The cause of the step that waited for the plugin.
+    step_cause: &'a str,
+    /// The cause of the plugin's `plugin_exit`.
+    exit_cause: &'a str,
+    /// Its exit code, where it exited by itself.
+    exit_code: Option<i32>,
+    /// What hm's stderr must say.
+    stderr: &'a [&'a str],
+}
+
 /// A plugin that never completes its handshake is a plugin problem (exit 5): its step fails
-/// as an executor crash with the whole story on stderr, and no instance of it ever started.
-fn check_handshake_failure(mode: &str, expected: &[&str]) {
+/// with the whole story on stderr and in its `step_end`, and the json stream shows the process
+/// (a `plugin_start` with no protocol, then an unclean `plugin_exit` saying why). Returns the
+/// step's message.
+fn check_handshake_failure(mode: &str, want: HandshakeVerdict<'_>) -> String {
     let s = ScenarioBuilder::new(
         mode,
         Bundle::executor("fixture-handshake", "handshake", HANDSHAKE),
@@ -336,16 +350,30 @@ fn check_handshake_failure(mode: &str, expected: &[&str]) {
     assert_eq!(run.code(), 5, "{run}");
     assert_eq!(run.build_end()["exit_code"], 5, "{run}");
     assert_eq!(run.status("bad"), "failed", "{run}");
-    assert_eq!(run.cause("bad"), Some("executor_crash"), "{run}");
+    assert_eq!(run.cause("bad"), Some(want.step_cause), "{run}");
     assert!(
         run.of_step("step_start", "bad").is_empty(),
         "the step never started; {run}"
     );
-    assert!(
-        run.of_plugin("plugin_start", &s.plugin).is_empty(),
-        "the plugin never started; {run}"
+    let starts = run.of_plugin("plugin_start", &s.plugin);
+    assert_eq!(starts.len(), 1, "the plugin's process is on record; {run}");
+    assert_eq!(
+        starts[0]["protocol"],
+        Value::Null,
+        "no version agreed; {run}"
     );
-    for needle in expected {
+    let exit = s.crash(&run);
+    assert_eq!(exit["pid"], starts[0]["pid"], "{run}");
+    assert_eq!(exit["cause"], want.exit_cause, "{run}");
+    if let Some(code) = want.exit_code {
+        assert_eq!(exit["exit_code"], code, "{run}");
+    }
+    let message = step_message(&run, "bad").to_owned();
+    assert_eq!(
+        exit["message"], message,
+        "plugin_exit tells the same story as the step; {run}"
+    );
+    for needle in want.stderr {
         assert!(
             run.stderr().contains(needle),
             "hm's stderr says {needle:?}; {run}"
@@ -359,21 +387,29 @@ fn check_handshake_failure(mode: &str, expected: &[&str]) {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("hm shows the plugin's stderr, with its pid; {run}"));
+    assert_eq!(starts[0]["pid"], pid, "{run}");
     assert_process_gone(pid);
     assert_calm_passed(&run);
+    hm_tests::schema::assert_valid_events(&run.output.stdout);
     s.assert_nothing_left(&run);
+    message
 }
 
 #[test]
 fn a_plugin_that_exits_before_saying_hello_is_a_plugin_problem() {
     check_handshake_failure(
         "exit-before-hello",
-        &[
-            "fixture-handshake",
-            "Hello",
-            "exit status: 3",
-            "leaving before saying Hello",
-        ],
+        HandshakeVerdict {
+            step_cause: "executor_crash",
+            exit_cause: "exit",
+            exit_code: Some(3),
+            stderr: &[
+                "fixture-handshake",
+                "Hello",
+                "exit status: 3",
+                "leaving before saying Hello",
+            ],
+        },
     );
 }
 
@@ -381,14 +417,104 @@ fn a_plugin_that_exits_before_saying_hello_is_a_plugin_problem() {
 fn a_plugin_that_exits_right_after_hello_is_a_plugin_problem() {
     check_handshake_failure(
         "hello-then-exit",
-        &["fixture-handshake", "exit status: 4", "said Hello, leaving"],
+        HandshakeVerdict {
+            step_cause: "executor_crash",
+            exit_cause: "exit",
+            exit_code: Some(4),
+            stderr: &["fixture-handshake", "exit status: 4", "said Hello, leaving"],
+        },
     );
+}
+
+#[test]
+fn a_plugin_that_leaves_after_hello_reads_the_same_whether_its_socket_was_reset_or_closed() {
+    // Leaving with hm's Welcome unread resets the connection; leaving at once mostly closes it
+    // cleanly. Both are one cause, and read the same way.
+    let verdict = |stderr| HandshakeVerdict {
+        step_cause: "executor_crash",
+        exit_cause: "exit",
+        exit_code: Some(4),
+        stderr,
+    };
+    let reset = check_handshake_failure(
+        "hello-then-leave-unread",
+        verdict(&["closed its connection during Init", "exit status: 4"]),
+    );
+    assert!(
+        !reset.contains("invalid frame") && !reset.contains("reset"),
+        "a reset between frames is an exit, not a protocol violation: {reset}"
+    );
+    let closed = check_handshake_failure(
+        "hello-then-exit",
+        verdict(&["closed its connection during Init"]),
+    );
+    // What follows the plugin's name and origin (each project has its own directory).
+    let first_line = |m: &str| {
+        let line = m.lines().next().unwrap_or_default();
+        line.split_once(") ")
+            .map_or(line, |(_, rest)| rest)
+            .to_owned()
+    };
+    assert_eq!(first_line(&reset), first_line(&closed));
 }
 
 #[test]
 fn a_plugin_speaking_only_protocol_7_to_9_is_rejected_with_both_ranges() {
     let ours = format!("{}..={}", hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX);
-    check_handshake_failure("protocol-7-9", &["fixture-handshake", "7..=9", &ours]);
+    check_handshake_failure(
+        "protocol-7-9",
+        HandshakeVerdict {
+            // A Hello hm cannot accept is a protocol error; the plugin reads the Reject, says
+            // so and exits by itself.
+            step_cause: "protocol_error",
+            exit_cause: "protocol_error",
+            exit_code: Some(2),
+            stderr: &["fixture-handshake", "7..=9", &ours, "rejected: "],
+        },
+    );
+}
+
+#[test]
+fn a_first_frame_that_is_no_frame_is_a_protocol_error_and_a_plugin_problem() {
+    let message = check_handshake_failure(
+        "garbage-first",
+        HandshakeVerdict {
+            step_cause: "protocol_error",
+            exit_cause: "protocol_error",
+            exit_code: None,
+            stderr: &["fixture-handshake", "sent an invalid first frame"],
+        },
+    );
+    assert!(message.contains("invalid first frame"), "{message}");
+}
+
+#[test]
+fn the_install_probe_reads_a_plugin_that_leaves_after_hello_the_same_way_every_time() {
+    let project = Project::empty();
+    let bundles = tempfile::tempdir().expect("temp dir");
+    let bundle = Bundle::executor("fixture-handshake", "handshake", HANDSHAKE);
+    let dir = bundle.write_into(bundles.path());
+    for mode in ["hello-then-leave-unread", "hello-then-exit"] {
+        let mut cmd = project.command(&["plugin", "install", &dir.display().to_string()]);
+        cmd.env("HM_FIXTURE_HANDSHAKE", mode);
+        let out = Hm::spawn(cmd).finish(RUN_DEADLINE);
+        assert_eq!(out.code(), 5, "{mode}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("closed its socket instead of answering a Ping"),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("invalid frame") && !out.stderr.contains("reset"),
+            "{mode}: {}",
+            out.stderr
+        );
+        assert!(
+            !project.user_plugins().join("fixture-handshake").exists(),
+            "nothing was installed"
+        );
+    }
 }
 
 // ---- the plugin hangs ----

@@ -1,7 +1,9 @@
-//! What hm prints: the `--format json` event stream (DESIGN §4), no lost log lines, GitHub
+//! What hm prints: the `--format json` event stream (`docs/events.md`), no lost log lines, GitHub
 //! groups, and plain `[step] line` output.
 
 use std::collections::BTreeSet;
+
+use std::process::Command;
 
 use hm_tests::{Project, Value};
 
@@ -160,7 +162,7 @@ fn json_carries_every_event_kind_a_run_produces() {
         (&Value::from(2), &Value::from("exit"))
     );
 
-    // step_end has every field of DESIGN §4, null where unknown.
+    // step_end has every field `docs/events.md` lists, null where unknown.
     for end in run.of_kind("step_end") {
         for field in [
             "step",
@@ -386,4 +388,86 @@ fn plain_output_prefixes_every_log_line_with_its_step() {
             out.stderr
         );
     }
+}
+
+/// A pipeline whose run makes hm print one of its own diagnostics (the pipeline timeout
+/// passing) besides the summary.
+fn diagnostic_pipeline() -> Project {
+    Project::new(
+        r#"
+[steps.slow]
+run = "sleep 30"
+"#,
+    )
+}
+
+#[test]
+fn diagnostics_have_no_escape_codes_when_stderr_is_not_a_terminal() {
+    let project = diagnostic_pipeline();
+    let mut cmd = project.command(&["run", "--timeout", "300ms"]);
+    // Not NO_COLOR: only stderr not being a terminal says there is no colour.
+    cmd.env_remove("NO_COLOR");
+    let out = hm_tests::Hm::spawn(cmd).finish(hm_tests::RUN_DEADLINE);
+    assert_eq!(out.code(), 124, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("WARN the pipeline timeout"),
+        "hm's diagnostic is missing:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "stderr is a pipe: no escape codes:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn no_color_removes_escape_codes_on_a_terminal_too() {
+    let project = diagnostic_pipeline();
+    // `script` runs hm with a pseudo-terminal as its stdin, stdout and stderr, and copies what
+    // it wrote to its own stdout.
+    let hm = hm_tests::hm_bin();
+    let run = |flags: &str| {
+        let mut cmd = project.command(&[]);
+        cmd.env_remove("NO_COLOR");
+        let mut script = Command::new("script");
+        script
+            .args(["-q", "-e", "-c"])
+            .arg(format!("{} run --timeout 300ms {flags}", hm.display()))
+            .arg("/dev/null")
+            .current_dir(project.root())
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("NO_COLOR");
+        hm_tests::Hm::spawn(script).finish(hm_tests::RUN_DEADLINE)
+    };
+    let coloured = run("");
+    assert!(
+        has_sgr(&coloured.stdout),
+        "on a terminal hm colours its output (else this test proves nothing):\n{}",
+        coloured.stdout
+    );
+    let plain = run("--no-color");
+    assert_eq!(plain.code(), 124, "{}", plain.stdout);
+    assert!(
+        plain.stdout.contains("WARN the pipeline timeout"),
+        "hm's diagnostic is missing:\n{}",
+        plain.stdout
+    );
+    // The live view still moves the cursor; colours and bold are SGR sequences (`ESC [ ... m`).
+    let coloured_lines: Vec<&str> = plain.stdout.lines().filter(|l| has_sgr(l)).collect();
+    assert!(
+        coloured_lines.is_empty(),
+        "--no-color leaves no colour codes, in the live view or hm's diagnostics: \
+         {coloured_lines:#?}"
+    );
+}
+
+/// Whether `text` holds a Select Graphic Rendition sequence (colour, bold, reset).
+fn has_sgr(text: &str) -> bool {
+    text.split('\u{1b}').skip(1).any(|rest| {
+        rest.strip_prefix('[').is_some_and(|params| {
+            let end = params.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';');
+            end.starts_with('m')
+        })
+    })
 }

@@ -19,12 +19,12 @@ use tokio::process::Child;
 
 use super::discover::PluginSpec;
 use super::manifest::Manifest;
-use crate::supervisor::connection::{read_hello, send_reject};
+use crate::supervisor::connection::{read_hello_message, send_reject};
 use crate::supervisor::spawn::{describe_spawn_error, plugin_command};
 
 /// How long `--hm-manifest` may take.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the whole probe handshake may take (DESIGN §6.3's default handshake deadline).
+/// How long the whole probe handshake may take (`docs/protocol.md`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a plugin may take to exit after `Shutdown`.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -246,7 +246,7 @@ async fn converse(
     frames: &mut FrameReader,
     writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
 ) -> Result<Greeting, String> {
-    let hello = read_hello(frames).await?;
+    let hello = read_hello_message(frames).await?;
     let refuse = |reason: String| -> Result<Greeting, String> {
         send_reject(writer, &reason);
         Err(reason)

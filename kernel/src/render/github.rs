@@ -401,6 +401,7 @@ mod tests {
                 cause: None,
                 exit_code: Some(2),
                 signal: None,
+                message: None,
             }],
         );
         assert_eq!(

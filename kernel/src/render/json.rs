@@ -1,5 +1,6 @@
-//! `--format json`: every event as one JSON object per line on stdout (DESIGN §4), for machines.
-//! Nothing goes to stderr, so `hm run --format json | jq` sees the whole story on one stream.
+//! `--format json`: every event as one JSON object per line on stdout (`docs/events.md`), for
+//! machines. Nothing goes to stderr, so `hm run --format json | jq` sees the whole story on one
+//! stream.
 
 use std::io::{self, Write};
 
@@ -232,6 +233,7 @@ mod tests {
                 cause: None,
                 exit_code: Some(0),
                 signal: None,
+                message: None,
             },
             build_end(StepStatus::Passed, 0, [1, 0, 0, 0]),
         ]

@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 
-/// A ring of the most recent log lines of one step, bounded by line count and by bytes: a step
-/// that prints a gigabyte must not make the kernel hold a gigabyte (DESIGN §11 budgets 30 MiB for
-/// the whole kernel). What falls off the front is counted so the reader is told.
+/// A ring of the most recent log lines of one step, bounded by line count and by bytes: a step that
+/// prints a gigabyte must not make the kernel hold a gigabyte (the performance targets budget 30
+/// MiB for the whole kernel). What falls off the front is counted so the reader is told.
 pub(crate) struct LogTail {
     lines: VecDeque<String>,
     bytes: usize,

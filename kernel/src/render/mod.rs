@@ -1,4 +1,4 @@
-//! Renderers: turn the run's event stream (DESIGN §4) into what the user reads.
+//! Renderers: turn the run's event stream (`docs/events.md`) into what the user reads.
 //!
 //! The run loop owns exactly one [`Renderer`], built by [`renderer`], and calls it synchronously:
 //! [`Renderer::event`] for every event in order, [`Renderer::tick`] about every 100 ms while the

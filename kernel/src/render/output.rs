@@ -4,7 +4,7 @@
 use std::io::{self, BufWriter, ErrorKind, Write};
 
 /// Large enough that a burst of log lines becomes a few `write(2)` calls, small enough not to
-/// matter next to the 30 MiB RSS budget (DESIGN §11).
+/// matter next to the 30 MiB RSS budget.
 const BUFFER_BYTES: usize = 64 * 1024;
 
 /// A `BufWriter` that treats EPIPE as "nobody is reading any more": `hm run | head` must not make

@@ -193,6 +193,7 @@ mod tests {
                 cause: Some(Cause::Signal),
                 exit_code: None,
                 signal: Some(11),
+                message: None,
             },
             BuildEvent::PluginRestart {
                 plugin: "shell".into(),
@@ -206,6 +207,7 @@ mod tests {
                 cause: None,
                 exit_code: Some(0),
                 signal: None,
+                message: None,
             },
             BuildEvent::StepEnd(StepEnd {
                 peak_memory_bytes: Some(64 << 20),

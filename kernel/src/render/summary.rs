@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::events::{BuildEvent, BuildStatus, StepEnd, StepStatus};
+use crate::events::{BuildEvent, BuildStatus, Cause, StepEnd, StepStatus};
 
 use super::style::{Tone, paint};
 use super::text;
@@ -15,6 +15,9 @@ use super::text;
 pub(crate) struct Summary {
     rows: Vec<Row>,
     index: HashMap<String, usize>,
+    /// The first step whose final attempt failed (an allowed failure aside): with fail fast,
+    /// the one that stopped the run.
+    first_failure: Option<String>,
 }
 
 struct Row {
@@ -83,7 +86,17 @@ impl Summary {
                 self.row(step);
             }
             BuildEvent::StepStart { step, .. } => self.row(step).starts += 1,
-            BuildEvent::StepEnd(end) => self.row(&end.step).last = Some(end.clone()),
+            BuildEvent::StepEnd(end) => {
+                let failed = matches!(end.status, StepStatus::Failed | StepStatus::TimedOut);
+                if failed && !end.allowed_failure && self.first_failure.is_none() {
+                    self.first_failure = Some(end.step.clone());
+                }
+                self.row(&end.step).last = Some(end.clone());
+            }
+            // The failure was not final after all: another attempt follows.
+            BuildEvent::StepRetry { step, .. } if self.first_failure.as_ref() == Some(step) => {
+                self.first_failure = None;
+            }
             _ => {}
         }
     }
@@ -116,6 +129,7 @@ impl Summary {
             "{} passed, {} failed, {} skipped, {} cancelled in {duration}",
             totals.passed, totals.failed, totals.skipped, totals.cancelled
         );
+        self.fail_fast_note(out, totals);
         out.push_str("run ");
         paint(
             out,
@@ -124,6 +138,35 @@ impl Summary {
             totals.status.as_str(),
         );
         let _ = writeln!(out, " (exit code {})", totals.exit_code);
+    }
+
+    /// Says that the run stopped at its first failure when that is why steps were cancelled
+    /// (cause `cancelled` in a run the user did not cancel), and how to keep going instead.
+    fn fail_fast_note(&self, out: &mut String, totals: &RunTotals) {
+        if totals.exit_code == crate::exit::CANCELLED {
+            return;
+        }
+        let Some(failed) = &self.first_failure else {
+            return;
+        };
+        let stopped = self
+            .rows
+            .iter()
+            .filter(|row| {
+                row.last
+                    .as_ref()
+                    .is_some_and(|end| end.cause == Some(Cause::Cancelled))
+            })
+            .count();
+        if stopped == 0 {
+            return;
+        }
+        let noun = if stopped == 1 { "step" } else { "steps" };
+        let _ = writeln!(
+            out,
+            "stopped at the first failure ({failed}): {stopped} {noun} cancelled or not started; \
+             -k (--keep-going) lets the steps that do not need it finish"
+        );
     }
 
     fn table(&self, out: &mut String, color: bool) {
@@ -283,6 +326,42 @@ mod tests {
             run failed (exit code 1)
         "#]]
         .assert_eq(&render(&run(), false));
+    }
+
+    #[test]
+    fn a_run_stopped_by_fail_fast_says_so_and_how_to_keep_going() {
+        let events = vec![
+            queued("build"),
+            queued("test"),
+            queued("docs"),
+            queued("lint"),
+            start("build", 1),
+            start("docs", 1),
+            failed_exit("build", 2, 300),
+            BuildEvent::StepEnd(end("docs", StepStatus::Cancelled, Some(Cause::Cancelled))),
+            BuildEvent::StepEnd(end(
+                "test",
+                StepStatus::Skipped,
+                Some(Cause::DependencyFailed),
+            )),
+            BuildEvent::StepEnd(end("lint", StepStatus::Skipped, Some(Cause::Cancelled))),
+            build_end(StepStatus::Failed, 1, [0, 1, 2, 1]),
+        ];
+        let text = render(&events, false);
+        assert!(
+            text.contains(
+                "stopped at the first failure (build): 2 steps cancelled or not started; \
+                 -k (--keep-going) lets the steps that do not need it finish\n"
+            ),
+            "{text}"
+        );
+        // The user's Ctrl-C cancels too, but that is no failure to stop at.
+        let mut cancelled = events.clone();
+        cancelled.pop();
+        cancelled.push(build_end(StepStatus::Cancelled, 130, [0, 1, 2, 1]));
+        assert!(!render(&cancelled, false).contains("first failure"));
+        // Nothing was stopped: nothing to say.
+        assert!(!render(&run(), false).contains("first failure"));
     }
 
     #[test]

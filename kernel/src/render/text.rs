@@ -53,7 +53,7 @@ pub(crate) fn signal(sig: i32) -> String {
     }
 }
 
-/// The short cause for the summary's cause column: the §4 word, with the code or signal number
+/// The short cause for the summary's cause column: the event's word, with the code or signal number
 /// when there is one (`exit 3`, `signal 9`), `-` when none.
 pub(crate) fn cause_cell(end: &StepEnd) -> String {
     match (end.cause, end.exit_code, end.signal) {
@@ -79,7 +79,7 @@ pub(crate) fn verdict(end: &StepEnd) -> Verdict {
         StepStatus::Cancelled => "cancelled".to_owned(),
         StepStatus::TimedOut => format!("timed out after {}", duration(end.duration_ms)),
         // "killed" tells the user hm (or the kernel) stopped the step rather than the step
-        // giving up on its own, which is where they should start looking (DESIGN §7.3).
+        // giving up on its own, which is where they should start looking.
         StepStatus::Failed => match end.cause {
             Some(Cause::Signal | Cause::Oom | Cause::PidsLimit) => "killed".to_owned(),
             _ => "failed".to_owned(),
@@ -193,6 +193,7 @@ pub(crate) fn run_line(out: &mut String, event: &BuildEvent) -> bool {
             cause,
             exit_code,
             signal,
+            ..
         } => {
             let why = plugin_exit_reason(*cause, *exit_code, *signal);
             _ = writeln!(out, "hm: plugin \"{plugin}\" (pid {pid}) stopped: {why}");

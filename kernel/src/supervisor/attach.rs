@@ -1,4 +1,4 @@
-//! Attach mode (DESIGN §6.1): `hm run --attach NAME=SOCKET` listens on a named local socket
+//! Attach mode (`docs/protocol.md`): `hm run --attach NAME=SOCKET` listens on a named local socket
 //! (the `interprocess` crate) instead of starting plugin NAME, and waits for the plugin to be
 //! started by hand (under a debugger, with extra logging) with `HM_IPC_SOCKET=SOCKET`.
 //!

@@ -27,7 +27,7 @@ use super::spawn::{describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
 use crate::cgroup::Leaf;
 use crate::config::PluginSettings;
-use crate::events::Stream;
+use crate::events::{Cause, Stream};
 use crate::registry::PluginSpec;
 
 /// Log batches a plugin may have in flight; with [`MAX_BATCH_BYTES`] this bounds the memory a
@@ -73,9 +73,14 @@ pub enum PluginEventKind {
     },
     /// The plugin could not be started; `message` says why in full. `unavailable`: it
     /// refused `Init` because its environment is missing (a daemon that does not answer).
+    /// `violation`: it broke the protocol before the handshake was over, or hm could not
+    /// accept its `Hello` (protocol versions, name, capabilities). `process`: the
+    /// process that was started and has ended, when there was one.
     StartFailed {
         message: String,
         unavailable: bool,
+        violation: bool,
+        process: Option<FailedProcess>,
     },
     /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
     /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
@@ -108,6 +113,17 @@ pub enum PluginEventKind {
         message: String,
     },
     Exited(PluginExit),
+}
+
+/// A plugin process that ended before its handshake was over.
+#[derive(Debug)]
+pub struct FailedProcess {
+    pub pid: u32,
+    /// `None` for an attached plugin, whose status is not hm's to collect.
+    pub status: Option<ExitStatus>,
+    /// Why it ended, as `plugin_exit` says: `protocol_error`, `timeout`, or what its status
+    /// shows.
+    pub cause: Cause,
 }
 
 /// How a plugin process ended and why.
@@ -163,6 +179,8 @@ pub fn start_plugin(
                 kind: PluginEventKind::StartFailed {
                     message: failure.message,
                     unavailable: failure.unavailable,
+                    violation: failure.violation,
+                    process: failure.process,
                 },
             });
         }
@@ -176,14 +194,59 @@ struct StartFailure {
     message: String,
     /// It refused `Init` with `PluginReply::Unavailable`.
     unavailable: bool,
+    /// It broke the protocol during the handshake, or sent a Hello hm cannot accept: its
+    /// steps fail with `protocol_error`.
+    violation: bool,
+    /// The process, if one was started.
+    process: Option<FailedProcess>,
 }
 
 impl From<String> for StartFailure {
+    /// A plugin that could not even be started (no process, or one killed before it spoke).
     fn from(message: String) -> Self {
         Self {
             message,
             unavailable: false,
+            violation: false,
+            process: None,
         }
+    }
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+struct HandshakeFailure {
+    /// What happened, as a fragment that follows the plugin's name.
+    message: String,
+    kind: FailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// It closed its connection (it exited, or closed its socket) before the handshake was
+    /// over.
+    Closed,
+    /// It sent a frame that breaks the protocol (invalid, or of a kind that may not come
+    /// now): it is killed, cause `protocol_error`.
+    Violation,
+    /// hm refused its `Hello` (protocol range, name, capabilities) and told it so (`Reject`).
+    Rejected,
+    /// It refused `Init`: its configuration (`Failed`), or its environment (`Unavailable`).
+    Refused { unavailable: bool },
+    /// It did not complete the handshake in time: it is killed, cause `timeout`.
+    TimedOut,
+}
+
+impl HandshakeFailure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind,
+        }
+    }
+
+    fn violation(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Violation, message)
     }
 }
 
@@ -306,37 +369,26 @@ async fn run_plugin(
         writer_task,
     } = connection;
 
-    let mut refusal = Refusal::None;
     let handshake = tokio::time::timeout(
         settings.handshake_timeout,
-        handshake(spec, settings, &ctx, &mut frames, &writer, &mut refusal),
+        handshake(spec, settings, &ctx, &mut frames, &writer),
     )
     .await;
-    let protocol = match handshake {
-        Ok(Ok(protocol)) => protocol,
-        failed => {
-            let reason = match failed {
-                Ok(Err(reason)) => reason,
-                _ => format!(
-                    "did not complete the handshake within {}",
-                    humantime::format_duration(settings.handshake_timeout)
-                ),
-            };
-            process.kill(pid);
-            drop(writer);
-            let status = process.wait(pid).await;
-            let tail = process.finish().await;
-            writer_task.abort();
-            if refusal != Refusal::None {
-                // The plugin's own words say it all; its exit after the kill says nothing.
-                let unavailable = refusal == Refusal::Unavailable;
-                let colon = if unavailable { ":" } else { "" };
-                return Err(StartFailure {
-                    message: format!("plugin {} ({}){colon} {reason}", spec.name, spec.origin),
-                    unavailable,
-                });
-            }
-            return Err(start_failure(spec, &reason, status, &tail).into());
+    let failure = match handshake {
+        Ok(Ok(protocol)) => Ok(protocol),
+        Ok(Err(failure)) => Err(failure),
+        Err(_elapsed) => Err(HandshakeFailure::new(
+            FailureKind::TimedOut,
+            format!(
+                "did not complete the handshake within {}",
+                humantime::format_duration(settings.handshake_timeout)
+            ),
+        )),
+    };
+    let protocol = match failure {
+        Ok(protocol) => protocol,
+        Err(failure) => {
+            return Err(end_failed_start(spec, pid, process, writer, writer_task, failure).await);
         }
     };
     let send = |kind| {
@@ -419,16 +471,6 @@ async fn run_plugin(
     Ok(())
 }
 
-/// How a plugin answered `Init` when it did not accept it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    None,
-    /// `Failed`: the configuration is wrong.
-    Config,
-    /// `Unavailable`: what it needs from the machine is missing.
-    Unavailable,
-}
-
 /// The process at the other end of a connection: one hm started, or one that attached.
 #[expect(
     clippy::large_enum_variant,
@@ -495,20 +537,77 @@ impl PluginProcess {
     }
 }
 
-/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version; a
-/// refusal of `Init` also sets `refusal`.
+/// Ends a plugin whose handshake failed and tells its whole story. One that broke the protocol
+/// or ran out of time is killed; one that was refused (or refused) is asked to leave and gets
+/// [`EXIT_GRACE`] to do so, so that its exit status is its own.
+async fn end_failed_start(
+    spec: &PluginSpec,
+    pid: u32,
+    mut process: PluginProcess,
+    writer: mpsc::UnboundedSender<OutFrame>,
+    writer_task: tokio::task::JoinHandle<Result<(), WireError>>,
+    failure: HandshakeFailure,
+) -> StartFailure {
+    use std::os::unix::process::ExitStatusExt;
+    match failure.kind {
+        FailureKind::Violation | FailureKind::TimedOut => process.kill(pid),
+        FailureKind::Refused { .. } => {
+            let _ = writer.send(OutFrame::empty(FrameKind::Shutdown, 0));
+        }
+        FailureKind::Closed | FailureKind::Rejected => {}
+    }
+    // Closing hm's end (once what is queued is sent) is the plugin's cue to leave.
+    drop(writer);
+    let status = process.wait(pid).await;
+    process.clean_up(pid);
+    let tail = process.finish().await;
+    writer_task.abort();
+    // Frames that break the protocol, and a Hello hm cannot accept, are protocol errors;
+    // otherwise its status says how it ended.
+    let protocol_error = matches!(failure.kind, FailureKind::Violation | FailureKind::Rejected);
+    let cause = match failure.kind {
+        _ if protocol_error => Cause::ProtocolError,
+        FailureKind::TimedOut => Cause::Timeout,
+        _ if status.is_some_and(|s| s.signal().is_some()) => Cause::Signal,
+        _ => Cause::Exit,
+    };
+    let message = match failure.kind {
+        // The plugin's own words say it all.
+        FailureKind::Refused { unavailable: true } => {
+            format!(
+                "plugin {} ({}): {}",
+                spec.name, spec.origin, failure.message
+            )
+        }
+        FailureKind::Refused { unavailable: false } => {
+            format!("plugin {} ({}) {}", spec.name, spec.origin, failure.message)
+        }
+        _ => start_failure(spec, &failure.message, status, &tail),
+    };
+    StartFailure {
+        message,
+        unavailable: failure.kind == FailureKind::Refused { unavailable: true },
+        violation: protocol_error,
+        process: Some(FailedProcess { pid, status, cause }),
+    }
+}
+
+/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version.
+///
+/// Sending never decides anything here: a frame that cannot be sent means the plugin closed
+/// its end, and the next read says so (or says what it sent before it left), so one cause
+/// always reads the same way, whatever the timing.
 async fn handshake(
     spec: &PluginSpec,
     settings: &PluginSettings,
     ctx: &ConnectionContext,
     frames: &mut FrameReader,
     writer: &mpsc::UnboundedSender<OutFrame>,
-    refusal: &mut Refusal,
-) -> Result<u32, String> {
+) -> Result<u32, HandshakeFailure> {
     let hello = read_hello(frames).await?;
-    let reject = |reason: String| -> Result<u32, String> {
+    let reject = |reason: String| -> Result<u32, HandshakeFailure> {
         send_reject(writer, &reason);
-        Err(reason)
+        Err(HandshakeFailure::new(FailureKind::Rejected, reason))
     };
     let protocol = match hm_ipc::negotiate(
         (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
@@ -541,10 +640,7 @@ async fn handshake(
         log_credit: LOG_CREDIT,
         max_batch_bytes: MAX_BATCH_BYTES,
     };
-    let frame = OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string())?;
-    writer
-        .send(frame)
-        .map_err(|_| "connection closed".to_string())?;
+    send_frame(writer, OutFrame::message(FrameKind::Welcome, 0, &welcome));
     if protocol < hm_ipc::handshake::INIT_SINCE {
         return Ok(protocol);
     }
@@ -552,43 +648,85 @@ async fn handshake(
         config_json: settings.config_json.clone(),
         pipeline: ctx.pipeline.clone(),
     }));
-    let frame = OutFrame::message(FrameKind::Call, 0, &init).map_err(|e| e.to_string())?;
-    writer
-        .send(frame)
-        .map_err(|_| "connection closed".to_string())?;
+    send_frame(writer, OutFrame::message(FrameKind::Call, 0, &init));
     loop {
         let frame = match frames.next().await {
-            None => return Err("exited during Init".into()),
-            Some(Err(e)) => return Err(format!("sent an invalid frame during Init: {e}")),
+            None => {
+                return Err(HandshakeFailure::new(
+                    FailureKind::Closed,
+                    "closed its connection during Init",
+                ));
+            }
+            Some(Err(e)) => {
+                return Err(HandshakeFailure::violation(format!(
+                    "sent an invalid frame during Init: {e}"
+                )));
+            }
             Some(Ok(frame)) => frame,
         };
         match frame.kind() {
             FrameKind::Reply if frame.call_id() == 0 => {
                 return match frame.decode::<PluginReply>() {
                     Ok(PluginReply::Ready) => Ok(protocol),
-                    Ok(PluginReply::Failed(f)) => {
-                        *refusal = Refusal::Config;
-                        Err(format!("refused its configuration: {}", f.message))
-                    }
-                    Ok(PluginReply::Unavailable(f)) => {
-                        *refusal = Refusal::Unavailable;
-                        Err(f.message)
-                    }
-                    Ok(other) => Err(format!("answered Init with {other:?}")),
-                    Err(e) => Err(format!("sent an invalid Init reply: {e}")),
+                    Ok(PluginReply::Failed(f)) => Err(HandshakeFailure::new(
+                        FailureKind::Refused { unavailable: false },
+                        format!("refused its configuration: {}", f.message),
+                    )),
+                    Ok(PluginReply::Unavailable(f)) => Err(HandshakeFailure::new(
+                        FailureKind::Refused { unavailable: true },
+                        f.message,
+                    )),
+                    Ok(other) => Err(HandshakeFailure::violation(format!(
+                        "answered Init with {other:?}"
+                    ))),
+                    Err(e) => Err(HandshakeFailure::violation(format!(
+                        "sent an invalid Init reply: {e}"
+                    ))),
                 };
             }
             // A diagnostic while initialising is fine; answer it so the plugin does not wait.
+            // The rest of the host API serves a plugin that is running, not one being set up.
             FrameKind::Call => {
-                if let Ok(HostCall::Log(record)) = frame.decode::<HostCall>() {
-                    tracing::info!(plugin = %spec.name, "{}", record.message);
-                }
-                let reply = OutFrame::message(FrameKind::Reply, frame.call_id(), &HostReply::Ok)
-                    .map_err(|e| e.to_string())?;
-                let _ = writer.send(reply);
+                let reply = match frame.decode::<HostCall>() {
+                    Ok(HostCall::Log(record)) => {
+                        tracing::info!(plugin = %spec.name, "{}", record.message);
+                        HostReply::Ok
+                    }
+                    Ok(_) => super::host_api::error(
+                        "only Log is answered during Init; call the host API once Init is over"
+                            .to_owned(),
+                    ),
+                    Err(e) => {
+                        return Err(HandshakeFailure::violation(format!(
+                            "sent an invalid host call during Init: {e}"
+                        )));
+                    }
+                };
+                send_frame(
+                    writer,
+                    OutFrame::message(FrameKind::Reply, frame.call_id(), &reply),
+                );
             }
-            other => return Err(format!("sent {other:?} during Init")),
+            other => {
+                return Err(HandshakeFailure::violation(format!(
+                    "sent {other:?} during Init"
+                )));
+            }
         }
+    }
+}
+
+/// Queues a frame of hm's own making. Encoding one cannot fail for the messages hm builds (a
+/// failure would be a bug, logged); a closed connection shows on the next read.
+fn send_frame(
+    writer: &mpsc::UnboundedSender<OutFrame>,
+    frame: Result<OutFrame, hm_ipc::codec::EncodeError>,
+) {
+    match frame {
+        Ok(frame) => {
+            let _ = writer.send(frame);
+        }
+        Err(e) => tracing::error!("cannot encode a frame: {e}"),
     }
 }
 
@@ -603,21 +741,35 @@ struct Peer<'a> {
 
 /// Reads and validates a plugin's first frame, which must be `Hello`. Shared by the run's
 /// handshake and the install-time probe, so both judge a plugin the same way.
-pub async fn read_hello(frames: &mut FrameReader) -> Result<Hello, String> {
+async fn read_hello(frames: &mut FrameReader) -> Result<Hello, HandshakeFailure> {
     let frame = match frames.next().await {
-        None => return Err("exited or closed its socket before saying Hello".into()),
-        Some(Err(e)) => return Err(format!("sent an invalid first frame: {e}")),
+        None => {
+            return Err(HandshakeFailure::new(
+                FailureKind::Closed,
+                "exited or closed its socket before saying Hello",
+            ));
+        }
+        Some(Err(e)) => {
+            return Err(HandshakeFailure::violation(format!(
+                "sent an invalid first frame: {e}"
+            )));
+        }
         Some(Ok(frame)) => frame,
     };
     if frame.kind() != FrameKind::Hello {
-        return Err(format!(
+        return Err(HandshakeFailure::violation(format!(
             "sent {:?} where Hello must come first",
             frame.kind()
-        ));
+        )));
     }
     frame
         .decode()
-        .map_err(|e| format!("sent an invalid Hello: {e}"))
+        .map_err(|e| HandshakeFailure::violation(format!("sent an invalid Hello: {e}")))
+}
+
+/// [`read_hello`] for those who only need its words (the install probe).
+pub async fn read_hello_message(frames: &mut FrameReader) -> Result<Hello, String> {
+    read_hello(frames).await.map_err(|f| f.message)
 }
 
 /// Tells the plugin why it is refused (it exits on `Reject`); the connection closes after.

@@ -1,5 +1,5 @@
-//! The host API service: answers plugins' calls into the kernel (DESIGN §6.4). Key-value state
-//! is isolated per plugin: run and step scopes live in memory for the run, the plugin scope
+//! The host API service: answers plugins' calls into the kernel (`docs/protocol.md`). Key-value
+//! state is isolated per plugin: run and step scopes live in memory for the run, the plugin scope
 //! persists across runs in `$XDG_STATE_HOME/hm/kv/<plugin>.json`.
 
 use std::collections::{BTreeMap, HashMap};

@@ -9,5 +9,5 @@ pub mod host_api;
 pub mod spawn;
 
 pub use connection::{
-    Confinement, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
 };

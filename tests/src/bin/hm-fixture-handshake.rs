@@ -5,6 +5,11 @@
 //! - `exit-before-hello`: says why on stderr and exits with status 3 before any frame;
 //! - `hello-then-exit`: sends a valid `Hello` (protocol 1..=2), then exits with status 4
 //!   without waiting for `Welcome`;
+//! - `hello-then-leave-unread`: sends a valid `Hello` (protocol 1..=2), waits until hm's answer
+//!   has arrived, and exits with status 4 without reading it: the kernel sees the connection
+//!   reset, not a clean end of file (what `hello-then-exit` gives only by chance);
+//! - `garbage-first`: sends bytes that are no frame where `Hello` must come, then waits for hm
+//!   to close the connection;
 //! - `protocol-7-9`: sends a `Hello` for protocol 7..=9 only, then waits for hm to answer and
 //!   close the connection, and prints the `Reject` reason it got to stderr.
 //!
@@ -59,6 +64,21 @@ fn main() {
             eprintln!("{NAME}: said Hello, leaving");
             std::process::exit(4)
         }
+        "hello-then-leave-unread" => {
+            if let Err(e) = socket.write_all(&hello(1, 2)) {
+                fail(&format!("cannot send Hello: {e}"));
+            }
+            wait_until_readable(&socket);
+            eprintln!("{NAME}: said Hello, leaving with hm's answer unread");
+            std::process::exit(4)
+        }
+        "garbage-first" => {
+            if let Err(e) = socket.write_all(b"this is no frame header, and no Hello either\n") {
+                fail(&format!("cannot send garbage: {e}"));
+            }
+            let _ = socket.read_to_end(&mut Vec::new());
+            fail("hm closed the connection")
+        }
         "protocol-7-9" => {
             if let Err(e) = socket.write_all(&hello(7, 9)) {
                 fail(&format!("cannot send Hello: {e}"));
@@ -75,5 +95,26 @@ fn main() {
             fail(&format!("rejected: {reason}"))
         }
         other => fail(&format!("unknown HM_FIXTURE_HANDSHAKE mode {other:?}")),
+    }
+}
+
+/// Blocks until bytes from hm are waiting in `socket`, without reading them.
+fn wait_until_readable(socket: &std::os::unix::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: `byte` is valid for one byte of writes; MSG_PEEK leaves it in the socket.
+    let got = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK,
+        )
+    };
+    if got != 1 {
+        fail(&format!(
+            "hm sent nothing after Hello ({})",
+            std::io::Error::last_os_error()
+        ));
     }
 }
