@@ -1,14 +1,14 @@
-//! The workspace archive (DESIGN §6.4 `OpenArchive`, §6.5): a tar of the project root that
+//! The workspace archive (`OpenArchive`, `docs/protocol.md`): a tar of the project root that
 //! plugins read in place from a sealed shared buffer.
 //!
 //! Built at most once per run, and only when a plugin first asks: the walk honours
 //! `.gitignore` files (the project's and its parents'), `.git/info/exclude` and `.hmignore`
-//! files (same syntax, and they apply whether or not the project is a git repository), and
-//! skips every `.git`. The tar is written straight into a memfd (no temporary file), which is
-//! then sealed; every request gets a duplicate of its descriptor, sent next to the reply and
-//! closed here once sent. The kernel drops its own descriptor when the run's steps are all
-//! done ([`WorkspaceArchive::close`]); the memory is freed when the last plugin mapping of it
-//! goes too, at the latest when the plugins exit.
+//! files (same syntax, and they apply whether or not the project is a git repository), and skips
+//! every `.git` and hm's own `.hm/` at the root. The tar is written straight into a memfd (no
+//! temporary file), which is then sealed; every request gets a duplicate of its descriptor, sent
+//! next to the reply and closed here once sent. The kernel drops its own descriptor when the run's
+//! steps are all done ([`WorkspaceArchive::close`]); the memory is freed when the last plugin
+//! mapping of it goes too, at the latest when the plugins exit.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ use thiserror::Error;
 
 /// The memfd's name, as `/proc/<pid>/fd` shows it (`/memfd:hm-workspace-archive`).
 pub const MEMFD_NAME: &str = "hm-workspace-archive";
+/// hm's own directory at the project root, never archived.
+pub const HM_DIR: &str = ".hm";
 /// Ignore files with `.gitignore` syntax that only hm reads.
 pub const HM_IGNORE: &str = ".hmignore";
 
@@ -102,7 +104,11 @@ fn walker(root: &Path) -> ignore::WalkBuilder {
         // ripgrep's own `.ignore` files are not hm's business.
         .ignore(false)
         .add_custom_ignore_filename(HM_IGNORE)
-        .filter_entry(|entry| entry.file_name() != ".git")
+        // `.hm/` at the root is hm's own (project-layer plugins and their executables), not
+        // the project's content.
+        .filter_entry(|entry| {
+            entry.file_name() != ".git" && !(entry.depth() == 1 && entry.file_name() == HM_DIR)
+        })
         .sort_by_file_name(|a, b| a.cmp(b));
     walk
 }

@@ -11,7 +11,8 @@ use crate::registry::{Builtin, PluginDirs, Registry};
 use crate::{exit, run};
 
 /// Prints every check; exits 4 when hm cannot run with full isolation, else 5 when the
-/// installed plugins have problems (bad manifests, conflicts), else 0.
+/// installed plugins have problems (bad manifests, conflicts, a protocol range this hm does
+/// not speak), else 0.
 pub fn doctor(builtins: &[Builtin]) -> i32 {
     let mut ok = true;
     let detected = run::detect_isolation();
@@ -63,7 +64,23 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
         }
     }
     let registry = Registry::discover_in(&dirs, builtins);
-    println!("executors: {}", registry.executor_names().join(", "));
+    let incompatible: Vec<(&str, String)> = registry
+        .incompatible()
+        .map(|(b, problem)| (b.manifest.name.as_str(), problem))
+        .collect();
+    let executors: Vec<String> = registry
+        .active()
+        .flat_map(|b| {
+            let unusable = incompatible
+                .iter()
+                .any(|(name, _)| *name == b.manifest.name);
+            b.manifest.executors().map(move |e| match unusable {
+                true => format!("{e} (plugin {}: incompatible)", b.manifest.name),
+                false => e.to_owned(),
+            })
+        })
+        .collect();
+    println!("executors: {}", executors.join(", "));
     let hooks: Vec<String> = registry
         .active()
         .filter(|b| !b.manifest.hooks.is_empty())
@@ -101,9 +118,12 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
             }
         }
     }
+    for (_, problem) in &incompatible {
+        println!("  error: {problem}");
+    }
     if !ok {
         exit::ENVIRONMENT
-    } else if !registry.errors.is_empty() {
+    } else if !registry.errors.is_empty() || !incompatible.is_empty() {
         exit::PLUGIN
     } else {
         exit::OK

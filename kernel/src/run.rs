@@ -80,6 +80,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         Ok(hooks) => hooks,
         Err(code) => return code,
     };
+    warn_unused_incompatible(&registry, executors.values().chain(&hooks));
     apply_manifest_limits(&mut pipeline, &selected, &registry);
     let parallelism = args
         .jobs
@@ -221,12 +222,15 @@ pub fn validate(file: Option<PathBuf>, builtins: &[Builtin]) -> i32 {
     if let Err(code) = check_registry(&registry) {
         return code;
     }
-    if let Err(code) = resolve_executors(&pipeline, &all, &registry) {
-        return code;
-    }
-    if let Err(code) = resolve_hooks(&pipeline, &registry) {
-        return code;
-    }
+    let executors = match resolve_executors(&pipeline, &all, &registry) {
+        Ok(executors) => executors,
+        Err(code) => return code,
+    };
+    let hooks = match resolve_hooks(&pipeline, &registry) {
+        Ok(hooks) => hooks,
+        Err(code) => return code,
+    };
+    warn_unused_incompatible(&registry, executors.values().chain(&hooks));
     println!(
         "{}: ok ({} steps)",
         display(&pipeline.file),
@@ -322,10 +326,10 @@ fn resolve_executors(
     if missing.is_empty() && incompatible.is_empty() {
         return Ok(found);
     }
+    for problem in &incompatible {
+        eprintln!("error: {problem}");
+    }
     if missing.is_empty() {
-        for problem in incompatible {
-            eprintln!("error: {problem}");
-        }
         return Err(exit::PLUGIN);
     }
     for step in missing {
@@ -388,6 +392,18 @@ fn resolve_hooks(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<PluginS
         eprintln!("error: {problem}");
     }
     Err(exit::PLUGIN)
+}
+
+/// A plugin this hm cannot talk to fails a run that uses it (see [`resolve_executors`] and
+/// [`resolve_hooks`]); one the run does not use is only named, with the fix, so that the run
+/// does not depend on an unrelated install but the problem is not hidden either.
+fn warn_unused_incompatible<'a>(registry: &Registry, used: impl Iterator<Item = &'a PluginSpec>) {
+    let used: Vec<&str> = used.map(|spec| spec.name.as_str()).collect();
+    for (plugin, problem) in registry.incompatible() {
+        if !used.contains(&plugin.manifest.name.as_str()) {
+            eprintln!("warning: {problem} (this run does not use it)");
+        }
+    }
 }
 
 /// `--attach NAME=...` must name a plugin this run uses, once.

@@ -1,5 +1,5 @@
 //! The workspace archive as a plugin sees it: a tar of the project that hm built once for the
-//! run, mapped read-only into this process from hm's sealed shared buffer (DESIGN §6.5).
+//! run, mapped read-only into this process from hm's sealed shared buffer (`docs/protocol.md`).
 
 use std::io::{self, BufRead, Read};
 

@@ -83,8 +83,9 @@ pub struct InitInfo {
     pub run_id: String,
 }
 
-/// One argument of a subcommand, as `hm` parses it before it starts the plugin (DESIGN §3).
-/// `hm VERB --help` shows `help`; the plugin receives the value under `name`.
+/// One argument of a subcommand, as `hm` parses it before it starts the plugin
+/// (README, "Plugins"). `hm VERB --help` shows `help`; the plugin receives the value under
+/// `name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubcommandArg {
     pub name: String,
@@ -148,12 +149,12 @@ pub(crate) struct SubcommandEntry {
 /// How long hm waits for a hook's answer to one event unless the subscription says otherwise.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One event kind a hook observes, in one phase (DESIGN §8.1). `hm` reads these from the
+/// One event kind a hook observes, in one phase. `hm` reads these from the
 /// manifest (`capabilities = ["hook:EVENT"]` and a `[[hook]]` table each) without starting the
 /// plugin, and starts it on the first event it subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    /// An event kind of DESIGN §4 (`build_start`, `step_start`, `step_end`, ...), or `*` for
+    /// An event kind of `docs/events.md` (`build_start`, `step_start`, `step_end`, ...), or `*` for
     /// all of them.
     pub event: String,
     pub phase: HookPhase,
@@ -195,7 +196,7 @@ pub struct HookEvent {
     pub phase: HookPhase,
     /// The event's `kind`: `step_start`, `step_end`, `build_end`, ...
     pub kind: String,
-    /// The whole event, exactly as one line of `hm run --format json` (DESIGN §4).
+    /// The whole event, exactly as one line of `hm run --format json` (`docs/events.md`).
     pub event: serde_json::Value,
 }
 
@@ -381,10 +382,25 @@ impl Plugin {
     }
 
     /// Restricts the protocol versions this plugin offers (the default is all the SDK speaks).
-    /// Mostly for testing compatibility with older kernels.
+    /// Mostly for testing compatibility with older kernels. What the plugin provides still
+    /// raises the lowest version it offers (see [`Self::protocol_range`]).
     pub fn protocol(mut self, min: u32, max: u32) -> Self {
         self.protocol = (min, max);
         self
+    }
+
+    /// The protocol versions this plugin speaks, as its `Hello` and its manifest say: the range
+    /// it was given, from no lower than the version that added what it provides (subcommands
+    /// need 4, hooks 5), so no hm that could not use it is offered it.
+    pub fn protocol_range(&self) -> (u32, u32) {
+        let mut needs = 0;
+        if !self.subcommands.is_empty() {
+            needs = needs.max(hm_ipc::SUBCOMMANDS_SINCE);
+        }
+        if self.hook.is_some() {
+            needs = needs.max(hm_ipc::HOOKS_SINCE);
+        }
+        (self.protocol.0.max(needs), self.protocol.1)
     }
 
     pub fn name(&self) -> &str {
@@ -424,15 +440,14 @@ impl Plugin {
             .iter()
             .map(|c| format!("{c:?}"))
             .collect();
+        let (min, max) = self.protocol_range();
         let mut text = format!(
             "name = {:?}\nversion = {:?}\ndescription = {:?}\nexecutable = {:?}\n\
-             protocol = {{ min = {}, max = {} }}\ncapabilities = [{}]\n",
+             protocol = {{ min = {min}, max = {max} }}\ncapabilities = [{}]\n",
             self.name,
             self.version,
             self.description,
             executable,
-            self.protocol.0,
-            self.protocol.1,
             caps.join(", ")
         );
         for sub in self.subscriptions() {

@@ -94,9 +94,10 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
         writer_task: writer,
     } = hm_ipc::transport::connect(stream);
 
+    let (protocol_min, protocol_max) = plugin.protocol_range();
     let hello = Hello {
-        protocol_min: plugin.protocol.0,
-        protocol_max: plugin.protocol.1,
+        protocol_min,
+        protocol_max,
         name: plugin.name.clone(),
         version: plugin.version.clone(),
         capabilities: plugin.capabilities(),
@@ -123,10 +124,10 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
             }
         }
     };
-    if welcome.protocol < plugin.protocol.0 || welcome.protocol > plugin.protocol.1 {
+    if welcome.protocol < protocol_min || welcome.protocol > protocol_max {
         return Err(ServeError::Protocol(format!(
-            "hm chose protocol {} outside this plugin's range {}..={}",
-            welcome.protocol, plugin.protocol.0, plugin.protocol.1
+            "hm chose protocol {} outside this plugin's range {protocol_min}..={protocol_max}",
+            welcome.protocol
         )));
     }
     // Shared buffers (and so descriptors) only on a version that has them.

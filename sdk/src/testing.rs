@@ -1,5 +1,5 @@
 //! `hm_sdk::testing`: drives a plugin through the real protocol in-process, without an `hm`
-//! binary (DESIGN §9, §10).
+//! binary.
 //!
 //! [`Harness`] plays the kernel's side of one connection. It connects a socket pair, runs
 //! [`crate::serve_on`] on one end in a task, and speaks hm-ipc frames on the other with the same

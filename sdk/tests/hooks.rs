@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hm_sdk::testing::{Harness, HarnessOptions};
+use hm_sdk::testing::{Harness, HarnessError, HarnessOptions};
 use hm_sdk::{
     Hook, HookContext, HookEvent, HookPhase, HookVerdict, Plugin, Subcommand, Subscription,
 };
@@ -116,19 +116,18 @@ async fn a_panicking_hook_fails_the_call_not_the_plugin() {
 }
 
 #[tokio::test]
-async fn a_protocol_4_kernel_is_not_offered_hooks() {
+async fn a_hook_plugin_offers_protocol_5_only_so_a_protocol_4_kernel_refuses_it() {
+    let plugin = gate_plugin(Gate::default());
+    assert_eq!(plugin.protocol_range(), (5, hm_ipc::PROTOCOL_MAX));
     let options = HarnessOptions {
         protocol_max: 4,
         ..Default::default()
     };
-    let harness = Harness::start_with(gate_plugin(Gate::default()), options)
-        .await
-        .unwrap();
-    let answer = harness
-        .on_event(HookPhase::After, &json!({ "kind": "build_start" }))
-        .await;
-    assert!(answer.unwrap_err().contains("has no hooks"));
-    harness.shutdown().await.unwrap();
+    match Harness::start_with(plugin, options).await {
+        Err(HarnessError::Rejected(reason)) => assert!(reason.contains("upgrade hm"), "{reason}"),
+        Err(other) => panic!("expected a rejection, got {other}"),
+        Ok(_) => panic!("expected a rejection, got a connection"),
+    }
 }
 
 #[test]

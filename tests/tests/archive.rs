@@ -25,8 +25,9 @@ fn project(steps: &str) -> Project {
     project.write(".gitignore", "ignored.txt\n*.tmp\n");
     project.write("ignored.txt", "in .gitignore\n");
     project.write("scratch.tmp", "in .gitignore too\n");
-    // The fixture bundle under .hm/ is no workspace content either.
-    project.write(".hmignore", "private/\n.hm/\n");
+    // The fixture bundle under .hm/ is no workspace content either: hm leaves its own
+    // directory out without being told.
+    project.write(".hmignore", "private/\n");
     project.write("private/secret.txt", "in .hmignore\n");
     project.write(".git/config", "[core]\n");
     project.write(".git/info/exclude", "excluded.txt\n");

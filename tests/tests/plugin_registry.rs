@@ -910,3 +910,140 @@ fn a_plugin_whose_protocol_range_hm_does_not_speak_is_refused_with_the_fix() {
     let list = list_json(&project);
     assert_eq!(listed(&list, "echo")[0]["compatible"], false, "{list:#}");
 }
+
+#[test]
+fn an_sdk_plugin_declares_the_lowest_protocol_its_capabilities_need() {
+    // The subcommand fixture needs protocol 4, the hook fixture 5, the echo executor nothing
+    // newer than 1: their manifests (from `--hm-manifest`) and their `Hello`s, which the
+    // install probe compares, say so.
+    let project = Project::new(PIPELINE);
+    for (binary, name, min) in [
+        (env!("CARGO_BIN_EXE_hm-fixture-greet"), "greeter", 4),
+        (env!("CARGO_BIN_EXE_hm-fixture-hook"), "gatekeeper", 5),
+        (ECHO, "echo", 1),
+    ] {
+        let out = project.hm(&["plugin", "install", binary]);
+        assert_code(&out, 0);
+        let out = project.hm(&["plugin", "info", name, "--json"]);
+        assert_code(&out, 0);
+        let info: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+        assert_eq!(
+            (&info["protocol"]["min"], &info["protocol"]["max"]),
+            (&Value::from(min), &Value::from(hm_ipc::PROTOCOL_MAX)),
+            "{name}: {info:#}"
+        );
+    }
+}
+
+/// An echo bundle whose manifest claims a protocol range no hm speaks yet, as executor
+/// `future` (so a pipeline may use it or not).
+fn future_bundle(parent: &Path) -> PathBuf {
+    echo_bundle_with(parent, ECHO, |m| {
+        let start = m.find("protocol = ").expect("a protocol line");
+        let end = start + m[start..].find('\n').expect("end of line");
+        format!(
+            "{}protocol = {{ min = 70, max = 90 }}{}",
+            &m[..start],
+            &m[end..]
+        )
+        .replace("executor:echo", "executor:future")
+    })
+}
+
+#[test]
+fn an_incompatible_plugin_is_reported_everywhere_and_fails_only_the_runs_that_use_it() {
+    let project = Project::new(
+        r#"
+[steps.local]
+run = "echo local"
+
+[steps.later]
+executor = "future"
+run = "unused"
+"#,
+    );
+    future_bundle(&project.path(".hm/plugins"));
+    let problem = "plugin `echo` speaks protocol 70..=90";
+
+    // A run that does not use it goes on, and names it.
+    let run = project.run(&["local"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(run.status("local"), "passed", "{run}");
+    assert!(
+        run.stderr().contains(problem) && run.stderr().contains("upgrade hm"),
+        "{run}"
+    );
+    // One that uses it is refused before anything runs.
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 5, "{run}");
+    assert!(run.events.is_empty(), "{run}");
+    let out = project.hm(&["validate"]);
+    assert_code(&out, 5);
+    assert!(out.stderr.contains(problem), "{}", show(&out));
+
+    let out = project.hm(&["plugin", "list"]);
+    assert_code(&out, 5);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("echo") && l.contains("incompatible")),
+        "{}",
+        show(&out)
+    );
+    assert!(out.stderr.contains(problem), "{}", show(&out));
+
+    let out = project.hm(&["plugin", "info", "echo"]);
+    assert_code(&out, 5);
+    assert!(out.stderr.contains(problem), "{}", show(&out));
+
+    let doctor = project.hm(&["doctor"]);
+    assert!(
+        doctor.stdout.contains("future (plugin echo: incompatible)")
+            && doctor.stdout.contains(&format!("error: {problem}")),
+        "{}",
+        show(&doctor)
+    );
+    // 4 wins when the machine has no cgroups.
+    assert!(
+        matches!(doctor.status.code(), Some(4 | 5)),
+        "{}",
+        show(&doctor)
+    );
+}
+
+#[test]
+fn plugin_info_on_a_bundle_with_a_bad_manifest_shows_the_manifests_problem() {
+    let project = Project::new(PIPELINE);
+    project.write(
+        ".hm/plugins/broken/plugin.toml",
+        "name = \"broken\"\nversion = \"1\"\nprotocol = { min = 1, max = 1 }\n\
+         capabilities = [\"executer:x\"]\n",
+    );
+    let out = project.hm(&["plugin", "info", "broken"]);
+    assert_code(&out, 5);
+    for expected in [
+        ".hm/plugins/broken/plugin.toml:1:1: `executable` is missing",
+        ".hm/plugins/broken/plugin.toml:4:17: unknown capability kind `executer`",
+        "plugin `broken` is installed but cannot be used",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "{expected:?}; {}",
+            show(&out)
+        );
+    }
+    assert!(
+        !out.stderr.contains("no plugin called"),
+        "it exists: {}",
+        show(&out)
+    );
+    // A name nobody installed is still "no such plugin".
+    let out = project.hm(&["plugin", "info", "nobody"]);
+    assert_code(&out, 5);
+    assert!(
+        out.stderr.contains("no plugin called `nobody`"),
+        "{}",
+        show(&out)
+    );
+}

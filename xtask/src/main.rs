@@ -4,9 +4,9 @@
 //! - `cargo xtask ci`: format check, clippy with warnings denied, then the tests; stops at the
 //!   first step that fails and names it.
 //! - `cargo xtask bench [--quick] [NAME...]`: builds `hm` in release and runs the side-by-side
-//!   comparisons of `benches/` (DESIGN §11), one line per bench.
+//!   comparisons of `benches/`, one line per bench.
 //! - `cargo xtask plugin new NAME [--kind executor|hook|subcommand] [--dry-run]`: scaffolds
-//!   `plugins/NAME/` and adds it to the workspace (DESIGN §9).
+//!   `plugins/NAME/` and adds it to the workspace.
 //! - `cargo xtask plugin install NAME [--project]`: builds `hm-plugin-NAME` and installs it with
 //!   the workspace's own `hm`.
 //!

@@ -1,6 +1,6 @@
 //! `cargo xtask plugin new NAME [--kind executor|hook|subcommand] [--dry-run]`: scaffolds
 //! `plugins/NAME/` (a crate with a working plugin of that kind, its `plugin.toml` and a test
-//! through `hm_sdk::testing`) and adds it to the workspace's members (DESIGN §9).
+//! through `hm_sdk::testing`) and adds it to the workspace's members.
 //!
 //! Everything is checked and rendered before anything is written, so a refusal writes nothing.
 //! The crate is written into a hidden directory beside its final place and renamed into place;
@@ -172,7 +172,9 @@ pub struct Scaffold {
     /// The workspace's version (`[workspace.package]`), which the crate inherits and its
     /// `Plugin::new(NAME, env!("CARGO_PKG_VERSION"))` reports.
     pub version: String,
-    /// The protocol range the SDK offers by default (`hm_ipc::PROTOCOL_MIN..=PROTOCOL_MAX`).
+    /// The protocol range the SDK offers for a plugin of this kind
+    /// (`hm_sdk::Plugin::protocol_range`): `hm_ipc::PROTOCOL_MIN..=PROTOCOL_MAX`, from
+    /// `SUBCOMMANDS_SINCE` for a subcommand and `HOOKS_SINCE` for a hook.
     pub protocol: (u32, u32),
 }
 
@@ -381,7 +383,7 @@ fn plan(options: &Options, root: &Path) -> Result<Plan, Failure> {
         name: name.clone(),
         kind: options.kind,
         version: workspace_version(&before).map_err(in_cargo_toml)?,
-        protocol: protocol_range(root)?,
+        protocol: protocol_range(root, options.kind)?,
     };
     if let Some(found) = crate::workspace::packages(root, &before)
         .into_iter()
@@ -447,32 +449,37 @@ fn workspace_version(cargo_toml: &str) -> Result<String, String> {
     }
 }
 
-/// `PROTOCOL_MIN` and `PROTOCOL_MAX` of `hm-ipc`: the range `hm_sdk::Plugin::new` offers and
-/// `plugin.toml` declares. Read from the source, as xtask links nothing of the workspace.
-fn protocol_range(root: &Path) -> Result<(u32, u32), Failure> {
+/// The protocol range `hm_sdk::Plugin::protocol_range` gives a plugin of `kind`:
+/// `PROTOCOL_MIN..=PROTOCOL_MAX` of `hm-ipc`, starting no lower than `SUBCOMMANDS_SINCE` for a
+/// subcommand or `HOOKS_SINCE` for a hook. Read from the source, as xtask links nothing of the
+/// workspace.
+fn protocol_range(root: &Path, kind: Kind) -> Result<(u32, u32), Failure> {
     let dir = root.join("ipc/src");
-    let constant = |name: &str| -> Option<u32> {
-        let entries = std::fs::read_dir(&dir).ok()?;
+    let constant = |name: &str| -> Result<u32, Failure> {
         let needle = format!("pub const {name}: u32 = ");
-        for entry in entries.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            if let Some(at) = text.find(&needle) {
-                let rest = &text[at + needle.len()..];
-                return rest[..rest.find(';')?].trim().parse().ok();
-            }
-        }
-        None
+        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries.flatten().find_map(|entry| {
+                let text = std::fs::read_to_string(entry.path()).ok()?;
+                let rest = &text[text.find(&needle)? + needle.len()..];
+                rest[..rest.find(';')?].trim().parse().ok()
+            })
+        });
+        found.ok_or_else(|| {
+            Failure::new(format!(
+                "cannot find `pub const {name}: u32 = N;` in {} (the protocol range \
+                 plugin.toml declares)",
+                dir.display()
+            ))
+        })
     };
-    match (constant("PROTOCOL_MIN"), constant("PROTOCOL_MAX")) {
-        (Some(min), Some(max)) => Ok((min, max)),
-        _ => Err(Failure::new(format!(
-            "cannot find `pub const PROTOCOL_MIN: u32 = N;` and `PROTOCOL_MAX` in {} (the \
-             protocol range plugin.toml declares)",
-            dir.display()
-        ))),
-    }
+    let min = constant("PROTOCOL_MIN")?;
+    let max = constant("PROTOCOL_MAX")?;
+    let min = match kind {
+        Kind::Executor => min,
+        Kind::Subcommand => min.max(constant("SUBCOMMANDS_SINCE")?),
+        Kind::Hook => min.max(constant("HOOKS_SINCE")?),
+    };
+    Ok((min, max))
 }
 
 /// Replaces `path` with `text` through a temporary file beside it and a rename, so a reader
@@ -740,7 +747,8 @@ mod tests {
         std::fs::create_dir_all(root.join("ipc/src")).unwrap();
         std::fs::write(
             root.join("ipc/src/handshake.rs"),
-            "pub const PROTOCOL_MIN: u32 = 1;\npub const PROTOCOL_MAX: u32 = 5;\n",
+            "pub const PROTOCOL_MIN: u32 = 1;\npub const PROTOCOL_MAX: u32 = 5;\n\
+             pub const SUBCOMMANDS_SINCE: u32 = 4;\npub const HOOKS_SINCE: u32 = 5;\n",
         )
         .unwrap();
         std::fs::write(

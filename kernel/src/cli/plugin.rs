@@ -1,6 +1,6 @@
-//! `hm plugin list|info|install|remove` (DESIGN §3, §8): the registry's answers printed for
-//! people (tables, on stdout) or programs (`--json`), and its failures mapped to exit codes.
-//! Progress, warnings and errors go to stderr.
+//! `hm plugin list|info|install|remove` (README, "Plugins: install, list, remove"): the registry's
+//! answers printed for people (tables, on stdout) or programs (`--json`), and its failures mapped
+//! to exit codes. Progress, warnings and errors go to stderr.
 
 use std::path::{Path, PathBuf};
 
@@ -145,12 +145,19 @@ fn print_warnings(registry: &Registry) {
     }
 }
 
-/// Prints the registry's errors; exit 5 when there are any.
+/// Prints the registry's errors and the plugins this hm cannot talk to; exit 5 when there
+/// are any.
 fn errors_code(registry: &Registry) -> i32 {
+    let mut problems = 0;
     for error in &registry.errors {
         eprintln!("{}", error_text(&error.to_string()));
+        problems += 1;
     }
-    if registry.errors.is_empty() {
+    for (_, problem) in registry.incompatible() {
+        eprintln!("{}", error_text(&problem));
+        problems += 1;
+    }
+    if problems == 0 {
         exit::OK
     } else {
         exit::PLUGIN
@@ -264,6 +271,22 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
     let registry = Registry::discover_in(dirs, builtins);
     print_warnings(&registry);
     let named: Vec<&Installed> = registry.all_named(name).collect();
+    // A bundle of that name that could not be read is the answer, not "no such plugin".
+    let broken: Vec<String> = registry
+        .errors_of(name)
+        .map(|e| error_text(&e.to_string()))
+        .collect();
+    for error in &broken {
+        eprintln!("{error}");
+    }
+    if named.is_empty() && !broken.is_empty() {
+        eprintln!(
+            "error: plugin `{}` is installed but cannot be used until its problem is fixed \
+             (or it is removed with `hm plugin remove {0}`)",
+            name.escape_default()
+        );
+        return exit::PLUGIN;
+    }
     let Some(first) = named.first() else {
         let names: Vec<&str> = registry
             .active()
@@ -372,7 +395,16 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
         }
         print_table(&rows);
     }
-    exit::OK
+    // The plugin asked about has a problem: say it on stderr too, and exit with it.
+    let incompatible = first.protocol_problem();
+    if let Some(problem) = &incompatible {
+        eprintln!("{}", error_text(problem));
+    }
+    if incompatible.is_some() || !broken.is_empty() {
+        exit::PLUGIN
+    } else {
+        exit::OK
+    }
 }
 
 fn install(req: &InstallRequest, builtins: &[Builtin]) -> i32 {

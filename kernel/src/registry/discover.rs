@@ -63,7 +63,7 @@ impl PluginSpec {
     }
 }
 
-/// The built-in plugins: the `hm` binary re-executed with an internal entry (DESIGN §8.1).
+/// The built-in plugins: the `hm` binary re-executed with an internal entry.
 /// The kernel library does not know what they are; the binary tells it.
 #[derive(Debug, Clone)]
 pub struct Builtin {
@@ -253,6 +253,21 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// The name of the bundle directory this error is about, if it is about one bundle.
+    pub fn bundle_name(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            RegistryError::Manifest(e) => e
+                .path()
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy()),
+            RegistryError::DirectoryName { dir_name, .. } => Some(dir_name.as_str().into()),
+            RegistryError::Conflict { .. } => None,
+        }
+    }
+}
+
 fn join_and(items: &[String]) -> String {
     match items {
         [] => String::new(),
@@ -375,6 +390,22 @@ impl Registry {
     pub fn executor(&self, name: &str) -> Option<&Installed> {
         self.active()
             .find(|b| b.manifest.executors().any(|e| e == name))
+    }
+
+    /// The plugins in effect whose protocol range this hm does not speak, each with why and
+    /// the fix. They are reported wherever plugins are listed, and refused by a run that
+    /// uses them; a run that does not use them goes on.
+    pub fn incompatible(&self) -> impl Iterator<Item = (&Installed, String)> {
+        self.active()
+            .filter_map(|b| b.protocol_problem().map(|problem| (b, problem)))
+    }
+
+    /// The problems of the bundles called `name` that could not be read as plugins (a bad
+    /// manifest, a directory named after another plugin).
+    pub fn errors_of(&self, name: &str) -> impl Iterator<Item = &RegistryError> {
+        self.errors
+            .iter()
+            .filter(move |e| e.bundle_name().is_some_and(|n| n == name))
     }
 
     /// Every executor name the plugins in effect provide, sorted.

@@ -1,6 +1,6 @@
 //! What `hm plugin install SOURCE` installs: a path (a bundle directory or a plugin
 //! executable), or a bare name looked up in the current cargo workspace's build outputs and
-//! then in the plugin index (DESIGN §8.3).
+//! then in the plugin index.
 //!
 //! The index is a local TOML or JSON file named by `HM_PLUGIN_INDEX`, else by `index = "..."`
 //! in `$XDG_CONFIG_HOME/hm/config.toml` (default `~/.config/hm/config.toml`). Its entries are

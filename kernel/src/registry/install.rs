@@ -1,4 +1,4 @@
-//! `hm plugin install` and `hm plugin remove` (DESIGN §8.3).
+//! `hm plugin install` and `hm plugin remove`.
 //!
 //! Everything that writes a plugins directory holds its lock (`flock` on the directory) for the
 //! whole change. An install copies the bundle into a staging directory inside the plugins

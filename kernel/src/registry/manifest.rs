@@ -1,4 +1,4 @@
-//! `plugin.toml`, the manifest of a plugin bundle (DESIGN §8.2): read and validated without
+//! `plugin.toml`, the manifest of a plugin bundle: read and validated without
 //! running anything, with every problem reported at its line:col in the file.
 
 use std::fmt;
@@ -28,7 +28,7 @@ const KEYS: &[&str] = &[
     "hook",
 ];
 const HOOK_KEYS: &[&str] = &["event", "phase", "timeout"];
-/// The event kinds a hook may subscribe to (DESIGN §4), and `*` for all of them.
+/// The event kinds a hook may subscribe to (`docs/events.md`), and `*` for all of them.
 pub const HOOK_EVENTS: &[&str] = &[
     "build_start",
     "step_queued",
@@ -50,7 +50,7 @@ const SUBCOMMAND_KEYS: &[&str] = &["verb", "about", "args"];
 const ARG_KEYS: &[&str] = &["name", "long", "takes_value", "help"];
 const PROTOCOL_KEYS: &[&str] = &["min", "max"];
 const LIMITS_KEYS: &[&str] = &["memory", "pids", "cpu"];
-/// The kinds of capability a manifest may declare (DESIGN §8.1).
+/// The kinds of capability a manifest may declare.
 const CAPABILITY_KINDS: &[&str] = &["executor", "hook", "subcommand"];
 
 /// What a bundle says about its plugin.

@@ -1,4 +1,4 @@
-//! The plugin registry (DESIGN §8.2, §8.3): which plugins exist and what each provides, read
+//! The plugin registry: which plugins exist and what each provides, read
 //! from bundle manifests without spawning anything, and how bundles are installed and removed.
 //!
 //! - [`manifest`]: `plugin.toml`, validated with line:col for every problem.
