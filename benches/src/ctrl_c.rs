@@ -1,5 +1,5 @@
 //! Bench `ctrl-c`: from a Ctrl-C (SIGINT to `hm`) until hm has exited and no process of the
-//! run is left, less the grace period, against DESIGN §11's "grace + 100 ms". No baseline: the
+//! run is left, less the grace period, against the target of "grace + 100 ms". No baseline: the
 //! target is absolute.
 //!
 //! The pipeline has three steps that run at once (`-j3`): two that ignore SIGTERM, and so
@@ -33,7 +33,7 @@ pub const NAME: &str = "ctrl-c";
 const GRACE: Duration = Duration::from_millis(500);
 /// The `--grace` argument; must say the same as [`GRACE`].
 const GRACE_ARG: &str = "500ms";
-/// What may pass beyond the grace (DESIGN §11).
+/// What may pass beyond the grace.
 const LIMIT: Duration = Duration::from_millis(100);
 const STUBBORN: [&str; 2] = ["stubborn1", "stubborn2"];
 const WILLING: &str = "willing";

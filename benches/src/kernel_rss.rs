@@ -1,6 +1,6 @@
 //! Bench `kernel-rss-1000`: the peak resident set of the kernel process alone (not its plugins,
 //! not the steps) during `hm run -j2` of 1,000 independent steps that each run `true`, against
-//! DESIGN §11's 30 MiB. No baseline: the target is absolute.
+//! the 30 MiB target. No baseline: the target is absolute.
 //!
 //! The bench polls `VmHWM` in `/proc/<pid>/status` of the `hm` process every few milliseconds
 //! until it exits and keeps the largest value. Not `ru_maxrss` from `wait4` (or `time -f %M`):

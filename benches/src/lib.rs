@@ -1,6 +1,7 @@
-//! `hm-benches`: the side-by-side comparisons of DESIGN §11. Each bench times hm and a
-//! baseline in the same run, interleaved, and reports the ratio of the medians against the
-//! target; README.md says exactly what each one measures.
+//! `hm-benches`: the side-by-side comparisons behind hm's performance targets
+//! (`benches/README.md`). Each bench times hm and a baseline in the same run, interleaved,
+//! and reports the ratio of the medians against the target; README.md says exactly what each
+//! one measures.
 //!
 //! [`measure`] holds the method (interleaving, medians, the report line), [`child`] runs
 //! external processes with a deadline; one module per bench. The `compare` bench target is the
@@ -42,7 +43,7 @@ pub struct Bench {
     pub run: fn(&Settings) -> Result<Outcome, BenchError>,
 }
 
-/// Every bench, in the order of the table in DESIGN §11.
+/// Every bench, in the order of the targets table of `benches/README.md`.
 pub const BENCHES: &[Bench] = &[
     Bench {
         name: call_round_trip::NAME,

@@ -139,7 +139,7 @@ pub enum Target {
     TimeAtMost(f64),
     /// baseline / ours (throughput) must be at least this.
     ThroughputAtLeast(f64),
-    /// An absolute figure with no baseline (a "—" in DESIGN §11): the median must be at most
+    /// An absolute figure with no baseline (a "—" in the targets table): the median must be at most
     /// `limit`, counted in `unit`s.
     AtMost { limit: f64, unit: Unit },
 }

@@ -1,5 +1,5 @@
 //! Benches `shm-handoff`, `shm-handoff-map` and `shm-vs-socket`: handing a 256 MiB workspace
-//! archive to a plugin through a sealed shared buffer (DESIGN §6.5, §11).
+//! archive to a plugin through a sealed shared buffer (`docs/protocol.md`).
 //!
 //! Ours, in every one: the "kernel" holds the archive in a [`SealedBuffer`] (filled once,
 //! before timing: that is the writer's own copy). A round duplicates its descriptor and queues
@@ -37,7 +37,7 @@ use crate::measure::{BenchError, Outcome, Plan, Target, interleave};
 pub const HANDOFF: &str = "shm-handoff";
 pub const HANDOFF_MAP: &str = "shm-handoff-map";
 pub const VS_SOCKET: &str = "shm-vs-socket";
-/// The archive's size, as in DESIGN §11.
+/// The archive's size, as in its target.
 pub const SIZE: usize = 256 * 1024 * 1024;
 /// One round must finish within this, or the bench is stuck.
 const ROUND_LIMIT: Duration = Duration::from_secs(30);

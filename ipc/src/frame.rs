@@ -26,7 +26,7 @@ pub const MAGIC: [u8; 4] = *b"HMF1";
 pub const HEADER_LEN: usize = 24;
 /// Payload bytes are padded to this multiple.
 pub const PAYLOAD_ALIGN: usize = 8;
-/// The largest payload that may travel inline through the socket (DESIGN §6.2).
+/// The largest payload that may travel inline through the socket (`docs/protocol.md`).
 pub const INLINE_CAP: usize = 16 * 1024 * 1024;
 /// Header flag: one descriptor (a sealed shared buffer) travels with this frame. v3.
 pub const FLAG_FD: u16 = 1 << 0;

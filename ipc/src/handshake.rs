@@ -1,4 +1,4 @@
-//! Protocol versions and their negotiation (DESIGN §6.3).
+//! Protocol versions and their negotiation (`docs/protocol.md`).
 //!
 //! Version 1 is the base protocol. Version 2 adds `KernelCall::Init`: a plugin that speaks it
 //! is sent `Init` before its first real call; a version-1 plugin never is. Version 3 adds

@@ -1,4 +1,4 @@
-//! `hm-ipc`: the wire protocol between the hm kernel and its plugins (DESIGN §6).
+//! `hm-ipc`: the wire protocol between the hm kernel and its plugins (`docs/protocol.md`).
 //!
 //! Layers, one file each: [`frame`] (the fixed header and its checks), [`messages`] (the rkyv
 //! payload types, no I/O), [`codec`] (bytes ⇄ frames, validation before any field is read),

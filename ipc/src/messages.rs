@@ -49,7 +49,7 @@ pub enum KernelCall {
     /// Run `hm <verb> ...`: the plugin has the terminal as its stdin, stdout and stderr and
     /// answers `PluginReply::SubcommandDone` with the exit code for `hm`. v4.
     RunSubcommand(Box<RunSubcommand>),
-    /// One event of the run for a hook (DESIGN §8.1): the plugin answers
+    /// One event of the run for a hook: the plugin answers
     /// `PluginReply::HookDone`. Sent only for the events the plugin's manifest subscribes to,
     /// in the phase it names. v5.
     OnEvent(Box<HookEvent>),

@@ -1,5 +1,5 @@
-//! Shared-memory archive buffers (DESIGN §6.5) and the descriptors that carry them across the
-//! socket. **Every `unsafe` of this machinery is in this file**, each with its reason.
+//! Shared-memory archive buffers (`docs/protocol.md`) and the descriptors that carry them across
+//! the socket. **Every `unsafe` of this machinery is in this file**, each with its reason.
 //!
 //! The writer's side: a [`BufferWriter`] is a memfd (`MFD_ALLOW_SEALING | MFD_CLOEXEC`) filled
 //! through `io::Write`; [`BufferWriter::seal`] adds [`REQUIRED_SEALS`] (no write, grow, shrink,

@@ -1,6 +1,6 @@
 //! The socket between kernel and plugin: a connected pair whose plugin end is inherited
 //! across exec, its fd number named by `HM_IPC_FD`, or in attach mode a named socket the
-//! kernel listens on, its path named by `HM_IPC_SOCKET` (DESIGN §6.1).
+//! kernel listens on, its path named by `HM_IPC_SOCKET` (`docs/protocol.md`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;

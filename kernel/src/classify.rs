@@ -1,4 +1,4 @@
-//! Turning what an executor reported into a status and a cause (DESIGN §4, §7.3), and deciding
+//! Turning what an executor reported into a status and a cause (`docs/events.md`), and deciding
 //! whether a retry class matches.
 
 use hm_ipc::messages::StepResult;

@@ -1,4 +1,4 @@
-//! The exit codes of `hm` (DESIGN §3). When several apply, precedence is 130 > 124 > 1.
+//! The exit codes of `hm` (`docs/exit-codes.md`). When several apply, precedence is 130 > 124 > 1.
 
 pub const OK: i32 = 0;
 pub const STEP_FAILED: i32 = 1;

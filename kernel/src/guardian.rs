@@ -1,5 +1,5 @@
 //! The guardian: a tiny process per run (this binary re-executed as `hm __guardian`) that
-//! outlives the kernel and cleans up after it if it dies (DESIGN §7.4).
+//! outlives the kernel and cleans up after it if it dies.
 //!
 //! The kernel holds the write end of a pipe; the guardian reads the other end as its stdin.
 //! The kernel tells it, one line at a time, what to clean up should it die: `pgid N` for every

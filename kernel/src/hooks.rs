@@ -1,4 +1,4 @@
-//! What the run loop keeps for each hook plugin (DESIGN §8.1, §7.5): the events waiting for it,
+//! What the run loop keeps for each hook plugin: the events waiting for it,
 //! bounded so that a slow hook never grows the kernel's memory or slows the run down, and the
 //! count of what had to be dropped.
 //!

@@ -1,5 +1,5 @@
 //! The `hm` binary: the kernel's command line, plus the built-in plugins, which run as
-//! separate processes by re-executing this binary as `hm __plugin NAME` (DESIGN §8.1).
+//! separate processes by re-executing this binary as `hm __plugin NAME`.
 
 use std::process::ExitCode;
 

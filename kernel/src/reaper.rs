@@ -1,4 +1,4 @@
-//! The kernel as a child subreaper (DESIGN §7.1): processes that daemonise out of a step are
+//! The kernel as a child subreaper: processes that daemonise out of a step are
 //! re-parented to `hm` instead of init, so they stay within reach, and their zombies are reaped
 //! here. Children tokio waits for (the plugins) and the guardian are never touched.
 

@@ -1,4 +1,4 @@
-//! Hooks (DESIGN §8.1, §7.5) end to end: the fixture hook `gatekeeper` installed in the project
+//! Hooks end to end: the fixture hook `gatekeeper` installed in the project
 //! from its executable, configured by `[plugins.gatekeeper]`, observing real runs of `hm`.
 
 use hm_tests::{Bundle, Project, Run, assert_no_process_left, marker};

@@ -1,5 +1,5 @@
-//! `hm <verb>`: subcommands contributed by plugins (DESIGN §3), end to end through `hm` with the
-//! fixture plugin `greeter` installed from its executable.
+//! `hm <verb>`: subcommands contributed by plugins (`docs/protocol.md`, subcommands), end to end
+//! through `hm` with the fixture plugin `greeter` installed from its executable.
 
 use std::io::Write;
 use std::process::Stdio;

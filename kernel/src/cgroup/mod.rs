@@ -1,4 +1,4 @@
-//! cgroupfs: the one module that knows cgroup files (DESIGN §7.2–7.4).
+//! cgroupfs: the one module that knows cgroup files.
 //!
 //! Start with [`detect`], which reads `/proc/self/cgroup` and `/proc/self/mountinfo` once at
 //! startup and picks a backend: cgroup v2 when hm's own cgroup offers the memory and pids

@@ -1,8 +1,7 @@
-//! `hm <verb>`: subcommands contributed by plugins (DESIGN §3, §8.1). Their verbs, help and
-//! arguments come from the manifests (`[[subcommand]]`), so `hm --help` and `hm VERB --help`
-//! never start a plugin. `hm VERB ...` parses the arguments, starts the plugin with the
-//! terminal, sends `RunSubcommand` (protocol v4) and exits with the code of its
-//! `SubcommandDone`.
+//! `hm <verb>`: subcommands contributed by plugins (`docs/protocol.md`, subcommands). Their verbs,
+//! help and arguments come from the manifests (`[[subcommand]]`), so `hm --help` and `hm VERB
+//! --help` never start a plugin. `hm VERB ...` parses the arguments, starts the plugin with the
+//! terminal, sends `RunSubcommand` (protocol v4) and exits with the code of its `SubcommandDone`.
 
 use std::path::Path;
 use std::time::Duration;

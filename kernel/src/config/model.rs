@@ -49,7 +49,7 @@ pub struct Step {
     pub location: String,
 }
 
-/// Resource limits; `None` means no limit is set (DESIGN §7.2).
+/// Resource limits; `None` means no limit is set.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
@@ -74,7 +74,7 @@ impl Default for Retry {
     }
 }
 
-/// A retry class of DESIGN §2.
+/// A retry class (`docs/pipeline.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryClass {
     /// Any failure.
@@ -96,11 +96,11 @@ pub struct PluginSettings {
     /// `config = { ... }` as JSON text, handed to the plugin in `Init` (protocol v2).
     pub config_json: String,
     pub required: bool,
-    /// Handshake deadline; DESIGN §6.3 default 10 s.
+    /// Handshake deadline; 10 s by default.
     pub handshake_timeout: Duration,
 }
 
-/// `restart = { max, within }` (DESIGN §7.5), default 3 within 60 s.
+/// `restart = { max, within }`, default 3 within 60 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartBudget {
     pub max: u32,

@@ -1,5 +1,5 @@
 //! Reading `hm.toml`: finding the file, parsing it with positions, and walking every section
-//! by hand so that all problems are reported together (DESIGN §2).
+//! by hand so that all problems are reported together (`docs/pipeline.md`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;

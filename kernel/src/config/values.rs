@@ -95,7 +95,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// The retry class names of DESIGN §2, for messages and suggestions; `exit:N` stands for the
+/// The retry class names, for messages and suggestions; `exit:N` stands for the
 /// family.
 pub(crate) const RETRY_CLASS_NAMES: &[&str] = &[
     "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash",

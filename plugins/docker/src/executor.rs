@@ -158,7 +158,7 @@ impl Ended {
         }
     }
 
-    /// DESIGN §7.3: out of memory only when the main process was killed (137) *and* the
+    /// Out of memory only when the main process was killed (137) *and* the
     /// daemon says the OOM killer acted. A step whose child was OOM-killed but which went on
     /// and exited on its own ended by its own exit code.
     fn out_of_memory(&self) -> bool {

@@ -15,7 +15,7 @@ use crate::render::Format;
 pub const VERB: &str = "graph";
 /// What `hm --help` says about it.
 pub const ABOUT: &str = "Print the pipeline's step graph (DOT or Mermaid)";
-/// The pipeline file looked for in the current directory and its parents (DESIGN §2).
+/// The pipeline file looked for in the current directory and its parents (`docs/pipeline.md`).
 pub const PIPELINE_FILE: &str = "hm.toml";
 /// The format when `--format` is absent: Mermaid renders in GitHub and GitLab Markdown as is.
 pub const DEFAULT_FORMAT: Format = Format::Mermaid;

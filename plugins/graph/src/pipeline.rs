@@ -1,4 +1,4 @@
-//! The step graph of a pipeline file (`hm.toml`, DESIGN §2), read with `toml_edit`: the
+//! The step graph of a pipeline file (`hm.toml`, `docs/pipeline.md`), read with `toml_edit`: the
 //! pipeline's name, every step in file order with its executor, and the `needs` edges.
 //!
 //! Only what the graph shows is read and checked; everything else in the file (`run`, limits,

@@ -1,8 +1,8 @@
 //! What the report knows about the run: the events the hook observed, folded into one record
 //! per step, and the JUnit verdict of each step. Pure data, no I/O: [`crate::xml`] writes it.
 //!
-//! Events are read leniently. They are hm's `--format json` lines (DESIGN §4); a field that is
-//! missing or of another type is taken as absent rather than failing the report, since a report
+//! Events are read leniently. They are hm's `--format json` lines (`docs/events.md`); a field that
+//! is missing or of another type is taken as absent rather than failing the report, since a report
 //! with a gap is worth more than none.
 
 use std::collections::HashMap;
