@@ -23,11 +23,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hm_ipc::host::CallKind;
 use hm_ipc::messages::{
-    Credit, EnvVar, ExecuteStep, HookEvent, HookPhase, KernelCall, PROJECT_DIR_ENV, StepLimits,
-    StepResult,
+    EnvVar, ExecuteStep, HookEvent, HookPhase, KernelCall, PROJECT_DIR_ENV, StepLimits, StepResult,
 };
-use hm_ipc::{FrameKind, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,7 +48,8 @@ use crate::supervisor::attach::AttachPoint;
 use crate::supervisor::connection::ConnectionContext;
 use crate::supervisor::host_api::HostState;
 use crate::supervisor::{
-    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, PluginLink,
+    start_plugin,
 };
 
 /// After the grace period, how long the kernel waits before killing a step itself, and then
@@ -138,7 +138,7 @@ enum PluginState {
     Starting,
     Ready {
         pid: u32,
-        writer: mpsc::UnboundedSender<OutFrame>,
+        link: PluginLink,
     },
     /// Started and gone; may be restarted within its budget.
     Exited,
@@ -159,8 +159,6 @@ struct PluginSlot {
     shutdown_sent: bool,
     /// The plugin process's cgroup leaf, while it lives.
     leaf: Option<Leaf>,
-    /// This instance's unanswered calls, shared with its connection (which polices replies).
-    calls: Arc<Mutex<HashSet<u64>>>,
     /// The events this plugin's hook observes in this run; empty when it is no hook here.
     hooks: Vec<HookSpec>,
     /// `after` events waiting for the hook.
@@ -190,7 +188,6 @@ impl PluginSlot {
             restart_count: 0,
             shutdown_sent: false,
             leaf: None,
-            calls: Arc::default(),
             hooks: Vec::new(),
             queue: HookQueue::default(),
             hook_calls: HashMap::new(),
@@ -587,7 +584,6 @@ impl<'a> Scheduler<'a> {
             index: p,
             generation: slot.generation,
         };
-        slot.calls = Arc::default();
         slot.abandon = tokio_util::sync::CancellationToken::new();
         let attach = self.opts.attach.get(&slot.spec.name).cloned();
         let ctx = ConnectionContext {
@@ -600,7 +596,6 @@ impl<'a> Scheduler<'a> {
             host: self.host.clone(),
             archive: self.archive.clone(),
             children: self.children.clone(),
-            calls: slot.calls.clone(),
         };
         let mut confinement = Confinement::default();
         match &self.opts.run_cgroup {
@@ -697,21 +692,11 @@ impl<'a> Scheduler<'a> {
             },
         }));
         let timeout = step_def.timeout;
-        let PluginState::Ready { pid, writer } = &self.plugins[p].state else {
+        let PluginState::Ready { pid, link } = &self.plugins[p].state else {
             return;
         };
-        let (pid, writer) = (*pid, writer.clone());
-        // Registered before it is sent, so the connection accepts its reply and output.
-        if let Ok(mut calls) = self.plugins[p].calls.lock() {
-            calls.insert(call);
-        }
-        let sent = OutFrame::message(FrameKind::Call, call, &request)
-            .map_err(|e| e.to_string())
-            .and_then(|frame| {
-                writer
-                    .send(frame)
-                    .map_err(|_| "plugin connection closed".to_string())
-            });
+        let pid = *pid;
+        let sent = link.call(call, CallKind::Execute, &request);
         let now = Instant::now();
         let step = &mut self.steps[i];
         step.state = StepState::Running;
@@ -803,11 +788,11 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::Ready {
                 pid,
                 protocol,
-                writer,
+                link,
             } => {
                 let slot = &mut self.plugins[p];
                 slot.pid = pid;
-                slot.state = PluginState::Ready { pid, writer };
+                slot.state = PluginState::Ready { pid, link };
                 // A plugin started by hand (`--attach`) is the user's to stop, not the guardian's.
                 if let Some(guardian) = &mut self.guardian
                     && !self.opts.attach.contains_key(&slot.spec.name)
@@ -912,12 +897,8 @@ impl<'a> Scheduler<'a> {
                     }
                 }
                 // The batch is consumed: the plugin may send another.
-                if let PluginState::Ready { writer, .. } = &self.plugins[p].state {
-                    if let Ok(frame) =
-                        OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 })
-                    {
-                        let _ = writer.send(frame);
-                    }
+                if let PluginState::Ready { link, .. } = &self.plugins[p].state {
+                    link.grant_credit();
                 }
             }
             PluginEventKind::StepDone {
@@ -972,17 +953,8 @@ impl<'a> Scheduler<'a> {
             PluginEventKind::Diagnostic { message } => {
                 tracing::warn!(plugin = %self.plugins[p].spec.name, "{message}");
             }
-            PluginEventKind::HookDone { call, abort } => {
-                if self.plugins[p].hook_calls.contains_key(&call) {
-                    self.on_hook_answer(p, call, Ok(abort));
-                } else if let Some(i) = self.plugins[p].in_flight.remove(&call) {
-                    let message = format!(
-                        "the {} executor answered the step with a hook's reply",
-                        self.plugins[p].spec.name
-                    );
-                    self.end_attempt(i, Verdict::failed(Cause::ProtocolError, message));
-                }
-            }
+            // The connection's policy lets a hook's answer through only to a hook call.
+            PluginEventKind::HookDone { call, abort } => self.on_hook_answer(p, call, Ok(abort)),
             PluginEventKind::Exited(exit) => self.on_plugin_exit(p, exit),
         }
     }
@@ -1316,8 +1288,8 @@ impl<'a> Scheduler<'a> {
         }
         step.escalate_at = Some(Instant::now() + self.opts.grace + ESCALATE);
         let call = step.call;
-        if let PluginState::Ready { writer, .. } = &self.plugins[step.plugin].state {
-            let _ = writer.send(OutFrame::empty(FrameKind::Cancel, call));
+        if let PluginState::Ready { link, .. } = &self.plugins[step.plugin].state {
+            link.cancel(call);
         }
     }
 
@@ -1471,10 +1443,10 @@ impl<'a> Scheduler<'a> {
     /// Sends `Shutdown` to the plugins `which` selects, and gives them [`SHUTDOWN_GRACE`].
     fn shut_down_plugins(&mut self, which: fn(&PluginSlot) -> bool) {
         for slot in self.plugins.iter_mut().filter(|p| which(p)) {
-            if let PluginState::Ready { writer, .. } = &slot.state {
+            if let PluginState::Ready { link, .. } = &slot.state {
                 if !slot.shutdown_sent {
                     slot.shutdown_sent = true;
-                    let _ = writer.send(OutFrame::empty(FrameKind::Shutdown, 0));
+                    link.shutdown();
                 }
             }
         }
@@ -1646,13 +1618,12 @@ impl<'a> Scheduler<'a> {
         timeout: Duration,
         gate: Option<(usize, u32)>,
     ) -> Result<u64, String> {
-        let PluginState::Ready { writer, .. } = &self.plugins[p].state else {
+        let PluginState::Ready { link, .. } = &self.plugins[p].state else {
             return Err(format!(
                 "plugin {} is not running",
                 self.plugins[p].spec.name
             ));
         };
-        let writer = writer.clone();
         let call = self.next_call;
         self.next_call += 1;
         let request = KernelCall::OnEvent(Box::new(HookEvent {
@@ -1660,15 +1631,8 @@ impl<'a> Scheduler<'a> {
             kind: event.kind.to_owned(),
             event_json: event.json,
         }));
-        let frame = OutFrame::message(FrameKind::Call, call, &request)
-            .map_err(|e| format!("cannot encode the event: {e}"))?;
+        link.call(call, CallKind::Hook, &request)?;
         let slot = &mut self.plugins[p];
-        if let Ok(mut calls) = slot.calls.lock() {
-            calls.insert(call);
-        }
-        writer
-            .send(frame)
-            .map_err(|_| "plugin connection closed".to_string())?;
         slot.hook_calls.insert(
             call,
             HookCall {

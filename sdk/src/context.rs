@@ -82,8 +82,8 @@ impl StepContext {
 
     /// Queues one line of step output (without its newline). Lines are sent in batches;
     /// call [`Self::flush`] when no more output is immediately available so the user sees it
-    /// live. A line longer than [`Self::max_line_bytes`] is sent whole all the same; the
-    /// process helper splits long lines before they get here.
+    /// live. A line longer than a batch may carry ([`Self::max_line_bytes`]) is split, at
+    /// character boundaries, into lines that fit: hm refuses a larger batch.
     pub async fn line(&self, stream: OutputStream, text: String) -> Result<(), StepError> {
         self.lines(stream, &text).await
     }
@@ -101,13 +101,25 @@ impl StepContext {
                 (pending.bytes, pending.chunks.is_empty())
             };
             let room = max.saturating_sub(pending_bytes + 1);
-            if text.len() <= room || (empty && !text.contains('\n')) {
+            if text.len() <= room {
                 let full = {
                     let mut pending = self.lock_batch();
                     pending.push(stream, text);
                     pending.bytes >= max
                 };
                 return if full { self.flush().await } else { Ok(()) };
+            }
+            let first_line = text.find('\n').unwrap_or(text.len());
+            if empty && first_line > room {
+                // Longer than a whole batch may be: it goes out in pieces, each a line.
+                let mut cut = room.min(first_line);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                self.lock_batch().push(stream, &text[..cut]);
+                text = &text[cut..];
+                self.flush().await?;
+                continue;
             }
             // Too much for this batch: send the lines that fit (or, into an empty batch, at
             // least the first line) and go on with the rest.

@@ -15,6 +15,10 @@ use crate::StepError;
 /// `HostReply::Archive` has one; the serve loop checks that they go together).
 pub(crate) type Answer = (HostReply, Option<SharedBuffer>);
 
+/// The smallest batch the SDK can keep to: a piece of a split line must hold a whole
+/// character (up to 4 bytes) and its separator. hm announces 256 KiB.
+const MIN_BATCH_BYTES: usize = 8;
+
 pub(crate) struct Link {
     out: mpsc::UnboundedSender<OutFrame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
@@ -37,7 +41,7 @@ impl Link {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             credit: Semaphore::new(log_credit as usize),
-            max_batch_bytes: (max_batch_bytes as usize).max(1024),
+            max_batch_bytes: (max_batch_bytes as usize).max(MIN_BATCH_BYTES),
             protocol,
         }
     }

@@ -39,6 +39,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
+use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
     ArchiveBuffer, CallFailure, Credit, HookEvent, HookPhase, HostCall, HostReply, Init,
     KernelCall, KvKey, LogBatch, LogLevel, PluginReply, Reject, RunSubcommand, StepResult, Welcome,
@@ -110,7 +111,7 @@ pub struct HarnessOptions {
     /// protocol violation.
     pub log_credit: u32,
     /// The most bytes of line text one log batch may carry (`Welcome::max_batch_bytes`). The SDK
-    /// does not go below 1024, so smaller values make it break the protocol.
+    /// splits longer lines to keep to it (it cannot go below 8 bytes).
     pub max_batch_bytes: u32,
     /// What `ReadConfig` answers until [`Harness::init`] sends another configuration.
     pub config_json: String,
@@ -240,8 +241,13 @@ impl Harness {
         let kernel = Arc::new(Kernel {
             out,
             protocol,
-            max_batch_bytes: options.max_batch_bytes as usize,
             state: Mutex::new(State {
+                policy: HostPolicy::new(
+                    protocol,
+                    options.log_credit,
+                    options.max_batch_bytes,
+                    MAX_CALL_BYTES,
+                ),
                 calls: HashMap::new(),
                 pings: HashMap::new(),
                 kv: HashMap::new(),
@@ -249,7 +255,6 @@ impl Harness {
                 config_json: options.config_json,
                 archive: None,
                 archive_requests: 0,
-                credit: options.log_credit.into(),
                 ended: None,
             }),
         });
@@ -412,6 +417,7 @@ impl Harness {
             if let Some(ended) = &state.ended {
                 return Err(ended.error());
             }
+            state.policy.ping(nonce);
             state.pings.insert(nonce, tx);
         }
         let sent = Instant::now();
@@ -481,6 +487,7 @@ impl Harness {
             if let Some(ended) = &state.ended {
                 return Err(ended.error());
             }
+            state.policy.register(id, kind);
             state.calls.insert(
                 id,
                 CallEntry {
@@ -701,11 +708,13 @@ fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
 struct Kernel {
     out: mpsc::UnboundedSender<OutFrame>,
     protocol: u32,
-    max_batch_bytes: usize,
     state: Mutex<State>,
 }
 
 struct State {
+    /// hm's own rules for what the plugin may send (calls in flight, reply kinds, credit,
+    /// batch size): the harness judges the plugin exactly as the kernel does.
+    policy: HostPolicy,
     calls: HashMap<u64, CallEntry>,
     pings: HashMap<u64, oneshot::Sender<()>>,
     kv: HashMap<(u8, u64, String), String>,
@@ -714,8 +723,6 @@ struct State {
     /// What `OpenArchive` is served from.
     archive: Option<SealedBuffer>,
     archive_requests: u32,
-    /// Log batches the plugin may still send before it needs more credit.
-    credit: u64,
     /// Why the connection is over; the first reason wins.
     ended: Option<Ended>,
 }
@@ -724,14 +731,6 @@ struct CallEntry {
     kind: CallKind,
     events: mpsc::UnboundedSender<CallEvent>,
     process_groups: Vec<i32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallKind {
-    Init,
-    Execute,
-    Hook,
-    Subcommand,
 }
 
 enum CallEvent {
@@ -807,119 +806,81 @@ impl Kernel {
 
     /// Handles one frame from the plugin; `Err` is a protocol violation.
     fn receive(&self, frame: Frame) -> Result<(), String> {
-        let id = frame.call_id();
-        if frame.buffer.is_some() {
-            // Large payloads may travel in a shared buffer; a buffer beside one, never.
-            return Err(format!(
-                "sent a shared buffer with a {:?} frame, which has none",
-                frame.kind()
-            ));
-        }
-        match frame.kind() {
-            FrameKind::LogBatch => {
-                self.log_batch(id, frame.decode::<LogBatch>().map_err(|e| e.to_string())?)
-            }
-            FrameKind::Reply => {
-                let reply = frame.decode::<PluginReply>().map_err(|e| e.to_string())?;
+        let inbound = self.lock().policy.check(frame).map_err(|v| v.0)?;
+        match inbound {
+            Inbound::Log { call, batch } => self.log_batch(call, batch),
+            Inbound::Reply { call, reply, .. } => {
                 let mut state = self.lock();
-                let Some(call) = state.calls.remove(&id) else {
-                    return Err(format!("sent a reply to call {id}, which is not in flight"));
+                // The policy only lets through replies to calls in flight, of a kind that fits.
+                let Some(entry) = state.calls.remove(&call) else {
+                    return Ok(());
                 };
-                let fits = match call.kind {
-                    CallKind::Execute => {
-                        matches!(
-                            reply,
-                            PluginReply::StepDone(_)
-                                | PluginReply::StepOutOfMemory(_)
-                                | PluginReply::Failed(_)
-                        )
-                    }
-                    CallKind::Init => matches!(
-                        reply,
-                        PluginReply::Ready | PluginReply::Failed(_) | PluginReply::Unavailable(_)
-                    ),
-                    CallKind::Hook => {
-                        matches!(reply, PluginReply::HookDone(_) | PluginReply::Failed(_))
-                    }
-                    CallKind::Subcommand => {
-                        matches!(
-                            reply,
-                            PluginReply::SubcommandDone(_) | PluginReply::Failed(_)
-                        )
-                    }
-                };
-                if !fits {
-                    return Err(format!("answered {:?} call {id} with {reply:?}", call.kind));
-                }
                 // Step-scoped state lives as long as the step attempt.
                 let step = KvScope::Step as u8;
                 state
                     .kv
-                    .retain(|(scope, step_call, _), _| *scope != step || *step_call != id);
-                let _ = call.events.send(CallEvent::Reply(reply));
+                    .retain(|(scope, step_call, _), _| *scope != step || *step_call != call);
+                let _ = entry.events.send(CallEvent::Reply(reply));
                 Ok(())
             }
-            FrameKind::Call => {
-                let call = frame.decode::<HostCall>().map_err(|e| e.to_string())?;
-                let (reply, buffer) = self.host_call(call)?;
-                let mut frame = OutFrame::message_for(self.protocol, FrameKind::Reply, id, &reply)
-                    .map_err(|e| format!("the harness failed to answer: {e}"))?;
-                if let Some(fd) = buffer {
-                    frame = frame.with_buffer(fd);
-                }
-                // A closed writer means the connection is ending; the pump sees that next.
-                let _ = self.out.send(frame);
-                Ok(())
+            Inbound::HostCall { call, request } => {
+                let (reply, buffer) = self.host_call(request)?;
+                self.answer(call, &reply, buffer)
             }
-            FrameKind::Pong => match self.lock().pings.remove(&id) {
-                Some(waiter) => {
+            Inbound::OversizedCall { call, bytes } => {
+                let message = format!("a host call of {bytes} bytes is larger than hm accepts");
+                self.answer(
+                    call,
+                    &HostReply::Error(Box::new(CallFailure { message })),
+                    None,
+                )
+            }
+            Inbound::Pong { nonce } => {
+                if let Some(waiter) = self.lock().pings.remove(&nonce) {
                     let _ = waiter.send(());
-                    Ok(())
                 }
-                None => Err(format!(
-                    "sent a pong for nonce {id}, which was never pinged"
-                )),
-            },
-            other => Err(format!("sent a {other:?} frame, which only hm may send")),
+                Ok(())
+            }
         }
     }
 
-    fn log_batch(&self, id: u64, batch: LogBatch) -> Result<(), String> {
-        let bytes: usize = batch.chunks.iter().map(|chunk| chunk.text.len()).sum();
-        if bytes > self.max_batch_bytes {
-            return Err(format!(
-                "sent a log batch with {bytes} bytes of text for call {id}, over max_batch_bytes \
-                 {}",
-                self.max_batch_bytes
-            ));
+    /// Sends the reply to the plugin's host call `call`.
+    fn answer(&self, call: u64, reply: &HostReply, buffer: Option<OwnedFd>) -> Result<(), String> {
+        let mut frame = OutFrame::message_for(self.protocol, FrameKind::Reply, call, reply)
+            .map_err(|e| format!("the harness failed to answer: {e}"))?;
+        if let Some(fd) = buffer {
+            frame = frame.with_buffer(fd);
         }
-        let mut lines = Vec::new();
-        for chunk in batch.chunks {
-            let stream = match chunk.stream {
-                0 => OutputStream::Stdout,
-                1 => OutputStream::Stderr,
-                other => return Err(format!("sent a log chunk with unknown stream {other}")),
-            };
-            lines.extend(chunk.text.split('\n').map(|line| (stream, line.to_owned())));
-        }
+        // A closed writer means the connection is ending; the pump sees that next.
+        let _ = self.out.send(frame);
+        Ok(())
+    }
+
+    /// Routes a batch of step output to its call and grants its credit back, as hm does once
+    /// it has taken the lines in.
+    fn log_batch(&self, call: u64, batch: LogBatch) -> Result<(), String> {
+        let lines: Vec<(OutputStream, String)> = batch
+            .chunks
+            .into_iter()
+            .flat_map(|chunk| {
+                let stream = match chunk.stream {
+                    0 => OutputStream::Stdout,
+                    _ => OutputStream::Stderr,
+                };
+                chunk
+                    .text
+                    .split('\n')
+                    .map(|line| (stream, line.to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut state = self.lock();
-        if state.credit == 0 {
-            return Err(format!("sent a log batch for call {id} without credit"));
-        }
-        state.credit -= 1;
-        match state.calls.get(&id) {
-            Some(call) if call.kind == CallKind::Execute => {
-                // The handle may be gone; the batch is consumed all the same.
-                let _ = call.events.send(CallEvent::Lines(lines));
-            }
-            _ => {
-                return Err(format!(
-                    "sent a log batch for call {id}, which is not a running step"
-                ));
-            }
+        if let Some(entry) = state.calls.get(&call) {
+            // The handle may be gone; the batch is consumed all the same.
+            let _ = entry.events.send(CallEvent::Lines(lines));
         }
         // The batch is consumed: only now may the plugin send one more.
-        state.credit += 1;
+        state.policy.grant(1);
         let credit = OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 })
             .map_err(|e| format!("the harness failed to grant credit: {e}"))?;
         let _ = self.out.send(credit);
@@ -979,19 +940,15 @@ impl Kernel {
                 let _ = call.events.send(CallEvent::ProcessGroup(process.pgid));
                 HostReply::Ok
             }
-            HostCall::OpenArchive => return open_archive(self.protocol, &mut state),
+            HostCall::OpenArchive => return open_archive(&mut state),
         };
         Ok((reply, None))
     }
 }
 
-/// Answers `OpenArchive` from the archive the test provided.
-fn open_archive(protocol: u32, state: &mut State) -> Result<(HostReply, Option<OwnedFd>), String> {
-    if protocol < SHM_SINCE {
-        return Err(format!(
-            "called OpenArchive on protocol {protocol}, which does not have it"
-        ));
-    }
+/// Answers `OpenArchive` from the archive the test provided (the policy has checked that the
+/// protocol has it).
+fn open_archive(state: &mut State) -> Result<(HostReply, Option<OwnedFd>), String> {
     state.archive_requests += 1;
     let Some(archive) = &state.archive else {
         let message = "the test provided no archive (Harness::provide_archive)".to_owned();

@@ -259,22 +259,67 @@ async fn dropping_the_harness_mid_step_leaves_no_process() {
     }
 }
 
-/// Sends one line longer than a batch may carry. (The SDK's process helper splits long lines;
-/// `StepContext::line` sends what it is given.)
+/// Sends one line one byte longer than a batch may carry, then a line of two-byte characters
+/// that long.
 struct Oversized;
 
 impl Executor for Oversized {
     async fn execute(&self, _: StepRequest, ctx: StepContext) -> Result<StepResult, StepError> {
-        let text = "x".repeat(ctx.max_line_bytes() + 1);
-        ctx.line(hm_sdk::OutputStream::Stdout, text).await?;
+        let max = ctx.max_line_bytes();
+        ctx.line(hm_sdk::OutputStream::Stdout, "x".repeat(max + 1))
+            .await?;
+        ctx.line(hm_sdk::OutputStream::Stdout, "é".repeat(max / 2 + 1))
+            .await?;
         Ok(StepResult::default())
     }
 }
 
+fn oversized_plugin() -> Plugin {
+    Plugin::new("oversized", "0.0.0").executor("oversized", Oversized)
+}
+
+#[tokio::test]
+async fn a_line_longer_than_a_batch_is_split_into_lines_that_fit() {
+    let harness = Harness::start(oversized_plugin()).await.unwrap();
+    let max = HarnessOptions::default().max_batch_bytes as usize;
+    let run = harness.execute(step("")).await.unwrap();
+    let lines = run.stdout();
+    assert!(
+        lines.iter().all(|l| l.len() <= max),
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    let xs: String = lines
+        .iter()
+        .filter(|l| l.starts_with('x'))
+        .copied()
+        .collect();
+    let es: String = lines
+        .iter()
+        .filter(|l| l.starts_with('é'))
+        .copied()
+        .collect();
+    assert_eq!(xs, "x".repeat(max + 1), "nothing lost");
+    assert_eq!(
+        es,
+        "é".repeat(max / 2 + 1),
+        "cut between characters, nothing lost"
+    );
+    assert!(lines.len() >= 4, "each long line went out in pieces");
+    harness.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_harness_fails_calls_of_a_plugin_that_breaks_the_protocol() {
-    let plugin = Plugin::new("oversized", "0.0.0").executor("oversized", Oversized);
-    let harness = Harness::start(plugin).await.unwrap();
+    // A host that allows batches smaller than any the SDK can keep to (a character and its
+    // separator): the plugin's first batch is over the limit.
+    let options = HarnessOptions {
+        max_batch_bytes: 4,
+        ..Default::default()
+    };
+    let harness = Harness::start_with(oversized_plugin(), options)
+        .await
+        .unwrap();
     match harness.execute(step("")).await {
         Err(HarnessError::Protocol(why)) => assert!(why.contains("max_batch_bytes"), "{why}"),
         other => panic!("expected a protocol violation, got {other:?}"),

@@ -568,6 +568,61 @@ fn check_violation(mode: &str, reason: &str) {
     s.assert_nothing_left(&run);
 }
 
+/// The peak resident set of a live process (`VmHWM`), in bytes; `None` once it has exited.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some(kib * 1024)
+}
+
+#[test]
+fn a_plugin_that_floods_log_batches_without_credit_is_stopped_and_hm_stays_small() {
+    // 1 GiB of output without waiting for credit: a kernel that took it all in would hold
+    // much of it; hm refuses the first batch over its credit.
+    let s = ScenarioBuilder::new("flood", Bundle::executor("fixture-wire", "wire", WIRE))
+        .env("WIRE", "flood")
+        .build();
+    let mut hm = Hm::spawn(s.command(&[], &[]));
+    hm.wait_for_event("the step_end of bad", WAIT, |e: &Value| {
+        e["kind"] == "step_end" && e["step"] == "bad"
+    });
+    // Still running (calm waits for the release): its high-water mark is the whole story.
+    let peak = peak_rss(hm.pid());
+    s.project.write("release", "");
+    let run = hm.finish(RUN_DEADLINE).into_run();
+    let peak = peak.unwrap_or_else(|| panic!("hm ended while calm still ran; {run}"));
+    assert!(
+        peak < 64 << 20,
+        "hm peaked at {} MiB while a plugin flooded it",
+        peak >> 20
+    );
+    assert_eq!(run.status("bad"), "failed", "{run}");
+    assert_eq!(run.cause("bad"), Some("protocol_error"), "{run}");
+    assert_eq!(s.crash(&run)["cause"], "protocol_error", "{run}");
+    let message = step_message(&run, "bad");
+    assert!(message.contains("without credit"), "{message}");
+    // The lines written through the SDK are all there, in order, before the flood's.
+    let lines = run.lines("bad");
+    let expected = expected_lines("bad", LINES);
+    assert_eq!(lines[..expected.len()], expected[..], "{run}");
+    let flood = "f".repeat(4095);
+    assert!(
+        lines[expected.len()..].iter().all(|l| *l == flood),
+        "only whole flood lines follow; {run}"
+    );
+    assert!(
+        run.last_index_of("step_log", "bad") < run.index_of("step_end", "bad"),
+        "{run}"
+    );
+    assert_eq!(run.code(), 1, "{run}");
+    assert_calm_passed(&run);
+    s.assert_nothing_left(&run);
+}
+
 #[test]
 fn garbage_bytes_instead_of_a_frame_are_a_protocol_error() {
     check_violation("garbage", "bad frame magic");

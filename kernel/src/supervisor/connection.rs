@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
+use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
-    ArchiveBuffer, ArchivedLogBatch, Hello, HostCall, HostReply, Init, KernelCall, PluginReply,
-    Reject, StepResult, Welcome,
+    ArchiveBuffer, Credit, Hello, HostCall, HostReply, Init, KernelCall, PluginReply, Reject,
+    StepResult, Welcome,
 };
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
@@ -22,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::host_api::{HostState, MAX_CALL_BYTES};
+use super::host_api::HostState;
 use super::spawn::{describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
 use crate::cgroup::Leaf;
@@ -65,11 +66,11 @@ pub struct PluginEvent {
 
 #[derive(Debug)]
 pub enum PluginEventKind {
-    /// Handshake (and `Init`) done: calls may be sent through `writer`.
+    /// Handshake (and `Init`) done: calls may be sent through `link`.
     Ready {
         pid: u32,
         protocol: u32,
-        writer: mpsc::UnboundedSender<OutFrame>,
+        link: PluginLink,
     },
     /// The plugin could not be started; `message` says why in full. `unavailable`: it
     /// refused `Init` because its environment is missing (a daemon that does not answer).
@@ -126,6 +127,59 @@ pub struct FailedProcess {
     pub cause: Cause,
 }
 
+/// The run loop's way to talk to one plugin instance once it is ready. Every frame hm sends
+/// that the plugin may answer goes through here, so [`HostPolicy`] knows of it before the
+/// plugin can: a call is registered before it is sent, credit granted before `Credit` is.
+#[derive(Debug, Clone)]
+pub struct PluginLink {
+    writer: mpsc::UnboundedSender<OutFrame>,
+    policy: Arc<Mutex<HostPolicy>>,
+}
+
+impl PluginLink {
+    /// Sends call `id` of `kind`. `Err` when the connection is already closed (the plugin's
+    /// exit is on its way to the run loop).
+    pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), String> {
+        let frame = OutFrame::message(FrameKind::Call, id, call).map_err(|e| e.to_string())?;
+        lock(&self.policy).register(id, kind);
+        self.writer
+            .send(frame)
+            .map_err(|_| "plugin connection closed".to_string())
+    }
+
+    /// Gives back one batch of log credit: hm has taken a batch in.
+    pub fn grant_credit(&self) {
+        if let Ok(frame) = OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 }) {
+            lock(&self.policy).grant(1);
+            let _ = self.writer.send(frame);
+        }
+    }
+
+    /// Asks the plugin to stop call `id` (its reply still comes).
+    pub fn cancel(&self, id: u64) {
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Cancel, id));
+    }
+
+    /// Asks the plugin to finish its calls and exit.
+    pub fn shutdown(&self) {
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Shutdown, 0));
+    }
+
+    /// Sends a ping with `nonce` (the connection's liveness check).
+    fn ping(&self, nonce: u64) {
+        lock(&self.policy).ping(nonce);
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Ping, nonce));
+    }
+
+    /// Sends the reply to the plugin's host call `id`.
+    fn reply(&self, protocol: u32, id: u64, reply: &HostReply) -> Result<(), String> {
+        let frame = OutFrame::message_for(protocol, FrameKind::Reply, id, reply)
+            .map_err(|e| e.to_string())?;
+        let _ = self.writer.send(frame);
+        Ok(())
+    }
+}
+
 /// How a plugin process ended and why.
 #[derive(Debug)]
 pub struct PluginExit {
@@ -157,10 +211,6 @@ pub struct ConnectionContext {
     /// Pids of the plugin processes whose exit status tokio waits for: the orphan reaper must
     /// leave them alone. Inserted right after the spawn, removed after the wait.
     pub children: Arc<Mutex<HashSet<u32>>>,
-    /// Ids of the kernel's calls to this plugin instance that have not been answered: the
-    /// scheduler inserts before sending, the connection removes on the reply. A reply or log
-    /// batch for any other id is a protocol violation.
-    pub calls: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// Starts the task that runs one plugin instance from spawn to exit.
@@ -375,7 +425,7 @@ async fn run_plugin(
     )
     .await;
     let failure = match handshake {
-        Ok(Ok(protocol)) => Ok(protocol),
+        Ok(Ok(agreed)) => Ok(agreed),
         Ok(Err(failure)) => Err(failure),
         Err(_elapsed) => Err(HandshakeFailure::new(
             FailureKind::TimedOut,
@@ -385,8 +435,8 @@ async fn run_plugin(
             ),
         )),
     };
-    let protocol = match failure {
-        Ok(protocol) => protocol,
+    let (protocol, policy) = match failure {
+        Ok(agreed) => agreed,
         Err(failure) => {
             return Err(end_failed_start(spec, pid, process, writer, writer_task, failure).await);
         }
@@ -401,10 +451,14 @@ async fn run_plugin(
         protocol,
         config_json: &settings.config_json,
     };
+    let link = PluginLink {
+        writer: writer.clone(),
+        policy: Arc::new(Mutex::new(policy)),
+    };
     send(PluginEventKind::Ready {
         pid,
         protocol,
-        writer: writer.clone(),
+        link: link.clone(),
     });
 
     let mut violation = None;
@@ -433,7 +487,7 @@ async fn run_plugin(
                     Some(Err(e)) => { violation = Some(e.to_string()); break; }
                 };
                 last_heard = Instant::now();
-                if let Err(e) = dispatch(spec, &ctx, &writer, frame, &mut ping, &send, &peer) {
+                if let Err(e) = dispatch(spec, &ctx, &link, frame, &mut ping, &send, &peer) {
                     violation = Some(e);
                     break;
                 }
@@ -444,7 +498,7 @@ async fn run_plugin(
                     Some((_, deadline)) if now >= deadline => { hung = true; break; }
                     None if now.duration_since(last_heard) >= interval => {
                         nonce += 1;
-                        let _ = writer.send(OutFrame::empty(FrameKind::Ping, nonce));
+                        link.ping(nonce);
                         ping = Some((nonce, now + 2 * interval));
                     }
                     _ => {}
@@ -455,6 +509,7 @@ async fn run_plugin(
     if violation.is_some() || hung {
         process.kill(pid);
     }
+    drop(link);
     drop(writer);
     let status = process.wait(pid).await;
     // The plugin is gone; anything left in its process group goes with it.
@@ -592,7 +647,8 @@ async fn end_failed_start(
     }
 }
 
-/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version.
+/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version and the
+/// rules the rest of the connection is held to (which `Init`'s answer already was).
 ///
 /// Sending never decides anything here: a frame that cannot be sent means the plugin closed
 /// its end, and the next read says so (or says what it sent before it left), so one cause
@@ -603,9 +659,9 @@ async fn handshake(
     ctx: &ConnectionContext,
     frames: &mut FrameReader,
     writer: &mpsc::UnboundedSender<OutFrame>,
-) -> Result<u32, HandshakeFailure> {
+) -> Result<(u32, HostPolicy), HandshakeFailure> {
     let hello = read_hello(frames).await?;
-    let reject = |reason: String| -> Result<u32, HandshakeFailure> {
+    let reject = |reason: String| -> Result<(u32, HostPolicy), HandshakeFailure> {
         send_reject(writer, &reason);
         Err(HandshakeFailure::new(FailureKind::Rejected, reason))
     };
@@ -640,14 +696,16 @@ async fn handshake(
         log_credit: LOG_CREDIT,
         max_batch_bytes: MAX_BATCH_BYTES,
     };
+    let mut policy = HostPolicy::new(protocol, LOG_CREDIT, MAX_BATCH_BYTES, MAX_CALL_BYTES);
     send_frame(writer, OutFrame::message(FrameKind::Welcome, 0, &welcome));
     if protocol < hm_ipc::handshake::INIT_SINCE {
-        return Ok(protocol);
+        return Ok((protocol, policy));
     }
     let init = KernelCall::Init(Box::new(Init {
         config_json: settings.config_json.clone(),
         pipeline: ctx.pipeline.clone(),
     }));
+    policy.register(0, CallKind::Init);
     send_frame(writer, OutFrame::message(FrameKind::Call, 0, &init));
     loop {
         let frame = match frames.next().await {
@@ -664,55 +722,53 @@ async fn handshake(
             }
             Some(Ok(frame)) => frame,
         };
-        match frame.kind() {
-            FrameKind::Reply if frame.call_id() == 0 => {
-                return match frame.decode::<PluginReply>() {
-                    Ok(PluginReply::Ready) => Ok(protocol),
-                    Ok(PluginReply::Failed(f)) => Err(HandshakeFailure::new(
+        let inbound = policy
+            .check(frame)
+            .map_err(|v| HandshakeFailure::violation(format!("during Init: {v}")))?;
+        let (call, reply) = match inbound {
+            Inbound::Reply { reply, .. } => {
+                return match reply {
+                    PluginReply::Ready => Ok((protocol, policy)),
+                    PluginReply::Failed(f) => Err(HandshakeFailure::new(
                         FailureKind::Refused { unavailable: false },
                         format!("refused its configuration: {}", f.message),
                     )),
-                    Ok(PluginReply::Unavailable(f)) => Err(HandshakeFailure::new(
+                    PluginReply::Unavailable(f) => Err(HandshakeFailure::new(
                         FailureKind::Refused { unavailable: true },
                         f.message,
                     )),
-                    Ok(other) => Err(HandshakeFailure::violation(format!(
+                    other => Err(HandshakeFailure::violation(format!(
                         "answered Init with {other:?}"
-                    ))),
-                    Err(e) => Err(HandshakeFailure::violation(format!(
-                        "sent an invalid Init reply: {e}"
                     ))),
                 };
             }
             // A diagnostic while initialising is fine; answer it so the plugin does not wait.
             // The rest of the host API serves a plugin that is running, not one being set up.
-            FrameKind::Call => {
-                let reply = match frame.decode::<HostCall>() {
-                    Ok(HostCall::Log(record)) => {
-                        tracing::info!(plugin = %spec.name, "{}", record.message);
-                        HostReply::Ok
-                    }
-                    Ok(_) => super::host_api::error(
-                        "only Log is answered during Init; call the host API once Init is over"
-                            .to_owned(),
-                    ),
-                    Err(e) => {
-                        return Err(HandshakeFailure::violation(format!(
-                            "sent an invalid host call during Init: {e}"
-                        )));
-                    }
-                };
-                send_frame(
-                    writer,
-                    OutFrame::message(FrameKind::Reply, frame.call_id(), &reply),
-                );
+            Inbound::HostCall {
+                call,
+                request: HostCall::Log(record),
+            } => {
+                tracing::info!(plugin = %spec.name, "{}", record.message);
+                (call, HostReply::Ok)
             }
-            other => {
-                return Err(HandshakeFailure::violation(format!(
-                    "sent {other:?} during Init"
-                )));
+            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
+                call,
+                super::host_api::error(
+                    "only Log is answered during Init; call the host API once Init is over"
+                        .to_owned(),
+                ),
+            ),
+            // The policy lets no output or pong through: no step runs, no ping was sent.
+            Inbound::Log { .. } | Inbound::Pong { .. } => {
+                return Err(HandshakeFailure::violation(
+                    "sent output or a pong during Init",
+                ));
             }
-        }
+        };
+        send_frame(
+            writer,
+            OutFrame::message_for(protocol, FrameKind::Reply, call, &reply),
+        );
     }
 }
 
@@ -782,86 +838,75 @@ pub fn send_reject(writer: &mpsc::UnboundedSender<OutFrame>, reason: &str) {
     }
 }
 
-/// Validates one frame after the handshake and turns it into an event or a host-API answer.
+/// Judges one frame after the handshake ([`HostPolicy`]) and turns it into an event or a
+/// host-API answer. `Err` is a protocol violation.
 fn dispatch(
     spec: &PluginSpec,
     ctx: &ConnectionContext,
-    writer: &mpsc::UnboundedSender<OutFrame>,
+    link: &PluginLink,
     frame: hm_ipc::Frame,
     ping: &mut Option<(u64, Instant)>,
     send: &impl Fn(PluginEventKind),
     peer: &Peer<'_>,
 ) -> Result<(), String> {
-    let call = frame.call_id();
-    if frame.buffer.is_some() {
-        // A large payload may come in a shared buffer; a buffer beside the payload is a
-        // workspace archive or the like, which only hm hands out.
-        return Err(format!(
-            "sent a shared buffer with a {:?} frame, which has none",
-            frame.kind()
-        ));
-    }
-    match frame.kind() {
-        FrameKind::LogBatch => {
-            if !lock(&ctx.calls).contains(&call) {
-                return Err(format!("sent output for call {call}, which is not running"));
-            }
-            let batch = frame
-                .access::<ArchivedLogBatch>()
-                .map_err(|e| e.to_string())?;
-            let mut chunks = Vec::with_capacity(batch.chunks.len());
-            for chunk in batch.chunks.iter() {
-                let stream = match chunk.stream {
-                    0 => Stream::Stdout,
-                    1 => Stream::Stderr,
-                    other => return Err(format!("log chunk with unknown stream {other}")),
-                };
-                chunks.push((stream, chunk.text.as_str().to_owned()));
-            }
+    let inbound = lock(&link.policy).check(frame).map_err(|v| v.0)?;
+    let (call, reply) = match inbound {
+        Inbound::Log { call, batch } => {
+            let chunks = batch
+                .chunks
+                .into_iter()
+                .map(|chunk| {
+                    let stream = match chunk.stream {
+                        0 => Stream::Stdout,
+                        _ => Stream::Stderr,
+                    };
+                    (stream, chunk.text)
+                })
+                .collect();
             send(PluginEventKind::Log { call, chunks });
+            return Ok(());
         }
-        FrameKind::Reply if !lock(&ctx.calls).remove(&call) => {
-            return Err(format!(
-                "answered call {call}, which hm never made or already had answered"
-            ));
+        Inbound::Reply { call, reply, .. } => {
+            send(match reply {
+                PluginReply::StepDone(result) => PluginEventKind::StepDone {
+                    call,
+                    result: *result,
+                    out_of_memory: false,
+                },
+                PluginReply::StepOutOfMemory(result) => PluginEventKind::StepDone {
+                    call,
+                    result: *result,
+                    out_of_memory: true,
+                },
+                PluginReply::Failed(f) => PluginEventKind::CallFailed {
+                    call,
+                    message: f.message,
+                },
+                PluginReply::HookDone(outcome) => PluginEventKind::HookDone {
+                    call,
+                    abort: outcome.abort,
+                },
+                // A run makes no Init call after the handshake and no RunSubcommand at all,
+                // so the policy lets none of their answers through.
+                other => return Err(format!("answered call {call} with {other:?}")),
+            });
+            return Ok(());
         }
-        FrameKind::Reply => match frame.decode::<PluginReply>().map_err(|e| e.to_string())? {
-            PluginReply::StepDone(result) => send(PluginEventKind::StepDone {
-                call,
-                result: *result,
-                out_of_memory: false,
-            }),
-            PluginReply::StepOutOfMemory(result) => send(PluginEventKind::StepDone {
-                call,
-                result: *result,
-                out_of_memory: true,
-            }),
-            PluginReply::Unavailable(_) => return Err("sent Unavailable outside Init".into()),
-            PluginReply::Failed(f) => send(PluginEventKind::CallFailed {
-                call,
-                message: f.message,
-            }),
-            PluginReply::Ready => return Err("sent Ready outside Init".into()),
-            PluginReply::SubcommandDone(_) => {
-                return Err("sent SubcommandDone, but a run sends no RunSubcommand".into());
+        Inbound::Pong { nonce } => {
+            if ping.is_some_and(|(sent, _)| sent == nonce) {
+                *ping = None;
             }
-            PluginReply::HookDone(outcome) => send(PluginEventKind::HookDone {
-                call,
-                abort: outcome.abort,
-            }),
-        },
-        FrameKind::Call if frame.payload.len() > MAX_CALL_BYTES => {
-            // Refused before it is copied out of its (possibly shared) buffer.
-            let reply = super::host_api::error(format!(
-                "a host call of {} bytes is larger than the {MAX_CALL_BYTES} hm accepts",
-                frame.payload.len()
-            ));
-            let frame = OutFrame::message_for(peer.protocol, FrameKind::Reply, call, &reply)
-                .map_err(|e| e.to_string())?;
-            let _ = writer.send(frame);
+            return Ok(());
         }
-        FrameKind::Call => {
-            let reply = match frame.decode::<HostCall>().map_err(|e| e.to_string())? {
+        // Refused before it is copied out of its (possibly shared) buffer.
+        Inbound::OversizedCall { call, bytes } => (
+            call,
+            super::host_api::error(format!(
+                "a host call of {bytes} bytes is larger than the {MAX_CALL_BYTES} hm accepts"
+            )),
+        ),
+        Inbound::HostCall { call, request } => {
+            let reply = match request {
                 HostCall::Log(record) => {
                     send(PluginEventKind::Diagnostic {
                         message: record.message,
@@ -873,18 +918,12 @@ fn dispatch(
                 HostCall::ReadConfig => {
                     HostReply::Value(Box::new(Some(peer.config_json.to_owned())))
                 }
-                HostCall::OpenArchive if peer.protocol < hm_ipc::SHM_SINCE => {
-                    return Err(format!(
-                        "called OpenArchive on protocol {}, which does not have it",
-                        peer.protocol
-                    ));
-                }
                 HostCall::OpenArchive => {
                     // Building the archive reads the whole project: the answer comes when it
                     // is ready, and the connection goes on meanwhile.
                     tokio::spawn(answer_open_archive(
                         ctx.archive.clone(),
-                        writer.clone(),
+                        link.writer.clone(),
                         call,
                     ));
                     return Ok(());
@@ -906,18 +945,10 @@ fn dispatch(
                     }
                 }
             };
-            let frame = OutFrame::message_for(peer.protocol, FrameKind::Reply, call, &reply)
-                .map_err(|e| e.to_string())?;
-            let _ = writer.send(frame);
+            (call, reply)
         }
-        FrameKind::Pong => {
-            if ping.is_some_and(|(nonce, _)| nonce == call) {
-                *ping = None;
-            }
-        }
-        other => return Err(format!("sent a {other:?} frame, which only hm may send")),
-    }
-    Ok(())
+    };
+    link.reply(peer.protocol, call, &reply)
 }
 
 /// Answers `OpenArchive` call `call`: the archive's length, with a duplicate of its descriptor

@@ -12,9 +12,6 @@ use hm_ipc::messages::{CallFailure, HostReply, KvKey, KvScope};
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1024 * 1024;
 const MAX_ENTRIES: usize = 10_000;
-/// The largest host call hm decodes: a key and a value at their limits, with room to spare.
-/// A bigger one (it may come in a shared buffer) is refused before it is copied.
-pub const MAX_CALL_BYTES: usize = 2 * MAX_VALUE;
 
 #[derive(Default)]
 pub struct HostState {

@@ -9,5 +9,6 @@ pub mod host_api;
 pub mod spawn;
 
 pub use connection::{
-    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, start_plugin,
+    Confinement, FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, PluginLink,
+    start_plugin,
 };

@@ -11,7 +11,9 @@
 //! - `bad-stream`: a valid `LogBatch` archive whose chunk names stream 7 (only 0 and 1 exist);
 //! - `hello`: a second `Hello`, after the handshake;
 //! - `welcome`: a `Welcome`, which only hm may send;
-//! - `unknown-reply`: a `StepDone` reply to a call hm never made.
+//! - `unknown-reply`: a `StepDone` reply to a call hm never made;
+//! - `flood`: `FLOOD_MIB` MiB (default 1024) of log batches of 256 KiB each, as fast as the
+//!   socket takes them, without ever waiting for credit.
 //!
 //! A kernel that notices kills the plugin. One that does not answers the host call made right
 //! after, and the step then passes, so a test sees the difference without waiting on a clock.
@@ -29,6 +31,17 @@ struct Wire;
 impl Executor for Wire {
     async fn execute(&self, step: StepRequest, ctx: StepContext) -> Result<StepResult, StepError> {
         let mode = fixture::var(&step, "WIRE").unwrap_or_default().to_owned();
+        if mode == "flood" {
+            fixture::write_confirmed_lines(&step, &ctx).await?;
+            let mib: usize = fixture::var(&step, "FLOOD_MIB")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024);
+            flood(fixture::socket_fd()?, ctx.call_id(), mib)?;
+            return Ok(StepResult {
+                exit_code: Some(0),
+                ..StepResult::default()
+            });
+        }
         let bytes = bytes_for(&mode, ctx.call_id())?;
         fixture::write_confirmed_lines(&step, &ctx).await?;
         if mode == "truncated" {
@@ -111,6 +124,29 @@ fn bytes_for(mode: &str, call: u64) -> Result<Vec<u8>, StepError> {
         ))?,
         other => return Err(StepError::Message(format!("unknown WIRE mode {other:?}"))),
     })
+}
+
+/// Writes `mib` MiB of 256 KiB log batches for call `call` to the socket, credit or not. A
+/// kernel that enforces its credit kills the plugin long before the end; one that does not
+/// gets them all.
+fn flood(fd: RawFd, call: u64, mib: usize) -> Result<(), StepError> {
+    const BATCH: usize = 256 * 1024;
+    // 4 KiB lines, whole batches of them: what a chatty step would send.
+    let line = "f".repeat(4095);
+    let text = vec![line.as_str(); BATCH / 4096].join("\n");
+    let frame = OutFrame::message(
+        FrameKind::LogBatch,
+        call,
+        &LogBatch {
+            chunks: vec![LogChunk { stream: 0, text }],
+        },
+    )
+    .map_err(|e| StepError::Message(e.to_string()))?
+    .to_wire();
+    for _ in 0..mib * 1024 * 1024 / BATCH {
+        write_raw(fd, &frame).map_err(|e| StepError::Message(format!("flood: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes` to the non-blocking socket `fd`, waiting for room when it is full.
