@@ -46,13 +46,7 @@ pub fn processes_with(marker: &str) -> Vec<libc::pid_t> {
 
 /// True for a zombie, or for a process that is gone.
 fn is_zombie(pid: libc::pid_t) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The state follows the command name, which is in parentheses and may contain anything.
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .is_none_or(|state| state == "Z" || state == "X")
+    hm_sdk::procfs::stat(pid).is_none_or(|stat| stat.is_dead())
 }
 
 /// Kills every process carrying its marker when dropped, so that a bench that fails half-way

@@ -12,6 +12,7 @@ pub mod events;
 pub mod exit;
 pub mod guardian;
 pub mod hooks;
+pub mod procfs;
 pub mod reaper;
 pub mod registry;
 pub mod render;

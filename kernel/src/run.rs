@@ -50,10 +50,7 @@ pub fn run_owner_alive(run_id: &str) -> bool {
         // Not a run id hm makes: leave it alone.
         return true;
     };
-    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) => comm.trim_end() == "hm",
-        Err(_) => false,
-    }
+    crate::procfs::comm(pid).is_some_and(|comm| comm == "hm")
 }
 
 pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {

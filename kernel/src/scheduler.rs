@@ -746,7 +746,7 @@ impl<'a> Scheduler<'a> {
         let escaped = pids
             .iter()
             .copied()
-            .filter(|&pid| pgid.is_none_or(|g| process_group(pid) != Some(g)))
+            .filter(|&pid| pgid.is_none_or(|g| crate::procfs::stat(pid).map(|s| s.pgrp) != Some(g)))
             .count();
         if escaped > 0 {
             let def = &self.pipeline.steps[self.steps[i].index];
@@ -1925,13 +1925,6 @@ fn out_of_memory(stats: &LeafStats, configured: Option<u64>) -> String {
         Some(peak) => format!("out of memory (limit {limit}, peak {})", bytes(peak)),
         None => format!("out of memory (limit {limit})"),
     }
-}
-
-/// The process group of `pid`, from /proc.
-fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(2)?.parse().ok()
 }
 
 /// The leaf of a plugin instance: `plugin`, then `plugin-2`, `plugin-3`... for restarts.

@@ -21,6 +21,7 @@ mod context;
 mod link;
 mod plugin;
 pub mod process;
+pub mod procfs;
 mod serve;
 pub mod testing;
 

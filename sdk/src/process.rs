@@ -267,29 +267,11 @@ fn kill_leftovers(pgid: i32) -> u32 {
     if killpg(Pid::from_raw(pgid), None).is_err() {
         return 0;
     }
-    let members = group_members(pgid);
+    let members = crate::procfs::group_members(pgid);
     if !members.is_empty() {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     members.len() as u32
-}
-
-/// Live (non-zombie) processes whose process group is `pgid`, from /proc.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split(' ');
-        let state = fields.next()?;
-        let pgrp: i32 = fields.nth(1)?.parse().ok()?;
-        (pgrp == pgid && state != "Z").then_some(pid)
-    })
-    .collect()
 }
 
 /// Cuts a byte stream into lines (without the `\n`) of step output, as [`run`] does for a

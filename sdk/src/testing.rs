@@ -643,20 +643,7 @@ impl CallHandle {
 
 /// The live (not zombie) processes whose process group is `pgid`, from /proc.
 pub fn live_group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name, which is in parentheses and may hold anything.
-        let rest = stat.get(stat.rfind(')')? + 2..)?;
-        let mut fields = rest.split(' ');
-        let state = fields.next()?;
-        let pgrp: i32 = fields.nth(1)?.parse().ok()?;
-        (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
-    })
-    .collect()
+    crate::procfs::group_members(pgid)
 }
 
 /// Waits until no live process is left in process group `pgid`, for tests that check a step

@@ -136,14 +136,9 @@ pub fn processes_with(marker: &str) -> Vec<ProcessInfo> {
     found
 }
 
+/// True for a zombie, or for a process that is gone.
 fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The state follows the command name, which is in parentheses and may contain anything.
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .is_none_or(|s| s == "Z" || s == "X")
+    hm_sdk::procfs::stat(pid).is_none_or(|stat| stat.is_dead())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -6,18 +6,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use hm_ipc::messages::{
-    CallFailure, Hello, HostCall, HostReply, KernelCall, PluginReply, Reject, RunSubcommand,
-    Welcome,
-};
+use hm_ipc::host::{CallKind, Inbound};
+use hm_ipc::messages::{CallFailure, HostCall, HostReply, KernelCall, PluginReply, RunSubcommand};
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::exit;
-use crate::registry::probe::{HANDSHAKE_TIMEOUT, hello_mismatch};
+use crate::registry::probe::HANDSHAKE_TIMEOUT;
 use crate::registry::{Builtin, Installed, PluginDirs, Registry, SubcommandSpec};
+use crate::supervisor::handshake::{self, Expected, FailureKind, Offer};
 use crate::supervisor::spawn::{describe_spawn_error, terminal_command};
 
 /// The commands of `hm` itself, which no plugin verb may take.
@@ -220,113 +218,73 @@ async fn converse(
     frames: &mut FrameReader,
     writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
 ) -> Result<i32, String> {
-    let send = |frame: Result<OutFrame, String>| -> Result<(), String> {
-        writer
-            .send(frame?)
-            .map_err(|_| "the connection closed".to_owned())
+    let manifest = &verb.plugin.manifest;
+    let expected = Expected {
+        name: &manifest.name,
+        capabilities: &manifest.capabilities,
+        version: Some(&manifest.version),
+        protocol: Some(manifest.protocol),
+        needs: Some((
+            hm_ipc::SUBCOMMANDS_SINCE,
+            "rebuild the plugin against a newer hm-sdk",
+        )),
     };
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next()).await;
-    let frame = match hello {
-        Err(_) => return Err("did not say Hello in time".to_owned()),
-        Ok(None) => return Err("exited or closed its socket before saying Hello".to_owned()),
-        Ok(Some(Err(e))) => return Err(format!("sent an invalid first frame: {e}")),
-        Ok(Some(Ok(frame))) if frame.kind() != FrameKind::Hello => {
-            return Err(format!(
-                "sent {:?} where Hello must come first",
-                frame.kind()
-            ));
-        }
-        Ok(Some(Ok(frame))) => frame,
-    };
-    let hello: Hello = frame
-        .decode()
-        .map_err(|e| format!("sent an invalid Hello: {e}"))?;
-    let refuse = |reason: String| -> Result<i32, String> {
-        let _ = send(
-            OutFrame::message(
-                FrameKind::Reject,
-                0,
-                &Reject {
-                    reason: reason.clone(),
-                },
-            )
-            .map_err(|e| e.to_string()),
-        );
-        Err(reason)
-    };
-    if let Some(mismatch) = hello_mismatch(&hello, &verb.plugin.manifest) {
-        return refuse(format!("{mismatch} (reinstall the plugin)"));
-    }
-    let protocol = match hm_ipc::negotiate(
-        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
-        hello.protocol_min,
-        hello.protocol_max,
-    ) {
-        Ok(protocol) => protocol,
-        Err(reason) => return refuse(reason),
-    };
-    if protocol < hm_ipc::SUBCOMMANDS_SINCE {
-        return refuse(format!(
-            "it speaks protocol {}..={}; subcommands need protocol {}: rebuild the plugin \
-             against a newer hm-sdk",
-            hello.protocol_min,
-            hello.protocol_max,
-            hm_ipc::SUBCOMMANDS_SINCE
-        ));
-    }
-    let welcome = Welcome {
-        protocol,
+    let offer = Offer {
         run_id: format!("subcommand-{}", std::process::id()),
         log_credit: 1,
         max_batch_bytes: 64 * 1024,
     };
-    send(OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string()))?;
+    let mut greeted = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake::greet(frames, writer, &expected, offer),
+    )
+    .await
+    {
+        Err(_) => return Err("did not complete the handshake in time".to_owned()),
+        Ok(Err(failure)) if failure.kind == FailureKind::Rejected => {
+            return Err(format!("{failure} (reinstall the plugin, or fix it)"));
+        }
+        Ok(Err(failure)) => return Err(failure.message),
+        Ok(Ok(greeted)) => greeted,
+    };
     let call = KernelCall::RunSubcommand(Box::new(RunSubcommand {
         verb: verb.spec.verb.clone(),
         args_json,
     }));
-    send(OutFrame::message(FrameKind::Call, CALL, &call).map_err(|e| e.to_string()))?;
+    greeted.policy.register(CALL, CallKind::Subcommand);
+    handshake::send(writer, OutFrame::message(FrameKind::Call, CALL, &call));
     loop {
-        let frame = match frames.next().await {
-            None => return Err("exited before it answered (it crashed?)".to_owned()),
-            Some(Err(e)) => return Err(format!("sent an invalid frame: {e}")),
-            Some(Ok(frame)) => frame,
-        };
-        match frame.kind() {
-            FrameKind::Reply if frame.call_id() == CALL => {
-                let reply: PluginReply = frame
-                    .decode()
-                    .map_err(|e| format!("sent an invalid reply: {e}"))?;
-                let _ = send(Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
+        let inbound = handshake::next_inbound(frames, &mut greeted.policy, "the subcommand")
+            .await
+            .map_err(|f| match f.kind {
+                FailureKind::Closed => "exited before it answered (it crashed?)".to_owned(),
+                _ => f.message,
+            })?;
+        let (call, reply) = match inbound {
+            Inbound::Reply { reply, .. } => {
+                handshake::send(writer, Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
                 return match reply {
                     PluginReply::SubcommandDone(done) => Ok(done.exit_code),
                     PluginReply::Failed(failure) => Err(failure.message),
                     other => Err(format!("answered RunSubcommand with {other:?}")),
                 };
             }
-            FrameKind::Call => {
-                let reply = match frame.decode::<HostCall>() {
-                    Ok(HostCall::Log(record)) => {
-                        eprintln!("{}: {}", verb.plugin.manifest.name, record.message);
-                        HostReply::Ok
-                    }
-                    Ok(_) => HostReply::Error(Box::new(CallFailure {
-                        message: "this host call is not available to subcommands".to_owned(),
-                    })),
-                    Err(e) => return Err(format!("sent an invalid host call: {e}")),
-                };
-                send(
-                    OutFrame::message(FrameKind::Reply, frame.call_id(), &reply)
-                        .map_err(|e| e.to_string()),
-                )?;
+            Inbound::HostCall {
+                call,
+                request: HostCall::Log(record),
+            } => {
+                eprintln!("{}: {}", manifest.name, record.message);
+                (call, HostReply::Ok)
             }
-            FrameKind::Pong => {}
-            other => {
-                return Err(format!(
-                    "sent {other:?} (call id {}) during a subcommand",
-                    frame.call_id()
-                ));
-            }
-        }
+            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
+                call,
+                HostReply::Error(Box::new(CallFailure {
+                    message: "this host call is not available to subcommands".to_owned(),
+                })),
+            ),
+            // No step runs and no ping is sent: the policy lets neither through.
+            other => return Err(format!("sent {other:?} during a subcommand")),
+        };
+        handshake::answer(writer, greeted.protocol, call, &reply);
     }
 }

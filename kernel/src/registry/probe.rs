@@ -9,8 +9,8 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use hm_ipc::messages::{Hello, HostReply, Welcome};
+use hm_ipc::host::Inbound;
+use hm_ipc::messages::{HostCall, HostReply};
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -19,7 +19,7 @@ use tokio::process::Child;
 
 use super::discover::PluginSpec;
 use super::manifest::Manifest;
-use crate::supervisor::connection::{read_hello_message, send_reject};
+use crate::supervisor::handshake::{self, Expected, FailureKind, Offer};
 use crate::supervisor::spawn::{describe_spawn_error, plugin_command};
 
 /// How long `--hm-manifest` may take.
@@ -246,95 +246,53 @@ async fn converse(
     frames: &mut FrameReader,
     writer: &tokio::sync::mpsc::UnboundedSender<OutFrame>,
 ) -> Result<Greeting, String> {
-    let hello = read_hello_message(frames).await?;
-    let refuse = |reason: String| -> Result<Greeting, String> {
-        send_reject(writer, &reason);
-        Err(reason)
+    // The probe is stricter than a run: the Hello must say all the manifest says.
+    let expected = Expected {
+        name: &manifest.name,
+        capabilities: &manifest.capabilities,
+        version: Some(&manifest.version),
+        protocol: Some(manifest.protocol),
+        needs: None,
     };
-    if let Some(mismatch) = hello_mismatch(&hello, manifest) {
-        return refuse(mismatch);
-    }
-    let protocol = match hm_ipc::negotiate(
-        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
-        hello.protocol_min,
-        hello.protocol_max,
-    ) {
-        Ok(protocol) => protocol,
-        Err(reason) => return refuse(reason),
-    };
-    let welcome = Welcome {
-        protocol,
+    let offer = Offer {
         run_id: format!("install-probe-{}", std::process::id()),
         log_credit: 1,
         max_batch_bytes: 64 * 1024,
     };
-    let send = |frame: OutFrame| {
-        writer
-            .send(frame)
-            .map_err(|_| "the connection closed".to_owned())
-    };
-    send(OutFrame::message(FrameKind::Welcome, 0, &welcome).map_err(|e| e.to_string())?)?;
+    let mut greeted = handshake::greet(frames, writer, &expected, offer)
+        .await
+        .map_err(|f| f.message)?;
     const NONCE: u64 = 0x6870_726f_6265; // "hprobe"
-    send(OutFrame::empty(FrameKind::Ping, NONCE))?;
+    greeted.policy.ping(NONCE);
+    handshake::send(writer, Ok(OutFrame::empty(FrameKind::Ping, NONCE)));
     loop {
-        let frame = match frames.next().await {
-            None => return Err("closed its socket instead of answering a Ping".to_owned()),
-            Some(Err(e)) => return Err(format!("sent an invalid frame: {e}")),
-            Some(Ok(frame)) => frame,
+        let inbound = handshake::next_inbound(frames, &mut greeted.policy, "the probe")
+            .await
+            .map_err(|f| match f.kind {
+                FailureKind::Closed => "closed its socket instead of answering a Ping".to_owned(),
+                _ => f.message,
+            })?;
+        let (call, reply) = match inbound {
+            Inbound::Pong { .. } => break,
+            // A diagnostic is fine; answer it so the plugin does not wait.
+            Inbound::HostCall {
+                call,
+                request: HostCall::Log(_),
+            } => (call, HostReply::Ok),
+            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
+                call,
+                crate::supervisor::host_api::error(
+                    "the install probe answers no host call but Log".to_owned(),
+                ),
+            ),
+            // The probe makes no call: the policy lets no reply or output through.
+            other => return Err(format!("answered a Ping with {other:?}")),
         };
-        match frame.kind() {
-            FrameKind::Pong if frame.call_id() == NONCE => break,
-            // A diagnostic (a host call) is fine; answer it so the plugin does not wait.
-            FrameKind::Call => {
-                let reply = OutFrame::message(FrameKind::Reply, frame.call_id(), &HostReply::Ok)
-                    .map_err(|e| e.to_string())?;
-                send(reply)?;
-            }
-            other => {
-                return Err(format!(
-                    "answered a Ping with {other:?} (call id {})",
-                    frame.call_id()
-                ));
-            }
-        }
+        handshake::answer(writer, greeted.protocol, call, &reply);
     }
-    send(OutFrame::empty(FrameKind::Shutdown, 0))?;
+    handshake::send(writer, Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
     Ok(Greeting {
-        protocol,
-        version: hello.version,
+        protocol: greeted.protocol,
+        version: greeted.hello.version,
     })
-}
-
-/// How `hello` disagrees with `manifest`, showing both values.
-pub fn hello_mismatch(hello: &Hello, manifest: &Manifest) -> Option<String> {
-    if hello.name != manifest.name {
-        return Some(format!(
-            "says its name is {:?} but its manifest says {:?}",
-            hello.name, manifest.name
-        ));
-    }
-    if hello.version != manifest.version {
-        return Some(format!(
-            "says its version is {:?} but its manifest says {:?}",
-            hello.version, manifest.version
-        ));
-    }
-    if (hello.protocol_min, hello.protocol_max) != manifest.protocol {
-        return Some(format!(
-            "says it speaks protocol {}..={} but its manifest says {}..={}",
-            hello.protocol_min, hello.protocol_max, manifest.protocol.0, manifest.protocol.1
-        ));
-    }
-    let mut said = hello.capabilities.clone();
-    let mut declared = manifest.capabilities.clone();
-    said.sort();
-    declared.sort();
-    if said != declared {
-        return Some(format!(
-            "declares capabilities [{}] but its manifest says [{}]",
-            said.join(", "),
-            declared.join(", ")
-        ));
-    }
-    None
 }

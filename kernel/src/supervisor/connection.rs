@@ -13,16 +13,16 @@ use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
 use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
-    ArchiveBuffer, Credit, Hello, HostCall, HostReply, Init, KernelCall, PluginReply, Reject,
-    StepResult, Welcome,
+    ArchiveBuffer, Credit, HostCall, HostReply, Init, KernelCall, PluginReply, StepResult,
 };
-use hm_ipc::{FrameKind, FrameReader, OutFrame};
+use hm_ipc::{FrameKind, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::handshake::{self, Expected, FailureKind, Greeted, HandshakeFailure, Offer};
 use super::host_api::HostState;
 use super::spawn::{describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
@@ -263,43 +263,6 @@ impl From<String> for StartFailure {
     }
 }
 
-/// Why a handshake did not complete.
-#[derive(Debug)]
-struct HandshakeFailure {
-    /// What happened, as a fragment that follows the plugin's name.
-    message: String,
-    kind: FailureKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailureKind {
-    /// It closed its connection (it exited, or closed its socket) before the handshake was
-    /// over.
-    Closed,
-    /// It sent a frame that breaks the protocol (invalid, or of a kind that may not come
-    /// now): it is killed, cause `protocol_error`.
-    Violation,
-    /// hm refused its `Hello` (protocol range, name, capabilities) and told it so (`Reject`).
-    Rejected,
-    /// It refused `Init`: its configuration (`Failed`), or its environment (`Unavailable`).
-    Refused { unavailable: bool },
-    /// It did not complete the handshake in time: it is killed, cause `timeout`.
-    TimedOut,
-}
-
-impl HandshakeFailure {
-    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            kind,
-        }
-    }
-
-    fn violation(message: impl Into<String>) -> Self {
-        Self::new(FailureKind::Violation, message)
-    }
-}
-
 /// Where a plugin process is confined: its cgroup leaf, or without cgroups a best-effort
 /// address-space rlimit.
 #[derive(Debug, Clone, Default)]
@@ -419,10 +382,29 @@ async fn run_plugin(
         writer_task,
     } = connection;
 
-    let handshake = tokio::time::timeout(
-        settings.handshake_timeout,
-        handshake(spec, settings, &ctx, &mut frames, &writer),
-    )
+    let expected = Expected {
+        name: &spec.name,
+        capabilities: &spec.capabilities,
+        version: None,
+        protocol: None,
+        needs: None,
+    };
+    let offer = Offer {
+        run_id: ctx.run_id.clone(),
+        log_credit: LOG_CREDIT,
+        max_batch_bytes: MAX_BATCH_BYTES,
+    };
+    let handshake = tokio::time::timeout(settings.handshake_timeout, async {
+        let mut greeted = handshake::greet(&mut frames, &writer, &expected, offer).await?;
+        if greeted.protocol >= hm_ipc::handshake::INIT_SINCE {
+            let init = Init {
+                config_json: settings.config_json.clone(),
+                pipeline: ctx.pipeline.clone(),
+            };
+            handshake::init(&spec.name, &mut frames, &writer, &mut greeted, init).await?;
+        }
+        Ok(greeted)
+    })
     .await;
     let failure = match handshake {
         Ok(Ok(agreed)) => Ok(agreed),
@@ -435,8 +417,10 @@ async fn run_plugin(
             ),
         )),
     };
-    let (protocol, policy) = match failure {
-        Ok(agreed) => agreed,
+    let Greeted {
+        protocol, policy, ..
+    } = match failure {
+        Ok(greeted) => greeted,
         Err(failure) => {
             return Err(end_failed_start(spec, pid, process, writer, writer_task, failure).await);
         }
@@ -619,7 +603,7 @@ async fn end_failed_start(
     writer_task.abort();
     // Frames that break the protocol, and a Hello hm cannot accept, are protocol errors;
     // otherwise its status says how it ended.
-    let protocol_error = matches!(failure.kind, FailureKind::Violation | FailureKind::Rejected);
+    let protocol_error = failure.is_protocol_error();
     let cause = match failure.kind {
         _ if protocol_error => Cause::ProtocolError,
         FailureKind::TimedOut => Cause::Timeout,
@@ -647,145 +631,6 @@ async fn end_failed_start(
     }
 }
 
-/// Hello → Welcome/Reject, then `Init` for v2 plugins. Returns the negotiated version and the
-/// rules the rest of the connection is held to (which `Init`'s answer already was).
-///
-/// Sending never decides anything here: a frame that cannot be sent means the plugin closed
-/// its end, and the next read says so (or says what it sent before it left), so one cause
-/// always reads the same way, whatever the timing.
-async fn handshake(
-    spec: &PluginSpec,
-    settings: &PluginSettings,
-    ctx: &ConnectionContext,
-    frames: &mut FrameReader,
-    writer: &mpsc::UnboundedSender<OutFrame>,
-) -> Result<(u32, HostPolicy), HandshakeFailure> {
-    let hello = read_hello(frames).await?;
-    let reject = |reason: String| -> Result<(u32, HostPolicy), HandshakeFailure> {
-        send_reject(writer, &reason);
-        Err(HandshakeFailure::new(FailureKind::Rejected, reason))
-    };
-    let protocol = match hm_ipc::negotiate(
-        (hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX),
-        hello.protocol_min,
-        hello.protocol_max,
-    ) {
-        Ok(protocol) => protocol,
-        Err(reason) => return reject(reason),
-    };
-    if hello.name != spec.name {
-        return reject(format!(
-            "says its name is {:?} but its manifest says {:?}",
-            hello.name, spec.name
-        ));
-    }
-    let mut said = hello.capabilities.clone();
-    let mut declared = spec.capabilities.clone();
-    said.sort();
-    declared.sort();
-    if said != declared {
-        return reject(format!(
-            "declares capabilities [{}] but its manifest says [{}]",
-            said.join(", "),
-            declared.join(", ")
-        ));
-    }
-    let welcome = Welcome {
-        protocol,
-        run_id: ctx.run_id.clone(),
-        log_credit: LOG_CREDIT,
-        max_batch_bytes: MAX_BATCH_BYTES,
-    };
-    let mut policy = HostPolicy::new(protocol, LOG_CREDIT, MAX_BATCH_BYTES, MAX_CALL_BYTES);
-    send_frame(writer, OutFrame::message(FrameKind::Welcome, 0, &welcome));
-    if protocol < hm_ipc::handshake::INIT_SINCE {
-        return Ok((protocol, policy));
-    }
-    let init = KernelCall::Init(Box::new(Init {
-        config_json: settings.config_json.clone(),
-        pipeline: ctx.pipeline.clone(),
-    }));
-    policy.register(0, CallKind::Init);
-    send_frame(writer, OutFrame::message(FrameKind::Call, 0, &init));
-    loop {
-        let frame = match frames.next().await {
-            None => {
-                return Err(HandshakeFailure::new(
-                    FailureKind::Closed,
-                    "closed its connection during Init",
-                ));
-            }
-            Some(Err(e)) => {
-                return Err(HandshakeFailure::violation(format!(
-                    "sent an invalid frame during Init: {e}"
-                )));
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let inbound = policy
-            .check(frame)
-            .map_err(|v| HandshakeFailure::violation(format!("during Init: {v}")))?;
-        let (call, reply) = match inbound {
-            Inbound::Reply { reply, .. } => {
-                return match reply {
-                    PluginReply::Ready => Ok((protocol, policy)),
-                    PluginReply::Failed(f) => Err(HandshakeFailure::new(
-                        FailureKind::Refused { unavailable: false },
-                        format!("refused its configuration: {}", f.message),
-                    )),
-                    PluginReply::Unavailable(f) => Err(HandshakeFailure::new(
-                        FailureKind::Refused { unavailable: true },
-                        f.message,
-                    )),
-                    other => Err(HandshakeFailure::violation(format!(
-                        "answered Init with {other:?}"
-                    ))),
-                };
-            }
-            // A diagnostic while initialising is fine; answer it so the plugin does not wait.
-            // The rest of the host API serves a plugin that is running, not one being set up.
-            Inbound::HostCall {
-                call,
-                request: HostCall::Log(record),
-            } => {
-                tracing::info!(plugin = %spec.name, "{}", record.message);
-                (call, HostReply::Ok)
-            }
-            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
-                call,
-                super::host_api::error(
-                    "only Log is answered during Init; call the host API once Init is over"
-                        .to_owned(),
-                ),
-            ),
-            // The policy lets no output or pong through: no step runs, no ping was sent.
-            Inbound::Log { .. } | Inbound::Pong { .. } => {
-                return Err(HandshakeFailure::violation(
-                    "sent output or a pong during Init",
-                ));
-            }
-        };
-        send_frame(
-            writer,
-            OutFrame::message_for(protocol, FrameKind::Reply, call, &reply),
-        );
-    }
-}
-
-/// Queues a frame of hm's own making. Encoding one cannot fail for the messages hm builds (a
-/// failure would be a bug, logged); a closed connection shows on the next read.
-fn send_frame(
-    writer: &mpsc::UnboundedSender<OutFrame>,
-    frame: Result<OutFrame, hm_ipc::codec::EncodeError>,
-) {
-    match frame {
-        Ok(frame) => {
-            let _ = writer.send(frame);
-        }
-        Err(e) => tracing::error!("cannot encode a frame: {e}"),
-    }
-}
-
 /// What the connection knows of its plugin instance after the handshake.
 struct Peer<'a> {
     pid: u32,
@@ -793,49 +638,6 @@ struct Peer<'a> {
     protocol: u32,
     /// `[plugins.<name>].config` as JSON, for `ReadConfig`.
     config_json: &'a str,
-}
-
-/// Reads and validates a plugin's first frame, which must be `Hello`. Shared by the run's
-/// handshake and the install-time probe, so both judge a plugin the same way.
-async fn read_hello(frames: &mut FrameReader) -> Result<Hello, HandshakeFailure> {
-    let frame = match frames.next().await {
-        None => {
-            return Err(HandshakeFailure::new(
-                FailureKind::Closed,
-                "exited or closed its socket before saying Hello",
-            ));
-        }
-        Some(Err(e)) => {
-            return Err(HandshakeFailure::violation(format!(
-                "sent an invalid first frame: {e}"
-            )));
-        }
-        Some(Ok(frame)) => frame,
-    };
-    if frame.kind() != FrameKind::Hello {
-        return Err(HandshakeFailure::violation(format!(
-            "sent {:?} where Hello must come first",
-            frame.kind()
-        )));
-    }
-    frame
-        .decode()
-        .map_err(|e| HandshakeFailure::violation(format!("sent an invalid Hello: {e}")))
-}
-
-/// [`read_hello`] for those who only need its words (the install probe).
-pub async fn read_hello_message(frames: &mut FrameReader) -> Result<Hello, String> {
-    read_hello(frames).await.map_err(|f| f.message)
-}
-
-/// Tells the plugin why it is refused (it exits on `Reject`); the connection closes after.
-pub fn send_reject(writer: &mpsc::UnboundedSender<OutFrame>, reason: &str) {
-    let reject = Reject {
-        reason: reason.to_owned(),
-    };
-    if let Ok(frame) = OutFrame::message(FrameKind::Reject, 0, &reject) {
-        let _ = writer.send(frame);
-    }
 }
 
 /// Judges one frame after the handshake ([`HostPolicy`]) and turns it into an event or a
@@ -994,19 +796,9 @@ async fn capture_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, tail: Tail) {
 /// `parent`. A step whose process already ended fails this too, which only means hm has
 /// nothing of it to kill.
 fn leads_group_of_child(pgid: i32, parent: u32) -> bool {
-    if pgid <= 1 {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pgid}/stat")) else {
-        return false;
-    };
-    let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else {
-        return false;
-    };
-    let mut fields = rest.split(' ').skip(1);
-    let ppid = fields.next().and_then(|f| f.parse::<u32>().ok());
-    let group = fields.next().and_then(|f| f.parse::<i32>().ok());
-    ppid == Some(parent) && group == Some(pgid)
+    pgid > 1
+        && crate::procfs::stat(pgid)
+            .is_some_and(|stat| stat.ppid == parent as i32 && stat.pgrp == pgid)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod connection;
+pub mod handshake;
 pub mod host_api;
 pub mod spawn;
 

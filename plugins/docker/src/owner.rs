@@ -123,17 +123,11 @@ pub fn host_scope() -> String {
     format!("{}:{ns}", boot.trim())
 }
 
-/// Field 22 of `/proc/<pid>/stat` (after the command name, which is in parentheses and may
-/// hold anything), or `None` for a process that is gone or a zombie.
+/// The start time of `pid`, or `None` for a process that is gone or a zombie.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    // `state` was field 3; the start time is field 22.
-    fields.nth(18)?.parse().ok()
+    hm_sdk::procfs::stat(pid as i32)
+        .filter(|stat| !stat.is_dead())
+        .map(|stat| stat.start_time)
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+//! What a plugin reads from `/proc` about processes: one parser of `/proc/<pid>/stat` for the
+//! SDK's process helper, its test harness, and plugins that need to know whether a process is
+//! still the one they mean (its start time).
+
+/// The fields of `/proc/<pid>/stat` plugins use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: char,
+    pub ppid: i32,
+    /// The process group.
+    pub pgrp: i32,
+    /// When the process started, in clock ticks after boot: with the pid, it names one
+    /// process for good (pids are reused, start times with them are not).
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// A zombie, or a process that is gone but not yet removed from `/proc`.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// The `stat` of process `pid`; `None` when it does not exist (any more).
+pub fn stat(pid: i32) -> Option<Stat> {
+    if pid <= 0 {
+        return None;
+    }
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name is in parentheses and may contain
+/// anything, spaces and parentheses included: the fields start after the *last* `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    // `state` is field 3 of the file, the start time field 22.
+    let start_time = fields.nth(16)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        start_time,
+    })
+}
+
+/// The pids of every process, in `/proc`'s order.
+pub fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// The live (not zombie) processes of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    pids()
+        .filter(|&pid| stat(pid).is_some_and(|s| s.pgrp == pgid && !s.is_dead()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_follow_the_last_parenthesis_of_the_command_name() {
+        let line = |comm: &str| {
+            format!("42 ({comm}) S 1 40 40 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10")
+        };
+        for comm in ["sh", "a) b", "x y", "(("] {
+            let stat = parse_stat(&line(comm)).expect(comm);
+            assert_eq!(
+                (stat.state, stat.ppid, stat.pgrp, stat.start_time),
+                ('S', 1, 40, 12345),
+                "{comm}"
+            );
+        }
+        assert_eq!(parse_stat("7 (cut) S 1 2 3"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_in_its_group() {
+        let me = std::process::id() as i32;
+        let stat = stat(me).expect("this process exists");
+        assert!(!stat.is_dead() && stat.start_time > 0);
+        assert!(group_members(stat.pgrp).contains(&me));
+        assert_eq!(super::stat(0), None);
+    }
+}
