@@ -3,7 +3,6 @@
 
 pub mod archive;
 pub mod cgroup;
-pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod dag;
@@ -11,7 +10,6 @@ pub mod doctor;
 pub mod events;
 pub mod exit;
 pub mod guardian;
-pub mod hooks;
 pub mod procfs;
 pub mod reaper;
 pub mod registry;

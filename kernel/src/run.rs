@@ -450,25 +450,10 @@ fn print_hooks(hooks: &[PluginSpec]) {
 /// unset, for the plugins the selected steps use.
 fn apply_manifest_limits(pipeline: &mut Pipeline, selected: &[usize], registry: &Registry) {
     for &i in selected {
-        let Some(plugin) = registry.executor(&pipeline.steps[i].executor) else {
-            continue;
-        };
-        let defaults = plugin.manifest.limits;
-        if defaults == crate::config::Limits::default() {
-            continue;
+        if let Some(plugin) = registry.executor(&pipeline.steps[i].executor) {
+            let (name, limits) = (plugin.manifest.name.clone(), plugin.manifest.limits);
+            pipeline.add_plugin_default_limits(&name, limits);
         }
-        let settings = pipeline
-            .plugins
-            .entry(plugin.manifest.name.clone())
-            .or_insert_with(|| crate::config::PluginSettings {
-                config_json: "{}".to_owned(),
-                handshake_timeout: std::time::Duration::from_secs(10),
-                ..Default::default()
-            });
-        let limits = &mut settings.limits;
-        limits.memory_bytes = limits.memory_bytes.or(defaults.memory_bytes);
-        limits.pids = limits.pids.or(defaults.pids);
-        limits.cpu = limits.cpu.or(defaults.cpu);
     }
 }
 

@@ -89,7 +89,7 @@ pub enum RetryClass {
 }
 
 /// `[plugins.<name>]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PluginSettings {
     pub limits: Limits,
     pub restart: RestartBudget,
@@ -99,6 +99,81 @@ pub struct PluginSettings {
     /// Handshake deadline; 10 s by default.
     pub handshake_timeout: Duration,
 }
+
+/// What a plugin gets without a `[plugins.<name>]` table: no limits, the default restart
+/// budget, an empty configuration, 10 s for the handshake.
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            restart: RestartBudget::default(),
+            config_json: "{}".to_owned(),
+            required: false,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// These limits, with `defaults` wherever a field is unset.
+    pub fn or(self, defaults: Limits) -> Limits {
+        Limits {
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            pids: self.pids.or(defaults.pids),
+            cpu: self.cpu.or(defaults.cpu),
+        }
+    }
+}
+
+impl Pipeline {
+    /// The settings of plugin `name`: its `[plugins.<name>]` table, or the defaults.
+    pub fn plugin_settings(&self, name: &str) -> PluginSettings {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Puts a plugin's own default limits (from its manifest) under the fields its
+    /// `[plugins.<name>].limits` leaves unset.
+    pub fn add_plugin_default_limits(&mut self, name: &str, defaults: Limits) {
+        if defaults == Limits::default() {
+            return;
+        }
+        let settings = self.plugins.entry(name.to_owned()).or_default();
+        settings.limits = settings.limits.or(defaults);
+    }
+}
+
+impl Step {
+    /// The step's environment as its process gets it: its `env` (over the pipeline's), then
+    /// `overrides` (`-e KEY=VALUE`), then `HM_PROJECT_DIR`, which hm always sets.
+    pub fn environment(
+        &self,
+        overrides: &[(String, String)],
+        project_dir: &std::path::Path,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| {
+                !overrides.iter().any(|(o, _)| o == *k) && k.as_str() != PROJECT_DIR_ENV
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(
+            overrides
+                .iter()
+                .filter(|(k, _)| k != PROJECT_DIR_ENV)
+                .cloned(),
+        );
+        env.push((
+            PROJECT_DIR_ENV.to_owned(),
+            project_dir.display().to_string(),
+        ));
+        env
+    }
+}
+
+/// The variable that names the project's root in every step's environment.
+pub const PROJECT_DIR_ENV: &str = hm_ipc::messages::PROJECT_DIR_ENV;
 
 /// `restart = { max, within }`, default 3 within 60 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -305,11 +305,7 @@ impl Checker<'_> {
             ) else {
                 continue;
             };
-            let mut settings = PluginSettings {
-                config_json: "{}".to_owned(),
-                handshake_timeout: Duration::from_secs(10),
-                ..PluginSettings::default()
-            };
+            let mut settings = PluginSettings::default();
             if let Some(f) = section.get("limits") {
                 settings.limits = self.limits(&f, &path).unwrap_or_default();
             }

@@ -1,0 +1,420 @@
+//! Attempts of steps: which steps start ([`Scheduler::schedule`]), sending one to its
+//! executor (its cgroup leaf and its `ExecuteStep`), what the executor reports back, and the
+//! end of an attempt: its verdict (`verdict.rs` decides), its `step_end`, a retry or the step's
+//! end, and fail fast.
+
+use hm_ipc::host::CallKind;
+use hm_ipc::messages::{EnvVar, ExecuteStep, KernelCall, StepLimits, StepResult};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use super::plugins::PluginState;
+use super::run_loop::Scheduler;
+use super::steps::{Needs, StepState};
+use super::verdict::{self, Evidence, Next, RetryContext, StopReason, Verdict};
+use crate::cgroup::{Leaf, LeafJanitor};
+use crate::config::Step;
+use crate::events::{BuildEvent, Cause, Envelope, StepEnd, StepStatus, Stream};
+
+/// What the executor reported with the end of an attempt, when it did.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    pub(super) result: StepResult,
+    /// The executor's runtime saw the OOM killer end the step (`StepOutOfMemory`).
+    pub(super) out_of_memory: bool,
+}
+
+/// The `ExecuteStep` of one attempt of `step`.
+pub(super) fn execute_request(
+    step: &Step,
+    attempt: u32,
+    env: Vec<(String, String)>,
+    grace_ms: u64,
+    leaf: Option<&Leaf>,
+) -> ExecuteStep {
+    ExecuteStep {
+        step: step.name.clone(),
+        attempt,
+        run: step.run.clone(),
+        dir: step.dir.display().to_string(),
+        env: env
+            .into_iter()
+            .map(|(name, value)| EnvVar { name, value })
+            .collect(),
+        image: step.image.clone(),
+        with_json: step.with_json.clone(),
+        grace_ms,
+        cgroup_procs: leaf.map_or_else(Vec::new, |l| {
+            l.procs_files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect()
+        }),
+        limits: StepLimits {
+            memory_bytes: step.limits.memory_bytes,
+            pids: step.limits.pids,
+            cpu_millicores: step.limits.cpu.map(|c| (c * 1000.0).round() as u64),
+        },
+    }
+}
+
+impl Scheduler<'_> {
+    /// Starts every step whose needs are met, in file order, while slots are free; skips
+    /// steps whose needs failed.
+    pub(super) fn schedule(&mut self) {
+        let mut running = self.steps.running();
+        for i in 0..self.steps.len() {
+            if self.steps[i].state != StepState::Waiting {
+                continue;
+            }
+            match self.steps.needs(i) {
+                Needs::Pending => {}
+                Needs::Failed => {
+                    self.finish_unstarted(i, StepStatus::Skipped, Cause::DependencyFailed);
+                }
+                Needs::Met if running < self.opts.parallelism => {
+                    running += 1;
+                    self.gate(i);
+                }
+                Needs::Met => {}
+            }
+        }
+    }
+
+    /// Sends the step to its plugin, starting the plugin first if needed.
+    pub(super) fn dispatch(&mut self, i: usize) {
+        let p = self.steps[i].plugin;
+        match &self.plugins[p].state {
+            PluginState::Ready { .. } => self.send_execute(i),
+            PluginState::Starting => self.steps[i].state = StepState::Starting,
+            PluginState::Idle => {
+                self.steps[i].state = StepState::Starting;
+                self.start_plugin(p);
+            }
+            PluginState::Exited => {
+                self.steps[i].state = StepState::Starting;
+                if !self.restart_plugin(p) {
+                    self.dispatch(i);
+                }
+            }
+            PluginState::Failed(message) => {
+                let message = message.clone();
+                self.steps[i].state = StepState::Running;
+                self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
+            }
+        }
+    }
+
+    /// Sends the step's current attempt to its (ready) plugin, in a fresh cgroup leaf.
+    pub(super) fn send_execute(&mut self, i: usize) {
+        let p = self.steps[i].plugin;
+        let leaf = match self.step_leaf(i) {
+            Ok(leaf) => leaf,
+            Err(message) => {
+                self.steps[i].state = StepState::Running;
+                self.end_attempt(i, Verdict::failed(Cause::Exit, message));
+                return;
+            }
+        };
+        let call = self.next_call;
+        self.next_call += 1;
+        let def = &self.pipeline.steps[self.steps[i].index];
+        let env = def.environment(&self.opts.env_overrides, &self.pipeline.root);
+        let request = execute_request(
+            def,
+            self.steps[i].attempt,
+            env,
+            self.opts.grace.as_millis() as u64,
+            leaf.as_ref(),
+        );
+        self.steps[i].leaf = leaf;
+        let PluginState::Ready { pid, link } = &self.plugins[p].state else {
+            return;
+        };
+        let pid = *pid;
+        let sent = link.call(
+            call,
+            CallKind::Execute,
+            &KernelCall::ExecuteStep(Box::new(request)),
+        );
+        let now = Instant::now();
+        let step = &mut self.steps[i];
+        step.state = StepState::Running;
+        step.call = call;
+        step.started = Some(now);
+        step.deadline = def.timeout.map(|t| now + t);
+        step.pgid = None;
+        self.plugins[p].in_flight.insert(call, i);
+        self.emit(BuildEvent::StepStart {
+            step: def.name.clone(),
+            attempt: self.steps[i].attempt,
+            executor: def.executor.clone(),
+            plugin_pid: pid,
+        });
+        if let Err(message) = sent {
+            // The exit event of the plugin will follow; end the step now with the reason.
+            self.plugins[p].in_flight.remove(&call);
+            self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
+        }
+    }
+
+    /// A fresh cgroup leaf for the step's current attempt, with the step's limits.
+    fn step_leaf(&self, i: usize) -> Result<Option<Leaf>, String> {
+        let Some(run) = &self.opts.run_cgroup else {
+            return Ok(None);
+        };
+        let step = &self.steps[i];
+        let def = &self.pipeline.steps[step.index];
+        let plugin = &self.plugins[step.plugin].spec.name;
+        let name = format!("step-{}-{}", def.name, step.attempt);
+        run.leaf(plugin, &name, &def.limits)
+            .map(Some)
+            .map_err(|e| format!("cannot create the step's cgroup: {e}"))
+    }
+
+    /// A batch of output of the step running as `call`: to the renderer, and to the hooks
+    /// that observe `step_log`; then the batch's credit goes back to the plugin.
+    pub(super) fn on_step_output(&mut self, p: usize, call: u64, chunks: Vec<(Stream, String)>) {
+        if let Some(&i) = self.plugins[p].in_flight.get(&call) {
+            let def = &self.pipeline.steps[self.steps[i].index];
+            // One timestamp per batch: its lines arrived together.
+            let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            for (stream, line) in chunks
+                .iter()
+                .flat_map(|(s, text)| text.split('\n').map(move |l| (s, l)))
+            {
+                let _ = self
+                    .renderer
+                    .step_log(&ts, &self.opts.run_id, &def.name, *stream, line);
+            }
+            if self.hooks_want_logs() {
+                for (stream, text) in &chunks {
+                    for line in text.split('\n') {
+                        let envelope = Envelope {
+                            ts: ts.clone(),
+                            run_id: self.opts.run_id.clone(),
+                            event: BuildEvent::StepLog {
+                                step: def.name.clone(),
+                                stream: *stream,
+                                line: line.to_owned(),
+                            },
+                        };
+                        self.offer_to_hooks(&envelope);
+                    }
+                }
+            }
+        }
+        // The batch is consumed: the plugin may send another.
+        if let PluginState::Ready { link, .. } = &self.plugins[p].state {
+            link.grant_credit();
+        }
+    }
+
+    /// The executor's answer to the step running as `call`.
+    pub(super) fn on_step_done(
+        &mut self,
+        p: usize,
+        call: u64,
+        result: StepResult,
+        out_of_memory: bool,
+    ) {
+        if let Some(i) = self.plugins[p].in_flight.remove(&call) {
+            let verdict = verdict::classify(&result, self.steps[i].stop);
+            let report = Report {
+                result,
+                out_of_memory,
+            };
+            self.end_attempt_with(i, verdict, report);
+        }
+    }
+
+    /// The executor could not run the step running as `call` at all.
+    pub(super) fn on_step_refused(&mut self, p: usize, call: u64, message: String) {
+        if let Some(i) = self.plugins[p].in_flight.remove(&call) {
+            let verdict = match self.steps[i].stop {
+                Some(reason) => Verdict::stopped(reason, Some(message)),
+                None => Verdict::failed(
+                    Cause::Exit,
+                    format!(
+                        "the {} executor could not run it: {message}",
+                        self.plugins[p].spec.name
+                    ),
+                ),
+            };
+            self.end_attempt(i, verdict);
+        }
+    }
+
+    /// Empties and removes a finished attempt's leaf. Processes that escaped the step's
+    /// process group (the executor's own cleanup cannot see them) are reported in the step's
+    /// log before its `step_end`, then killed.
+    fn clean_step_leaf(&mut self, i: usize, leaf: Leaf) {
+        let pgid = self.steps[i].pgid;
+        let escaped = leaf
+            .pids_quick()
+            .iter()
+            .filter(|&&pid| {
+                pgid.is_none_or(|g| crate::procfs::stat(pid).map(|s| s.pgrp) != Some(g))
+            })
+            .count();
+        if escaped > 0 {
+            let def = &self.pipeline.steps[self.steps[i].index];
+            let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let line = format!(
+                "hm: killed {escaped} process(es) that left the step's process group but not its \
+                 cgroup"
+            );
+            let _ =
+                self.renderer
+                    .step_log(&ts, &self.opts.run_id, &def.name, Stream::Stderr, &line);
+        }
+        if self.janitor.is_none() {
+            match LeafJanitor::start() {
+                Ok(janitor) => self.janitor = Some(janitor),
+                Err(e) => tracing::warn!("cannot start the cgroup janitor thread: {e}"),
+            }
+        }
+        match &self.janitor {
+            Some(janitor) => janitor.remove(leaf),
+            // Emptying may wait for dying processes: never in the run loop.
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = leaf.kill().and_then(|()| leaf.remove()) {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Ends the current attempt of step `i` with `verdict`, the executor having said nothing
+    /// more.
+    pub(super) fn end_attempt(&mut self, i: usize, verdict: Verdict) {
+        self.end_attempt_with(i, verdict, Report::default());
+    }
+
+    /// Ends the current attempt of step `i`: the final verdict, the leaf cleaned up, one
+    /// `step_end`, then a retry or the step's end (and fail fast).
+    pub(super) fn end_attempt_with(&mut self, i: usize, verdict: Verdict, report: Report) {
+        let def = &self.pipeline.steps[self.steps[i].index];
+        // What went wrong is only asked of a failure.
+        let stats = self.steps[i]
+            .leaf
+            .as_ref()
+            .map(|leaf| match verdict.is_failure() {
+                true => leaf.stats(),
+                false => leaf.usage(),
+            })
+            .unwrap_or_default();
+        let mut verdict = verdict::finalize(
+            verdict,
+            Evidence {
+                stop: self.steps[i].stop,
+                executor_oom: report.out_of_memory,
+                executor_peak: report.result.peak_memory_bytes,
+                stats: &stats,
+                limits: &def.limits,
+            },
+        );
+        // A leaf that never held a process peaked at 0 bytes (a docker step's container has a
+        // cgroup of its own): its numbers are not the step's, the executor's may be.
+        let leaf_used = stats.peak_memory_bytes.is_some_and(|peak| peak > 0);
+        if let Some(leaf) = self.steps[i].leaf.take() {
+            self.clean_step_leaf(i, leaf);
+        } else if let Some(pgid) = self.steps[i].pgid {
+            // Without a cgroup the step's process group is all hm knows of it: nothing in it
+            // may outlive the step, whatever its executor did. The group cannot have been
+            // reused while a member is alive, and is only signalled if one is.
+            if killpg(Pid::from_raw(pgid), None).is_ok() {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+        let step = &self.steps[i];
+        let attempt = step.attempt;
+        let next = verdict::next(
+            &verdict,
+            RetryContext {
+                attempt,
+                retry: &def.retry,
+                allow_failure: def.allow_failure,
+                stop: step.stop,
+                run_stopping: self.user_cancelled || self.failing_fast || self.pipeline_timed_out,
+            },
+        );
+        let allowed = next
+            == Next::Done {
+                allowed_failure: true,
+            };
+        if allowed && verdict.message.is_none() {
+            verdict.message = Some("failure allowed".into());
+        }
+        self.emit(BuildEvent::StepEnd(StepEnd {
+            step: def.name.clone(),
+            attempt,
+            status: verdict.status,
+            cause: verdict.cause,
+            exit_code: verdict.exit_code,
+            signal: verdict.signal,
+            duration_ms: step.started.map_or(0, |s| s.elapsed().as_millis() as u64),
+            peak_memory_bytes: stats
+                .peak_memory_bytes
+                .filter(|_| leaf_used)
+                .or(report.result.peak_memory_bytes),
+            cpu_ms: stats.cpu_ms.filter(|_| leaf_used).or(report.result.cpu_ms),
+            message: verdict.message.clone(),
+            allowed_failure: allowed,
+        }));
+        let step = &mut self.steps[i];
+        step.started = None;
+        step.deadline = None;
+        step.ladder = None;
+        step.pgid = None;
+        if next == Next::Retry {
+            step.stop = None;
+            step.attempt += 1;
+            step.state = StepState::Waiting;
+            self.emit(BuildEvent::StepRetry {
+                step: def.name.clone(),
+                attempt: attempt + 1,
+                cause: verdict.cause.unwrap_or(Cause::Exit),
+            });
+            return;
+        }
+        step.state = StepState::Done;
+        step.allowed_failure = allowed;
+        let failed = verdict.is_failure() && !allowed;
+        step.verdict = Some(verdict);
+        if failed && !self.opts.keep_going && !self.failing_fast {
+            self.failing_fast = true;
+            self.stop_all(StopReason::FailFast);
+        }
+    }
+
+    /// Ends a step that never started, with exactly one `step_end`.
+    pub(super) fn finish_unstarted(&mut self, i: usize, status: StepStatus, cause: Cause) {
+        let step = &mut self.steps[i];
+        step.state = StepState::Done;
+        step.verdict = Some(Verdict {
+            status,
+            cause: Some(cause),
+            exit_code: None,
+            signal: None,
+            message: None,
+        });
+        let (step, attempt) = (self.step_name(i).to_owned(), self.steps[i].attempt);
+        self.emit(BuildEvent::StepEnd(StepEnd {
+            step,
+            attempt,
+            status,
+            cause: Some(cause),
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            peak_memory_bytes: None,
+            cpu_ms: None,
+            message: None,
+            allowed_failure: false,
+        }));
+    }
+}
