@@ -7,8 +7,10 @@
 //! - [`index`]: what `hm plugin install SOURCE` names: a path, a cargo build output, an index
 //!   entry.
 //! - [`probe`]: `--hm-manifest` and a real handshake with a plugin that is not installed yet.
-//! - [`install`]: staged, locked, atomic install and removal.
+//! - [`install`]: staged, locked, atomic install and removal, on top of [`bundle_fs`]
+//!   (digests, the directory lock, staging, atomic moves).
 
+pub mod bundle_fs;
 pub mod discover;
 pub mod index;
 pub mod install;

@@ -5,28 +5,27 @@
 //! kernel carries on.
 
 use std::collections::{HashSet, VecDeque};
-use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
-use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
-use hm_ipc::messages::{
-    ArchiveBuffer, Credit, HostCall, HostReply, Init, KernelCall, PluginReply, StepResult,
-};
+use hm_ipc::host::{Inbound, MAX_CALL_BYTES};
+use hm_ipc::messages::{ArchiveBuffer, HostCall, HostReply, Init, PluginReply};
 use hm_ipc::{FrameKind, OutFrame};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::events::{
+    FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, PluginLink, lock,
+};
 use super::handshake::{self, Expected, FailureKind, Greeted, HandshakeFailure, Offer};
 use super::host_api::HostState;
+use super::process::{
+    Confinement, PluginProcess, Registered, Tail, capture_lines, kill_group, start_failure,
+};
 use super::spawn::{describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
-use crate::cgroup::Leaf;
 use crate::config::PluginSettings;
 use crate::events::{Cause, Stream};
 use crate::registry::PluginSpec;
@@ -45,151 +44,6 @@ fn ping_interval() -> Duration {
         .and_then(|text| humantime::parse_duration(&text).ok())
         .filter(|interval| !interval.is_zero())
         .unwrap_or(PING_INTERVAL)
-}
-/// How long a plugin may take to exit once its socket is closed.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
-const STDERR_TAIL: usize = 20;
-
-/// Identifies one incarnation of one plugin: restarts get a new generation, so late events of
-/// a dead instance are never mistaken for the new one's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PluginKey {
-    pub index: usize,
-    pub generation: u32,
-}
-
-#[derive(Debug)]
-pub struct PluginEvent {
-    pub key: PluginKey,
-    pub kind: PluginEventKind,
-}
-
-#[derive(Debug)]
-pub enum PluginEventKind {
-    /// Handshake (and `Init`) done: calls may be sent through `link`.
-    Ready {
-        pid: u32,
-        protocol: u32,
-        link: PluginLink,
-    },
-    /// The plugin could not be started; `message` says why in full. `unavailable`: it
-    /// refused `Init` because its environment is missing (a daemon that does not answer).
-    /// `violation`: it broke the protocol before the handshake was over, or hm could not
-    /// accept its `Hello` (protocol versions, name, capabilities). `process`: the
-    /// process that was started and has ended, when there was one.
-    StartFailed {
-        message: String,
-        unavailable: bool,
-        violation: bool,
-        process: Option<FailedProcess>,
-    },
-    /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
-    /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
-    Log {
-        call: u64,
-        chunks: Vec<(Stream, String)>,
-    },
-    StepDone {
-        call: u64,
-        result: StepResult,
-        /// The executor says the step was killed for running out of memory.
-        out_of_memory: bool,
-    },
-    CallFailed {
-        call: u64,
-        message: String,
-    },
-    /// A hook has handled the event of call `call`; `abort` is a `before` hook's reason to
-    /// stop the step.
-    HookDone {
-        call: u64,
-        abort: Option<String>,
-    },
-    StepProcess {
-        call: u64,
-        pgid: i32,
-    },
-    /// A diagnostic from the plugin itself.
-    Diagnostic {
-        message: String,
-    },
-    Exited(PluginExit),
-}
-
-/// A plugin process that ended before its handshake was over.
-#[derive(Debug)]
-pub struct FailedProcess {
-    pub pid: u32,
-    /// `None` for an attached plugin, whose status is not hm's to collect.
-    pub status: Option<ExitStatus>,
-    /// Why it ended, as `plugin_exit` says: `protocol_error`, `timeout`, or what its status
-    /// shows.
-    pub cause: Cause,
-}
-
-/// The run loop's way to talk to one plugin instance once it is ready. Every frame hm sends
-/// that the plugin may answer goes through here, so [`HostPolicy`] knows of it before the
-/// plugin can: a call is registered before it is sent, credit granted before `Credit` is.
-#[derive(Debug, Clone)]
-pub struct PluginLink {
-    writer: mpsc::UnboundedSender<OutFrame>,
-    policy: Arc<Mutex<HostPolicy>>,
-}
-
-impl PluginLink {
-    /// Sends call `id` of `kind`. `Err` when the connection is already closed (the plugin's
-    /// exit is on its way to the run loop).
-    pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), String> {
-        let frame = OutFrame::message(FrameKind::Call, id, call).map_err(|e| e.to_string())?;
-        lock(&self.policy).register(id, kind);
-        self.writer
-            .send(frame)
-            .map_err(|_| "plugin connection closed".to_string())
-    }
-
-    /// Gives back one batch of log credit: hm has taken a batch in.
-    pub fn grant_credit(&self) {
-        if let Ok(frame) = OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 }) {
-            lock(&self.policy).grant(1);
-            let _ = self.writer.send(frame);
-        }
-    }
-
-    /// Asks the plugin to stop call `id` (its reply still comes).
-    pub fn cancel(&self, id: u64) {
-        let _ = self.writer.send(OutFrame::empty(FrameKind::Cancel, id));
-    }
-
-    /// Asks the plugin to finish its calls and exit.
-    pub fn shutdown(&self) {
-        let _ = self.writer.send(OutFrame::empty(FrameKind::Shutdown, 0));
-    }
-
-    /// Sends a ping with `nonce` (the connection's liveness check).
-    fn ping(&self, nonce: u64) {
-        lock(&self.policy).ping(nonce);
-        let _ = self.writer.send(OutFrame::empty(FrameKind::Ping, nonce));
-    }
-
-    /// Sends the reply to the plugin's host call `id`.
-    fn reply(&self, protocol: u32, id: u64, reply: &HostReply) -> Result<(), String> {
-        let frame = OutFrame::message_for(protocol, FrameKind::Reply, id, reply)
-            .map_err(|e| e.to_string())?;
-        let _ = self.writer.send(frame);
-        Ok(())
-    }
-}
-
-/// How a plugin process ended and why.
-#[derive(Debug)]
-pub struct PluginExit {
-    pub pid: u32,
-    pub status: Option<ExitStatus>,
-    /// Set when the kernel killed it for breaking the protocol.
-    pub violation: Option<String>,
-    /// Set when the kernel killed it for not answering pings.
-    pub hung: bool,
-    pub stderr_tail: Vec<String>,
 }
 
 /// Everything a connection task needs besides its plugin.
@@ -237,8 +91,6 @@ pub fn start_plugin(
     });
 }
 
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
 /// Why a plugin did not start.
 struct StartFailure {
     message: String,
@@ -260,46 +112,6 @@ impl From<String> for StartFailure {
             violation: false,
             process: None,
         }
-    }
-}
-
-/// Where a plugin process is confined: its cgroup leaf, or without cgroups a best-effort
-/// address-space rlimit.
-#[derive(Debug, Clone, Default)]
-pub struct Confinement {
-    pub leaf: Option<Leaf>,
-    pub memory_rlimit: Option<u64>,
-}
-
-impl Confinement {
-    /// Puts the just-spawned plugin in its place. Nothing of the plugin runs before its
-    /// handshake, and it starts no process before its first call, so joining right after the
-    /// spawn leaves nothing outside.
-    fn apply(&self, pid: u32) -> Result<(), String> {
-        if let Some(leaf) = &self.leaf {
-            leaf.join(pid).map_err(|e| e.to_string())?;
-        } else if let Some(bytes) = self.memory_rlimit {
-            let limit = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            // SAFETY: prlimit reads `limit` and writes nothing (null old-limit pointer).
-            let rc = unsafe {
-                libc::prlimit(
-                    pid as libc::pid_t,
-                    libc::RLIMIT_AS,
-                    &limit,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc == -1 {
-                return Err(format!(
-                    "cannot set its memory rlimit: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -510,72 +322,6 @@ async fn run_plugin(
     Ok(())
 }
 
-/// The process at the other end of a connection: one hm started, or one that attached.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per plugin instance, never moved around in bulk"
-)]
-enum PluginProcess {
-    Spawned {
-        child: tokio::process::Child,
-        /// The tasks collecting its stdout and stderr, and the last lines they saw.
-        capture: Vec<tokio::task::JoinHandle<()>>,
-        tail: Tail,
-        _registered: Registered,
-    },
-    /// Started by hand (`--attach`): not hm's child, not in a group or cgroup of hm's, its
-    /// output on its own terminal. hm only ever signals the process itself.
-    Attached,
-}
-
-impl PluginProcess {
-    fn kill(&self, pid: u32) {
-        match self {
-            PluginProcess::Spawned { .. } => kill_group(pid),
-            PluginProcess::Attached if pid > 0 => {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            PluginProcess::Attached => {}
-        }
-    }
-
-    /// After its end: kills what is left in the process group hm started it in. An attached
-    /// plugin was not started by hm and may still be exiting on its own; it is left alone.
-    fn clean_up(&self, pid: u32) {
-        if let PluginProcess::Spawned { .. } = self {
-            kill_group(pid);
-        }
-    }
-
-    /// Its exit status, killing it if it takes longer than [`EXIT_GRACE`]. An attached
-    /// plugin's status is not hm's to collect: its connection closing is its end.
-    async fn wait(&mut self, pid: u32) -> Option<ExitStatus> {
-        let PluginProcess::Spawned { child, .. } = self else {
-            return None;
-        };
-        match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                kill_group(pid);
-                child.wait().await.ok()
-            }
-        }
-    }
-
-    /// The last lines of its output, once the capture has read everything.
-    async fn finish(self) -> Vec<String> {
-        let PluginProcess::Spawned { capture, tail, .. } = self else {
-            return Vec::new();
-        };
-        for task in capture {
-            let _ = tokio::time::timeout(EXIT_GRACE, task).await;
-        }
-        tail.lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
 /// Ends a plugin whose handshake failed and tells its whole story. One that broke the protocol
 /// or ran out of time is killed; one that was refused (or refused) is asked to leave and gets
 /// [`EXIT_GRACE`] to do so, so that its exit status is its own.
@@ -779,19 +525,6 @@ async fn answer_open_archive(
     }
 }
 
-async fn capture_lines<R: tokio::io::AsyncRead + Unpin>(reader: R, tail: Tail) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!("plugin output: {line}");
-        if let Ok(mut tail) = tail.lock() {
-            if tail.len() == STDERR_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-    }
-}
-
 /// Whether `pgid` is a live process that leads its own process group and whose parent is
 /// `parent`. A step whose process already ended fails this too, which only means hm has
 /// nothing of it to kill.
@@ -799,54 +532,4 @@ fn leads_group_of_child(pgid: i32, parent: u32) -> bool {
     pgid > 1
         && crate::procfs::stat(pgid)
             .is_some_and(|stat| stat.ppid == parent as i32 && stat.pgrp == pgid)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only means a panic elsewhere; the sets stay consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Removes a plugin's pid from the reaper's keep-set once tokio has waited for it.
-struct Registered {
-    set: Arc<Mutex<HashSet<u32>>>,
-    pid: u32,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        lock(&self.set).remove(&self.pid);
-    }
-}
-
-fn kill_group(pid: u32) {
-    if pid > 0 {
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-}
-
-/// The full story of a plugin that did not start: what went wrong, how it exited, and the
-/// last lines it wrote to stderr.
-fn start_failure(
-    spec: &PluginSpec,
-    reason: &str,
-    status: Option<ExitStatus>,
-    tail: &[String],
-) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    let mut message = format!("plugin {} ({}) {reason}", spec.name, spec.origin);
-    match status {
-        Some(s) if s.code().is_some() => {
-            message.push_str(&format!("\n  exit status: {}", s.code().unwrap_or(0)))
-        }
-        Some(s) => message.push_str(&format!("\n  killed by signal {}", s.signal().unwrap_or(0))),
-        None => {}
-    }
-    if !tail.is_empty() {
-        message.push_str("\n  last lines of its output:");
-        for line in tail {
-            message.push_str("\n    ");
-            message.push_str(line);
-        }
-    }
-    message
 }

@@ -1,0 +1,160 @@
+//! What a plugin's connection tells the run loop ([`PluginEvent`]), and the run loop's way to
+//! talk to a ready plugin ([`PluginLink`]). The messages between the two halves of the
+//! supervisor: the connection task reports, the run loop decides.
+
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+
+use hm_ipc::host::{CallKind, HostPolicy};
+use hm_ipc::messages::{Credit, HostReply, KernelCall, StepResult};
+use hm_ipc::{FrameKind, OutFrame};
+use tokio::sync::mpsc;
+
+use crate::events::{Cause, Stream};
+
+/// Identifies one incarnation of one plugin: restarts get a new generation, so late events of
+/// a dead instance are never mistaken for the new one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PluginKey {
+    pub index: usize,
+    pub generation: u32,
+}
+
+#[derive(Debug)]
+pub struct PluginEvent {
+    pub key: PluginKey,
+    pub kind: PluginEventKind,
+}
+
+#[derive(Debug)]
+pub enum PluginEventKind {
+    /// Handshake (and `Init`) done: calls may be sent through `link`.
+    Ready {
+        pid: u32,
+        protocol: u32,
+        link: PluginLink,
+    },
+    /// The plugin could not be started; `message` says why in full. `unavailable`: it
+    /// refused `Init` because its environment is missing (a daemon that does not answer).
+    /// `violation`: it broke the protocol before the handshake was over, or hm could not
+    /// accept its `Hello` (protocol versions, name, capabilities). `process`: the
+    /// process that was started and has ended, when there was one.
+    StartFailed {
+        message: String,
+        unavailable: bool,
+        violation: bool,
+        process: Option<FailedProcess>,
+    },
+    /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
+    /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
+    Log {
+        call: u64,
+        chunks: Vec<(Stream, String)>,
+    },
+    StepDone {
+        call: u64,
+        result: StepResult,
+        /// The executor says the step was killed for running out of memory.
+        out_of_memory: bool,
+    },
+    CallFailed {
+        call: u64,
+        message: String,
+    },
+    /// A hook has handled the event of call `call`; `abort` is a `before` hook's reason to
+    /// stop the step.
+    HookDone {
+        call: u64,
+        abort: Option<String>,
+    },
+    StepProcess {
+        call: u64,
+        pgid: i32,
+    },
+    /// A diagnostic from the plugin itself.
+    Diagnostic {
+        message: String,
+    },
+    Exited(PluginExit),
+}
+
+/// A plugin process that ended before its handshake was over.
+#[derive(Debug)]
+pub struct FailedProcess {
+    pub pid: u32,
+    /// `None` for an attached plugin, whose status is not hm's to collect.
+    pub status: Option<ExitStatus>,
+    /// Why it ended, as `plugin_exit` says: `protocol_error`, `timeout`, or what its status
+    /// shows.
+    pub cause: Cause,
+}
+
+/// The run loop's way to talk to one plugin instance once it is ready. Every frame hm sends
+/// that the plugin may answer goes through here, so [`HostPolicy`] knows of it before the
+/// plugin can: a call is registered before it is sent, credit granted before `Credit` is.
+#[derive(Debug, Clone)]
+pub struct PluginLink {
+    pub(super) writer: mpsc::UnboundedSender<OutFrame>,
+    pub(super) policy: Arc<Mutex<HostPolicy>>,
+}
+
+impl PluginLink {
+    /// Sends call `id` of `kind`. `Err` when the connection is already closed (the plugin's
+    /// exit is on its way to the run loop).
+    pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), String> {
+        let frame = OutFrame::message(FrameKind::Call, id, call).map_err(|e| e.to_string())?;
+        lock(&self.policy).register(id, kind);
+        self.writer
+            .send(frame)
+            .map_err(|_| "plugin connection closed".to_string())
+    }
+
+    /// Gives back one batch of log credit: hm has taken a batch in.
+    pub fn grant_credit(&self) {
+        if let Ok(frame) = OutFrame::message(FrameKind::Credit, 0, &Credit { batches: 1 }) {
+            lock(&self.policy).grant(1);
+            let _ = self.writer.send(frame);
+        }
+    }
+
+    /// Asks the plugin to stop call `id` (its reply still comes).
+    pub fn cancel(&self, id: u64) {
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Cancel, id));
+    }
+
+    /// Asks the plugin to finish its calls and exit.
+    pub fn shutdown(&self) {
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Shutdown, 0));
+    }
+
+    /// Sends a ping with `nonce` (the connection's liveness check).
+    pub(super) fn ping(&self, nonce: u64) {
+        lock(&self.policy).ping(nonce);
+        let _ = self.writer.send(OutFrame::empty(FrameKind::Ping, nonce));
+    }
+
+    /// Sends the reply to the plugin's host call `id`.
+    pub(super) fn reply(&self, protocol: u32, id: u64, reply: &HostReply) -> Result<(), String> {
+        let frame = OutFrame::message_for(protocol, FrameKind::Reply, id, reply)
+            .map_err(|e| e.to_string())?;
+        let _ = self.writer.send(frame);
+        Ok(())
+    }
+}
+
+/// How a plugin process ended and why.
+#[derive(Debug)]
+pub struct PluginExit {
+    pub pid: u32,
+    pub status: Option<ExitStatus>,
+    /// Set when the kernel killed it for breaking the protocol.
+    pub violation: Option<String>,
+    /// Set when the kernel killed it for not answering pings.
+    pub hung: bool,
+    pub stderr_tail: Vec<String>,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only means a panic elsewhere; the state stays consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
