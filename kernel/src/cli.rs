@@ -181,12 +181,13 @@ pub fn main(builtins: &[Builtin]) -> i32 {
 }
 
 /// A message for stderr: its first line and every other unindented line prefixed with
-/// `error: `; indented lines (hints, lists) as they are.
+/// `error: `; indented lines (hints, lists) and positioned diagnostics (`file:1:2: error: ...`,
+/// which say it already) as they are.
 pub fn error_text(message: &str) -> String {
     message
         .lines()
         .map(|line| {
-            if line.starts_with(' ') {
+            if line.starts_with(' ') || crate::toml_check::is_diagnostic_line(line) {
                 line.to_owned()
             } else {
                 format!("error: {line}")

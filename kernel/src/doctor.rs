@@ -112,6 +112,10 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
     }
     for error in &registry.errors {
         for line in error.to_string().lines() {
+            if crate::toml_check::is_diagnostic_line(line) {
+                println!("  {line}");
+                continue;
+            }
             match line.strip_prefix("  ") {
                 Some(hint) => println!("    {hint}"),
                 None => println!("  error: {line}"),

@@ -18,3 +18,4 @@ pub mod run;
 pub mod scheduler;
 pub mod suggest;
 pub mod supervisor;
+pub mod toml_check;

@@ -739,8 +739,7 @@ fn a_bad_manifest_is_an_error_naming_the_file_with_line_and_column() {
     assert_eq!(run.code(), 5, "{run}");
     assert!(
         run.stderr()
-            .contains("error: .hm/plugins/broken/plugin.toml:2:")
-            && run.stderr().contains("invalid TOML"),
+            .contains(".hm/plugins/broken/plugin.toml:2:14: error: invalid TOML"),
         "{run}"
     );
     assert!(run.events.is_empty(), "nothing ran; {run}");
@@ -755,8 +754,8 @@ fn a_bad_manifest_is_an_error_naming_the_file_with_line_and_column() {
     let out = project.hm(&["plugin", "list"]);
     assert_code(&out, 5);
     for expected in [
-        ".hm/plugins/broken/plugin.toml:1:1: `executable` is missing",
-        ".hm/plugins/broken/plugin.toml:4:17: unknown capability kind `executer`",
+        ".hm/plugins/broken/plugin.toml:1:1: error: `executable` is missing",
+        ".hm/plugins/broken/plugin.toml:4:17: error: unknown capability kind `executer`",
         "did you mean `executor`?",
     ] {
         assert!(
@@ -775,7 +774,8 @@ fn a_bad_manifest_is_an_error_naming_the_file_with_line_and_column() {
     let out = project.hm(&["plugin", "install", "./bad/broken"]);
     assert_code(&out, 5);
     assert!(
-        out.stderr.contains("error: bad/broken/plugin.toml:1:"),
+        out.stderr
+            .contains("bad/broken/plugin.toml:1:9: error: invalid TOML"),
         "{}",
         show(&out)
     );
@@ -1023,8 +1023,8 @@ fn plugin_info_on_a_bundle_with_a_bad_manifest_shows_the_manifests_problem() {
     let out = project.hm(&["plugin", "info", "broken"]);
     assert_code(&out, 5);
     for expected in [
-        ".hm/plugins/broken/plugin.toml:1:1: `executable` is missing",
-        ".hm/plugins/broken/plugin.toml:4:17: unknown capability kind `executer`",
+        ".hm/plugins/broken/plugin.toml:1:1: error: `executable` is missing",
+        ".hm/plugins/broken/plugin.toml:4:17: error: unknown capability kind `executer`",
         "plugin `broken` is installed but cannot be used",
     ] {
         assert!(

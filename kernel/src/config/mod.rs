@@ -4,16 +4,15 @@
 //! TOML document section by section (`parse.rs`) with typed readers (`fields.rs`) that record a
 //! [`Diagnostic`] for every problem instead of stopping at the first.
 
-mod diag;
 mod fields;
 mod model;
 mod parse;
-mod values;
+pub(crate) mod values;
 
 #[cfg(test)]
 mod tests;
 
-pub use diag::{Diagnostic, Diagnostics};
+pub use crate::toml_check::{Diagnostic, Diagnostics};
 pub use model::*;
 pub use parse::{FILE_NAME, LoadError, find_pipeline_file, load, parse_str};
 pub use values::{parse_duration, parse_retry_class, parse_size};

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use toml_edit::{Document, Item};
 
-use super::diag::{Diagnostics, Reporter};
-use super::fields::{Checker, Field, Section, backticked, join_path};
 use super::model::{Limits, Pipeline, PluginSettings, RestartBudget, Retry, Step};
 use crate::suggest::did_you_mean;
+use crate::toml_check::Diagnostics;
+use crate::toml_check::{Checker, Field, Section, backticked, join_path};
 
 /// The pipeline file's name, looked for in the start directory and its parents.
 pub const FILE_NAME: &str = "hm.toml";
@@ -102,21 +102,9 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Pipeline, Diagnostics> {
     let root = absolute
         .parent()
         .map_or_else(PathBuf::new, Path::to_path_buf);
-    let mut checker = Checker {
-        text,
-        report: Reporter::new(text, file),
-        root,
-    };
-    let document = match Document::parse(text) {
-        Ok(document) => document,
-        Err(err) => {
-            checker.report.error(
-                err.span(),
-                format!("invalid TOML: {}", err.message()),
-                Some("the file must be valid TOML before the rest of it can be checked".to_owned()),
-            );
-            return Err(checker.report.finish());
-        }
+    let mut checker = Checker::new(text, file, root);
+    let Some(document) = checker.document() else {
+        return Err(checker.report.finish());
     };
     let pipeline = checker.pipeline(&document, absolute);
     match pipeline {

@@ -37,6 +37,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Whether `line` is the first line of a printed [`Diagnostic`]: `FILE:LINE:COL: error: ...`.
+pub fn is_diagnostic_line(line: &str) -> bool {
+    let Some((place, _)) = line.split_once(": error: ") else {
+        return false;
+    };
+    let mut parts = place.rsplitn(3, ':');
+    let col = parts.next();
+    let row = parts.next();
+    let file = parts.next();
+    let number =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    number(col) && number(row) && file.is_some_and(|f| !f.is_empty())
+}
+
 /// Every problem found in a file, sorted by position, never empty when returned as an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
@@ -181,6 +195,18 @@ mod tests {
         assert_eq!(index.position(6), (3, 2));
         assert_eq!(index.position(text.len()), (4, 1));
         assert_eq!(index.position(text.len() + 10), (4, 1));
+    }
+
+    #[test]
+    fn printed_diagnostics_are_recognised_by_their_first_line() {
+        assert!(is_diagnostic_line("hm.toml:3:1: error: unknown key"));
+        assert!(is_diagnostic_line("/a b/plugin.toml:12:9: error: x"));
+        assert!(!is_diagnostic_line("error: hm.toml:3:1: x"));
+        assert!(!is_diagnostic_line("hm.toml:x:1: error: no line"));
+        assert!(!is_diagnostic_line(":3:1: error: no file"));
+        assert!(!is_diagnostic_line(
+            "plugin `a` speaks protocol 9: upgrade hm"
+        ));
     }
 
     #[test]
