@@ -13,7 +13,7 @@ use super::plugins::PluginState;
 use super::run_loop::Scheduler;
 use super::steps::{Needs, StepState};
 use super::verdict::{self, Evidence, Next, RetryContext, StopReason, Verdict};
-use crate::cgroup::{Leaf, LeafJanitor};
+use crate::cgroup::{CgroupError, Leaf, LeafJanitor};
 use crate::config::Step;
 use crate::events::{BuildEvent, Cause, Envelope, StepEnd, StepStatus, Stream};
 
@@ -101,7 +101,10 @@ impl Scheduler<'_> {
             PluginState::Failed(message) => {
                 let message = message.clone();
                 self.steps[i].state = StepState::Running;
-                self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
+                self.end_attempt(
+                    i,
+                    Verdict::failed(Cause::ExecutorCrash, message.to_string()),
+                );
             }
         }
     }
@@ -111,8 +114,9 @@ impl Scheduler<'_> {
         let p = self.steps[i].plugin;
         let leaf = match self.step_leaf(i) {
             Ok(leaf) => leaf,
-            Err(message) => {
+            Err(e) => {
                 self.steps[i].state = StepState::Running;
+                let message = format!("cannot create the step's cgroup: {e}");
                 self.end_attempt(i, Verdict::failed(Cause::Exit, message));
                 return;
             }
@@ -155,12 +159,15 @@ impl Scheduler<'_> {
         if let Err(message) = sent {
             // The exit event of the plugin will follow; end the step now with the reason.
             self.plugins[p].in_flight.remove(&call);
-            self.end_attempt(i, Verdict::failed(Cause::ExecutorCrash, message));
+            self.end_attempt(
+                i,
+                Verdict::failed(Cause::ExecutorCrash, message.to_string()),
+            );
         }
     }
 
     /// A fresh cgroup leaf for the step's current attempt, with the step's limits.
-    fn step_leaf(&self, i: usize) -> Result<Option<Leaf>, String> {
+    fn step_leaf(&self, i: usize) -> Result<Option<Leaf>, CgroupError> {
         let Some(run) = &self.opts.run_cgroup else {
             return Ok(None);
         };
@@ -168,9 +175,7 @@ impl Scheduler<'_> {
         let def = &self.pipeline.steps[step.index];
         let plugin = &self.plugins[step.plugin].spec.name;
         let name = format!("step-{}-{}", def.name, step.attempt);
-        run.leaf(plugin, &name, &def.limits)
-            .map(Some)
-            .map_err(|e| format!("cannot create the step's cgroup: {e}"))
+        run.leaf(plugin, &name, &def.limits).map(Some)
     }
 
     /// A batch of output of the step running as `call`: to the renderer, and to the hooks

@@ -20,6 +20,7 @@ use super::run_loop::Scheduler;
 use super::steps::StepState;
 use super::verdict::Verdict;
 use crate::events::{BuildEvent, Cause, Envelope};
+use crate::supervisor::events::LinkError;
 
 /// A hook call in flight.
 pub(super) struct HookCall {
@@ -106,7 +107,7 @@ impl Scheduler<'_> {
         };
         match self.send_hook_call(p, HookPhase::Before, event, spec.timeout, Some((i, gate))) {
             Ok(_) => {}
-            Err(message) => self.resolve_gate(p, i, gate, Err(message)),
+            Err(e) => self.resolve_gate(p, i, gate, Err(e.to_string())),
         }
     }
 
@@ -118,12 +119,9 @@ impl Scheduler<'_> {
         event: QueuedEvent,
         timeout: Duration,
         gate: Option<(usize, u32)>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, LinkError> {
         let PluginState::Ready { link, .. } = &self.plugins[p].state else {
-            return Err(format!(
-                "plugin {} is not running",
-                self.plugins[p].spec.name
-            ));
+            return Err(LinkError::Closed);
         };
         let call = self.next_call;
         self.next_call += 1;

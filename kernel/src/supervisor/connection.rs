@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
-use hm_ipc::host::{Inbound, MAX_CALL_BYTES};
+use hm_ipc::host::{Inbound, MAX_CALL_BYTES, Violation};
 use hm_ipc::messages::{ArchiveBuffer, HostCall, HostReply, Init, PluginReply};
 use hm_ipc::{FrameKind, OutFrame};
 use tokio::sync::mpsc;
@@ -284,7 +284,7 @@ async fn run_plugin(
                 };
                 last_heard = Instant::now();
                 if let Err(e) = dispatch(spec, &ctx, &link, frame, &mut ping, &send, &peer) {
-                    violation = Some(e);
+                    violation = Some(e.0);
                     break;
                 }
             }
@@ -396,8 +396,8 @@ fn dispatch(
     ping: &mut Option<(u64, Instant)>,
     send: &impl Fn(PluginEventKind),
     peer: &Peer<'_>,
-) -> Result<(), String> {
-    let inbound = lock(&link.policy).check(frame).map_err(|v| v.0)?;
+) -> Result<(), Violation> {
+    let inbound = lock(&link.policy).check(frame)?;
     let (call, reply) = match inbound {
         Inbound::Log { call, batch } => {
             let chunks = batch
@@ -436,7 +436,9 @@ fn dispatch(
                 },
                 // A run makes no Init call after the handshake and no RunSubcommand at all,
                 // so the policy lets none of their answers through.
-                other => return Err(format!("answered call {call} with {other:?}")),
+                other => {
+                    return Err(Violation(format!("answered call {call} with {other:?}")));
+                }
             });
             return Ok(());
         }
@@ -496,7 +498,12 @@ fn dispatch(
             (call, reply)
         }
     };
-    link.reply(peer.protocol, call, &reply)
+    // Encoding hm's own reply cannot fail for the replies hm builds; if it did, that is hm's
+    // bug, not the plugin's violation.
+    if let Err(e) = link.reply(peer.protocol, call, &reply) {
+        tracing::error!(plugin = %spec.name, "cannot encode a reply: {e}");
+    }
+    Ok(())
 }
 
 /// Answers `OpenArchive` call `call`: the archive's length, with a duplicate of its descriptor

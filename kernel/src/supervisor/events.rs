@@ -5,6 +5,7 @@
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 
+use hm_ipc::codec::EncodeError;
 use hm_ipc::host::{CallKind, HostPolicy};
 use hm_ipc::messages::{Credit, HostReply, KernelCall, StepResult};
 use hm_ipc::{FrameKind, OutFrame};
@@ -98,15 +99,23 @@ pub struct PluginLink {
     pub(super) policy: Arc<Mutex<HostPolicy>>,
 }
 
+/// Why a frame could not be sent to a plugin.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The connection is closed: the plugin's exit is on its way to the run loop.
+    #[error("plugin connection closed")]
+    Closed,
+    #[error("cannot encode the message: {0}")]
+    Encode(#[from] EncodeError),
+}
+
 impl PluginLink {
-    /// Sends call `id` of `kind`. `Err` when the connection is already closed (the plugin's
-    /// exit is on its way to the run loop).
-    pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), String> {
-        let frame = OutFrame::message(FrameKind::Call, id, call).map_err(|e| e.to_string())?;
+    /// Sends call `id` of `kind`.
+    pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), LinkError> {
+        let frame = OutFrame::message(FrameKind::Call, id, call)?;
         lock(&self.policy).register(id, kind);
-        self.writer
-            .send(frame)
-            .map_err(|_| "plugin connection closed".to_string())
+        self.writer.send(frame).map_err(|_| LinkError::Closed)
     }
 
     /// Gives back one batch of log credit: hm has taken a batch in.
@@ -134,9 +143,14 @@ impl PluginLink {
     }
 
     /// Sends the reply to the plugin's host call `id`.
-    pub(super) fn reply(&self, protocol: u32, id: u64, reply: &HostReply) -> Result<(), String> {
-        let frame = OutFrame::message_for(protocol, FrameKind::Reply, id, reply)
-            .map_err(|e| e.to_string())?;
+    pub(super) fn reply(
+        &self,
+        protocol: u32,
+        id: u64,
+        reply: &HostReply,
+    ) -> Result<(), EncodeError> {
+        let frame = OutFrame::message_for(protocol, FrameKind::Reply, id, reply)?;
+        // A closed connection means the plugin is gone; its exit says so.
         let _ = self.writer.send(frame);
         Ok(())
     }

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::events::lock;
-use crate::cgroup::Leaf;
+use crate::cgroup::{CgroupError, Leaf};
 use crate::registry::PluginSpec;
 
 /// How long a plugin may take to exit once its socket is closed.
@@ -30,13 +30,23 @@ pub struct Confinement {
     pub memory_rlimit: Option<u64>,
 }
 
+/// Why a plugin could not be put in its place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfineError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot set its memory rlimit: {0}")]
+    Rlimit(std::io::Error),
+}
+
 impl Confinement {
     /// Puts the just-spawned plugin in its place. Nothing of the plugin runs before its
     /// handshake, and it starts no process before its first call, so joining right after the
     /// spawn leaves nothing outside.
-    pub(super) fn apply(&self, pid: u32) -> Result<(), String> {
+    pub(super) fn apply(&self, pid: u32) -> Result<(), ConfineError> {
         if let Some(leaf) = &self.leaf {
-            leaf.join(pid).map_err(|e| e.to_string())?;
+            leaf.join(pid)?;
         } else if let Some(bytes) = self.memory_rlimit {
             let limit = libc::rlimit {
                 rlim_cur: bytes,
@@ -52,10 +62,7 @@ impl Confinement {
                 )
             };
             if rc == -1 {
-                return Err(format!(
-                    "cannot set its memory rlimit: {}",
-                    std::io::Error::last_os_error()
-                ));
+                return Err(ConfineError::Rlimit(std::io::Error::last_os_error()));
             }
         }
         Ok(())
