@@ -15,6 +15,7 @@ use crate::scheduler::{RunOptions, Scheduler};
 use crate::supervisor::attach::AttachPoint;
 use crate::{cgroup, dag, exit};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The words for an isolation level, as in `build_start`.
 pub fn isolation_name(level: Isolation) -> &'static str {
@@ -202,10 +203,14 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
             None
         }
     };
+    // Spans are at debug level: the default filter (warnings) leaves messages uncluttered,
+    // and `HM_LOG=debug` shows which run, plugin and step each one is about.
+    let span = tracing::debug_span!("run", run_id = %run_opts.run_id, pipeline = %pipeline.name);
     runtime.block_on(
         Scheduler::new(&pipeline, run_opts, renderer)
             .with_guardian(guardian)
-            .run(),
+            .run()
+            .instrument(span),
     )
 }
 

@@ -471,3 +471,31 @@ fn has_sgr(text: &str) -> bool {
         })
     })
 }
+
+#[test]
+fn hm_log_shows_hms_own_diagnostics_in_their_run_plugin_and_step_spans() {
+    let project = Project::new("[steps.greet]\nrun = \"echo hi\"\n");
+    let mut cmd = project.command(&["run"]);
+    cmd.env("HM_LOG", "debug");
+    let out = hm_tests::Hm::spawn(cmd).finish(hm_tests::RUN_DEADLINE);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    for needle in [
+        "run{run_id=",
+        "}:plugin{plugin=shell generation=1 pid=",
+        "}:step{step=greet attempt=1}: execute call=",
+        "}:step{step=greet attempt=1}: attempt ended status=\"passed\"",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "no {needle:?} in:\n{}",
+            out.stderr
+        );
+    }
+    // By default only warnings and errors are shown, without span context.
+    let out = project.hm(&["run"]);
+    assert!(
+        !out.stderr.contains("DEBUG") && !out.stderr.contains("run{"),
+        "{}",
+        out.stderr
+    );
+}

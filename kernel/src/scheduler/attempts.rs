@@ -137,6 +137,9 @@ impl Scheduler<'_> {
             return;
         };
         let pid = *pid;
+        let attempt = self.steps[i].attempt;
+        let _step = tracing::debug_span!("step", step = %def.name, attempt).entered();
+        tracing::debug!(call, plugin = %self.plugins[p].spec.name, "execute");
         let sent = link.call(
             call,
             CallKind::Execute,
@@ -337,6 +340,7 @@ impl Scheduler<'_> {
         }
         let step = &self.steps[i];
         let attempt = step.attempt;
+        let _step = tracing::debug_span!("step", step = %def.name, attempt).entered();
         let next = verdict::next(
             &verdict,
             RetryContext {
@@ -351,6 +355,12 @@ impl Scheduler<'_> {
             == Next::Done {
                 allowed_failure: true,
             };
+        tracing::debug!(
+            status = verdict.status.as_str(),
+            cause = verdict.cause.map(|c| c.as_str()),
+            retry = next == Next::Retry,
+            "attempt ended"
+        );
         if allowed && verdict.message.is_none() {
             verdict.message = Some("failure allowed".into());
         }

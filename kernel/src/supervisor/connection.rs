@@ -15,6 +15,7 @@ use hm_ipc::messages::{ArchiveBuffer, HostCall, HostReply, Init, PluginReply};
 use hm_ipc::{FrameKind, OutFrame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::events::{
     FailedProcess, PluginEvent, PluginEventKind, PluginExit, PluginKey, PluginLink, lock,
@@ -75,7 +76,13 @@ pub fn start_plugin(
     confinement: Confinement,
     ctx: ConnectionContext,
 ) {
-    tokio::spawn(async move {
+    let span = tracing::debug_span!(
+        "plugin",
+        plugin = %spec.name,
+        generation = key.generation,
+        pid = tracing::field::Empty,
+    );
+    let task = async move {
         let events = ctx.events.clone();
         if let Err(failure) = run_plugin(key, &spec, &settings, &confinement, ctx).await {
             let _ = events.send(PluginEvent {
@@ -88,7 +95,8 @@ pub fn start_plugin(
                 },
             });
         }
-    });
+    };
+    tokio::spawn(task.instrument(span));
 }
 
 /// Why a plugin did not start.
@@ -142,6 +150,7 @@ async fn run_plugin(
                     point.path().display()
                 )
             })?;
+            tracing::Span::current().record("pid", pid);
             tracing::info!("plugin {name} attached (pid {pid})");
             let connection = hm_ipc::transport::connect(stream);
             (connection, pid, PluginProcess::Attached)
@@ -157,6 +166,8 @@ async fn run_plugin(
                 .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
             drop(plugin_end);
             let pid = child.id().unwrap_or(0);
+            tracing::Span::current().record("pid", pid);
+            tracing::debug!("spawned");
             // No await since the spawn: the reaper, on this same thread, cannot have run in
             // between.
             lock(&ctx.children).insert(pid);
@@ -234,9 +245,11 @@ async fn run_plugin(
     } = match failure {
         Ok(greeted) => greeted,
         Err(failure) => {
+            tracing::debug!(failure = %failure, "handshake failed");
             return Err(end_failed_start(spec, pid, process, writer, writer_task, failure).await);
         }
     };
+    tracing::debug!(protocol, "ready");
     let send = |kind| {
         let _ = ctx.events.send(PluginEvent { key, kind });
     };
