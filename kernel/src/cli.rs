@@ -1,5 +1,6 @@
-//! The command line (`docs/exit-codes.md`): argument parsing, and each command mapped to its exit
-//! code. `main` stays thin; everything that can fail returns an exit code with the message printed.
+//! The command line (`docs/exit-codes.md`): argument parsing, each command mapped to its exit
+//! code, and everything `hm` prints of its own. The library returns values and errors; this is
+//! the only place that turns them into text on stdout and stderr.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,14 +8,30 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::registry::Builtin;
-use crate::render::Format;
-use crate::{exit, run};
+use hm_kernel::exit;
+use hm_kernel::registry::Builtin;
 
+/// `println!` that takes a closed stdout (`hm plugin list | head`) as the end of the output
+/// rather than a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that takes a closed stderr as nobody listening rather than a panic.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_err(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+mod doctor;
 mod plugin;
-pub mod verb;
+mod run;
+mod verb;
 
-pub use plugin::PluginCommand;
+use plugin::PluginCommand;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,7 +81,7 @@ pub struct RunArgs {
     pub keep_going: bool,
     /// Output format (github is the default when GITHUB_ACTIONS=true).
     #[arg(long, value_enum)]
-    pub format: Option<Format>,
+    pub format: Option<FormatArg>,
     /// Stream every log line, even on a terminal.
     #[arg(long)]
     pub logs: bool,
@@ -92,8 +109,19 @@ pub struct RunArgs {
     pub attach: Vec<(String, PathBuf)>,
 }
 
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// Live view on a terminal, plain `[step] line` streaming otherwise; on stderr.
+    Human,
+    /// One JSON object per event and line, on stdout.
+    Json,
+    /// GitHub Actions workflow commands (`::group::`, `::error::`), on stdout.
+    Github,
+}
+
 fn parse_attach(text: &str) -> Result<(String, PathBuf), String> {
-    crate::supervisor::attach::parse_attach(text).map_err(|e| e.to_string())
+    hm_kernel::supervisor::attach::parse_attach(text).map_err(|e| e.to_string())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -118,7 +146,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
     let diagnostics = install_tracing();
     // Plugin verbs come from the manifests, so `hm --help` lists them without starting anything.
     let verbs = std::env::current_dir()
-        .map(|cwd| verb::discover(&cwd, builtins))
+        .map(|cwd| hm_kernel::verbs::discover(&cwd, builtins))
         .unwrap_or_default();
     let mut command = verb::augment(Cli::command(), &verbs);
     let parsed = command
@@ -140,7 +168,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
                     e.get(clap::error::ContextKind::InvalidSubcommand)
                 && std::env::args().nth(1).as_deref() == Some(name.as_str())
             {
-                eprintln!("{}", verb::unknown_verb(name, &verbs));
+                errln!("{}", verb::unknown_verb(name, &verbs));
                 return exit::USAGE;
             }
             let _ = e.print();
@@ -155,29 +183,45 @@ pub fn main(builtins: &[Builtin]) -> i32 {
     match cli.command {
         Command::Run(args) => {
             let color =
-                crate::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
+                hm_kernel::render::color_enabled(args.no_color, std::io::stderr().is_terminal());
             diagnostics.set_color(color);
             run::run(args, builtins, color)
         }
         Command::Validate { file } => run::validate(file, builtins),
         Command::Version => {
-            println!("hm {}", env!("CARGO_PKG_VERSION"));
-            println!(
-                "protocol {}..={}",
+            let detected = hm_kernel::launch::detect_isolation();
+            let reason = detected
+                .reason
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default();
+            let out = format!(
+                "hm {}\nprotocol {}..={}\nisolation {}{reason}\n",
+                env!("CARGO_PKG_VERSION"),
                 hm_ipc::PROTOCOL_MIN,
-                hm_ipc::PROTOCOL_MAX
+                hm_ipc::PROTOCOL_MAX,
+                hm_kernel::launch::isolation_name(detected.level),
             );
-            let detected = crate::run::detect_isolation();
-            print!("isolation {}", run::isolation_name(detected.level));
-            match detected.reason {
-                Some(reason) => println!(" ({reason})"),
-                None => println!(),
-            }
+            print_out(&out);
             exit::OK
         }
-        Command::Doctor => crate::doctor::doctor(builtins),
+        Command::Doctor => doctor::doctor(builtins),
         Command::Plugin(command) => plugin::run(command, builtins),
     }
+}
+
+/// Writes `text` to stdout. A reader that went away (`hm doctor | head`) is not an error: hm
+/// stops writing and exits as it would have.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes `text` to stderr; a closed stderr is nobody listening, not an error.
+pub fn print_err(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
 }
 
 /// A message for stderr: its first line and every other unindented line prefixed with
@@ -187,7 +231,7 @@ pub fn error_text(message: &str) -> String {
     message
         .lines()
         .map(|line| {
-            if line.starts_with(' ') || crate::toml_check::is_diagnostic_line(line) {
+            if line.starts_with(' ') || hm_kernel::toml_check::is_diagnostic_line(line) {
                 line.to_owned()
             } else {
                 format!("error: {line}")
@@ -204,7 +248,7 @@ fn install_tracing() -> Diagnostics {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let color = crate::render::color_enabled(false, std::io::stderr().is_terminal());
+    let color = hm_kernel::render::color_enabled(false, std::io::stderr().is_terminal());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .without_time()

@@ -1,5 +1,6 @@
-//! `hm doctor`: what this machine offers hm, and what to do about what it lacks: isolation,
-//! Docker, the plugin directories and any problem with the installed plugins.
+//! `hm doctor`: what this machine offers hm, and what it lacks: isolation, Docker, the plugin
+//! directories and any problem with the installed plugins, as a [`Report`] (the binary prints
+//! it, with what to do about each gap).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -8,67 +9,106 @@ use std::time::Duration;
 
 use crate::events::Isolation;
 use crate::registry::{Builtin, PluginDirs, Registry};
-use crate::{exit, run};
+use crate::{exit, launch};
 
-/// Prints every check; exits 4 when hm cannot run with full isolation, else 5 when the
-/// installed plugins have problems (bad manifests, conflicts, a protocol range this hm does
-/// not speak), else 0.
-pub fn doctor(builtins: &[Builtin]) -> i32 {
-    let mut ok = true;
-    let detected = run::detect_isolation();
-    let level = run::isolation_name(detected.level);
-    match (detected.level, &detected.reason) {
-        (Isolation::Rlimit, reason) => {
-            ok = false;
-            println!(
-                "isolation: {level} (no cgroups: {})",
-                reason.as_deref().unwrap_or("unknown")
-            );
-            println!(
-                "  fix: run hm as root or in a delegated cgroup (systemd-run --user --scope -p Delegate=yes ...)"
-            );
+/// What `hm doctor` found.
+#[derive(Debug)]
+pub struct Report {
+    pub isolation: Isolation,
+    /// Why isolation is not better, if it is not the best.
+    pub isolation_reason: Option<String>,
+    /// hm's own cgroup, in each hierarchy it uses.
+    pub cgroups: Vec<PathBuf>,
+    pub docker: Docker,
+    /// The project's and the user's plugin directories.
+    pub plugin_dirs: Vec<PluginDir>,
+    /// Every executor of the plugins in effect; an incompatible plugin's are marked.
+    pub executors: Vec<String>,
+    /// Each hook plugin with the events it observes.
+    pub hooks: Vec<String>,
+    /// `hm VERB` of each subcommand.
+    pub verbs: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Problems with the installed plugins, each a message (possibly positioned diagnostics).
+    pub errors: Vec<String>,
+}
+
+/// What hm knows of the Docker daemon.
+#[derive(Debug)]
+pub enum Docker {
+    Answered {
+        version: String,
+        socket: PathBuf,
+    },
+    NoAnswer {
+        socket: PathBuf,
+        error: String,
+    },
+    NoSocket {
+        socket: PathBuf,
+    },
+    /// `DOCKER_HOST` is not a unix socket: not checked.
+    NotUnix,
+}
+
+/// One layer's plugins directory.
+#[derive(Debug)]
+pub struct PluginDir {
+    pub layer: &'static str,
+    /// `None` when it cannot be named (`HOME` unset).
+    pub dir: Option<PathBuf>,
+    pub exists: bool,
+}
+
+impl Report {
+    /// 4 when hm cannot run with full isolation, else 5 when the installed plugins have
+    /// problems (bad manifests, conflicts, a protocol range this hm does not speak), else 0.
+    pub fn exit_code(&self) -> i32 {
+        if self.isolation == Isolation::Rlimit {
+            exit::ENVIRONMENT
+        } else if !self.errors.is_empty() {
+            exit::PLUGIN
+        } else {
+            exit::OK
         }
-        (_, Some(reason)) => println!("isolation: {level} ({reason})"),
-        (_, None) => println!("isolation: {level}"),
     }
-    if let Some(own) = detected.backend.own() {
-        for dir in own.dirs() {
-            println!("  cgroup: {}", dir.display());
-        }
-    }
-    match docker_socket() {
-        Some((path, true)) => match docker_version(&path) {
-            Ok(version) => println!("docker: {version} at {}", path.display()),
-            Err(e) => println!(
-                "docker: the daemon at {} does not answer ({e}); docker steps will fail \
-                 (start dockerd, or point DOCKER_HOST at a daemon that runs)",
-                path.display()
-            ),
+}
+
+/// Looks at everything `hm doctor` reports.
+pub fn examine(builtins: &[Builtin]) -> Report {
+    let detected = launch::detect_isolation();
+    let cgroups = detected
+        .backend
+        .own()
+        .map(|own| own.dirs().to_vec())
+        .unwrap_or_default();
+    let docker = match docker_socket() {
+        Some((socket, true)) => match docker_version(&socket) {
+            Ok(version) => Docker::Answered { version, socket },
+            Err(error) => Docker::NoAnswer { socket, error },
         },
-        Some((path, false)) => println!(
-            "docker: no socket at {} (docker steps will fail)",
-            path.display()
-        ),
-        None => println!("docker: DOCKER_HOST is not a unix socket; not checked"),
-    }
+        Some((socket, false)) => Docker::NoSocket { socket },
+        None => Docker::NotUnix,
+    };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let root = crate::config::find_pipeline_file(&cwd)
         .and_then(|f| f.parent().map(PathBuf::from))
         .unwrap_or(cwd);
     let dirs = PluginDirs::for_project(&root);
-    for (layer, dir) in [("project", &dirs.project), ("user", &dirs.user)] {
-        match dir {
-            Some(dir) if dir.is_dir() => println!("plugins ({layer}): {}", dir.display()),
-            Some(dir) => println!("plugins ({layer}): {} (none installed)", dir.display()),
-            None => println!("plugins ({layer}): no directory (HOME is unset)"),
-        }
-    }
+    let plugin_dirs = [("project", &dirs.project), ("user", &dirs.user)]
+        .into_iter()
+        .map(|(layer, dir)| PluginDir {
+            layer,
+            exists: dir.as_ref().is_some_and(|d| d.is_dir()),
+            dir: dir.clone(),
+        })
+        .collect();
     let registry = Registry::discover_in(&dirs, builtins);
     let incompatible: Vec<(&str, String)> = registry
         .incompatible()
         .map(|(b, problem)| (b.manifest.name.as_str(), problem))
         .collect();
-    let executors: Vec<String> = registry
+    let executors = registry
         .active()
         .flat_map(|b| {
             let unusable = incompatible
@@ -80,8 +120,7 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
             })
         })
         .collect();
-    println!("executors: {}", executors.join(", "));
-    let hooks: Vec<String> = registry
+    let hooks = registry
         .active()
         .filter(|b| !b.manifest.hooks.is_empty())
         .map(|b| {
@@ -89,13 +128,7 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
             format!("{} ({})", b.manifest.name, events.join(", "))
         })
         .collect();
-    if !hooks.is_empty() {
-        println!(
-            "hooks: {} (each runs in projects with a [plugins.NAME] table for it)",
-            hooks.join("; ")
-        );
-    }
-    let verbs: Vec<String> = registry
+    let verbs = registry
         .active()
         .flat_map(|b| {
             b.manifest
@@ -104,33 +137,23 @@ pub fn doctor(builtins: &[Builtin]) -> i32 {
                 .map(|s| format!("hm {}", s.verb))
         })
         .collect();
-    if !verbs.is_empty() {
-        println!("subcommands: {}", verbs.join(", "));
-    }
-    for warning in &registry.warnings {
-        println!("  warning: {warning}");
-    }
-    for error in &registry.errors {
-        for line in error.to_string().lines() {
-            if crate::toml_check::is_diagnostic_line(line) {
-                println!("  {line}");
-                continue;
-            }
-            match line.strip_prefix("  ") {
-                Some(hint) => println!("    {hint}"),
-                None => println!("  error: {line}"),
-            }
-        }
-    }
-    for (_, problem) in &incompatible {
-        println!("  error: {problem}");
-    }
-    if !ok {
-        exit::ENVIRONMENT
-    } else if !registry.errors.is_empty() || !incompatible.is_empty() {
-        exit::PLUGIN
-    } else {
-        exit::OK
+    let errors = registry
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .chain(incompatible.iter().map(|(_, problem)| problem.clone()))
+        .collect();
+    Report {
+        isolation: detected.level,
+        isolation_reason: detected.reason,
+        cgroups,
+        docker,
+        plugin_dirs,
+        executors,
+        hooks,
+        verbs,
+        warnings: registry.warnings.clone(),
+        errors,
     }
 }
 

@@ -3,19 +3,20 @@
 
 pub mod archive;
 pub mod cgroup;
-pub mod cli;
 pub mod config;
 pub mod dag;
 pub mod doctor;
 pub mod events;
 pub mod exit;
 pub mod guardian;
+pub mod launch;
+pub mod plan;
 pub mod procfs;
 pub mod reaper;
 pub mod registry;
 pub mod render;
-pub mod run;
 pub mod scheduler;
 pub mod suggest;
 pub mod supervisor;
 pub mod toml_check;
+pub mod verbs;

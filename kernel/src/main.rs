@@ -1,7 +1,10 @@
-//! The `hm` binary: the kernel's command line, plus the built-in plugins, which run as
-//! separate processes by re-executing this binary as `hm __plugin NAME`.
+//! The `hm` binary: the command line (`cli`: parsing, and everything hm prints of its own) on
+//! top of the kernel library, plus the built-in plugins, which run as separate processes by
+//! re-executing this binary as `hm __plugin NAME`.
 
 use std::process::ExitCode;
+
+mod cli;
 
 use hm_kernel::guardian::GUARDIAN_ENTRY;
 use hm_kernel::registry::{BUILTIN_ENTRY, Builtin};
@@ -37,5 +40,5 @@ fn main() -> ExitCode {
             capabilities: hm_plugin_docker::plugin().capabilities(),
         },
     ];
-    ExitCode::from(hm_kernel::cli::main(&builtins) as u8)
+    ExitCode::from(cli::main(&builtins) as u8)
 }

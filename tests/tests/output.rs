@@ -499,3 +499,31 @@ fn hm_log_shows_hms_own_diagnostics_in_their_run_plugin_and_step_spans() {
         out.stderr
     );
 }
+
+#[test]
+fn a_closed_stdout_is_the_end_of_the_output_not_a_crash() {
+    let project = Project::new("[steps.greet]\nrun = \"echo hi\"\n");
+    for args in [
+        &["version"][..],
+        &["doctor"],
+        &["validate"],
+        &["plugin", "list"],
+        &["plugin", "info", "shell"],
+        &["run", "--dry-run"],
+        &["run", "--format", "json"],
+    ] {
+        // A pipe whose reader is gone: every write to it fails with EPIPE.
+        let (read, write) = nix::unistd::pipe().expect("a pipe");
+        drop(read);
+        let mut cmd = project.command(args);
+        cmd.stdout(std::fs::File::from(write))
+            .stderr(std::process::Stdio::piped());
+        let out = cmd.output().expect("run hm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && out.status.code().is_some_and(|c| c != 101),
+            "hm {args:?} with a closed stdout: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}

@@ -8,9 +8,9 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::error_text;
-use crate::exit;
-use crate::registry::install::{self, normalize_sha256};
-use crate::registry::{
+use hm_kernel::exit;
+use hm_kernel::registry::install::{self, normalize_sha256};
+use hm_kernel::registry::{
     Builtin, InstallError, InstallRequest, Installed, Layer, Outcome, PluginDirs, Registry,
 };
 
@@ -65,16 +65,16 @@ pub fn run(command: PluginCommand, builtins: &[Builtin]) -> i32 {
     let cwd = match std::env::current_dir() {
         Ok(cwd) => cwd,
         Err(e) => {
-            eprintln!("error: cannot read the current directory: {e}");
+            errln!("error: cannot read the current directory: {e}");
             return exit::USAGE;
         }
     };
     let project = project_root(&cwd);
     let dirs = PluginDirs {
-        project: Some(crate::registry::project_plugins_dir(
+        project: Some(hm_kernel::registry::project_plugins_dir(
             project.as_deref().unwrap_or(&cwd),
         )),
-        user: crate::registry::user_plugins_dir(),
+        user: hm_kernel::registry::user_plugins_dir(),
     };
     match command {
         PluginCommand::List { json } => list(&dirs, builtins, json),
@@ -112,7 +112,7 @@ pub fn run(command: PluginCommand, builtins: &[Builtin]) -> i32 {
 
 /// The directory of the `hm.toml` in `cwd` or a parent.
 fn project_root(cwd: &Path) -> Option<PathBuf> {
-    crate::config::find_pipeline_file(cwd).and_then(|f| f.parent().map(Path::to_path_buf))
+    hm_kernel::config::find_pipeline_file(cwd).and_then(|f| f.parent().map(Path::to_path_buf))
 }
 
 fn layer(in_project: bool, project: Option<&Path>, cwd: &Path) -> Result<Layer, i32> {
@@ -120,10 +120,10 @@ fn layer(in_project: bool, project: Option<&Path>, cwd: &Path) -> Result<Layer, 
         return Ok(Layer::User);
     }
     if project.is_none() {
-        eprintln!(
+        errln!(
             "error: --project: no {} in {} or any parent directory\n  hint: run it inside the \
              project, or leave out --project for your user plugins",
-            crate::config::FILE_NAME,
+            hm_kernel::config::FILE_NAME,
             cwd.display()
         );
         return Err(exit::USAGE);
@@ -132,7 +132,7 @@ fn layer(in_project: bool, project: Option<&Path>, cwd: &Path) -> Result<Layer, 
 }
 
 fn fail(e: &InstallError) -> i32 {
-    eprintln!("{}", error_text(&e.to_string()));
+    errln!("{}", error_text(&e.to_string()));
     match e {
         InstallError::Usage(_) => exit::USAGE,
         _ => exit::PLUGIN,
@@ -141,7 +141,7 @@ fn fail(e: &InstallError) -> i32 {
 
 fn print_warnings(registry: &Registry) {
     for warning in &registry.warnings {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
 }
 
@@ -150,11 +150,11 @@ fn print_warnings(registry: &Registry) {
 fn errors_code(registry: &Registry) -> i32 {
     let mut problems = 0;
     for error in &registry.errors {
-        eprintln!("{}", error_text(&error.to_string()));
+        errln!("{}", error_text(&error.to_string()));
         problems += 1;
     }
     for (_, problem) in registry.incompatible() {
-        eprintln!("{}", error_text(&problem));
+        errln!("{}", error_text(&problem));
         problems += 1;
     }
     if problems == 0 {
@@ -201,10 +201,10 @@ fn plugin_json(b: &Installed) -> Value {
     })
 }
 
-fn phase_name(phase: crate::registry::manifest::HookPhase) -> &'static str {
+fn phase_name(phase: hm_kernel::registry::manifest::HookPhase) -> &'static str {
     match phase {
-        crate::registry::manifest::HookPhase::Before => "before",
-        crate::registry::manifest::HookPhase::After => "after",
+        hm_kernel::registry::manifest::HookPhase::Before => "before",
+        hm_kernel::registry::manifest::HookPhase::After => "after",
     }
 }
 
@@ -217,7 +217,7 @@ fn list(dirs: &PluginDirs, builtins: &[Builtin], json: bool) -> i32 {
             "warnings": registry.warnings,
             "errors": registry.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
         });
-        println!("{doc:#}");
+        outln!("{doc:#}");
     } else {
         let mut rows = vec![[
             "NAME".to_owned(),
@@ -263,7 +263,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
 
@@ -277,10 +277,10 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
         .map(|e| error_text(&e.to_string()))
         .collect();
     for error in &broken {
-        eprintln!("{error}");
+        errln!("{error}");
     }
     if named.is_empty() && !broken.is_empty() {
-        eprintln!(
+        errln!(
             "error: plugin `{}` is installed but cannot be used until its problem is fixed \
              (or it is removed with `hm plugin remove {0}`)",
             name.escape_default()
@@ -293,14 +293,14 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
             .map(|b| b.manifest.name.as_str())
             .collect();
         let mut message = format!("no plugin called `{}` is installed", name.escape_default());
-        if let Some(close) = crate::suggest::did_you_mean(name, names.iter().copied()) {
+        if let Some(close) = hm_kernel::suggest::did_you_mean(name, names.iter().copied()) {
             message.push_str(&format!("\n  hint: did you mean `{close}`?"));
         }
         message.push_str(&format!(
             "\n  hint: installed: {}; `hm plugin install SOURCE` adds one",
             names.join(", ")
         ));
-        eprintln!("{}", error_text(&message));
+        errln!("{}", error_text(&message));
         return exit::PLUGIN;
     };
     let sha256 = |b: &Installed| {
@@ -312,7 +312,7 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
         let mut doc = plugin_json(first);
         doc["sha256"] = json!(sha256(first));
         doc["others"] = Value::Array(named[1..].iter().map(|b| plugin_json(b)).collect());
-        println!("{doc:#}");
+        outln!("{doc:#}");
     } else {
         let m = &first.manifest;
         let program = first.program();
@@ -333,7 +333,7 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
         };
         let mut limits = Vec::new();
         if let Some(bytes) = m.limits.memory_bytes {
-            limits.push(format!("memory {}", crate::render::format_bytes(bytes)));
+            limits.push(format!("memory {}", hm_kernel::render::format_bytes(bytes)));
         }
         if let Some(pids) = m.limits.pids {
             limits.push(format!("pids {pids}"));
@@ -398,7 +398,7 @@ fn info(dirs: &PluginDirs, builtins: &[Builtin], name: &str, json: bool) -> i32 
     // The plugin asked about has a problem: say it on stderr too, and exit with it.
     let incompatible = first.protocol_problem();
     if let Some(problem) = &incompatible {
-        eprintln!("{}", error_text(problem));
+        errln!("{}", error_text(problem));
     }
     if incompatible.is_some() || !broken.is_empty() {
         exit::PLUGIN
@@ -414,26 +414,26 @@ fn install(req: &InstallRequest, builtins: &[Builtin]) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: failed to start the async runtime: {e}");
+            errln!("error: failed to start the async runtime: {e}");
             return exit::ENVIRONMENT;
         }
     };
-    let mut notify = |message: String| eprintln!("warning: {message}");
+    let mut notify = |message: String| errln!("warning: {message}");
     let outcome = runtime.block_on(install::install(req, builtins, &mut notify));
     match outcome {
         Err(e) => fail(&e),
         Ok(Outcome::Installed { plugin, sha256 }) => {
-            eprintln!(
+            errln!(
                 "installed {} {} into {} (executable sha256 {sha256})",
                 plugin.manifest.name,
                 plugin.manifest.version,
                 plugin.location()
             );
-            eprintln!("  provides: {}", plugin.manifest.capabilities.join(", "));
+            errln!("  provides: {}", plugin.manifest.capabilities.join(", "));
             exit::OK
         }
         Ok(Outcome::AlreadyInstalled { plugin, sha256 }) => {
-            eprintln!(
+            errln!(
                 "{} {} is already installed in {} (executable sha256 {sha256}); nothing to do",
                 plugin.manifest.name,
                 plugin.manifest.version,
@@ -452,7 +452,7 @@ fn install(req: &InstallRequest, builtins: &[Builtin]) -> i32 {
             } else {
                 "upgraded"
             };
-            eprintln!(
+            errln!(
                 "{verb} {} {old_version} with {} in {} (executable sha256 {} -> {sha256})",
                 plugin.manifest.name,
                 plugin.manifest.version,
@@ -465,18 +465,18 @@ fn install(req: &InstallRequest, builtins: &[Builtin]) -> i32 {
 }
 
 fn remove(name: &str, layer: Layer, dirs: &PluginDirs, builtins: &[Builtin]) -> i32 {
-    let mut notify = |message: String| eprintln!("warning: {message}");
+    let mut notify = |message: String| errln!("warning: {message}");
     match install::remove(name, layer, dirs, builtins, &mut notify) {
         Err(e) => fail(&e),
         Ok(removed) => {
-            eprintln!(
+            errln!(
                 "removed {}{} from the {layer} layer ({})",
                 removed.name,
                 removed.version.map(|v| format!(" {v}")).unwrap_or_default(),
                 removed.dir.display()
             );
             if let Some(now) = removed.now_in_effect {
-                eprintln!("  now in effect: {}", now.describe());
+                errln!("  now in effect: {}", now.describe());
             }
             exit::OK
         }

@@ -70,7 +70,7 @@ pub trait Renderer {
 }
 
 /// The `--format` of `hm run`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// Live view on a terminal, plain `[step] line` streaming otherwise; on stderr.
     #[default]

@@ -255,6 +255,7 @@ impl Scheduler<'_> {
             host: self.host.clone(),
             archive: self.archive.clone(),
             children: self.children.clone(),
+            notice: self.opts.notice.clone(),
         };
         let mut confinement = Confinement::default();
         match &self.opts.run_cgroup {

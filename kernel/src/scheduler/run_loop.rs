@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub isolation_reason: Option<String>,
     /// The run's cgroup tree; `None` when hm runs without cgroups.
     pub run_cgroup: Option<Arc<RunCgroup>>,
+    /// What hm tells the user outside the event stream.
+    pub notice: crate::launch::Notice,
 }
 
 /// What woke the run loop.

@@ -66,6 +66,8 @@ pub struct ConnectionContext {
     /// Pids of the plugin processes whose exit status tokio waits for: the orphan reaper must
     /// leave them alone. Inserted right after the spawn, removed after the wait.
     pub children: Arc<Mutex<HashSet<u32>>>,
+    /// What hm tells the user outside the event stream (that it waits for a plugin).
+    pub notice: crate::launch::Notice,
 }
 
 /// Starts the task that runs one plugin instance from spawn to exit.
@@ -133,11 +135,11 @@ async fn run_plugin(
     let name = &spec.name;
     let (connection, pid, mut process) = match ctx.attach.clone() {
         Some(point) => {
-            eprintln!(
+            (ctx.notice)(&format!(
                 "hm: waiting for plugin {name}: start it with {}={} (Ctrl-C to give up)",
                 hm_ipc::transport::IPC_SOCKET_ENV,
                 point.path().display()
-            );
+            ));
             let accepted = tokio::select! {
                 accepted = point.accept() => accepted,
                 () = ctx.abandon.cancelled() => {

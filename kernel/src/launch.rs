@@ -1,0 +1,218 @@
+//! Starting a planned run: the isolation it gets (cgroups of its own, or the fallback), the
+//! sweep of runs that died, its id, the async runtime, the attach sockets, the subreaper and
+//! the guardian, then the scheduler to the end. Returns the run's exit code, or why it could
+//! not start. Nothing here prints: what the user must see goes through the renderer, the
+//! `notice` sink, or an error value.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tracing::Instrument;
+
+use crate::cgroup;
+use crate::events::Isolation;
+use crate::exit;
+use crate::guardian::Guardian;
+use crate::plan::Plan;
+use crate::render::Renderer;
+use crate::scheduler::{RunOptions, Scheduler};
+use crate::supervisor::attach::{AttachError, AttachPoint};
+
+/// Something hm itself has to tell the user during a run, outside the event stream (that it
+/// waits for an attached plugin, say). The binary prints it on stderr.
+pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What the command line asks of a run, beyond its plan.
+pub struct RunSettings {
+    /// `-j`.
+    pub jobs: Option<u32>,
+    /// `-k`.
+    pub keep_going: bool,
+    /// `--timeout`, over the pipeline's.
+    pub timeout: Option<Duration>,
+    /// `--grace`.
+    pub grace: Duration,
+    /// `-e KEY=VALUE`.
+    pub env: Vec<(String, String)>,
+    /// `--attach NAME=SOCKET`.
+    pub attach: Vec<(String, PathBuf)>,
+    /// `--require-isolation`: no cgroups is an error (exit 4) rather than a fallback.
+    pub require_isolation: bool,
+    pub notice: Notice,
+}
+
+/// Why a planned run could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    #[error(
+        "--require-isolation: {0}\n  hint: run `hm doctor` for details, or run hm where it may \
+         create cgroups (root, or a delegated cgroup)"
+    )]
+    IsolationRequired(String),
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+impl LaunchError {
+    /// The exit code this problem means (`docs/exit-codes.md`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::IsolationRequired(_) | LaunchError::Runtime(_) => exit::ENVIRONMENT,
+            LaunchError::Attach(_) => exit::USAGE,
+        }
+    }
+}
+
+/// The isolation available to this run: `cgroup::detect()`, unless `HM_CGROUPS=off` asks hm to
+/// run without cgroups (as if none were available: process groups and best-effort rlimits).
+pub fn detect_isolation() -> cgroup::Detected {
+    if std::env::var("HM_CGROUPS").is_ok_and(|v| v == "off") {
+        return cgroup::Detected {
+            level: Isolation::Rlimit,
+            reason: Some("cgroups turned off with HM_CGROUPS=off".to_owned()),
+            backend: cgroup::Backend::None,
+        };
+    }
+    cgroup::detect()
+}
+
+/// The words for an isolation level, as in `build_start`.
+pub fn isolation_name(level: Isolation) -> &'static str {
+    match level {
+        Isolation::CgroupV2 => "cgroup_v2",
+        Isolation::CgroupV1 => "cgroup_v1",
+        Isolation::Rlimit => "rlimit",
+    }
+}
+
+/// Whether the kernel of run `run_id` (`<time>-<pid>`, both hex) is still running: its pid
+/// exists and is an `hm`. A pid reused by another `hm` counts as alive, which only delays the
+/// sweep of that run to a later start.
+pub fn run_owner_alive(run_id: &str) -> bool {
+    let Some(pid) = run_id
+        .rsplit('-')
+        .next()
+        .and_then(|p| u32::from_str_radix(p, 16).ok())
+    else {
+        // Not a run id hm makes: leave it alone.
+        return true;
+    };
+    crate::procfs::comm(pid).is_some_and(|comm| comm == "hm")
+}
+
+/// Runs `plan` to its end; the run's events go to `renderer`. Returns hm's exit code.
+pub fn run(
+    plan: Plan,
+    settings: RunSettings,
+    renderer: Box<dyn Renderer + Send>,
+) -> Result<i32, LaunchError> {
+    let detected = detect_isolation();
+    if settings.require_isolation && detected.level == Isolation::Rlimit {
+        let reason = detected.reason.as_deref().unwrap_or("no reason given");
+        return Err(LaunchError::IsolationRequired(format!(
+            "cgroups are not available ({reason})"
+        )));
+    }
+    // Runs whose kernel died (and whose guardian could not clean up) are swept first.
+    for stale in cgroup::sweep_stale(&detected.backend, run_owner_alive) {
+        tracing::info!("removed the cgroups of dead run {stale}");
+    }
+    let run_id = new_run_id();
+    let (run_cgroup, isolation, isolation_reason) = match detected.backend.create_run(&run_id) {
+        Ok(run) => (Some(Arc::new(run)), detected.level, detected.reason),
+        Err(cgroup::CgroupError::Unavailable { .. }) => (None, detected.level, detected.reason),
+        Err(e) if settings.require_isolation => {
+            return Err(LaunchError::IsolationRequired(e.to_string()));
+        }
+        Err(e) => {
+            tracing::warn!("running without cgroups: {e}");
+            (
+                None,
+                Isolation::Rlimit,
+                Some(format!("cannot create the run's cgroups: {e}")),
+            )
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(LaunchError::Runtime)?;
+    let attach = {
+        // The listeners register with the runtime's reactor.
+        let _runtime = runtime.enter();
+        let mut points = HashMap::new();
+        for (name, path) in &settings.attach {
+            points.insert(name.clone(), Arc::new(AttachPoint::bind(name, path)?));
+        }
+        points
+    };
+    if let Err(e) = crate::reaper::become_subreaper() {
+        tracing::warn!(
+            "cannot become a child subreaper ({e}); daemonised step processes may escape"
+        );
+    }
+    let guardian = match Guardian::start() {
+        Ok(mut guardian) => {
+            for path in run_cgroup.iter().flat_map(|run| run.paths()) {
+                guardian.watch_cgroup(&path);
+            }
+            Some(guardian)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the guardian ({e}); if hm is killed, steps may survive it"
+            );
+            None
+        }
+    };
+    let parallelism = plan.parallelism(settings.jobs);
+    let Plan {
+        pipeline,
+        selected,
+        executors,
+        hooks,
+    } = plan;
+    let opts = RunOptions {
+        run_id,
+        selected,
+        parallelism,
+        keep_going: settings.keep_going || pipeline.keep_going,
+        timeout: settings.timeout.or(pipeline.timeout),
+        grace: settings.grace,
+        env_overrides: settings.env,
+        executors,
+        hooks,
+        attach,
+        isolation,
+        isolation_reason,
+        run_cgroup,
+        notice: settings.notice,
+    };
+    // Spans are at debug level: the default filter (warnings) leaves messages uncluttered,
+    // and `HM_LOG=debug` shows which run, plugin and step each one is about.
+    let span = tracing::debug_span!("run", run_id = %opts.run_id, pipeline = %pipeline.name);
+    Ok(runtime.block_on(
+        Scheduler::new(&pipeline, opts, renderer)
+            .with_guardian(guardian)
+            .run()
+            .instrument(span),
+    ))
+}
+
+/// The start time in nanoseconds (hex, 48 bits) and the kernel's pid.
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:x}-{:x}",
+        nanos as u64 & 0xffff_ffff_ffff,
+        std::process::id()
+    )
+}
