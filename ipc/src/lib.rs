@@ -5,14 +5,17 @@
 //! [`handshake`] (version negotiation), [`host`] (what a plugin may send the host, and when: one
 //! policy for the kernel and the SDK's test harness), [`shm`] (sealed shared-memory buffers and
 //! descriptor passing: all of their `unsafe`), [`reader`] (frames and their descriptors from a
-//! socket), [`transport`] (the inherited socket pair and the writer task). This crate depends on no
-//! other workspace crate and is the only one whose types derive rkyv.
+//! socket), [`transport`] (the inherited socket pair and the writer task), [`procfs`] (the
+//! process facts both ends check: `/proc/<pid>/stat`).
+//!
+//! This crate depends on no other workspace crate and is the only one whose types derive rkyv.
 
 pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod host;
 pub mod messages;
+pub mod procfs;
 pub mod reader;
 pub mod shm;
 pub mod transport;

@@ -103,7 +103,7 @@ pub fn run_owner_alive(run_id: &str) -> bool {
         // Not a run id hm makes: leave it alone.
         return true;
     };
-    crate::procfs::comm(pid).is_some_and(|comm| comm == "hm")
+    hm_ipc::procfs::comm(pid).is_some_and(|comm| comm == "hm")
 }
 
 /// Runs `plan` to its end; the run's events go to `renderer`. Returns hm's exit code.

@@ -11,7 +11,6 @@ pub mod exit;
 pub mod guardian;
 pub mod launch;
 pub mod plan;
-pub mod procfs;
 pub mod reaper;
 pub mod registry;
 pub mod render;

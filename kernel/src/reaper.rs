@@ -13,11 +13,11 @@ pub fn become_subreaper() -> std::io::Result<()> {
 pub fn reap_orphans(keep: &HashSet<u32>) -> usize {
     let me = std::process::id() as i32;
     let mut reaped = 0;
-    for pid in crate::procfs::pids() {
+    for pid in hm_ipc::procfs::pids() {
         if keep.contains(&(pid as u32)) {
             continue;
         }
-        let Some(stat) = crate::procfs::stat(pid) else {
+        let Some(stat) = hm_ipc::procfs::stat(pid) else {
             continue;
         };
         if stat.state == 'Z' && stat.ppid == me {

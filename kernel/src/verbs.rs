@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hm_ipc::host::{CallKind, Inbound};
-use hm_ipc::messages::{CallFailure, HostCall, HostReply, KernelCall, PluginReply, RunSubcommand};
+use hm_ipc::messages::{KernelCall, PluginReply, RunSubcommand};
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -199,8 +199,11 @@ async fn converse(
                 FailureKind::Closed => "exited before it answered (it crashed?)".to_owned(),
                 _ => f.message,
             })?;
-        let (call, reply) = match inbound {
-            Inbound::Reply { reply, .. } => {
+        let refusal = "this host call is not available to subcommands";
+        let log = |message: String| notice(&format!("{}: {message}", manifest.name));
+        match handshake::answer_outside_a_run(writer, greeted.protocol, inbound, refusal, log) {
+            None => {}
+            Some(Inbound::Reply { reply, .. }) => {
                 handshake::send(writer, Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
                 return match reply {
                     PluginReply::SubcommandDone(done) => Ok(done.exit_code),
@@ -208,22 +211,8 @@ async fn converse(
                     other => Err(format!("answered RunSubcommand with {other:?}")),
                 };
             }
-            Inbound::HostCall {
-                call,
-                request: HostCall::Log(record),
-            } => {
-                notice(&format!("{}: {}", manifest.name, record.message));
-                (call, HostReply::Ok)
-            }
-            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
-                call,
-                HostReply::Error(Box::new(CallFailure {
-                    message: "this host call is not available to subcommands".to_owned(),
-                })),
-            ),
-            // No step runs and no ping is sent: the policy lets neither through.
-            other => return Err(format!("sent {other:?} during a subcommand")),
-        };
-        handshake::answer(writer, greeted.protocol, call, &reply);
+            // No step runs and no ping is sent: the policy lets nothing else through.
+            Some(other) => return Err(format!("sent {other:?} during a subcommand")),
+        }
     }
 }

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hm_ipc::host::Inbound;
-use hm_ipc::messages::{HostCall, HostReply};
 use hm_ipc::{FrameKind, FrameReader, OutFrame};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -272,23 +271,14 @@ async fn converse(
                 FailureKind::Closed => "closed its socket instead of answering a Ping".to_owned(),
                 _ => f.message,
             })?;
-        let (call, reply) = match inbound {
-            Inbound::Pong { .. } => break,
-            // A diagnostic is fine; answer it so the plugin does not wait.
-            Inbound::HostCall {
-                call,
-                request: HostCall::Log(_),
-            } => (call, HostReply::Ok),
-            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => (
-                call,
-                crate::supervisor::host_api::error(
-                    "the install probe answers no host call but Log".to_owned(),
-                ),
-            ),
+        // A diagnostic is fine; answer it so the plugin does not wait.
+        let refusal = "the install probe answers no host call but Log";
+        match handshake::answer_outside_a_run(writer, greeted.protocol, inbound, refusal, drop) {
+            None => {}
+            Some(Inbound::Pong { .. }) => break,
             // The probe makes no call: the policy lets no reply or output through.
-            other => return Err(format!("answered a Ping with {other:?}")),
-        };
-        handshake::answer(writer, greeted.protocol, call, &reply);
+            Some(other) => return Err(format!("answered a Ping with {other:?}")),
+        }
     }
     handshake::send(writer, Ok(OutFrame::empty(FrameKind::Shutdown, 0)));
     Ok(Greeting {

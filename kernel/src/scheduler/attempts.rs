@@ -263,7 +263,7 @@ impl Scheduler<'_> {
             .pids_quick()
             .iter()
             .filter(|&&pid| {
-                pgid.is_none_or(|g| crate::procfs::stat(pid).map(|s| s.pgrp) != Some(g))
+                pgid.is_none_or(|g| hm_ipc::procfs::stat(pid).map(|s| s.pgrp) != Some(g))
             })
             .count();
         if escaped > 0 {

@@ -552,6 +552,6 @@ async fn answer_open_archive(
 /// nothing of it to kill.
 fn leads_group_of_child(pgid: i32, parent: u32) -> bool {
     pgid > 1
-        && crate::procfs::stat(pgid)
+        && hm_ipc::procfs::stat(pgid)
             .is_some_and(|stat| stat.ppid == parent as i32 && stat.pgrp == pgid)
 }

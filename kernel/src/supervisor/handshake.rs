@@ -204,27 +204,15 @@ pub async fn init(
         OutFrame::message(FrameKind::Call, 0, &KernelCall::Init(Box::new(init))),
     );
     loop {
-        let reply = match next_inbound(frames, policy, "Init").await? {
-            Inbound::Reply { reply, .. } => reply,
-            Inbound::HostCall {
-                call,
-                request: HostCall::Log(record),
-            } => {
-                tracing::info!(plugin = %plugin, "{}", record.message);
-                answer(writer, greeted.protocol, call, &HostReply::Ok);
-                continue;
-            }
-            // The rest of the host API serves a plugin that is running, not one being set up.
-            Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => {
-                let refusal = super::host_api::error(
-                    "only Log is answered during Init; call the host API once Init is over"
-                        .to_owned(),
-                );
-                answer(writer, greeted.protocol, call, &refusal);
-                continue;
-            }
-            // No step runs and no ping was sent: the policy lets neither through.
-            Inbound::Log { .. } | Inbound::Pong { .. } => {
+        let inbound = next_inbound(frames, policy, "Init").await?;
+        // The rest of the host API serves a plugin that is running, not one being set up.
+        let refusal = "only Log is answered during Init; call the host API once Init is over";
+        let log = |message: String| tracing::info!(plugin = %plugin, "{message}");
+        let reply = match answer_outside_a_run(writer, greeted.protocol, inbound, refusal, log) {
+            None => continue,
+            Some(Inbound::Reply { reply, .. }) => reply,
+            // No step runs and no ping was sent: the policy lets nothing else through.
+            Some(_) => {
                 return Err(HandshakeFailure::violation(
                     "sent output or a pong during Init",
                 ));
@@ -245,6 +233,34 @@ pub async fn init(
             ))),
         };
     }
+}
+
+/// Answers a host call outside a run (during `Init`, the install probe, a subcommand), where
+/// only `Log` means something: its message goes to `on_log` and it is answered `Ok`; every
+/// other call is answered with an error that says `refusal`. Anything that is no host call is
+/// handed back for the caller to judge.
+pub fn answer_outside_a_run(
+    writer: &mpsc::UnboundedSender<OutFrame>,
+    protocol: u32,
+    inbound: Inbound,
+    refusal: &str,
+    on_log: impl FnOnce(String),
+) -> Option<Inbound> {
+    let (call, reply) = match inbound {
+        Inbound::HostCall {
+            call,
+            request: HostCall::Log(record),
+        } => {
+            on_log(record.message);
+            (call, HostReply::Ok)
+        }
+        Inbound::HostCall { call, .. } | Inbound::OversizedCall { call, .. } => {
+            (call, super::host_api::error(refusal.to_owned()))
+        }
+        other => return Some(other),
+    };
+    answer(writer, protocol, call, &reply);
+    None
 }
 
 /// The next frame from a plugin in the middle of a session step (`during` names it), judged by

@@ -1,8 +1,10 @@
-//! What the kernel reads from `/proc` about other processes: one parser of
-//! `/proc/<pid>/stat`, the list of pids, and a process's command name. Nothing else in the
-//! kernel opens `/proc/<pid>/...` (cgroupfs and `/proc/self` are the `cgroup` module's).
+//! What both ends of the protocol read from `/proc` about processes: the one parser of
+//! `/proc/<pid>/stat` in hm. The kernel judges the process groups a plugin names (`StepProcess`)
+//! and reaps and sweeps by it; the SDK's process helper and test harness find a step's group
+//! members with it; plugins use it to tell whether a process is still the one they mean (its
+//! start time). It lives in `hm-ipc` because that is the one crate both ends share.
 
-/// The fields of `/proc/<pid>/stat` the kernel uses.
+/// The fields of `/proc/<pid>/stat` plugins use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
@@ -10,6 +12,9 @@ pub struct Stat {
     pub ppid: i32,
     /// The process group.
     pub pgrp: i32,
+    /// When the process started, in clock ticks after boot: with the pid, it names one
+    /// process for good (pids are reused, start times with them are not).
+    pub start_time: u64,
 }
 
 impl Stat {
@@ -35,7 +40,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid, pgrp })
+    // `state` is field 3 of the file, the start time field 22.
+    let start_time = fields.nth(16)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        start_time,
+    })
 }
 
 /// The pids of every process, in `/proc`'s order.
@@ -53,32 +65,43 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(comm.trim_end_matches('\n').to_owned())
 }
 
+/// The live (not zombie) processes of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    pids()
+        .filter(|&pid| stat(pid).is_some_and(|s| s.pgrp == pgid && !s.is_dead()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn fields_follow_the_last_parenthesis_of_the_command_name() {
-        let check = |text: &str, want: Option<(char, i32, i32)>| {
-            let got = parse_stat(text).map(|s| (s.state, s.ppid, s.pgrp));
-            assert_eq!(got, want, "{text:?}");
+        let line = |comm: &str| {
+            format!("42 ({comm}) S 1 40 40 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10")
         };
-        check("42 (sh) S 1 42 42 0 -1", Some(('S', 1, 42)));
-        check("7 (a) b) (c) Z 3 9 9 0", Some(('Z', 3, 9)));
-        check("7 (x y) R 1 2 3", Some(('R', 1, 2)));
-        check("7 (no end S 1 2", None);
-        check("7 (short) S 1", None);
-        check("", None);
+        for comm in ["sh", "a) b", "x y", "(("] {
+            let stat = parse_stat(&line(comm)).expect(comm);
+            assert_eq!(
+                (stat.state, stat.ppid, stat.pgrp, stat.start_time),
+                ('S', 1, 40, 12345),
+                "{comm}"
+            );
+        }
+        assert_eq!(parse_stat("7 (cut) S 1 2 3"), None);
+        assert_eq!(parse_stat(""), None);
     }
 
     #[test]
-    fn this_process_is_found_alive_with_its_parent() {
+    fn this_process_is_alive_in_its_group() {
         let me = std::process::id() as i32;
         let stat = stat(me).expect("this process exists");
-        assert!(!stat.is_dead());
+        assert!(!stat.is_dead() && stat.start_time > 0);
+        assert!(group_members(stat.pgrp).contains(&me));
         assert_eq!(stat.ppid, std::os::unix::process::parent_id() as i32);
         assert!(pids().any(|pid| pid == me));
         assert!(comm(me as u32).is_some_and(|c| !c.is_empty()));
-        assert_eq!(super::stat(-1), None);
+        assert_eq!(super::stat(0), None);
     }
 }
