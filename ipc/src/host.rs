@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::codec::Frame;
 use crate::frame::FrameKind;
 use crate::handshake::{HOOKS_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE};
-use crate::messages::{ArchivedLogBatch, HostCall, LogBatch, PluginReply};
+use crate::messages::{ArchivedLogBatch, HostCall, LogBatch, LogChunk, PluginReply};
 
 /// The largest host call hm decodes: a key and a value at their limits (1 KiB and 1 MiB),
 /// with room to spare. A bigger one (it may come in a shared buffer) is answered with an error
@@ -224,9 +224,17 @@ impl HostPolicy {
                 self.max_batch_bytes
             )));
         }
-        let batch = frame
-            .decode::<LogBatch>()
-            .map_err(|e| Violation(e.to_string()))?;
+        // Validated once, above: the owned batch is copied from the archive, not decoded anew.
+        let batch = LogBatch {
+            chunks: archived
+                .chunks
+                .iter()
+                .map(|chunk| LogChunk {
+                    stream: chunk.stream,
+                    text: chunk.text.as_str().to_owned(),
+                })
+                .collect(),
+        };
         self.credit -= 1;
         Ok(Inbound::Log { call, batch })
     }
