@@ -2,9 +2,9 @@
 //! `make -j2` of 200 phony targets that each run `true`, in the same temporary directory.
 //!
 //! Ours: `hm run -j2 --format json -f hm.toml`, stdout to /dev/null; the run's whole life
-//! (parse, plugin start, 200 `ExecuteStep` calls each running `sh -c true`, shutdown).
+//! (parse, plugin start, 200 `ExecuteStep` calls each running `sh -e -c true`, shutdown).
 //! Baseline: `make -j2 -f Makefile`, stdout to /dev/null. GNU make execs a command without
-//! shell metacharacters directly; hm's shell executor runs `sh -c true`, but `true` is a
+//! shell metacharacters directly; hm's shell executor runs `sh -e -c true`, but `true` is a
 //! builtin of `sh` (dash), so both start one process per step. (Forcing make through `sh`
 //! with `true;` changes its time by a few percent: see README.md.)
 

@@ -28,7 +28,7 @@ pub const MAX_CALL_BYTES: usize = 2 * 1024 * 1024;
 pub enum CallKind {
     /// `KernelCall::Init` (call id 0): `Ready`, `Failed` or (v3) `Unavailable`.
     Init,
-    /// `KernelCall::ExecuteStep`: `StepDone`, `Failed` or (v3) `StepOutOfMemory`; its output
+    /// `KernelCall::ExecuteStep` or (v6) `KernelCall::Execute`: `StepDone`, `Failed` or (v3) `StepOutOfMemory`; its output
     /// comes as `LogBatch` frames before the reply.
     Execute,
     /// `KernelCall::OnEvent` (v5): `HookDone` or `Failed`.

@@ -25,7 +25,7 @@ pub use frame::{
     FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP,
 };
 pub use handshake::{
-    HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SUBCOMMANDS_SINCE, negotiate,
+    EXECUTE_SINCE, HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SUBCOMMANDS_SINCE, negotiate,
 };
 pub use reader::FrameReader;
 pub use shm::{BufferWriter, SHM_THRESHOLD, SealedBuffer, SharedBuffer};

@@ -53,6 +53,9 @@ pub enum KernelCall {
     /// `PluginReply::HookDone`. Sent only for the events the plugin's manifest subscribes to,
     /// in the phase it names. v5.
     OnEvent(Box<HookEvent>),
+    /// Run one attempt of one step with the command line hm chose (`shell` in `hm.toml`).
+    /// From v6 on, the kernel sends this instead of `ExecuteStep`. v6.
+    Execute(Box<Execute>),
 }
 
 /// When a hook sees an event. v5.
@@ -124,6 +127,22 @@ pub struct ExecuteStep {
     /// The step's limits, for best-effort rlimits when there is no cgroup to enforce them.
     pub limits: StepLimits,
 }
+
+/// One attempt of a step and the program that runs it. v6.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Execute {
+    pub step: ExecuteStep,
+    /// The program and its first arguments; `run` is appended as the last argument. Never
+    /// empty: `["sh", "-e", "-c"]` unless the step sets `shell`. An executor that runs
+    /// commands in a container runs the same argv there.
+    pub shell: Vec<String>,
+}
+
+/// The shell of a step that does not set one: `sh -e -c RUN`, so a failing line fails the step.
+pub const DEFAULT_SHELL: [&str; 3] = ["sh", "-e", "-c"];
+
+/// What a plugin that speaks protocol 5 or older does with `run`: `sh -c RUN`.
+pub const LEGACY_SHELL: [&str; 2] = ["sh", "-c"];
 
 /// The variable in every step's environment that holds the project's root directory (where the
 /// pipeline file is, and what the workspace archive holds), set by hm over any value from

@@ -35,7 +35,7 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         log_credit: 16,
         max_batch_bytes: 65536,
     };
-    let execute = KernelCall::ExecuteStep(Box::new(ExecuteStep {
+    let step = ExecuteStep {
         step: "build".into(),
         attempt: 1,
         run: "make".into(),
@@ -53,6 +53,11 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             pids: Some(32),
             cpu_millicores: Some(1500),
         },
+    };
+    let execute = KernelCall::ExecuteStep(Box::new(step.clone()));
+    let execute_v6 = KernelCall::Execute(Box::new(Execute {
+        step,
+        shell: vec!["sh".into(), "-e".into(), "-c".into()],
     }));
     let init = KernelCall::Init(Box::new(Init {
         config_json: "{\"a\":1}".into(),
@@ -122,6 +127,7 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             ),
         ),
         ("call_execute_step", frame(K::Call, 7, &execute)),
+        ("call_execute", frame(K::Call, 7, &execute_v6)),
         ("call_init", frame(K::Call, 1, &init)),
         ("reply_step_done", frame(K::Reply, 7, &done)),
         ("reply_ready", frame(K::Reply, 1, &PluginReply::Ready)),

@@ -174,6 +174,9 @@ pub enum Cause {
     DependencyFailed,
     HookAbort,
     Cancelled,
+    /// The step could not be prepared: its `dir` is missing, its executor cannot run its
+    /// `shell`.
+    Setup,
 }
 
 impl Cause {
@@ -190,6 +193,7 @@ impl Cause {
             Cause::DependencyFailed => "a step it needs failed",
             Cause::HookAbort => "aborted by a hook",
             Cause::Cancelled => "cancelled",
+            Cause::Setup => "could not be prepared",
         }
     }
 
@@ -205,6 +209,7 @@ impl Cause {
             Cause::DependencyFailed => "dependency_failed",
             Cause::HookAbort => "hook_abort",
             Cause::Cancelled => "cancelled",
+            Cause::Setup => "setup",
         }
     }
 }

@@ -186,6 +186,7 @@ pub fn run(
         timeout: settings.timeout.or(pipeline.timeout),
         grace: settings.grace,
         env_overrides: settings.env,
+        inherited_ci: std::env::var(crate::config::CI_ENV).ok(),
         executors,
         hooks,
         attach,

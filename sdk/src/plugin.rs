@@ -18,6 +18,10 @@ pub struct StepRequest {
     pub attempt: u32,
     /// The command text (`run`).
     pub run: String,
+    /// The program and first arguments that run `run` (appended as the last argument):
+    /// `["sh", "-e", "-c"]` unless the step sets `shell`. From an hm that speaks protocol 5 or
+    /// older, `["sh", "-c"]`.
+    pub shell: Vec<String>,
     pub dir: PathBuf,
     /// Variables to set on top of the plugin's own environment.
     pub env: Vec<(String, String)>,
@@ -34,6 +38,13 @@ pub struct StepRequest {
 }
 
 impl StepRequest {
+    /// The step's whole command line: `shell` followed by `run`.
+    pub fn command_line(&self) -> Vec<String> {
+        let mut argv = self.shell.clone();
+        argv.push(self.run.clone());
+        argv
+    }
+
     /// The project's root directory (where the pipeline file is, and what the workspace
     /// archive holds), from `HM_PROJECT_DIR` in the step's environment; `None` from an hm that
     /// does not set it.

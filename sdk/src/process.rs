@@ -25,12 +25,27 @@ const READ_CHUNK: usize = 256 * 1024;
 /// reads rather than many 64 KiB ones.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
-/// `sh -c RUN` in the step's directory with the step's environment.
+/// The step's command line (`shell` then `run`, `sh -e -c RUN` by default) in the step's
+/// directory with the step's environment. The program is looked up in the step's `PATH`.
 pub fn shell_command(step: &StepRequest) -> Command {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(&step.run).current_dir(&step.dir);
+    let (program, args) = step
+        .shell
+        .split_first()
+        .map_or(("sh", &[][..]), |(p, a)| (p.as_str(), a));
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(&step.run).current_dir(&step.dir);
     cmd.envs(step.env.iter().map(|(k, v)| (k, v)));
     cmd
+}
+
+/// A failed spawn, with the program's name when it was not found (a `shell` the machine lacks).
+fn spawn_error(cmd: &Command, e: std::io::Error) -> StepError {
+    if e.kind() != std::io::ErrorKind::NotFound {
+        return StepError::Spawn(e);
+    }
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let message = format!("`{program}` is not installed or not on the step's PATH ({e})");
+    StepError::Spawn(std::io::Error::new(e.kind(), message))
 }
 
 /// Spawns `cmd` as the step's process and runs it to the end, streaming its output to hm.
@@ -90,7 +105,7 @@ pub async fn run(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(StepError::Spawn)?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&cmd, e))?;
     let pgid = child.id().map(|id| id as i32);
     // Until the step has ended and its leftovers are killed, an early return (hm went away) or
     // the dropping of this future must not leave anything of the group running:

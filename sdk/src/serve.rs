@@ -9,8 +9,8 @@ use futures_util::{FutureExt, StreamExt};
 use hm_ipc::codec::WireError;
 use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
-    CallFailure, Credit, ExecuteStep, Hello, HookOutcome, HostReply, Init, KernelCall, PluginReply,
-    Reject, RunSubcommand, SubcommandExit, Welcome,
+    CallFailure, Credit, Execute, ExecuteStep, Hello, HookOutcome, HostReply, Init, KernelCall,
+    PluginReply, Reject, RunSubcommand, SubcommandExit, Welcome,
 };
 use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
@@ -259,7 +259,20 @@ impl Dispatcher {
                 let reply = self.init(*init);
                 self.reply(id, &reply);
             }
-            KernelCall::ExecuteStep(step) => self.execute(id, *step),
+            KernelCall::ExecuteStep(step) => {
+                let shell = hm_ipc::messages::LEGACY_SHELL.map(str::to_owned).to_vec();
+                self.execute(id, *step, shell);
+            }
+            KernelCall::Execute(call) => {
+                if self.link.protocol < hm_ipc::EXECUTE_SINCE {
+                    return Err(ServeError::Protocol(format!(
+                        "Execute received on protocol {}, which does not have it",
+                        self.link.protocol
+                    )));
+                }
+                let Execute { step, shell } = *call;
+                self.execute(id, step, shell);
+            }
             KernelCall::RunSubcommand(call) => {
                 if self.link.protocol < hm_ipc::SUBCOMMANDS_SINCE {
                     return Err(ServeError::Protocol(format!(
@@ -305,7 +318,7 @@ impl Dispatcher {
         }
     }
 
-    fn execute(&mut self, id: u64, step: ExecuteStep) {
+    fn execute(&mut self, id: u64, step: ExecuteStep, shell: Vec<String>) {
         let Some((_, executor)) = self.plugin.executor.clone() else {
             self.reply(
                 id,
@@ -313,6 +326,13 @@ impl Dispatcher {
             );
             return;
         };
+        if shell.is_empty() {
+            self.reply(
+                id,
+                &failed("hm sent an empty shell for the step".to_owned()),
+            );
+            return;
+        }
         let with = match serde_json::from_str(&step.with_json) {
             Ok(with) => with,
             Err(e) => {
@@ -324,6 +344,7 @@ impl Dispatcher {
             step: step.step,
             attempt: step.attempt,
             run: step.run,
+            shell,
             dir: step.dir.into(),
             env: step.env.into_iter().map(|v| (v.name, v.value)).collect(),
             image: step.image,

@@ -41,12 +41,13 @@ use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
-    ArchiveBuffer, CallFailure, Credit, HookEvent, HookPhase, HostCall, HostReply, Init,
-    KernelCall, KvKey, LogBatch, LogLevel, PluginReply, Reject, RunSubcommand, StepResult, Welcome,
+    ArchiveBuffer, CallFailure, Credit, DEFAULT_SHELL, Execute, HookEvent, HookPhase, HostCall,
+    HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel, PluginReply, Reject, RunSubcommand,
+    StepResult, Welcome,
 };
 use hm_ipc::{
-    Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE,
-    SealedBuffer,
+    EXECUTE_SINCE, Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame, PROTOCOL_MAX,
+    PROTOCOL_MIN, SHM_SINCE, SealedBuffer,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -396,10 +397,37 @@ impl Harness {
         self.start_execute(step)?.finish().await
     }
 
-    /// Sends `ExecuteStep` with a fresh call id and returns at once; the handle receives the
+    /// Runs one step with the given shell (`["bash", "-c"]`, say) to its end.
+    pub async fn execute_with_shell(
+        &self,
+        step: ExecuteStep,
+        shell: &[&str],
+    ) -> Result<StepRun, HarnessError> {
+        self.start_execute_with_shell(step, shell)?.finish().await
+    }
+
+    /// Sends the step with a fresh call id and returns at once; the handle receives the
     /// step's output and reply while the test does other things (cancel, ping, other steps).
+    /// The step runs with hm's default shell, `sh -e -c` (`ExecuteStep`, and so `sh -c`, on
+    /// protocol 5 and older).
     pub fn start_execute(&self, step: ExecuteStep) -> Result<CallHandle, HarnessError> {
-        self.start_call(CallKind::Execute, &KernelCall::ExecuteStep(Box::new(step)))
+        self.start_execute_with_shell(step, &DEFAULT_SHELL)
+    }
+
+    /// [`Harness::start_execute`] with the given shell; on protocol 5 and older, which cannot
+    /// carry one, the step goes as `ExecuteStep` and the shell is not sent.
+    pub fn start_execute_with_shell(
+        &self,
+        step: ExecuteStep,
+        shell: &[&str],
+    ) -> Result<CallHandle, HarnessError> {
+        let call = if self.protocol >= EXECUTE_SINCE {
+            let shell = shell.iter().map(|&arg| arg.to_owned()).collect();
+            KernelCall::Execute(Box::new(Execute { step, shell }))
+        } else {
+            KernelCall::ExecuteStep(Box::new(step))
+        };
+        self.start_call(CallKind::Execute, &call)
     }
 
     /// Sends `Cancel` for the call; its reply still comes through the handle.

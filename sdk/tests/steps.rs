@@ -294,3 +294,44 @@ async fn output_lines_keep_their_stream() {
             .contains(&(OutputStream::Stderr, "err".to_owned()))
     );
 }
+
+#[tokio::test]
+async fn the_step_runs_with_the_shell_hm_sends_and_sh_c_from_an_older_hm() {
+    let run = "false; echo after";
+    let exit_and_lines = |run: StepRun| {
+        let code = run.result.as_ref().map(|r| r.exit_code).unwrap_or(None);
+        let lines: Vec<String> = run.stdout().into_iter().map(str::to_owned).collect();
+        (code, lines)
+    };
+    let harness = harness().await;
+    assert!(harness.protocol() >= hm_ipc::EXECUTE_SINCE);
+    // hm's default, `sh -e -c`: the first failing command ends the step.
+    let default = harness.execute(step(run)).await.expect("step run");
+    assert_eq!(exit_and_lines(default), (Some(1), vec![]));
+    // Any argv: the program gets `run` as its last argument.
+    let plain = harness
+        .execute_with_shell(step(run), &["sh", "-c"])
+        .await
+        .expect("step run");
+    assert_eq!(exit_and_lines(plain), (Some(0), vec!["after".to_owned()]));
+    let argv = harness
+        .execute_with_shell(step("ignored"), &["sh", "-c", "echo \"$0 $1\"", "zero"])
+        .await
+        .expect("step run");
+    assert_eq!(
+        exit_and_lines(argv),
+        (Some(0), vec!["zero ignored".to_owned()])
+    );
+    harness.shutdown().await.expect("clean shutdown");
+
+    // An hm on protocol 5 sends `ExecuteStep`, which the SDK runs as it always did: `sh -c`.
+    let old = harness_with(HarnessOptions {
+        protocol_max: hm_ipc::HOOKS_SINCE,
+        ..HarnessOptions::default()
+    })
+    .await;
+    assert_eq!(old.protocol(), hm_ipc::HOOKS_SINCE);
+    let legacy = old.execute(step(run)).await.expect("step run");
+    assert_eq!(exit_and_lines(legacy), (Some(0), vec!["after".to_owned()]));
+    old.shutdown().await.expect("clean shutdown");
+}

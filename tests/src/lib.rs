@@ -315,6 +315,7 @@ impl Project {
             .env("XDG_CONFIG_HOME", self.xdg.join("config"))
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
+            .env_remove("CI")
             .env_remove("HM_LOG")
             .env_remove("HM_PLUGIN_INDEX")
             .env_remove("CARGO_TARGET_DIR");
@@ -1039,12 +1040,12 @@ pub mod fixture {
     }
 
     /// The plugin `echo` at `version`: executor `echo` writes `echo plugin VERSION`, then runs
-    /// the step with `sh -c` like the shell executor. Two builds with different versions
+    /// the step with its shell like the shell executor. Two builds with different versions
     /// (`hm-fixture-echo`, `hm-fixture-echo-v2`) let the registry tests install, upgrade and
     /// shadow one plugin, and see which build ran a step.
     pub fn echo_plugin(version: &'static str) -> hm_sdk::Plugin {
         hm_sdk::Plugin::new("echo", version)
-            .description("says its version, then runs steps with sh -c")
+            .description("says its version, then runs steps with their shell")
             .executor("echo", Echo { version })
     }
 

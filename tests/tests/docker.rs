@@ -138,6 +138,49 @@ run = "echo before; exit 3"
 }
 
 #[test]
+fn a_docker_step_runs_its_shell_in_the_container_with_hms_variables() {
+    let Some(docker) = DockerFixture::new("shell") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[steps.default]
+image = "{image}"
+run = """
+false
+echo after the failure
+"""
+
+[steps.plain]
+image = "{image}"
+shell = ["sh", "-c"]
+run = """
+false
+echo "after the failure: CI=$CI step=$HM_STEP attempt=$HM_ATTEMPT run=$HM_RUN_ID"
+"""
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &["-k"]);
+    let run_id = run_id(&run.events);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(
+        run.status("default"),
+        "failed",
+        "`sh -e` stops at `false`; {run}"
+    );
+    assert_eq!(run.step_end("default")["exit_code"], 1, "{run}");
+    assert!(run.lines("default").is_empty(), "{run}");
+    assert_eq!(run.status("plain"), "passed", "{run}");
+    assert_eq!(
+        run.lines("plain"),
+        [format!("after the failure: CI=true step=plain attempt=1 run={run_id}").as_str()],
+        "{run}"
+    );
+    assert_no_container_of(&run_id);
+}
+
+#[test]
 fn a_docker_step_past_its_memory_limit_ends_with_cause_oom() {
     let Some(docker) = DockerFixture::new("oom") else {
         return;
@@ -152,7 +195,7 @@ limits = {{ memory = "32MiB" }}
 
 [steps.survivor]
 image = "{image}"
-run = "dd if=/dev/zero of=/dev/null bs=256M count=1; echo the child died, not me"
+run = "dd if=/dev/zero of=/dev/null bs=256M count=1 || echo the child died, not me"
 limits = {{ memory = "32MiB" }}
 "#,
         image = docker.image()

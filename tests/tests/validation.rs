@@ -135,3 +135,151 @@ run = "true"
     assert_eq!(run.code(), 0, "{run}");
     assert!(project.exists("fine.ran"));
 }
+
+/// Every invalid form of a step key, one step each: (the key's line, where in it the error
+/// points, what the message says, what the hint says). All are reported in one `hm validate`.
+const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
+    (
+        r#"shell = "zsh""#,
+        r#""zsh""#,
+        "names an unknown shell `zsh`",
+        r#"`shell = ["zsh", "-c"]`"#,
+    ),
+    (
+        r#"shell = "bahs""#,
+        r#""bahs""#,
+        "names an unknown shell `bahs`",
+        "did you mean `bash`?",
+    ),
+    (
+        "shell = []",
+        "[]",
+        "must name a program, found an empty array",
+        "`shell = \"bash\"`",
+    ),
+    (
+        r#"shell = ["bash", 1]"#,
+        "1]",
+        "as strings, found an integer `1`",
+        "",
+    ),
+    (
+        r#"shell = ["", "-c"]"#,
+        r#""""#,
+        "must start with a program name",
+        "",
+    ),
+    (
+        "shell = 5",
+        "5",
+        "must be a shell name or an array of strings",
+        "`shell = \"sh\"`",
+    ),
+    (
+        r#"allow_failure = "yes""#,
+        r#""yes""#,
+        "must be true, false or a table",
+        "exit_codes = [77]",
+    ),
+    (
+        "allow_failure = {}",
+        "{}",
+        "needs `exit_codes`",
+        "exit_codes = [77]",
+    ),
+    (
+        "allow_failure = { exit_codes = [1], exit_cod = [2] }",
+        "exit_cod =",
+        "unknown key `exit_cod`",
+        "did you mean `exit_codes`?",
+    ),
+    (
+        "allow_failure = { exit_codes = [] }",
+        "[]",
+        "is empty, so no failure would be allowed",
+        "leave `allow_failure` out",
+    ),
+    (
+        "allow_failure = { exit_codes = [0] }",
+        "0]",
+        "1 to 255, found `0`",
+        "exit code 0 is a pass",
+    ),
+    (
+        "allow_failure = { exit_codes = [1, 256] }",
+        "256",
+        "1 to 255, found `256`",
+        "",
+    ),
+    (
+        r#"allow_failure = { exit_codes = ["77"] }"#,
+        r#""77""#,
+        "as integers, found a string",
+        "",
+    ),
+    (
+        "allow_failure = { exit_codes = 77 }",
+        "77",
+        "must be an array of exit codes",
+        "write `exit_codes = [77]`",
+    ),
+];
+
+#[test]
+fn every_invalid_form_of_a_step_key_is_a_positioned_error() {
+    let mut toml = String::from("[defaults]\nshell = \"fish\"\n");
+    let mut expected = vec![(
+        2,
+        9,
+        "`shell` in [defaults] names an unknown shell `fish`",
+        r#"Give another program with its arguments: `shell = ["fish", "-c"]`"#,
+    )];
+    for (i, (line, anchor, message, hint)) in INVALID_FORMS.iter().enumerate() {
+        toml.push_str(&format!("[steps.s{i}]\nrun = \"true\"\n{line}\n"));
+        let line_number = toml.lines().count();
+        let column = line
+            .find(anchor)
+            .unwrap_or_else(|| panic!("{anchor} in {line}"))
+            + 1;
+        expected.push((line_number, column, message, hint));
+    }
+    let project = Project::new(&toml);
+    let out = project.hm(&["validate"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    for (line, column, message, hint) in &expected {
+        let position = format!("hm.toml:{line}:{column}: error: ");
+        let at = lines
+            .iter()
+            .position(|l| l.contains(&position) && l.contains(message))
+            .unwrap_or_else(|| panic!("no `{position}...{message}` in:\n{}", out.stderr));
+        if !hint.is_empty() {
+            let next = lines.get(at + 1).copied().unwrap_or_default();
+            assert!(
+                next.starts_with("  hint: ") && next.contains(hint),
+                "hint of {position}{message} should say {hint:?}:\n{}",
+                out.stderr
+            );
+        }
+    }
+    let errors = lines.iter().filter(|l| l.contains(": error: ")).count();
+    assert_eq!(
+        errors,
+        expected.len(),
+        "one error per case:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_readme_tour_is_a_valid_pipeline() {
+    let readme = std::fs::read_to_string(hm_tests::repo_root().join("README.md")).expect("README");
+    let start = readme
+        .find("```toml\n# hm.toml\n")
+        .expect("the tour's hm.toml in README.md");
+    let body = &readme[start + "```toml\n".len()..];
+    let tour = &body[..body.find("```").expect("the end of the tour's hm.toml")];
+    let project = Project::new(tour);
+    let out = project.hm(&["validate"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+}

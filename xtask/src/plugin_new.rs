@@ -20,7 +20,7 @@ usage: cargo xtask plugin new NAME [--kind executor|hook|subcommand] [--dry-run]
 Creates plugins/NAME/ (package hm-plugin-NAME) with a working plugin of that kind, its
 plugin.toml and a test through hm_sdk::testing, and adds it to the workspace members.
 
-  --kind executor     runs steps with `executor = \"NAME\"` (sh -c RUN) [default]
+  --kind executor     runs steps with `executor = \"NAME\"` (the step's shell, sh -e -c RUN by default) [default]
   --kind hook         after each step, appends `<step> <status>` to a file
   --kind subcommand   `hm NAME [--name WHO]` prints `hello, WHO!`
   --dry-run           list the files and the Cargo.toml edit, write nothing
@@ -206,7 +206,7 @@ impl Scaffold {
 
     fn description(&self) -> String {
         match self.kind {
-            Kind::Executor => "runs a step's command with sh -c".into(),
+            Kind::Executor => "runs a step's command with its shell".into(),
             Kind::Hook => "appends `<step> <status>` to a file after each step".into(),
             Kind::Subcommand => format!("hm {}: says hello", self.name),
         }

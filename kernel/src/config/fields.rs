@@ -227,8 +227,9 @@ impl Checker<'_> {
         names
     }
 
-    /// `dir`: relative, not leaving the root through `..`, an existing directory. Returns the
-    /// absolute, lexically normalised path.
+    /// `dir`: relative, not leaving the root through `..`. Returns the absolute, lexically
+    /// normalised path. Whether it exists is checked when the step starts: a step it needs may
+    /// create it.
     pub(crate) fn dir(&mut self, field: &Field<'_>) -> Option<PathBuf> {
         const RELATIVE: &str = "paths in hm.toml are relative to the directory that holds it";
         let text = self.string(field)?;
@@ -265,26 +266,6 @@ impl Checker<'_> {
                 }
             }
         }
-        let absolute = self.root.join(&normal);
-        match std::fs::metadata(&absolute) {
-            Ok(meta) if meta.is_dir() => Some(absolute),
-            Ok(_) => {
-                let message = format!("{} is not a directory: `{text}`", field.label);
-                self.report
-                    .error(field.span(), message, Some(RELATIVE.to_owned()));
-                None
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let message = format!("{} does not exist: `{text}`", field.label);
-                let hint = format!("create it or fix the path; {RELATIVE}");
-                self.report.error(field.span(), message, Some(hint));
-                None
-            }
-            Err(err) => {
-                let message = format!("{} cannot be checked: `{text}`: {err}", field.label);
-                self.report.error(field.span(), message, None);
-                None
-            }
-        }
+        Some(self.root.join(&normal))
     }
 }

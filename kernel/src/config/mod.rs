@@ -7,6 +7,7 @@
 mod fields;
 mod model;
 mod parse;
+mod shell;
 pub(crate) mod values;
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ pub struct Step {
     /// The step's own env on top of the pipeline env (not yet `-e` overrides).
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
-    pub allow_failure: bool,
+    pub allow_failure: AllowFailure,
+    /// How `run` is run.
+    pub shell: Shell,
     pub limits: Limits,
     pub retry: Retry,
     /// The executor name: explicit `executor`, else "docker" when `image` is set, else the
@@ -47,6 +49,65 @@ pub struct Step {
     pub with_json: String,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
+}
+
+/// `shell`: the program that runs a step's `run` (appended as its last argument).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Shell {
+    /// `sh -e -c RUN`: a failing line fails the step. The default.
+    #[default]
+    Sh,
+    /// `bash --noprofile --norc -e -o pipefail -c RUN`: a failing stage of a pipeline fails it
+    /// too.
+    Bash,
+    /// Any program and its first arguments, e.g. `["python3", "-c"]`. Never empty.
+    Argv(Vec<String>),
+}
+
+impl Shell {
+    /// The program and arguments before `run`.
+    pub fn argv(&self) -> Vec<String> {
+        let words: &[&str] = match self {
+            Shell::Sh => &hm_ipc::messages::DEFAULT_SHELL,
+            Shell::Bash => &BASH,
+            Shell::Argv(argv) => return argv.clone(),
+        };
+        words.iter().map(|&w| w.to_owned()).collect()
+    }
+}
+
+const BASH: [&str; 7] = [
+    "bash",
+    "--noprofile",
+    "--norc",
+    "-e",
+    "-o",
+    "pipefail",
+    "-c",
+];
+
+/// `allow_failure`: which failures of the step keep the run green (and let its dependents
+/// run). The step still ends `failed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowFailure {
+    #[default]
+    No,
+    /// `true`: any failure.
+    Any,
+    /// `{ exit_codes = [...] }`: only a non-zero exit with one of these codes.
+    ExitCodes(Vec<i32>),
+}
+
+impl AllowFailure {
+    /// Whether a failed attempt that exited with `exit_code` (`None`: it did not exit on its
+    /// own: a signal, a limit, a timeout, ...) is allowed.
+    pub fn covers(&self, exit_code: Option<i32>) -> bool {
+        match self {
+            AllowFailure::No => false,
+            AllowFailure::Any => true,
+            AllowFailure::ExitCodes(codes) => exit_code.is_some_and(|code| codes.contains(&code)),
+        }
+    }
 }
 
 /// Resource limits; `None` means no limit is set.
@@ -142,38 +203,58 @@ impl Pipeline {
     }
 }
 
+/// What hm knows about an attempt that goes into its environment.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEnv<'a> {
+    /// The `-e KEY=VALUE` overrides, in order.
+    pub overrides: &'a [(String, String)],
+    pub project_dir: &'a std::path::Path,
+    pub run_id: &'a str,
+    pub attempt: u32,
+    /// `CI` in hm's own environment, if any.
+    pub inherited_ci: Option<&'a str>,
+}
+
 impl Step {
     /// The step's environment as its process gets it: its `env` (over the pipeline's), then
-    /// `overrides` (`-e KEY=VALUE`), then `HM_PROJECT_DIR`, which hm always sets.
-    pub fn environment(
-        &self,
-        overrides: &[(String, String)],
-        project_dir: &std::path::Path,
-    ) -> Vec<(String, String)> {
+    /// `overrides` (`-e KEY=VALUE`); `CI` (from those, else hm's own, else `true`); then the
+    /// variables hm always sets over anything else: [`HM_VARIABLES`].
+    pub fn environment(&self, attempt: AttemptEnv<'_>) -> Vec<(String, String)> {
+        let ours = |k: &str| HM_VARIABLES.contains(&k);
         let mut env: Vec<(String, String)> = self
             .env
             .iter()
-            .filter(|(k, _)| {
-                !overrides.iter().any(|(o, _)| o == *k) && k.as_str() != PROJECT_DIR_ENV
-            })
+            .filter(|(k, _)| !attempt.overrides.iter().any(|(o, _)| o == *k) && !ours(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        env.extend(
-            overrides
-                .iter()
-                .filter(|(k, _)| k != PROJECT_DIR_ENV)
-                .cloned(),
-        );
-        env.push((
-            PROJECT_DIR_ENV.to_owned(),
-            project_dir.display().to_string(),
-        ));
+        env.extend(attempt.overrides.iter().filter(|(k, _)| !ours(k)).cloned());
+        if !env.iter().any(|(k, _)| k == CI_ENV) {
+            let ci = attempt.inherited_ci.unwrap_or("true");
+            env.push((CI_ENV.to_owned(), ci.to_owned()));
+        }
+        let set = [
+            (PROJECT_DIR_ENV, attempt.project_dir.display().to_string()),
+            (RUN_ID_ENV, attempt.run_id.to_owned()),
+            (STEP_ENV, self.name.clone()),
+            (ATTEMPT_ENV, attempt.attempt.to_string()),
+        ];
+        env.extend(set.into_iter().map(|(k, v)| (k.to_owned(), v)));
         env
     }
 }
 
 /// The variable that names the project's root in every step's environment.
 pub const PROJECT_DIR_ENV: &str = hm_ipc::messages::PROJECT_DIR_ENV;
+/// `true` in every step unless the step, `-e` or hm's own environment sets it, as on every CI.
+pub const CI_ENV: &str = "CI";
+/// The run's id, as in every event.
+pub const RUN_ID_ENV: &str = "HM_RUN_ID";
+/// The step's name.
+pub const STEP_ENV: &str = "HM_STEP";
+/// The attempt, from 1.
+pub const ATTEMPT_ENV: &str = "HM_ATTEMPT";
+/// The variables hm sets in every step over any value from `hm.toml` or `-e`.
+pub const HM_VARIABLES: [&str; 4] = [PROJECT_DIR_ENV, RUN_ID_ENV, STEP_ENV, ATTEMPT_ENV];
 
 /// `restart = { max, within }`, default 3 within 60 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use toml_edit::{Document, Item};
 
-use super::model::{Limits, Pipeline, PluginSettings, RestartBudget, Retry, Step};
+use super::model::{
+    AllowFailure, Limits, Pipeline, PluginSettings, RestartBudget, Retry, Shell, Step,
+};
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
 use crate::toml_check::{Checker, Field, Section, backticked, join_path};
@@ -18,7 +20,14 @@ pub const FILE_NAME: &str = "hm.toml";
 
 const TOP_KEYS: &[&str] = &["pipeline", "defaults", "steps", "plugins"];
 const PIPELINE_KEYS: &[&str] = &["name", "timeout", "parallelism", "keep_going", "env"];
-const DEFAULTS_KEYS: &[&str] = &["executor", "timeout", "limits", "retry"];
+const DEFAULTS_KEYS: &[&str] = &[
+    "executor",
+    "timeout",
+    "limits",
+    "retry",
+    "shell",
+    "allow_failure",
+];
 const STEP_KEYS: &[&str] = &[
     "run",
     "needs",
@@ -26,6 +35,7 @@ const STEP_KEYS: &[&str] = &[
     "env",
     "timeout",
     "allow_failure",
+    "shell",
     "limits",
     "retry",
     "executor",
@@ -120,6 +130,8 @@ struct Defaults {
     timeout: Option<Duration>,
     limits: Limits,
     retry: Option<Retry>,
+    shell: Option<Shell>,
+    allow_failure: Option<AllowFailure>,
 }
 
 /// A step as written, before `needs` are resolved and `[defaults]` merged.
@@ -131,7 +143,8 @@ struct StepDraft {
     dir: Option<PathBuf>,
     env: BTreeMap<String, String>,
     timeout: Option<Duration>,
-    allow_failure: bool,
+    allow_failure: Option<AllowFailure>,
+    shell: Option<Shell>,
     limits: Limits,
     retry: Option<Retry>,
     executor: Option<String>,
@@ -258,6 +271,12 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("retry") {
             defaults.retry = self.retry(&f, "defaults");
+        }
+        if let Some(f) = section.get("shell") {
+            defaults.shell = self.shell(&f);
+        }
+        if let Some(f) = section.get("allow_failure") {
+            defaults.allow_failure = self.allow_failure(&f, "defaults");
         }
         defaults
     }
@@ -391,7 +410,8 @@ impl Checker<'_> {
             dir: None,
             env: BTreeMap::new(),
             timeout: None,
-            allow_failure: false,
+            allow_failure: None,
+            shell: None,
             limits: Limits::default(),
             retry: None,
             executor: None,
@@ -419,7 +439,10 @@ impl Checker<'_> {
             draft.timeout = self.duration(&f, NO_TIMEOUT_HINT);
         }
         if let Some(f) = section.get("allow_failure") {
-            draft.allow_failure = self.boolean(&f).unwrap_or_default();
+            draft.allow_failure = self.allow_failure(&f, path);
+        }
+        if let Some(f) = section.get("shell") {
+            draft.shell = self.shell(&f);
         }
         if let Some(f) = section.get("limits") {
             draft.limits = self.limits(&f, path).unwrap_or_default();
@@ -528,7 +551,14 @@ impl Checker<'_> {
                     dir: draft.dir.unwrap_or_else(|| self.root.clone()),
                     env,
                     timeout: draft.timeout.or(defaults.timeout),
-                    allow_failure: draft.allow_failure,
+                    allow_failure: draft
+                        .allow_failure
+                        .or_else(|| defaults.allow_failure.clone())
+                        .unwrap_or_default(),
+                    shell: draft
+                        .shell
+                        .or_else(|| defaults.shell.clone())
+                        .unwrap_or_default(),
                     limits: Limits {
                         memory_bytes: draft.limits.memory_bytes.or(defaults.limits.memory_bytes),
                         pids: draft.limits.pids.or(defaults.limits.pids),

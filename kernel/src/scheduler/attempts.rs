@@ -4,7 +4,10 @@
 //! end, and fail fast.
 
 use hm_ipc::host::CallKind;
-use hm_ipc::messages::{EnvVar, ExecuteStep, KernelCall, StepLimits, StepResult};
+use std::path::Path;
+
+use hm_ipc::EXECUTE_SINCE;
+use hm_ipc::messages::{EnvVar, Execute, ExecuteStep, KernelCall, StepLimits, StepResult};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -14,7 +17,7 @@ use super::run_loop::Scheduler;
 use super::steps::{Needs, StepState};
 use super::verdict::{self, Evidence, Next, RetryContext, StopReason, Verdict};
 use crate::cgroup::{CgroupError, Leaf, LeafJanitor};
-use crate::config::Step;
+use crate::config::{AttemptEnv, Shell, Step};
 use crate::events::{BuildEvent, Cause, Envelope, StepEnd, StepStatus, Stream};
 
 /// What the executor reported with the end of an attempt, when it did.
@@ -23,6 +26,40 @@ pub(super) struct Report {
     pub(super) result: StepResult,
     /// The executor's runtime saw the OOM killer end the step (`StepOutOfMemory`).
     pub(super) out_of_memory: bool,
+}
+
+/// A step's `dir` must exist when the step starts (a step it needs may have created it).
+fn check_dir(step: &Step, root: &Path) -> Result<(), String> {
+    let shown = step.dir.strip_prefix(root).unwrap_or(&step.dir);
+    let shown = if shown.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        shown
+    };
+    let problem = match std::fs::metadata(&step.dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => "is not a directory".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(format!(
+        "its dir `{}` {problem} ({}): create it in a step this one needs, or fix `dir` of \
+         the step at {}",
+        shown.display(),
+        step.dir.display(),
+        step.location
+    ))
+}
+
+/// A `shell` other than the default needs an executor that can be told (protocol 6).
+fn check_shell(step: &Step, plugin: &str, protocol: u32) -> Result<(), String> {
+    if protocol >= EXECUTE_SINCE || step.shell == Shell::Sh {
+        return Ok(());
+    }
+    Err(format!(
+        "its executor plugin `{plugin}` speaks protocol {protocol}, which cannot carry `shell` \
+         (added in protocol {EXECUTE_SINCE}): update the plugin, or leave `shell` out"
+    ))
 }
 
 /// The `ExecuteStep` of one attempt of `step`.
@@ -112,6 +149,18 @@ impl Scheduler<'_> {
     /// Sends the step's current attempt to its (ready) plugin, in a fresh cgroup leaf.
     pub(super) fn send_execute(&mut self, i: usize) {
         let p = self.steps[i].plugin;
+        let PluginState::Ready { link, .. } = &self.plugins[p].state else {
+            return;
+        };
+        let def = &self.pipeline.steps[self.steps[i].index];
+        let protocol = link.protocol();
+        let prepared = check_dir(def, &self.pipeline.root)
+            .and_then(|()| check_shell(def, &self.plugins[p].spec.name, protocol));
+        if let Err(message) = prepared {
+            self.steps[i].state = StepState::Running;
+            self.end_attempt(i, Verdict::failed(Cause::Setup, message));
+            return;
+        }
         let leaf = match self.step_leaf(i) {
             Ok(leaf) => leaf,
             Err(e) => {
@@ -124,7 +173,13 @@ impl Scheduler<'_> {
         let call = self.next_call;
         self.next_call += 1;
         let def = &self.pipeline.steps[self.steps[i].index];
-        let env = def.environment(&self.opts.env_overrides, &self.pipeline.root);
+        let env = def.environment(AttemptEnv {
+            overrides: &self.opts.env_overrides,
+            project_dir: &self.pipeline.root,
+            run_id: &self.opts.run_id,
+            attempt: self.steps[i].attempt,
+            inherited_ci: self.opts.inherited_ci.as_deref(),
+        });
         let request = execute_request(
             def,
             self.steps[i].attempt,
@@ -132,6 +187,14 @@ impl Scheduler<'_> {
             self.opts.grace.as_millis() as u64,
             leaf.as_ref(),
         );
+        let call_message = if protocol >= EXECUTE_SINCE {
+            KernelCall::Execute(Box::new(Execute {
+                step: request,
+                shell: def.shell.argv(),
+            }))
+        } else {
+            KernelCall::ExecuteStep(Box::new(request))
+        };
         self.steps[i].leaf = leaf;
         let PluginState::Ready { pid, link } = &self.plugins[p].state else {
             return;
@@ -140,11 +203,7 @@ impl Scheduler<'_> {
         let attempt = self.steps[i].attempt;
         let _step = tracing::debug_span!("step", step = %def.name, attempt).entered();
         tracing::debug!(call, plugin = %self.plugins[p].spec.name, "execute");
-        let sent = link.call(
-            call,
-            CallKind::Execute,
-            &KernelCall::ExecuteStep(Box::new(request)),
-        );
+        let sent = link.call(call, CallKind::Execute, &call_message);
         let now = Instant::now();
         let step = &mut self.steps[i];
         step.state = StepState::Running;
@@ -346,7 +405,7 @@ impl Scheduler<'_> {
             RetryContext {
                 attempt,
                 retry: &def.retry,
-                allow_failure: def.allow_failure,
+                allow_failure: &def.allow_failure,
                 stop: step.stop,
                 run_stopping: self.user_cancelled || self.failing_fast || self.pipeline_timed_out,
             },

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub grace: Duration,
     /// `-e KEY=VALUE`, applied over every step's env.
     pub env_overrides: Vec<(String, String)>,
+    /// `CI` in hm's own environment: steps get it instead of `CI=true`.
+    pub inherited_ci: Option<String>,
     /// The plugin serving each selected step's executor, by step index.
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).

@@ -6,7 +6,7 @@
 use hm_ipc::messages::StepResult;
 
 use crate::cgroup::LeafStats;
-use crate::config::{Limits, Retry, RetryClass};
+use crate::config::{AllowFailure, Limits, Retry, RetryClass};
 use crate::events::{Cause, StepStatus};
 
 /// Why the kernel itself stopped a step, if it did. It decides the verdict over whatever exit
@@ -189,11 +189,19 @@ pub struct RetryContext<'a> {
     /// The attempt that ended (the first is 1).
     pub attempt: u32,
     pub retry: &'a Retry,
-    pub allow_failure: bool,
+    pub allow_failure: &'a AllowFailure,
     /// The kernel's stop of this attempt, if any.
     pub stop: Option<StopReason>,
     /// The run is being cancelled, failing fast or past its deadline: nothing is retried.
     pub run_stopping: bool,
+}
+
+/// The code a failed attempt exited with on its own (cause `exit`), for `allow_failure`'s
+/// `exit_codes`; `None` for every other failure, even one that reports a code.
+fn exited_with(verdict: &Verdict) -> Option<i32> {
+    verdict
+        .exit_code
+        .filter(|_| verdict.cause == Some(Cause::Exit))
 }
 
 /// Whether the step gets another attempt. A hook's abort would only be asked again, and of
@@ -214,7 +222,7 @@ pub fn next(verdict: &Verdict, ctx: RetryContext<'_>) -> Next {
         return Next::Retry;
     }
     Next::Done {
-        allowed_failure: verdict.is_failure() && ctx.allow_failure,
+        allowed_failure: verdict.is_failure() && ctx.allow_failure.covers(exited_with(verdict)),
     }
 }
 
@@ -413,12 +421,26 @@ mod tests {
         let crash = Verdict::failed(Cause::ExecutorCrash, "gone");
         let abort = Verdict::failed(Cause::HookAbort, "no");
         let pass = classify(&result(Some(0), None), None);
-        let ctx = |attempt, stop, run_stopping, allow_failure| RetryContext {
+        let mut oom_137 = Verdict::failed(Cause::Oom, "out of memory");
+        oom_137.exit_code = Some(137);
+        let codes = AllowFailure::ExitCodes(vec![3, 137]);
+        let ctx = |attempt, stop, run_stopping, allow_failure: bool| RetryContext {
             attempt,
             retry: &retry,
-            allow_failure,
+            allow_failure: if allow_failure {
+                &AllowFailure::Any
+            } else {
+                &AllowFailure::No
+            },
             stop,
             run_stopping,
+        };
+        let with_codes = |attempt| RetryContext {
+            attempt,
+            retry: &retry,
+            allow_failure: &codes,
+            stop: None,
+            run_stopping: false,
         };
         let done = Next::Done {
             allowed_failure: false,
@@ -458,6 +480,11 @@ mod tests {
             // A hook's abort is never asked again.
             (&abort, ctx(1, None, false, false), done),
             (&pass, ctx(1, None, false, true), done),
+            // `exit_codes`: only those codes, and only as the step's own exit.
+            (&exit3, with_codes(3), allowed),
+            (&exit4, with_codes(1), done),
+            (&crash, with_codes(3), done),
+            (&oom_137, with_codes(1), done),
         ];
         for (verdict, ctx, want) in cases {
             assert_eq!(

@@ -111,6 +111,11 @@ pub enum LinkError {
 }
 
 impl PluginLink {
+    /// The protocol version the connection negotiated.
+    pub fn protocol(&self) -> u32 {
+        lock(&self.policy).protocol()
+    }
+
     /// Sends call `id` of `kind`.
     pub fn call(&self, id: u64, kind: CallKind, call: &KernelCall) -> Result<(), LinkError> {
         let frame = OutFrame::message(FrameKind::Call, id, call)?;

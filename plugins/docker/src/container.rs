@@ -26,8 +26,8 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// How long after a SIGKILL exit the daemon's OOM event may still arrive.
 const OOM_EVENT_DELAY: Duration = Duration::from_secs(1);
 
-/// The container's definition: `sh -c RUN` (the image's entrypoint is replaced, as the step
-/// says what runs), the step's environment and working directory, the owner's labels, the
+/// The container's definition: the step's command line (`sh -e -c RUN` by default; the image's
+/// entrypoint is replaced, as the step says what runs), the step's environment and working directory, the owner's labels, the
 /// step's limits, no log storage (the output is streamed), and `/workspace` as a volume.
 pub fn definition(
     step: &StepRequest,
@@ -54,7 +54,7 @@ pub fn definition(
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
-        entrypoint: Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]),
+        entrypoint: Some(step.shell.clone()),
         cmd: Some(vec![step.run.clone()]),
         env: Some(crate::workspace::container_env(step)),
         working_dir: Some(working_dir.to_owned()),
@@ -301,6 +301,7 @@ mod tests {
             step: "build".into(),
             attempt: 2,
             run: "make all".into(),
+            shell: vec!["bash".into(), "-e".into(), "-c".into()],
             dir: "/project/sub".into(),
             env: vec![("CI".into(), "true".into())],
             image: Some("busybox".into()),
@@ -316,7 +317,10 @@ mod tests {
         let owner = Owner::current("1-1");
         let def = definition(&step(), "busybox", &owner, "/workspace/sub");
         assert_eq!(def.image.as_deref(), Some("busybox"));
-        assert_eq!(def.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
+        assert_eq!(
+            def.entrypoint,
+            Some(vec!["bash".into(), "-e".into(), "-c".into()])
+        );
         assert_eq!(def.cmd, Some(vec!["make all".into()]));
         assert_eq!(def.env, Some(vec!["CI=true".into()]));
         assert_eq!(def.working_dir.as_deref(), Some("/workspace/sub"));

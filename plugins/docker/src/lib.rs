@@ -1,5 +1,5 @@
-//! The docker executor: runs a step's `run` with `sh -c` in a fresh container of the step's
-//! `image`, through the Docker Engine API (bollard). It ships inside the `hm` binary and also
+//! The docker executor: runs a step's `run` with its shell (`sh -e -c` by default) in a fresh
+//! container of the step's `image`, through the Docker Engine API (bollard). It ships inside the `hm` binary and also
 //! builds as its own executable.
 //!
 //! Per step attempt: the image is used if present and pulled per `with.pull` otherwise

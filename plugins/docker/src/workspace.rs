@@ -72,6 +72,7 @@ mod tests {
             step: "s".into(),
             attempt: 1,
             run: "true".into(),
+            shell: vec!["sh".into(), "-c".into()],
             dir: dir.into(),
             env,
             image: Some("busybox".into()),

@@ -1,4 +1,4 @@
-//! The shell executor: runs a step's `run` with `sh -c` in the step's directory and
+//! The shell executor: runs a step's `run` with its shell (`sh -e -c` by default) in the step's directory and
 //! environment, through the SDK's process helper (own process group, streamed output, kill
 //! ladder). It is hm's default executor and ships inside the `hm` binary.
 
@@ -24,6 +24,6 @@ impl Executor for ShellExecutor {
 /// The shell plugin, ready for [`hm_sdk::serve`].
 pub fn plugin() -> Plugin {
     Plugin::new(NAME, env!("CARGO_PKG_VERSION"))
-        .description("runs steps with sh -c on the local machine")
+        .description("runs steps with their shell (sh -e -c by default) on the local machine")
         .executor(NAME, ShellExecutor)
 }

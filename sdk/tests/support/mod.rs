@@ -9,7 +9,7 @@ use hm_sdk::{Executor, Plugin, StepContext, StepError, StepRequest, StepResult};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// Runs `run` with `sh -c` through the SDK's process helper, as the shell plugin does.
+/// Runs `run` with the step's shell (`sh -e -c` by default) through the SDK's process helper, as the shell plugin does.
 pub struct Shell;
 
 impl Executor for Shell {

@@ -27,7 +27,7 @@ impl Executor for Crashy {
 fn main() {
     hm_sdk::serve(
         Plugin::new("fixture-crash", env!("CARGO_PKG_VERSION"))
-            .description("runs steps with sh -c, but dies under a step's first attempt")
+            .description("runs steps with their shell, but dies under a step's first attempt")
             .executor("crashy", Crashy),
     )
 }

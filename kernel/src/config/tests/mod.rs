@@ -81,7 +81,7 @@ fn render(p: &Pipeline) -> String {
         let _ = writeln!(
             out,
             "step {} at {} executor={} run={:?}\n  needs=[{}] dir={dir} env={} timeout={} \
-             allow_failure={} limits={} retry={}x{:?} image={} with={}",
+             allow_failure={} limits={} retry={}x{:?} image={} with={}{}",
             s.name,
             location,
             s.executor,
@@ -89,15 +89,33 @@ fn render(p: &Pipeline) -> String {
             needs.join(","),
             env(&s.env),
             duration(s.timeout),
-            s.allow_failure,
+            allow_failure(&s.allow_failure),
             limits(&s.limits),
             s.retry.attempts,
             s.retry.on,
             s.image.as_deref().unwrap_or("-"),
-            s.with_json
+            s.with_json,
+            shell(&s.shell),
         );
     }
     out
+}
+
+fn allow_failure(allowed: &AllowFailure) -> String {
+    match allowed {
+        AllowFailure::No => "false".to_owned(),
+        AllowFailure::Any => "true".to_owned(),
+        AllowFailure::ExitCodes(codes) => format!("exit_codes{codes:?}"),
+    }
+}
+
+/// Nothing for the default shell, so most expectations need not mention it.
+fn shell(shell: &Shell) -> String {
+    if *shell == Shell::Sh {
+        String::new()
+    } else {
+        format!(" shell={:?}", shell.argv())
+    }
 }
 
 /// Parses `text` as `<dir>/hm.toml` and renders the result; messages name the file `hm.toml`.
