@@ -151,7 +151,8 @@ allow_failure = true
 
 /// Failing runs: under fail fast a step fails while another runs (`cancelled`) and others wait
 /// (`skipped`); with keep-going a step times out (`timed_out`), its dependent is skipped, and
-/// a hook aborts a step (`hook_abort`, and a hook plugin in the stream).
+/// a hook aborts a step (`hook_abort`, and a hook plugin in the stream), a step's `dir` is
+/// missing (`setup`) and one fails with an allowed exit code (`allowed_failure`).
 #[test]
 fn the_streams_of_failing_runs_match_the_schema() {
     let fail_fast = Project::new(&format!(
@@ -202,6 +203,14 @@ run = "touch deploy.ran"
 
 [steps.docs]
 run = "echo documented"
+
+[steps.nowhere]
+dir = "not-there"
+run = "true"
+
+[steps.tolerated]
+run = "exit 77"
+allow_failure = { exit_codes = [77] }
 "#,
     );
     let out = keep_going.hm(&["plugin", "install", "--project", GATEKEEPER]);
@@ -212,6 +221,11 @@ run = "echo documented"
     assert_stream_promises(&timed_out);
     assert!(
         !timed_out.of_plugin("plugin_start", "gatekeeper").is_empty(),
+        "{timed_out}"
+    );
+    assert_eq!(
+        timed_out.step_end("tolerated")["allowed_failure"],
+        true,
         "{timed_out}"
     );
 
@@ -228,6 +242,7 @@ run = "echo documented"
         "skipped/dependency_failed",
         "timed_out/timeout",
         "failed/hook_abort",
+        "failed/setup",
     ] {
         assert!(seen.contains(outcome), "no {outcome}: {seen:?}");
     }

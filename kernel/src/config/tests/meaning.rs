@@ -224,3 +224,79 @@ fn the_pipeline_file_is_found_in_the_start_directory_or_its_parents() {
     std::fs::write(nested.join("hm.toml"), "").expect("write");
     assert_eq!(find_pipeline_file(&nested), Some(nested.join("hm.toml")));
 }
+
+#[test]
+fn shell_and_allow_failure_come_from_the_step_else_the_defaults() {
+    check(
+        r#"[defaults]
+shell = "bash"
+allow_failure = { exit_codes = [77] }
+[steps.inherits]
+run = "x"
+[steps.own]
+run = "y"
+shell = ["python3", "-c"]
+allow_failure = true
+[steps.plain]
+run = "z"
+shell = "sh"
+allow_failure = false
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step inherits at hm.toml:4:1 executor=shell run="x"
+  needs=[] dir=. env={} timeout=- allow_failure=exit_codes[77] limits=- retry=1x[] image=- with={} shell=["bash", "--noprofile", "--norc", "-e", "-o", "pipefail", "-c"]
+step own at hm.toml:6:1 executor=shell run="y"
+  needs=[] dir=. env={} timeout=- allow_failure=true limits=- retry=1x[] image=- with={} shell=["python3", "-c"]
+step plain at hm.toml:10:1 executor=shell run="z"
+  needs=[] dir=. env={} timeout=- allow_failure=false limits=- retry=1x[] image=- with={}
+"#,
+    );
+}
+
+#[test]
+fn every_step_environment_ends_with_what_hm_sets() {
+    let pipeline = parse_str(
+        "[steps.a]\nrun = \"x\"\nenv = { HM_STEP = \"mine\", CI = \"yes\", KEEP = \"1\" }\n",
+        Path::new("/p/hm.toml"),
+    )
+    .expect("valid");
+    let step = &pipeline.steps[0];
+    let env = |overrides: &[(String, String)], inherited_ci| {
+        step.environment(AttemptEnv {
+            overrides,
+            project_dir: Path::new("/p"),
+            run_id: "r-1",
+            attempt: 3,
+            inherited_ci,
+        })
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+    };
+    let hm_set = "HM_PROJECT_DIR=/p HM_RUN_ID=r-1 HM_STEP=a HM_ATTEMPT=3";
+    // The step's own CI wins over hm's environment; HM_STEP from the file is replaced.
+    assert_eq!(env(&[], Some("1")), format!("CI=yes KEEP=1 {hm_set}"));
+    let over = [
+        ("CI".to_owned(), "no".to_owned()),
+        ("HM_RUN_ID".to_owned(), "x".to_owned()),
+    ];
+    assert_eq!(env(&over, None), format!("KEEP=1 CI=no {hm_set}"));
+
+    let bare = parse_str("[steps.a]\nrun = \"x\"\n", Path::new("/p/hm.toml")).expect("valid");
+    let env = |inherited_ci| {
+        bare.steps[0]
+            .environment(AttemptEnv {
+                overrides: &[],
+                project_dir: Path::new("/p"),
+                run_id: "r-1",
+                attempt: 1,
+                inherited_ci,
+            })
+            .into_iter()
+            .find(|(k, _)| k == "CI")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(env(None).as_deref(), Some("true"));
+    assert_eq!(env(Some("woodpecker")).as_deref(), Some("woodpecker"));
+}
