@@ -1,7 +1,7 @@
 //! The step graph: which steps a run selects, in what levels they can run, who depends on
 //! whom, and (for the parser) where the cycles are. Edges point from a step to what it needs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 
 use crate::config::Pipeline;
@@ -18,6 +18,14 @@ pub enum SelectError {
         pipeline: String,
         /// All step names, in file order.
         known: Vec<String>,
+    },
+    /// `NAME[key=value,...]` names a matrix step, but no instance of it has those values.
+    #[error("no instance of `{step}` matches `{selector}`: {reason}; its instances: {}", instances.join(", "))]
+    NoInstance {
+        selector: String,
+        step: String,
+        reason: String,
+        instances: Vec<String>,
     },
 }
 
@@ -57,31 +65,35 @@ pub fn select(p: &Pipeline, names: &[String]) -> Result<Vec<usize>, SelectError>
     if names.is_empty() {
         return Ok((0..p.steps.len()).collect());
     }
-    let index: HashMap<&str, usize> = p
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, step)| (step.name.as_str(), i))
-        .collect();
+    let mut bases: Vec<&str> = Vec::new();
+    for step in &p.steps {
+        if !bases.contains(&step.base.as_str()) {
+            bases.push(&step.base);
+        }
+    }
     let mut selected = vec![false; p.steps.len()];
     let mut pending = Vec::new();
     let mut unknown = Vec::new();
+    let mut no_instance = None;
     for name in names {
-        match index.get(name.as_str()) {
-            Some(&i) => pending.push(i),
-            None => unknown.push(UnknownStep {
+        match matching(p, name) {
+            Ok(found) => pending.extend(found),
+            Err(None) => unknown.push(UnknownStep {
                 name: name.clone(),
-                suggestion: did_you_mean(name, p.steps.iter().map(|s| s.name.as_str()))
-                    .map(str::to_owned),
+                suggestion: did_you_mean(name, bases.iter().copied()).map(str::to_owned),
             }),
+            Err(Some(error)) => no_instance = no_instance.or(Some(error)),
         }
     }
     if !unknown.is_empty() {
         return Err(SelectError::UnknownSteps {
             unknown,
             pipeline: p.name.clone(),
-            known: p.steps.iter().map(|s| s.name.clone()).collect(),
+            known: bases.iter().map(|&b| b.to_owned()).collect(),
         });
+    }
+    if let Some(error) = no_instance {
+        return Err(error);
     }
     // An explicit stack rather than recursion: a long `needs` chain is user-controlled.
     while let Some(i) = pending.pop() {
@@ -95,6 +107,71 @@ pub fn select(p: &Pipeline, names: &[String]) -> Result<Vec<usize>, SelectError>
         .filter(|&(_, &on)| on)
         .map(|(i, _)| i)
         .collect())
+}
+
+/// The steps `name` selects: the step of that name, every instance of a matrix step of that
+/// name, or, for `NAME[key=value,...]`, the instances with those values. `Err(None)` when no
+/// step has that name.
+fn matching(p: &Pipeline, name: &str) -> Result<Vec<usize>, Option<SelectError>> {
+    let by_name = |wanted: &str| -> Vec<usize> {
+        (0..p.steps.len())
+            .filter(|&i| p.steps[i].name == wanted || p.steps[i].base == wanted)
+            .collect()
+    };
+    let exact = by_name(name);
+    if !exact.is_empty() {
+        return Ok(exact);
+    }
+    let Some((base, filter)) = name.strip_suffix(']').and_then(|rest| rest.split_once('[')) else {
+        return Err(None);
+    };
+    let instances: Vec<usize> = (0..p.steps.len())
+        .filter(|&i| p.steps[i].base == base)
+        .collect();
+    if instances.is_empty() {
+        return Err(None);
+    }
+    let fail = |reason: String| {
+        Err(Some(SelectError::NoInstance {
+            selector: name.to_owned(),
+            step: base.to_owned(),
+            reason,
+            instances: instances.iter().map(|&i| p.steps[i].name.clone()).collect(),
+        }))
+    };
+    let mut pairs = Vec::new();
+    for pair in filter.split(',') {
+        let Some((key, value)) = pair.split_once('=') else {
+            return fail(format!("`{pair}` is not `key=value`"));
+        };
+        pairs.push((key.trim(), value.trim()));
+    }
+    let keys: Vec<&str> = instances
+        .iter()
+        .filter_map(|&i| p.steps[i].matrix.as_ref())
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if keys.is_empty() {
+        return fail("it has no matrix".to_owned());
+    }
+    if let Some((key, _)) = pairs.iter().find(|(key, _)| !keys.contains(key)) {
+        return fail(format!("`{key}` is not one of its matrix keys"));
+    }
+    let found: Vec<usize> = instances
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let values = p.steps[i].matrix.as_deref().unwrap_or_default();
+            pairs
+                .iter()
+                .all(|(key, value)| values.iter().any(|(k, v)| k == key && v == value))
+        })
+        .collect();
+    if found.is_empty() {
+        return fail("none has those values".to_owned());
+    }
+    Ok(found)
 }
 
 /// Groups `selected` by depth: level 0 needs nothing, level n needs something at level n-1

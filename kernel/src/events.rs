@@ -130,6 +130,26 @@ pub struct StepEnd {
     /// True when the step failed but `allow_failure` keeps the run green.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allowed_failure: bool,
+    /// A matrix instance's keys and values, as a JSON object in their order; `null` for a
+    /// step without a matrix.
+    #[serde(serialize_with = "ordered_object")]
+    pub matrix: Option<Vec<(String, String)>>,
+}
+
+/// `[(k, v), ...]` as the JSON object `{"k": "v", ...}`, in order.
+fn ordered_object<S: serde::Serializer>(
+    pairs: &Option<Vec<(String, String)>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let Some(pairs) = pairs else {
+        return serializer.serialize_none();
+    };
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (key, value) in pairs {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,7 +264,16 @@ mod tests {
             cpu_ms: None,
             message: None,
             allowed_failure: false,
+            matrix: Some(vec![
+                ("rust".into(), "1.85".into()),
+                ("os".into(), "linux".into()),
+            ]),
         };
+        let json = serde_json::to_string(&end).expect("serialises");
+        assert!(
+            json.ends_with(r#""matrix":{"rust":"1.85","os":"linux"}}"#),
+            "{json}"
+        );
         let events = [
             BuildEvent::BuildStart {
                 pipeline: "p".into(),

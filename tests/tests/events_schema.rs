@@ -90,8 +90,8 @@ fn outcomes(runs: &[&Run]) -> BTreeSet<String> {
 
 /// A green run with every kind: `fmt` writes to both streams, `test` fails once and is retried
 /// (`step_retry`), `package` kills its plugin on its first attempt, so that the plugin is
-/// restarted for the second (`plugin_exit` not clean, `plugin_restart`), and `lint` fails with
-/// `allow_failure`.
+/// restarted for the second (`plugin_exit` not clean, `plugin_restart`), `lint` fails with
+/// `allow_failure`, and `matrix` has instances (`step_end.matrix`).
 #[test]
 fn a_real_stream_with_every_event_kind_matches_the_schema() {
     let project = Project::new(
@@ -116,6 +116,10 @@ retry = { attempts = 2, on = ["crash"] }
 [steps.lint]
 run = "echo 'unused variable' >&2; exit 1"
 allow_failure = true
+
+[steps.matrix]
+run = "echo ${{ matrix.os }} ${{ matrix.version }}"
+matrix = { os = ["linux"], version = [3, 1.5] }
 "#,
     );
     project.install(&Bundle::executor("fixture-crash", "crashy", CRASH));
@@ -141,6 +145,12 @@ allow_failure = true
     );
     assert_eq!(run.step_end("lint")["allowed_failure"], true, "{run}");
     assert_eq!(run.step_end("test")["attempt"], 2, "{run}");
+    assert_eq!(
+        run.step_end("matrix[os=linux,version=1.5]")["matrix"],
+        serde_json::json!({"os": "linux", "version": "1.5"}),
+        "{run}"
+    );
+    assert!(run.step_end("fmt")["matrix"].is_null(), "{run}");
     let streams: BTreeSet<&str> = run
         .of_kind("step_log")
         .into_iter()

@@ -136,8 +136,9 @@ run = "true"
     assert!(project.exists("fine.ran"));
 }
 
-/// Every invalid form of a step key, one step each: (the key's line, where in it the error
-/// points, what the message says, what the hint says). All are reported in one `hm validate`.
+/// Every invalid form of a step key, one step each: (the step's lines, where in them the
+/// error points, what the message says, what the hint says). A step without `run` gets
+/// `run = "true"`. All are reported in one `hm validate`.
 const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
     (
         r#"shell = "zsh""#,
@@ -223,45 +224,239 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         "must be an array of exit codes",
         "write `exit_codes = [77]`",
     ),
+    // matrix
+    (
+        "matrix = []",
+        "[]",
+        "`matrix` in [steps.",
+        "[steps.NAME.matrix]",
+    ),
+    ("matrix = {}", "{}", "has no axes", "rust = [\"stable\""),
+    (
+        "matrix = { rust = [] }",
+        "[]",
+        "is empty, so the step would never run",
+        "",
+    ),
+    (
+        r#"matrix = { rust = "stable" }"#,
+        r#""stable""#,
+        "must be an array of values",
+        r#"write `rust = ["a", "b"]`"#,
+    ),
+    (
+        r#"matrix = { rust = ["a", "a"] }"#,
+        r#""a"]"#,
+        "lists `a` twice",
+        "",
+    ),
+    (
+        "matrix = { rust = [[1]] }",
+        "[1]",
+        "must hold strings, numbers or booleans",
+        "",
+    ),
+    (
+        r#"matrix = { rust = ["a,b"] }"#,
+        r#""a,b""#,
+        "which cannot name an instance",
+        "`step[key=value]`",
+    ),
+    (
+        r#"matrix = { my-axis = ["a"] }"#,
+        "my-axis",
+        "invalid matrix key `my-axis`",
+        "upper-cased",
+    ),
+    (
+        r#"matrix = { path = ["a"] }"#,
+        "path",
+        "would set `PATH`, which the step needs",
+        "rename the key",
+    ),
+    (
+        r#"matrix = { hm_step = ["a"] }"#,
+        "hm_step",
+        "would set `HM_STEP`",
+        "",
+    ),
+    (
+        r#"matrix = { rust = ["a"], exclude = [{ rust = "b" }] }"#,
+        r#"{ rust = "b" }"#,
+        "has `rust = b`, which is not a value of `rust`",
+        "did you mean `a`?",
+    ),
+    (
+        r#"matrix = { rust = ["a"], exclude = [{ os = "x" }] }"#,
+        r#"{ os = "x" }"#,
+        "names `os`, which is not an axis",
+        "the axes are `rust`",
+    ),
+    (
+        r#"matrix = { rust = ["a"], exclude = [{ rust = "a" }] }"#,
+        "{ rust = [",
+        "excludes every combination",
+        "",
+    ),
+    ("matrix = { include = [{}] }", "{}]", "has an empty row", ""),
+    (
+        r#"matrix = { rust = ["a"], include = "x" }"#,
+        r#""x""#,
+        "must be an array of tables",
+        "",
+    ),
+    (
+        "matrix = { include = [{ a = 1 }, { a = 1 }] }",
+        "{ include",
+        "makes instance `s29[a=1]` twice",
+        "remove one",
+    ),
+    (
+        "matrix = { a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] }",
+        "{ a = [",
+        "makes 272 instances, more than 256",
+        "split the step",
+    ),
+    (r#"matrix = { rust = ["a"] }"#, "", "", ""),
+    // expressions
+    (
+        r#"run = "${{ matix.rust }}""#,
+        "${{ matix",
+        "unknown expression `matix.rust` in `run` in [steps.",
+        "did you mean `matrix.`",
+    ),
+    (
+        r#"run = "echo ${{ matrix.rust""#,
+        "${{ matrix",
+        "`${{` is not closed with `}}`",
+        "`$${{` for a literal",
+    ),
+    (
+        r#"run = "${{ matrix.rust }}""#,
+        "${{ matrix",
+        "uses `matrix.rust`, but step `s34` has no matrix",
+        "",
+    ),
+    (
+        "run = \"${{ matrix.rsut }}\"\nmatrix = { rust = [\"a\"] }",
+        "${{ matrix",
+        "uses `matrix.rsut`, which is not a key of the step's matrix",
+        "did you mean `matrix.rust`?",
+    ),
+    (
+        r#"image = "rust:${{ matrix.rust }}""#,
+        "${{ matrix",
+        "`image` in [steps.s36] uses `matrix.rust`, but step `s36` has no matrix",
+        "",
+    ),
+    (
+        r#"run = "${{ env.NOPE }}""#,
+        "${{ env",
+        "uses `env.NOPE`, which neither the pipeline's nor the step's `env` sets",
+        "[pipeline].env",
+    ),
+    (
+        r#"env = { A = "${{ env.B }}" }"#,
+        "${{ env",
+        "an `env` value cannot refer to `env`",
+        "`$NAME` in `run`",
+    ),
+    (
+        r#"run = "${{ steps.nothere.outputs.x }}""#,
+        "${{ steps",
+        "there is no step `nothere`",
+        "",
+    ),
+    (
+        r#"run = "${{ steps.s0.outputs.x }}""#,
+        "${{ steps",
+        "but step `s40` does not need `s0`",
+        "add `s0` to its `needs`",
+    ),
+    (
+        r#"run = "${{ steps.s0.outputz.x }}""#,
+        "${{ steps",
+        "is not a step output",
+        "steps.STEP.outputs.KEY",
+    ),
+    (
+        r#"with = { x = "${{ nope }}" }"#,
+        "${{ nope",
+        "unknown expression `nope` in `with` in [steps.",
+        "",
+    ),
+    (
+        "dir = \"${{ matrix.d }}\"\nmatrix = { d = [\"a\", \"..\"] }",
+        "\"${{",
+        "leaves the pipeline's directory: `..` (for `s43[d=..]`)",
+        "relative to the directory",
+    ),
 ];
 
 #[test]
 fn every_invalid_form_of_a_step_key_is_a_positioned_error() {
-    let mut toml = String::from("[defaults]\nshell = \"fish\"\n");
-    let mut expected = vec![(
-        2,
-        9,
-        "`shell` in [defaults] names an unknown shell `fish`",
-        r#"Give another program with its arguments: `shell = ["fish", "-c"]`"#,
-    )];
-    for (i, (line, anchor, message, hint)) in INVALID_FORMS.iter().enumerate() {
-        toml.push_str(&format!("[steps.s{i}]\nrun = \"true\"\n{line}\n"));
-        let line_number = toml.lines().count();
-        let column = line
+    let mut toml = String::from(
+        "[pipeline]\nenv = { P = \"${{ matrix.x }}\" }\n[defaults]\nshell = \"fish\"\n",
+    );
+    let mut expected = vec![
+        (
+            2,
+            14,
+            "[pipeline].env cannot use `matrix.x`: expressions belong to steps",
+            "move the variable to the step's `env`",
+        ),
+        (
+            4,
+            9,
+            "`shell` in [defaults] names an unknown shell `fish`",
+            r#"Give another program with its arguments: `shell = ["fish", "-c"]`"#,
+        ),
+    ];
+    for (i, (lines, anchor, message, hint)) in INVALID_FORMS.iter().enumerate() {
+        toml.push_str(&format!("[steps.s{i}]\n"));
+        if !lines.starts_with("run =") {
+            toml.push_str("run = \"true\"\n");
+        }
+        let first_line = toml.lines().count() + 1;
+        toml.push_str(lines);
+        toml.push('\n');
+        if message.is_empty() {
+            continue; // a valid step that others refer to
+        }
+        let at = lines
             .find(anchor)
-            .unwrap_or_else(|| panic!("{anchor} in {line}"))
-            + 1;
-        expected.push((line_number, column, message, hint));
+            .unwrap_or_else(|| panic!("{anchor} in {lines}"));
+        let line = first_line + lines[..at].matches('\n').count();
+        let column = at - lines[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+        expected.push((line, column, message, hint));
     }
     let project = Project::new(&toml);
     let out = project.hm(&["validate"]);
     assert_eq!(out.code(), 2, "{}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
+    let mut missing = Vec::new();
     for (line, column, message, hint) in &expected {
         let position = format!("hm.toml:{line}:{column}: error: ");
-        let at = lines
+        let Some(at) = lines
             .iter()
             .position(|l| l.contains(&position) && l.contains(message))
-            .unwrap_or_else(|| panic!("no `{position}...{message}` in:\n{}", out.stderr));
+        else {
+            missing.push(format!("{position}...{message}"));
+            continue;
+        };
         if !hint.is_empty() {
             let next = lines.get(at + 1).copied().unwrap_or_default();
-            assert!(
-                next.starts_with("  hint: ") && next.contains(hint),
-                "hint of {position}{message} should say {hint:?}:\n{}",
-                out.stderr
-            );
+            if !(next.starts_with("  hint: ") && next.contains(hint)) {
+                missing.push(format!("{position}{message} with hint {hint:?}"));
+            }
         }
     }
+    assert!(
+        missing.is_empty(),
+        "missing:\n{}\nin:\n{}",
+        missing.join("\n"),
+        out.stderr
+    );
     let errors = lines.iter().filter(|l| l.contains(": error: ")).count();
     assert_eq!(
         errors,
@@ -282,4 +477,29 @@ fn the_readme_tour_is_a_valid_pipeline() {
     let project = Project::new(tour);
     let out = project.hm(&["validate"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
+}
+
+/// The first block of `lang` after `heading` in a document of the repository.
+fn block_after(doc: &str, heading: &str, lang: &str) -> String {
+    let text = std::fs::read_to_string(hm_tests::repo_root().join(doc)).expect("the document");
+    let section = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in {doc}"))..];
+    let fence = format!("```{lang}\n");
+    let body = &section[section.find(&fence).expect("a code block") + fence.len()..];
+    body[..body.find("```").expect("the end of the block")].to_owned()
+}
+
+#[test]
+fn the_complete_example_of_the_pipeline_docs_means_what_its_plan_says() {
+    let toml = block_after("docs/pipeline.md", "## A complete example", "toml");
+    let plan = block_after(
+        "docs/pipeline.md",
+        "`hm run --dry-run` shows what hm makes",
+        "text",
+    );
+    let project = Project::new(&toml);
+    let out = project.hm(&["run", "--dry-run"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, plan);
 }

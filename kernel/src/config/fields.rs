@@ -3,14 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::{Component, Path, PathBuf};
 
+use super::expr;
 use super::model::{Retry, RetryClass};
+use super::prepare::{DirProblem, normalize_dir};
+use super::resolve::DirDraft;
 use super::values::{self, BadJson, RETRY_CLASS_NAMES};
 use crate::suggest::did_you_mean;
 use crate::toml_check::{Checker, Field, join_path};
 
 pub(crate) const RETRY_KEYS: &[&str] = &["attempts", "on"];
+const RELATIVE: &str = "paths in hm.toml are relative to the directory that holds it";
 
 impl Checker<'_> {
     /// `retry = { attempts, on }`. `on` left out means any failure; `attempts` is required
@@ -227,45 +230,36 @@ impl Checker<'_> {
         names
     }
 
-    /// `dir`: relative, not leaving the root through `..`. Returns the absolute, lexically
-    /// normalised path. Whether it exists is checked when the step starts: a step it needs may
-    /// create it.
-    pub(crate) fn dir(&mut self, field: &Field<'_>) -> Option<PathBuf> {
-        const RELATIVE: &str = "paths in hm.toml are relative to the directory that holds it";
+    /// `dir`: relative, not leaving the root through `..`. Without expressions it is checked
+    /// here; with them, once the step's matrix values (or its start) say what it is. Whether it
+    /// exists is checked when the step starts: a step it needs may create it.
+    pub(super) fn dir(&mut self, field: &Field<'_>) -> Option<DirDraft> {
         let text = self.string(field)?;
-        if text.is_empty() {
-            let hint = "leave `dir` out to run in the pipeline's directory".to_owned();
-            self.report.error(
-                field.span(),
-                format!("{} must not be empty", field.label),
-                Some(hint),
-            );
-            return None;
-        }
-        let path = Path::new(text);
-        if path.has_root() {
-            let message = format!("{} must be a relative path, found `{text}`", field.label);
-            self.report
-                .error(field.span(), message, Some(RELATIVE.to_owned()));
-            return None;
-        }
-        // Lexical check: symlinks are the user's business, but a plain `..` out of the
-        // project almost always means the file was moved without its paths.
-        let mut normal = PathBuf::new();
-        for component in path.components() {
-            match component {
-                Component::Normal(part) => normal.push(part),
-                Component::CurDir => {}
-                Component::ParentDir if normal.pop() => {}
-                _ => {
-                    let message =
-                        format!("{} leaves the pipeline's directory: `{text}`", field.label);
-                    self.report
-                        .error(field.span(), message, Some(RELATIVE.to_owned()));
-                    return None;
-                }
+        if !expr::is_template(text) {
+            if let Err(problem) = normalize_dir(text) {
+                let (message, hint) = match problem {
+                    DirProblem::Empty => (
+                        format!("{} must not be empty", field.label),
+                        "leave `dir` out to run in the pipeline's directory",
+                    ),
+                    DirProblem::Absolute => (
+                        format!("{} must be a relative path, found `{text}`", field.label),
+                        RELATIVE,
+                    ),
+                    DirProblem::LeavesRoot => (
+                        format!("{} leaves the pipeline's directory: `{text}`", field.label),
+                        RELATIVE,
+                    ),
+                };
+                self.report
+                    .error(field.span(), message, Some(hint.to_owned()));
+                return None;
             }
         }
-        Some(self.root.join(&normal))
+        Some(DirDraft {
+            text: text.to_owned(),
+            span: field.span(),
+            label: field.label.clone(),
+        })
     }
 }

@@ -4,9 +4,13 @@
 //! TOML document section by section (`parse.rs`) with typed readers (`fields.rs`) that record a
 //! [`Diagnostic`] for every problem instead of stopping at the first.
 
+pub mod expr;
 mod fields;
+mod matrix;
 mod model;
 mod parse;
+mod prepare;
+mod resolve;
 mod shell;
 pub(crate) mod values;
 
@@ -14,6 +18,8 @@ pub(crate) mod values;
 mod tests;
 
 pub use crate::toml_check::{Diagnostic, Diagnostics};
+pub use matrix::{MAX_INSTANCES, instance_name};
 pub use model::*;
 pub use parse::{FILE_NAME, LoadError, find_pipeline_file, load, parse_str};
+pub use prepare::Prepared;
 pub use values::{parse_duration, parse_retry_class, parse_size};

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::matrix::MatrixValues;
+
 /// A whole pipeline file, validated.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -24,16 +26,35 @@ pub struct Pipeline {
     pub plugins: BTreeMap<String, PluginSettings>,
 }
 
-/// One step with `[defaults]` already merged in (the step's own value wins).
+/// One step with `[defaults]` already merged in (the step's own value wins); for a step with
+/// a `matrix`, one instance of it.
+///
+/// `run`, `image`, `env` values, strings in `with` and `dir_template` may hold expressions
+/// (`${{ ... }}`, `config::expr`), checked when the file was read and rendered when the step
+/// starts ([`Step::prepare`]).
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// The name in events and on the command line: `NAME`, or `NAME[key=value,...]` for a
+    /// matrix instance.
     pub name: String,
+    /// `NAME` as in `[steps.NAME]`.
+    pub base: String,
+    /// The instance's matrix values; `None` for a step without a matrix.
+    pub matrix: Option<MatrixValues>,
+    /// Which instance of its step this is (0 without a matrix), for names that must be safe
+    /// as file names (cgroups).
+    pub instance: usize,
     pub run: String,
     /// Indices into `Pipeline::steps`.
     pub needs: Vec<usize>,
-    /// Absolute working directory (the pipeline root joined with `dir`).
+    /// Absolute working directory (the pipeline root joined with `dir`), unless
+    /// `dir_template` says it is only known when the step starts.
     pub dir: PathBuf,
-    /// The step's own env on top of the pipeline env (not yet `-e` overrides).
+    /// `dir` as written, when it has expressions that only the step's start can fill (`env`,
+    /// step outputs).
+    pub dir_template: Option<String>,
+    /// The step's own env on top of the pipeline env and its matrix variables (not yet `-e`
+    /// overrides).
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     pub allow_failure: AllowFailure,
@@ -216,6 +237,15 @@ pub struct AttemptEnv<'a> {
 }
 
 impl Step {
+    /// A name for files and cgroups: the step's name, and for a matrix instance its number
+    /// (values may hold `/` and other characters file names cannot).
+    pub fn file_name(&self) -> String {
+        match self.matrix {
+            None => self.name.clone(),
+            Some(_) => format!("{}-m{}", self.base, self.instance),
+        }
+    }
+
     /// The step's environment as its process gets it: its `env` (over the pipeline's), then
     /// `overrides` (`-e KEY=VALUE`); `CI` (from those, else hm's own, else `true`); then the
     /// variables hm always sets over anything else: [`HM_VARIABLES`].
@@ -225,7 +255,7 @@ impl Step {
             .env
             .iter()
             .filter(|(k, _)| !attempt.overrides.iter().any(|(o, _)| o == *k) && !ours(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), self.render(v, &[])))
             .collect();
         env.extend(attempt.overrides.iter().filter(|(k, _)| !ours(k)).cloned());
         if !env.iter().any(|(k, _)| k == CI_ENV) {

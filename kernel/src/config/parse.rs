@@ -1,19 +1,17 @@
 //! Reading `hm.toml`: finding the file, parsing it with positions, and walking every section
 //! by hand so that all problems are reported together (`docs/pipeline.md`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use toml_edit::{Document, Item};
 
-use super::model::{
-    AllowFailure, Limits, Pipeline, PluginSettings, RestartBudget, Retry, Shell, Step,
-};
+use super::model::{Limits, Pipeline, PluginSettings, RestartBudget};
+use super::resolve::{Defaults, StepDraft};
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
-use crate::toml_check::{Checker, Field, Section, backticked, join_path};
+use crate::toml_check::{Checker, Field, Section, join_path};
 
 /// The pipeline file's name, looked for in the start directory and its parents.
 pub const FILE_NAME: &str = "hm.toml";
@@ -41,6 +39,7 @@ const STEP_KEYS: &[&str] = &[
     "executor",
     "image",
     "with",
+    "matrix",
 ];
 const PLUGIN_KEYS: &[&str] = &[
     "limits",
@@ -121,35 +120,6 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Pipeline, Diagnostics> {
         Some(pipeline) if !checker.report.has_errors() => Ok(pipeline),
         _ => Err(checker.report.finish()),
     }
-}
-
-/// `[defaults]`, to be merged under each step.
-#[derive(Default)]
-struct Defaults {
-    executor: Option<String>,
-    timeout: Option<Duration>,
-    limits: Limits,
-    retry: Option<Retry>,
-    shell: Option<Shell>,
-    allow_failure: Option<AllowFailure>,
-}
-
-/// A step as written, before `needs` are resolved and `[defaults]` merged.
-struct StepDraft {
-    name: String,
-    header: Option<Range<usize>>,
-    run: Option<String>,
-    needs: Vec<(String, Option<Range<usize>>)>,
-    dir: Option<PathBuf>,
-    env: BTreeMap<String, String>,
-    timeout: Option<Duration>,
-    allow_failure: Option<AllowFailure>,
-    shell: Option<Shell>,
-    limits: Limits,
-    retry: Option<Retry>,
-    executor: Option<String>,
-    image: Option<String>,
-    with_json: Option<String>,
 }
 
 impl Checker<'_> {
@@ -239,6 +209,16 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("env") {
             pipeline.env = self.env(&f, "pipeline").unwrap_or_default();
+            // Nothing in `[pipeline]` belongs to one step, so nothing there is rendered.
+            let mut uses = Vec::new();
+            self.uses(f.item, "[pipeline].env", true, &mut uses);
+            for used in uses {
+                self.report.error(
+                    used.span,
+                    format!("[pipeline].env cannot use `{}`: expressions belong to steps", used.reference),
+                    Some("move the variable to the step's `env`, or write `$${{` for a literal `${{`".to_owned()),
+                );
+            }
         }
     }
 
@@ -417,7 +397,30 @@ impl Checker<'_> {
             executor: None,
             image: None,
             with_json: None,
+            matrix: None,
+            matrix_written: false,
+            env_ok: true,
+            uses: Vec::new(),
         };
+        // Expressions in the keys that take them, checked once every step is known.
+        for key in ["run", "image", "dir", "with"] {
+            if let Some(f) = section.get(key) {
+                let label = f.label.clone();
+                self.uses(f.item, &label, false, &mut draft.uses);
+            }
+        }
+        if let Some(f) = section.get("env")
+            && let Some(table) = f.item.as_table_like()
+        {
+            for (name, item) in table.iter() {
+                let label = format!("`{name}` in [{}]", join_path(path, "env"));
+                self.uses(item, &label, true, &mut draft.uses);
+            }
+        }
+        if let Some(f) = section.get("matrix") {
+            draft.matrix_written = true;
+            draft.matrix = self.matrix(&f, path);
+        }
         match section.get("run") {
             Some(f) => draft.run = self.non_empty_string(&f).map(str::to_owned),
             None => self.report.error(
@@ -433,7 +436,9 @@ impl Checker<'_> {
             draft.dir = self.dir(&f);
         }
         if let Some(f) = section.get("env") {
-            draft.env = self.env(&f, path).unwrap_or_default();
+            let env = self.env(&f, path);
+            draft.env_ok = env.is_some();
+            draft.env = env.unwrap_or_default();
         }
         if let Some(f) = section.get("timeout") {
             draft.timeout = self.duration(&f, NO_TIMEOUT_HINT);
@@ -473,108 +478,6 @@ impl Checker<'_> {
             let message = format!("invalid {what} name `{}`", name.escape_default());
             self.report.error(span, message, Some(NAME_RULE.to_owned()));
         }
-    }
-
-    /// Resolves `needs` to indices, rejects cycles, and merges `[defaults]`.
-    fn resolve(
-        &mut self,
-        entries: Vec<(String, Option<StepDraft>)>,
-        defaults: &Defaults,
-        pipeline_env: &BTreeMap<String, String>,
-    ) -> Option<Vec<Step>> {
-        let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
-        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-        let mut needs: Vec<Vec<usize>> = Vec::with_capacity(entries.len());
-        for (this, (_, draft)) in entries.iter().enumerate() {
-            let mut resolved = Vec::new();
-            let Some(draft) = draft else {
-                needs.push(resolved);
-                continue;
-            };
-            for (need, span) in &draft.needs {
-                match index.get(need.as_str()) {
-                    Some(&i) if i == this => self.report.error(
-                        span.clone(),
-                        format!("step `{}` needs itself", draft.name),
-                        Some("remove it from its own `needs`".to_owned()),
-                    ),
-                    // Listing a step twice adds no edge.
-                    Some(&i) if !resolved.contains(&i) => resolved.push(i),
-                    Some(_) => {}
-                    None => {
-                        let hint = match did_you_mean(need, names.iter().copied()) {
-                            Some(name) => format!("did you mean `{name}`?"),
-                            None => format!("steps in this file: {}", backticked(&names)),
-                        };
-                        let message = format!("step `{}` needs unknown step `{need}`", draft.name);
-                        self.report.error(span.clone(), message, Some(hint));
-                    }
-                }
-            }
-            needs.push(resolved);
-        }
-        for cycle in crate::dag::cycles(&needs) {
-            let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
-            let header = entries[cycle[0]]
-                .1
-                .as_ref()
-                .and_then(|draft| draft.header.clone());
-            self.report.error(
-                header,
-                format!("dependency cycle: {}", path.join(" -> ")),
-                Some(
-                    "`a -> b` means `a` needs `b`; remove one of these `needs` entries".to_owned(),
-                ),
-            );
-        }
-        if self.report.has_errors() {
-            return None;
-        }
-        // No errors means every entry was a readable table, so no draft is missing here.
-        let steps = entries
-            .into_iter()
-            .filter_map(|(_, draft)| draft)
-            .zip(needs)
-            .map(|(draft, needs)| {
-                let mut env = pipeline_env.clone();
-                env.extend(draft.env);
-                let executor = draft
-                    .executor
-                    .or_else(|| draft.image.as_ref().map(|_| "docker".to_owned()))
-                    .or_else(|| defaults.executor.clone())
-                    .unwrap_or_else(|| "shell".to_owned());
-                Step {
-                    location: self.report.location(draft.header),
-                    name: draft.name,
-                    run: draft.run.unwrap_or_default(),
-                    needs,
-                    dir: draft.dir.unwrap_or_else(|| self.root.clone()),
-                    env,
-                    timeout: draft.timeout.or(defaults.timeout),
-                    allow_failure: draft
-                        .allow_failure
-                        .or_else(|| defaults.allow_failure.clone())
-                        .unwrap_or_default(),
-                    shell: draft
-                        .shell
-                        .or_else(|| defaults.shell.clone())
-                        .unwrap_or_default(),
-                    limits: Limits {
-                        memory_bytes: draft.limits.memory_bytes.or(defaults.limits.memory_bytes),
-                        pids: draft.limits.pids.or(defaults.limits.pids),
-                        cpu: draft.limits.cpu.or(defaults.limits.cpu),
-                    },
-                    retry: draft
-                        .retry
-                        .or_else(|| defaults.retry.clone())
-                        .unwrap_or_default(),
-                    executor,
-                    image: draft.image,
-                    with_json: draft.with_json.unwrap_or_else(|| "{}".to_owned()),
-                }
-            })
-            .collect();
-        Some(steps)
     }
 }
 

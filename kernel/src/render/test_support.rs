@@ -144,6 +144,7 @@ pub(crate) fn end(step: &str, status: StepStatus, cause: Option<Cause>) -> StepE
         cpu_ms: None,
         message: None,
         allowed_failure: false,
+        matrix: None,
     }
 }
 

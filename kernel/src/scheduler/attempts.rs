@@ -17,7 +17,7 @@ use super::run_loop::Scheduler;
 use super::steps::{Needs, StepState};
 use super::verdict::{self, Evidence, Next, RetryContext, StopReason, Verdict};
 use crate::cgroup::{CgroupError, Leaf, LeafJanitor};
-use crate::config::{AttemptEnv, Shell, Step};
+use crate::config::{AttemptEnv, Prepared, Shell, Step};
 use crate::events::{BuildEvent, Cause, Envelope, StepEnd, StepStatus, Stream};
 
 /// What the executor reported with the end of an attempt, when it did.
@@ -29,14 +29,14 @@ pub(super) struct Report {
 }
 
 /// A step's `dir` must exist when the step starts (a step it needs may have created it).
-fn check_dir(step: &Step, root: &Path) -> Result<(), String> {
-    let shown = step.dir.strip_prefix(root).unwrap_or(&step.dir);
+fn check_dir(step: &Step, dir: &Path, root: &Path) -> Result<(), String> {
+    let shown = dir.strip_prefix(root).unwrap_or(dir);
     let shown = if shown.as_os_str().is_empty() {
         Path::new(".")
     } else {
         shown
     };
-    let problem = match std::fs::metadata(&step.dir) {
+    let problem = match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(()),
         Ok(_) => "is not a directory".to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
@@ -46,7 +46,7 @@ fn check_dir(step: &Step, root: &Path) -> Result<(), String> {
         "its dir `{}` {problem} ({}): create it in a step this one needs, or fix `dir` of \
          the step at {}",
         shown.display(),
-        step.dir.display(),
+        dir.display(),
         step.location
     ))
 }
@@ -62,25 +62,26 @@ fn check_shell(step: &Step, plugin: &str, protocol: u32) -> Result<(), String> {
     ))
 }
 
-/// The `ExecuteStep` of one attempt of `step`.
+/// The `ExecuteStep` of one attempt of `step`, rendered as `prepared`.
 pub(super) fn execute_request(
     step: &Step,
     attempt: u32,
-    env: Vec<(String, String)>,
+    prepared: Prepared,
     grace_ms: u64,
     leaf: Option<&Leaf>,
 ) -> ExecuteStep {
     ExecuteStep {
         step: step.name.clone(),
         attempt,
-        run: step.run.clone(),
-        dir: step.dir.display().to_string(),
-        env: env
+        run: prepared.run,
+        dir: prepared.dir.display().to_string(),
+        env: prepared
+            .env
             .into_iter()
             .map(|(name, value)| EnvVar { name, value })
             .collect(),
-        image: step.image.clone(),
-        with_json: step.with_json.clone(),
+        image: prepared.image,
+        with_json: prepared.with_json,
         grace_ms,
         cgroup_procs: leaf.map_or_else(Vec::new, |l| {
             l.procs_files()
@@ -154,13 +155,31 @@ impl Scheduler<'_> {
         };
         let def = &self.pipeline.steps[self.steps[i].index];
         let protocol = link.protocol();
-        let prepared = check_dir(def, &self.pipeline.root)
-            .and_then(|()| check_shell(def, &self.plugins[p].spec.name, protocol));
-        if let Err(message) = prepared {
-            self.steps[i].state = StepState::Running;
-            self.end_attempt(i, Verdict::failed(Cause::Setup, message));
-            return;
-        }
+        let root = &self.pipeline.root;
+        let prepared = def
+            .prepare(
+                root,
+                AttemptEnv {
+                    overrides: &self.opts.env_overrides,
+                    project_dir: root,
+                    run_id: &self.opts.run_id,
+                    attempt: self.steps[i].attempt,
+                    inherited_ci: self.opts.inherited_ci.as_deref(),
+                },
+            )
+            .and_then(|prepared| {
+                check_dir(def, &prepared.dir, root)?;
+                check_shell(def, &self.plugins[p].spec.name, protocol)?;
+                Ok(prepared)
+            });
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                self.steps[i].state = StepState::Running;
+                self.end_attempt(i, Verdict::failed(Cause::Setup, message));
+                return;
+            }
+        };
         let leaf = match self.step_leaf(i) {
             Ok(leaf) => leaf,
             Err(e) => {
@@ -173,17 +192,10 @@ impl Scheduler<'_> {
         let call = self.next_call;
         self.next_call += 1;
         let def = &self.pipeline.steps[self.steps[i].index];
-        let env = def.environment(AttemptEnv {
-            overrides: &self.opts.env_overrides,
-            project_dir: &self.pipeline.root,
-            run_id: &self.opts.run_id,
-            attempt: self.steps[i].attempt,
-            inherited_ci: self.opts.inherited_ci.as_deref(),
-        });
         let request = execute_request(
             def,
             self.steps[i].attempt,
-            env,
+            prepared,
             self.opts.grace.as_millis() as u64,
             leaf.as_ref(),
         );
@@ -236,7 +248,7 @@ impl Scheduler<'_> {
         let step = &self.steps[i];
         let def = &self.pipeline.steps[step.index];
         let plugin = &self.plugins[step.plugin].spec.name;
-        let name = format!("step-{}-{}", def.name, step.attempt);
+        let name = format!("step-{}-{}", def.file_name(), step.attempt);
         run.leaf(plugin, &name, &def.limits).map(Some)
     }
 
@@ -438,6 +450,7 @@ impl Scheduler<'_> {
             cpu_ms: stats.cpu_ms.filter(|_| leaf_used).or(report.result.cpu_ms),
             message: verdict.message.clone(),
             allowed_failure: allowed,
+            matrix: def.matrix.clone(),
         }));
         let step = &mut self.steps[i];
         step.started = None;
@@ -477,9 +490,11 @@ impl Scheduler<'_> {
             message: None,
         });
         let (step, attempt) = (self.step_name(i).to_owned(), self.steps[i].attempt);
+        let matrix = self.pipeline.steps[self.steps[i].index].matrix.clone();
         self.emit(BuildEvent::StepEnd(StepEnd {
             step,
             attempt,
+            matrix,
             status,
             cause: Some(cause),
             exit_code: None,

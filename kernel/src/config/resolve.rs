@@ -1,0 +1,565 @@
+//! From the steps as written to the steps that run: `needs` resolved (and checked for cycles),
+//! `[defaults]` merged, each `matrix` expanded into instances whose `needs` pair up on shared
+//! keys, and every expression checked against what it may refer to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml_edit::{Item, Value};
+
+use super::expr::{self, Ref};
+use super::matrix::{self, MatrixDraft, MatrixValues, instance_name};
+use super::model::{AllowFailure, CI_ENV, HM_VARIABLES, Limits, Retry, Shell, Step};
+use super::prepare::normalize_dir;
+use crate::suggest::did_you_mean;
+use crate::toml_check::{Checker, backticked};
+
+/// `[defaults]`, to be merged under each step.
+#[derive(Default)]
+pub(super) struct Defaults {
+    pub(super) executor: Option<String>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) limits: Limits,
+    pub(super) retry: Option<Retry>,
+    pub(super) shell: Option<Shell>,
+    pub(super) allow_failure: Option<AllowFailure>,
+}
+
+/// A step as written, before `needs` are resolved, `[defaults]` merged and its matrix
+/// expanded.
+pub(super) struct StepDraft {
+    pub(super) name: String,
+    pub(super) header: Option<Range<usize>>,
+    pub(super) run: Option<String>,
+    pub(super) needs: Vec<(String, Option<Range<usize>>)>,
+    /// `dir` as written, where it is, and (when it has no expressions) its normal form.
+    pub(super) dir: Option<DirDraft>,
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) allow_failure: Option<AllowFailure>,
+    pub(super) shell: Option<Shell>,
+    pub(super) limits: Limits,
+    pub(super) retry: Option<Retry>,
+    pub(super) executor: Option<String>,
+    pub(super) image: Option<String>,
+    pub(super) with_json: Option<String>,
+    pub(super) matrix: Option<MatrixDraft>,
+    /// The step has a `matrix` key (which may not have been readable).
+    pub(super) matrix_written: bool,
+    /// `env` is absent or was readable: its names can be checked against.
+    pub(super) env_ok: bool,
+    /// Every expression in the step's strings, to check once all steps are known.
+    pub(super) uses: Vec<Use>,
+}
+
+pub(super) struct DirDraft {
+    pub(super) text: String,
+    pub(super) span: Option<Range<usize>>,
+    pub(super) label: String,
+}
+
+/// One expression in a step's strings: what it refers to, where, and in which key.
+pub(super) struct Use {
+    pub(super) reference: Ref,
+    pub(super) span: Option<Range<usize>>,
+    label: String,
+    /// In an `env` value, which cannot refer to `env`.
+    in_env: bool,
+}
+
+impl Checker<'_> {
+    /// Records every expression in the strings of `item` (recursively, for `with`), reporting
+    /// the strings that do not parse.
+    pub(super) fn uses(&mut self, item: &Item, label: &str, in_env: bool, out: &mut Vec<Use>) {
+        match item {
+            Item::Value(value) => self.value_uses(value, label, in_env, out),
+            Item::Table(table) => {
+                for (_, item) in table.iter() {
+                    self.uses(item, label, in_env, out);
+                }
+            }
+            Item::ArrayOfTables(tables) => {
+                for table in tables.iter() {
+                    for (_, item) in table.iter() {
+                        self.uses(item, label, in_env, out);
+                    }
+                }
+            }
+            Item::None => {}
+        }
+    }
+
+    fn value_uses(&mut self, value: &Value, label: &str, in_env: bool, out: &mut Vec<Use>) {
+        match value {
+            Value::String(text) => {
+                let text = text.value();
+                match expr::expressions(text) {
+                    Ok(found) => out.extend(found.into_iter().map(|e| Use {
+                        span: self.inside(value.span(), &text[e.range.clone()]),
+                        reference: e.reference,
+                        label: label.to_owned(),
+                        in_env,
+                    })),
+                    Err(e) => {
+                        let span = self.inside(value.span(), &text[e.range.clone()]);
+                        let message = format!("{} in {label}", e.message);
+                        self.report.error(span, message, e.hint);
+                    }
+                }
+            }
+            Value::Array(array) => {
+                for element in array.iter() {
+                    self.value_uses(element, label, in_env, out);
+                }
+            }
+            Value::InlineTable(table) => {
+                for (_, element) in table.iter() {
+                    self.value_uses(element, label, in_env, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Where `needle` is in the source of the string at `span`; the string itself when it is
+    /// not there verbatim (escapes in the TOML string).
+    fn inside(&self, span: Option<Range<usize>>, needle: &str) -> Option<Range<usize>> {
+        let span = span?;
+        let raw = self.text.get(span.clone())?;
+        Some(match raw.find(needle) {
+            Some(at) => span.start + at..span.start + at + needle.len(),
+            None => span,
+        })
+    }
+
+    /// Resolves `needs` to indices, rejects cycles, merges `[defaults]`, expands matrices and
+    /// checks every expression.
+    pub(super) fn resolve(
+        &mut self,
+        entries: Vec<(String, Option<StepDraft>)>,
+        defaults: &Defaults,
+        pipeline_env: &BTreeMap<String, String>,
+    ) -> Option<Vec<Step>> {
+        let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+        let needs = self.step_needs(&entries, &names);
+        for cycle in crate::dag::cycles(&needs) {
+            let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+            let header = entries[cycle[0]]
+                .1
+                .as_ref()
+                .and_then(|draft| draft.header.clone());
+            self.report.error(
+                header,
+                format!("dependency cycle: {}", path.join(" -> ")),
+                Some(
+                    "`a -> b` means `a` needs `b`; remove one of these `needs` entries".to_owned(),
+                ),
+            );
+        }
+        // Everything below is checked even when something above was wrong, so that one
+        // `hm validate` reports every problem; steps are only built from a clean file.
+        let drafts: Vec<Option<StepDraft>> = entries.into_iter().map(|(_, d)| d).collect();
+        let instances: Vec<Vec<Option<MatrixValues>>> = drafts
+            .iter()
+            .map(|draft| match draft {
+                None => Vec::new(),
+                Some(draft) => match &draft.matrix {
+                    None if draft.matrix_written => Vec::new(),
+                    None => vec![None],
+                    Some(m) => self
+                        .expand_matrix(m, &draft.name)
+                        .map(|all| all.into_iter().map(Some).collect())
+                        .unwrap_or_default(),
+                },
+            })
+            .collect();
+        for (d, draft) in drafts.iter().enumerate() {
+            if let Some(draft) = draft {
+                self.check_uses(d, draft, &drafts, &needs, pipeline_env);
+                self.check_matrix_env(draft);
+            }
+        }
+        let first: Vec<usize> = instances
+            .iter()
+            .scan(0, |next, list| {
+                let at = *next;
+                *next += list.len();
+                Some(at)
+            })
+            .collect();
+        let mut steps = Vec::new();
+        for (d, draft) in drafts.iter().enumerate() {
+            let Some(draft) = draft else { continue };
+            for (k, values) in instances[d].iter().enumerate() {
+                let step_needs =
+                    self.instance_needs(d, values.as_ref(), &drafts, &needs, &instances, &first);
+                if let Some((dir, dir_template)) = self.instance_dir(draft, values.as_ref()) {
+                    let parts = Instance {
+                        index: k,
+                        values: values.clone(),
+                        needs: step_needs,
+                        dir,
+                        dir_template,
+                    };
+                    steps.push(self.instance(draft, parts, defaults, pipeline_env));
+                }
+            }
+        }
+        (!self.report.has_errors()).then_some(steps)
+    }
+
+    /// Each draft's `needs` as draft indices, reporting unknown and self references.
+    fn step_needs(
+        &mut self,
+        entries: &[(String, Option<StepDraft>)],
+        names: &[&str],
+    ) -> Vec<Vec<usize>> {
+        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut needs: Vec<Vec<usize>> = Vec::with_capacity(entries.len());
+        for (this, (_, draft)) in entries.iter().enumerate() {
+            let mut resolved = Vec::new();
+            let Some(draft) = draft else {
+                needs.push(resolved);
+                continue;
+            };
+            for (need, span) in &draft.needs {
+                match index.get(need.as_str()) {
+                    Some(&i) if i == this => self.report.error(
+                        span.clone(),
+                        format!("step `{}` needs itself", draft.name),
+                        Some("remove it from its own `needs`".to_owned()),
+                    ),
+                    // Listing a step twice adds no edge.
+                    Some(&i) if !resolved.contains(&i) => resolved.push(i),
+                    Some(_) => {}
+                    None => {
+                        let hint = match did_you_mean(need, names.iter().copied()) {
+                            Some(name) => format!("did you mean `{name}`?"),
+                            None => format!("steps in this file: {}", backticked(names)),
+                        };
+                        let message = format!("step `{}` needs unknown step `{need}`", draft.name);
+                        self.report.error(span.clone(), message, Some(hint));
+                    }
+                }
+            }
+            needs.push(resolved);
+        }
+        needs
+    }
+
+    /// Every expression of draft `d` refers to something it has: a key of its matrix, a
+    /// variable of its environment, an output of a step it needs.
+    fn check_uses(
+        &mut self,
+        d: usize,
+        draft: &StepDraft,
+        drafts: &[Option<StepDraft>],
+        needs: &[Vec<usize>],
+        pipeline_env: &BTreeMap<String, String>,
+    ) {
+        let keys: Vec<&str> = draft
+            .matrix
+            .as_ref()
+            .map(MatrixDraft::keys)
+            .unwrap_or_default();
+        let mut variables: Vec<String> = pipeline_env
+            .keys()
+            .chain(draft.env.keys())
+            .cloned()
+            .collect();
+        variables.extend(keys.iter().map(|k| matrix::variable(k)));
+        variables.extend(
+            [CI_ENV]
+                .iter()
+                .chain(HM_VARIABLES.iter())
+                .map(|v| (*v).to_owned()),
+        );
+        let upstream = upstream(d, needs);
+        let names: Vec<&str> = drafts.iter().flatten().map(|o| o.name.as_str()).collect();
+        for used in &draft.uses {
+            let problem = match &used.reference {
+                Ref::Matrix(_) if draft.matrix_written && draft.matrix.is_none() => None,
+                Ref::Env(_) if !draft.env_ok => None,
+                Ref::Matrix(_) if draft.matrix.is_none() => Some((
+                    format!(
+                        "{} uses `{}`, but step `{}` has no matrix",
+                        used.label, used.reference, draft.name
+                    ),
+                    Some("add a `matrix` to the step, or write the value itself".to_owned()),
+                )),
+                Ref::Matrix(key) if !keys.contains(&key.as_str()) => Some((
+                    format!(
+                        "{} uses `{}`, which is not a key of the step's matrix",
+                        used.label, used.reference
+                    ),
+                    Some(match did_you_mean(key, keys.iter().copied()) {
+                        Some(k) => format!("did you mean `matrix.{k}`?"),
+                        None => format!("the matrix has {}", backticked(&keys)),
+                    }),
+                )),
+                Ref::Env(_) if used.in_env => Some((
+                    format!(
+                        "{} uses `{}`: an `env` value cannot refer to `env`",
+                        used.label, used.reference
+                    ),
+                    Some("refer to the variable where it is used, as `$NAME` in `run`".to_owned()),
+                )),
+                Ref::Env(name) if !variables.iter().any(|v| v == name) => Some((
+                    format!(
+                        "{} uses `{}`, which neither the pipeline's nor the step's `env` sets",
+                        used.label, used.reference
+                    ),
+                    Some(
+                        match did_you_mean(name, variables.iter().map(String::as_str)) {
+                            Some(v) => format!("did you mean `env.{v}`?"),
+                            None => format!(
+                                "set a default in [pipeline].env or the step's env (`hm run -e {name}=...` overrides it)"
+                            ),
+                        },
+                    ),
+                )),
+                Ref::Output { step, .. } => match names.iter().position(|name| *name == step) {
+                    None => Some((
+                        format!(
+                            "{} uses `{}`, but there is no step `{step}`",
+                            used.label, used.reference
+                        ),
+                        did_you_mean(step, names.iter().copied())
+                            .map(|s| format!("did you mean `steps.{s}`?")),
+                    )),
+                    Some(p) if !upstream.contains(&p) => Some((
+                        format!(
+                            "{} uses `{}`, but step `{}` does not need `{step}`",
+                            used.label, used.reference, draft.name
+                        ),
+                        Some(format!(
+                            "add `{step}` to its `needs`: outputs exist once their step has passed"
+                        )),
+                    )),
+                    Some(_) => None,
+                },
+                _ => None,
+            };
+            if let Some((message, hint)) = problem {
+                self.report.error(used.span.clone(), message, hint);
+            }
+        }
+    }
+
+    /// A matrix key's variable must not also be set by the step's own `env`: one would
+    /// silently lose.
+    fn check_matrix_env(&mut self, draft: &StepDraft) {
+        let Some(m) = &draft.matrix else { return };
+        for key in m.keys() {
+            let var = matrix::variable(key);
+            if draft.env.contains_key(&var) {
+                self.report.error(
+                    draft.header.clone(),
+                    format!(
+                        "step `{}` sets `{var}` in its env, and its matrix key `{key}` sets it too",
+                        draft.name
+                    ),
+                    Some(format!("each matrix key is a variable of the same name, upper-cased; rename the key or drop `{var}` from env")),
+                );
+            }
+        }
+    }
+
+    /// The steps instance `values` of draft `d` needs: every instance of each step it needs,
+    /// except that between two matrix steps that share keys only the instances with the same
+    /// values are paired.
+    fn instance_needs(
+        &mut self,
+        d: usize,
+        values: Option<&MatrixValues>,
+        drafts: &[Option<StepDraft>],
+        needs: &[Vec<usize>],
+        instances: &[Vec<Option<MatrixValues>>],
+        first: &[usize],
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        let Some(this) = &drafts[d] else { return out };
+        for &p in &needs[d] {
+            // A step that could not be read, or whose matrix could not, was reported already.
+            let Some(other) = drafts[p].as_ref().filter(|_| !instances[p].is_empty()) else {
+                continue;
+            };
+            let shared: Vec<&str> = match (&this.matrix, &other.matrix, values) {
+                (Some(mine), Some(theirs), Some(_)) => {
+                    let theirs: Vec<&str> = theirs.axis_names().collect();
+                    mine.axis_names().filter(|a| theirs.contains(a)).collect()
+                }
+                _ => Vec::new(),
+            };
+            let paired: Vec<usize> = instances[p]
+                .iter()
+                .enumerate()
+                .filter(|(_, other)| {
+                    shared.iter().all(|axis| {
+                        let mine = values.and_then(|v| matrix::lookup(v, axis));
+                        let theirs = other.as_ref().and_then(|v| matrix::lookup(v, axis));
+                        mine.is_none() || theirs.is_none() || mine == theirs
+                    })
+                })
+                .map(|(k, _)| first[p] + k)
+                .collect();
+            if paired.is_empty() {
+                let name =
+                    values.map_or_else(|| this.name.clone(), |v| instance_name(&this.name, v));
+                let span = this
+                    .needs
+                    .iter()
+                    .find(|(n, _)| *n == other.name)
+                    .and_then(|(_, s)| s.clone());
+                let wanted: Vec<String> = shared
+                    .iter()
+                    .filter_map(|a| {
+                        values
+                            .and_then(|v| matrix::lookup(v, a))
+                            .map(|x| format!("{a}={x}"))
+                    })
+                    .collect();
+                self.report.error(
+                    span,
+                    format!(
+                        "`{name}` needs `{}`, which has no instance with {}",
+                        other.name,
+                        wanted.join(",")
+                    ),
+                    Some("matrix steps that share keys are paired on them; give both the same values".to_owned()),
+                );
+            }
+            out.extend(paired);
+        }
+        out
+    }
+
+    /// The instance's working directory, when it can be known now: `dir` without expressions
+    /// or with matrix values only. `(dir, None)` then; `(root, Some(template))` otherwise.
+    fn instance_dir(
+        &mut self,
+        draft: &StepDraft,
+        values: Option<&MatrixValues>,
+    ) -> Option<(PathBuf, Option<String>)> {
+        let Some(dir) = &draft.dir else {
+            return Some((self.root.clone(), None));
+        };
+        let later = draft
+            .uses
+            .iter()
+            .any(|u| u.label == dir.label && !matches!(u.reference, Ref::Matrix(_)));
+        if later {
+            return Some((self.root.clone(), Some(dir.text.clone())));
+        }
+        let text = expr::render(&dir.text, |r| match r {
+            Ref::Matrix(key) => values
+                .and_then(|v| matrix::lookup(v, key))
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        });
+        match normalize_dir(&text) {
+            Ok(relative) => Some((self.root.join(relative), None)),
+            Err(problem) => {
+                let shown = match values {
+                    Some(values) if text != dir.text => {
+                        format!("`{text}` (for `{}`)", instance_name(&draft.name, values))
+                    }
+                    _ => format!("`{text}`"),
+                };
+                self.report.error(
+                    dir.span.clone(),
+                    format!("{} {}: {shown}", dir.label, problem.describe()),
+                    Some("paths in hm.toml are relative to the directory that holds it".to_owned()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The step that one instance of `draft` is.
+    fn instance(
+        &self,
+        draft: &StepDraft,
+        instance: Instance,
+        defaults: &Defaults,
+        pipeline_env: &BTreeMap<String, String>,
+    ) -> Step {
+        let Instance {
+            index,
+            values,
+            needs,
+            dir,
+            dir_template,
+        } = instance;
+        let mut env = pipeline_env.clone();
+        if let Some(values) = &values {
+            env.extend(values.iter().map(|(k, v)| (matrix::variable(k), v.clone())));
+        }
+        env.extend(draft.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let executor = draft
+            .executor
+            .clone()
+            .or_else(|| draft.image.as_ref().map(|_| "docker".to_owned()))
+            .or_else(|| defaults.executor.clone())
+            .unwrap_or_else(|| "shell".to_owned());
+        Step {
+            location: self.report.location(draft.header.clone()),
+            name: values
+                .as_ref()
+                .map_or_else(|| draft.name.clone(), |v| instance_name(&draft.name, v)),
+            base: draft.name.clone(),
+            matrix: values,
+            instance: index,
+            run: draft.run.clone().unwrap_or_default(),
+            needs,
+            dir,
+            dir_template,
+            env,
+            timeout: draft.timeout.or(defaults.timeout),
+            allow_failure: draft
+                .allow_failure
+                .clone()
+                .or_else(|| defaults.allow_failure.clone())
+                .unwrap_or_default(),
+            shell: draft
+                .shell
+                .clone()
+                .or_else(|| defaults.shell.clone())
+                .unwrap_or_default(),
+            limits: draft.limits.or(defaults.limits),
+            retry: draft
+                .retry
+                .clone()
+                .or_else(|| defaults.retry.clone())
+                .unwrap_or_default(),
+            executor,
+            image: draft.image.clone(),
+            with_json: draft.with_json.clone().unwrap_or_else(|| "{}".to_owned()),
+        }
+    }
+}
+
+/// What is particular to one instance of a step.
+struct Instance {
+    index: usize,
+    values: Option<MatrixValues>,
+    needs: Vec<usize>,
+    dir: PathBuf,
+    dir_template: Option<String>,
+}
+
+/// Every draft `d` needs, directly or through others.
+fn upstream(d: usize, needs: &[Vec<usize>]) -> Vec<usize> {
+    let mut seen = Vec::new();
+    let mut pending = needs[d].clone();
+    while let Some(p) = pending.pop() {
+        if !seen.contains(&p) {
+            seen.push(p);
+            pending.extend(needs[p].iter().copied());
+        }
+    }
+    seen
+}
