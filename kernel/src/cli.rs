@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// How long a cancelled step gets to stop before it is killed.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub grace: Duration,
+    /// Compare with this branch, tag or commit for `if = { changed = [...] }` (default:
+    /// HM_SINCE, else the merge base with origin/HEAD, main or master).
+    #[arg(long, value_name = "REF")]
+    pub since: Option<String>,
     /// Fail (exit 4) instead of running without cgroup isolation.
     #[arg(long)]
     pub require_isolation: bool,

@@ -109,6 +109,19 @@ pub fn select(p: &Pipeline, names: &[String]) -> Result<Vec<usize>, SelectError>
         .collect())
 }
 
+/// The steps `names` match themselves (not what they need). Names that match nothing are
+/// left out: [`select`] reports them.
+pub fn named(p: &Pipeline, names: &[String]) -> Vec<usize> {
+    let mut named: Vec<usize> = names
+        .iter()
+        .filter_map(|name| matching(p, name).ok())
+        .flatten()
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
 /// The steps `name` selects: the step of that name, every instance of a matrix step of that
 /// name, or, for `NAME[key=value,...]`, the instances with those values. `Err(None)` when no
 /// step has that name.

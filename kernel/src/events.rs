@@ -197,6 +197,11 @@ pub enum Cause {
     /// The step could not be prepared: its `dir` is missing, its executor cannot run its
     /// `shell`.
     Setup,
+    /// Its `if` is false, a step it needs was skipped by its own, or (`on_failure`) nothing
+    /// it needs failed.
+    Condition,
+    /// A manual step that was not named on the command line (or that a step needs).
+    Manual,
 }
 
 impl Cause {
@@ -214,6 +219,8 @@ impl Cause {
             Cause::HookAbort => "aborted by a hook",
             Cause::Cancelled => "cancelled",
             Cause::Setup => "could not be prepared",
+            Cause::Condition => "its condition is false",
+            Cause::Manual => "a manual step, not named on the command line",
         }
     }
 
@@ -230,6 +237,8 @@ impl Cause {
             Cause::HookAbort => "hook_abort",
             Cause::Cancelled => "cancelled",
             Cause::Setup => "setup",
+            Cause::Condition => "condition",
+            Cause::Manual => "manual",
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct RunSettings {
     pub attach: Vec<(String, PathBuf)>,
     /// `--require-isolation`: no cgroups is an error (exit 4) rather than a fallback.
     pub require_isolation: bool,
+    /// What changed in the project (`Plan::changes`), for `if.changed`.
+    pub changes: Option<crate::condition::Changes>,
     pub notice: Notice,
 }
 
@@ -177,6 +179,7 @@ pub fn run(
         selected,
         executors,
         hooks,
+        named,
     } = plan;
     let opts = RunOptions {
         run_id,
@@ -187,6 +190,8 @@ pub fn run(
         grace: settings.grace,
         env_overrides: settings.env,
         inherited_ci: std::env::var(crate::config::CI_ENV).ok(),
+        named,
+        changes: settings.changes,
         executors,
         hooks,
         attach,

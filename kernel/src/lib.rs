@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod cgroup;
+pub mod condition;
 pub mod config;
 pub mod dag;
 pub mod doctor;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::condition::Changes;
 use crate::config::{self, LoadError, Pipeline};
 use crate::registry::{Builtin, PluginSpec, Registry, RegistryError};
 use crate::{dag, exit};
@@ -21,6 +22,8 @@ pub struct Plan {
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
     pub hooks: Vec<PluginSpec>,
+    /// The steps named on the command line (manual steps run only then).
+    pub named: Vec<usize>,
 }
 
 /// Why a run cannot start. Each says what is wrong and what to do, and maps to its exit code.
@@ -49,6 +52,8 @@ pub enum PlanError {
     Incompatible(Vec<String>),
     /// `--attach NAME=...` names a plugin the run does not use, or one twice.
     Attach(String),
+    /// `--since REF` (or `HM_SINCE`) names no commit, or there is no repository.
+    Since(String),
 }
 
 impl PlanError {
@@ -59,7 +64,8 @@ impl PlanError {
             | PlanError::NoPipeline { .. }
             | PlanError::Pipeline { .. }
             | PlanError::Selection(_)
-            | PlanError::Attach(_) => exit::USAGE,
+            | PlanError::Attach(_)
+            | PlanError::Since(_) => exit::USAGE,
             PlanError::Registry(_) | PlanError::Incompatible(_) => exit::PLUGIN,
             PlanError::NoExecutor { .. } => exit::NO_EXECUTOR,
         }
@@ -93,7 +99,9 @@ impl fmt::Display for PlanError {
                 }
                 Ok(())
             }
-            PlanError::Selection(message) | PlanError::Attach(message) => f.write_str(message),
+            PlanError::Selection(message)
+            | PlanError::Attach(message)
+            | PlanError::Since(message) => f.write_str(message),
             PlanError::Registry(errors) => {
                 for error in errors {
                     writeln!(f, "{error}")?;
@@ -149,11 +157,12 @@ pub fn plan(
     warnings: &mut Vec<String>,
 ) -> Result<Plan, PlanError> {
     let mut pipeline = load(file)?;
-    let selected = match selection {
-        Selection::All => (0..pipeline.steps.len()).collect(),
-        Selection::Named(steps) => {
-            dag::select(&pipeline, steps).map_err(|e| PlanError::Selection(e.to_string()))?
-        }
+    let (selected, named) = match selection {
+        Selection::All => ((0..pipeline.steps.len()).collect(), Vec::new()),
+        Selection::Named(steps) => (
+            dag::select(&pipeline, steps).map_err(|e| PlanError::Selection(e.to_string()))?,
+            dag::named(&pipeline, steps),
+        ),
     };
     let registry = Registry::discover(&pipeline.root, builtins);
     warnings.extend(registry.warnings.iter().cloned());
@@ -187,10 +196,38 @@ pub fn plan(
         selected,
         executors,
         hooks,
+        named,
     })
 }
 
 impl Plan {
+    /// What changed in the project, when a selected step's `if` asks (`changed`): compared
+    /// with `since` (`--since`), else `HM_SINCE`, else the default base.
+    pub fn changes(&self, since: Option<&str>) -> Result<Option<Changes>, PlanError> {
+        let asks = self.selected.iter().any(|&i| {
+            self.pipeline.steps[i]
+                .condition
+                .as_ref()
+                .is_some_and(|c| c.changed.is_some())
+        });
+        if !asks {
+            return Ok(None);
+        }
+        let from_env = std::env::var("HM_SINCE").ok().filter(|s| !s.is_empty());
+        let since = match (since, &from_env) {
+            (Some(reference), _) => Some(("--since", reference)),
+            (None, Some(reference)) => Some(("HM_SINCE", reference.as_str())),
+            (None, None) => None,
+        };
+        Changes::find(&self.pipeline.root, since)
+            .map(Some)
+            .map_err(|e| {
+                PlanError::Since(format!(
+                    "{e}\n  hint: name a branch, tag or commit, e.g. --since origin/main"
+                ))
+            })
+    }
+
     /// How many steps may run at once: `-j`, else the pipeline's `parallelism`, else the
     /// number of CPUs.
     pub fn parallelism(&self, jobs: Option<u32>) -> usize {

@@ -316,6 +316,7 @@ impl Project {
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("CI")
+            .env_remove("HM_SINCE")
             .env_remove("HM_LOG")
             .env_remove("HM_PLUGIN_INDEX")
             .env_remove("CARGO_TARGET_DIR");

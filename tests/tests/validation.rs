@@ -390,6 +390,108 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         "\"${{",
         "leaves the pipeline's directory: `..` (for `s43[d=..]`)",
         "relative to the directory",
+    ), // conditions
+    (
+        r#"if = "x""#,
+        r#""x""#,
+        "`if` in [steps.s44] must be a table",
+        "changed = [\"src/**\"]",
+    ),
+    (
+        "if = {}",
+        "{}",
+        "`if` in [steps.s45] is empty, so it says nothing",
+        "",
+    ),
+    (
+        r#"if = { chnged = ["a"] }"#,
+        "chnged",
+        "unknown key `chnged` in [steps.s46.if]",
+        "did you mean `changed`?",
+    ),
+    (
+        r#"if = { changed = "src/**" }"#,
+        r#""src/**""#,
+        "must be an array of globs",
+        r#"write `changed = ["src/**"]`"#,
+    ),
+    (
+        "if = { changed = [] }",
+        "[]",
+        "is empty, so it could never hold",
+        "",
+    ),
+    (
+        r#"if = { changed = ["/abs"] }"#,
+        r#""/abs""#,
+        "`/abs` in `changed` in [steps.s49.if] must be relative",
+        "relative to the directory",
+    ),
+    (
+        r#"if = { exists = ["../up"] }"#,
+        r#""../up""#,
+        "`../up` in `exists` in [steps.s50.if] leaves the pipeline's directory",
+        "",
+    ),
+    (
+        r#"if = { changed = ["src/[x"] }"#,
+        r#""src/[x""#,
+        "is not a valid glob",
+        "",
+    ),
+    (
+        "if = { changed = [1] }",
+        "1]",
+        "must list globs as strings, found an integer `1`",
+        "",
+    ),
+    (
+        "if = { env = { B = 1 } }",
+        "1 }",
+        "must be a string or a non-empty array of strings",
+        r#"`B = ["main", "release"]`"#,
+    ),
+    (
+        "if = { env = {} }",
+        "{} }",
+        "`env` in [steps.s54.if] is empty",
+        "",
+    ),
+    (
+        r#"when = "allways""#,
+        r#""allways""#,
+        "`when` in [steps.s55] must be one of `on_success`, `always`, `on_failure` or `manual`",
+        "did you mean `always`?",
+    ),
+    (
+        "when = 1",
+        "1",
+        "`when` in [steps.s56] must be a string",
+        "",
+    ),
+    (
+        r#"needs = [{ step = "s0", optionl = true }]"#,
+        "optionl",
+        "unknown key `optionl` in [steps.s57.needs]",
+        "did you mean `optional`?",
+    ),
+    (
+        "needs = [{ optional = true }]",
+        "{ optional",
+        "needs `step`",
+        "optional = true }",
+    ),
+    (
+        r#"needs = [{ step = "s0", optional = "yes" }]"#,
+        r#""yes""#,
+        "must be true or false",
+        "",
+    ),
+    (
+        r#"needs = [{ step = "nope" }]"#,
+        r#""nope""#,
+        "step `s60` needs unknown step `nope`",
+        "",
     ),
 ];
 

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hm_kernel::config::Pipeline;
+use hm_kernel::config::{Pipeline, When};
 use hm_kernel::exit;
 use hm_kernel::launch::{self, RunSettings};
 use hm_kernel::plan::{self, Plan, Selection};
@@ -41,6 +41,13 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         Ok(plan) => plan,
         Err(code) => return code,
     };
+    let changes = match plan.changes(args.since.as_deref()) {
+        Ok(changes) => changes,
+        Err(e) => {
+            errln!("{}", error_text(&e.to_string()));
+            return e.exit_code();
+        }
+    };
     if args.dry_run {
         print_out(&plan_text(&plan, plan.parallelism(args.jobs)));
         return exit::OK;
@@ -75,6 +82,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         env: args.env,
         attach: args.attach,
         require_isolation: args.require_isolation,
+        changes,
         notice: Arc::new(|text: &str| errln!("{text}")),
     };
     match launch::run(plan, settings, renderer) {
@@ -153,6 +161,22 @@ fn step_details(pipeline: &Pipeline, i: usize) -> String {
             .map(|&n| pipeline.steps[n].name.as_str())
             .collect();
         details.push(format!("needs {}", needs.join(", ")));
+    }
+    if step.when != When::OnSuccess {
+        details.push(format!("when {}", step.when.as_str()));
+    }
+    if let Some(condition) = &step.condition {
+        let mut parts = Vec::new();
+        if let Some(globs) = &condition.changed {
+            parts.push(format!("changed {}", globs.join(" ")));
+        }
+        if let Some(globs) = &condition.exists {
+            parts.push(format!("exists {}", globs.join(" ")));
+        }
+        for (name, values) in &condition.env {
+            parts.push(format!("{name}={}", values.join("|")));
+        }
+        details.push(format!("if {}", parts.join(" and ")));
     }
     details.join(", ")
 }

@@ -2,7 +2,6 @@
 //! `with` tables, `needs` and `dir`. The shared readers are in `toml_check`.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 
 use super::expr;
 use super::model::{Retry, RetryClass};
@@ -199,35 +198,6 @@ impl Checker<'_> {
             );
         }
         bad.is_empty().then(|| json.to_string())
-    }
-
-    /// `needs = ["a", "b"]`: names with their positions; resolved once all steps are known.
-    /// The string elements are returned even when others are wrong, so that they are still
-    /// checked against the step names.
-    pub(crate) fn needs(&mut self, field: &Field<'_>) -> Vec<(String, Option<Range<usize>>)> {
-        let Some(array) = field.item.as_array() else {
-            let hint = match field.item.as_str() {
-                Some(name) => format!("write `needs = [\"{name}\"]`"),
-                None => "write `needs = [\"step\", ...]`".to_owned(),
-            };
-            self.wrong_type(field, "an array of step names", Some(hint));
-            return Vec::new();
-        };
-        let mut names = Vec::new();
-        for element in array.iter() {
-            match element.as_str() {
-                Some(name) => names.push((name.to_owned(), element.span())),
-                None => {
-                    let found = self.found_value(element);
-                    let message = format!(
-                        "{} must list step names as strings, found {found}",
-                        field.label
-                    );
-                    self.report.error(element.span(), message, None);
-                }
-            }
-        }
-        names
     }
 
     /// `dir`: relative, not leaving the root through `..`. Without expressions it is checked

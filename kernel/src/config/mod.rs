@@ -4,6 +4,7 @@
 //! TOML document section by section (`parse.rs`) with typed readers (`fields.rs`) that record a
 //! [`Diagnostic`] for every problem instead of stopping at the first.
 
+mod condition;
 pub mod expr;
 mod fields;
 mod matrix;

@@ -47,6 +47,12 @@ pub struct Step {
     pub run: String,
     /// Indices into `Pipeline::steps`.
     pub needs: Vec<usize>,
+    /// The needs listed with `optional = true`: skipped by their condition (or as manual),
+    /// they do not skip this step.
+    pub optional_needs: Vec<usize>,
+    /// `if`: what must hold for the step to run.
+    pub condition: Option<Condition>,
+    pub when: When,
     /// Absolute working directory (the pipeline root joined with `dir`), unless
     /// `dir_template` says it is only known when the step starts.
     pub dir: PathBuf,
@@ -70,6 +76,42 @@ pub struct Step {
     pub with_json: String,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
+}
+
+/// `if = { ... }`: every part given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Condition {
+    /// Globs, relative to the project: one changed file must match one of them.
+    pub changed: Option<Vec<String>>,
+    /// Globs, relative to the project: one existing path must match one of them.
+    pub exists: Option<Vec<String>>,
+    /// Each variable must have one of its values.
+    pub env: Vec<(String, Vec<String>)>,
+}
+
+/// `when`: which outcomes of the steps it needs let a step run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum When {
+    /// Every step it needs passed (the default).
+    #[default]
+    OnSuccess,
+    /// Once every step it needs has ended, whatever they did.
+    Always,
+    /// Once they have ended, if one of them (or one they need) failed.
+    OnFailure,
+    /// Only when named on the command line.
+    Manual,
+}
+
+impl When {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::OnSuccess => "on_success",
+            When::Always => "always",
+            When::OnFailure => "on_failure",
+            When::Manual => "manual",
+        }
+    }
 }
 
 /// `shell`: the program that runs a step's `run` (appended as its last argument).

@@ -40,6 +40,8 @@ const STEP_KEYS: &[&str] = &[
     "image",
     "with",
     "matrix",
+    "if",
+    "when",
 ];
 const PLUGIN_KEYS: &[&str] = &[
     "limits",
@@ -398,6 +400,9 @@ impl Checker<'_> {
             image: None,
             with_json: None,
             matrix: None,
+            condition: None,
+            condition_written: false,
+            when: None,
             matrix_written: false,
             env_ok: true,
             uses: Vec::new(),
@@ -430,7 +435,14 @@ impl Checker<'_> {
             ),
         }
         if let Some(f) = section.get("needs") {
-            draft.needs = self.needs(&f);
+            draft.needs = self.needs(&f, path);
+        }
+        if let Some(f) = section.get("if") {
+            draft.condition_written = true;
+            draft.condition = self.condition(&f, path);
+        }
+        if let Some(f) = section.get("when") {
+            draft.when = self.when(&f);
         }
         if let Some(f) = section.get("dir") {
             draft.dir = self.dir(&f);

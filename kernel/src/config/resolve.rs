@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use toml_edit::{Item, Value};
 
+use super::condition::Need;
 use super::expr::{self, Ref};
 use super::matrix::{self, MatrixDraft, MatrixValues, instance_name};
-use super::model::{AllowFailure, CI_ENV, HM_VARIABLES, Limits, Retry, Shell, Step};
+use super::model::{
+    AllowFailure, CI_ENV, Condition, HM_VARIABLES, Limits, Retry, Shell, Step, When,
+};
 use super::prepare::normalize_dir;
 use crate::suggest::did_you_mean;
 use crate::toml_check::{Checker, backticked};
@@ -33,7 +36,7 @@ pub(super) struct StepDraft {
     pub(super) name: String,
     pub(super) header: Option<Range<usize>>,
     pub(super) run: Option<String>,
-    pub(super) needs: Vec<(String, Option<Range<usize>>)>,
+    pub(super) needs: Vec<Need>,
     /// `dir` as written, where it is, and (when it has no expressions) its normal form.
     pub(super) dir: Option<DirDraft>,
     pub(super) env: BTreeMap<String, String>,
@@ -46,6 +49,10 @@ pub(super) struct StepDraft {
     pub(super) image: Option<String>,
     pub(super) with_json: Option<String>,
     pub(super) matrix: Option<MatrixDraft>,
+    pub(super) condition: Option<Condition>,
+    /// The step has an `if` key (which may not have been readable).
+    pub(super) condition_written: bool,
+    pub(super) when: Option<When>,
     /// The step has a `matrix` key (which may not have been readable).
     pub(super) matrix_written: bool,
     /// `env` is absent or was readable: its names can be checked against.
@@ -193,13 +200,14 @@ impl Checker<'_> {
         for (d, draft) in drafts.iter().enumerate() {
             let Some(draft) = draft else { continue };
             for (k, values) in instances[d].iter().enumerate() {
-                let step_needs =
+                let (step_needs, optional_needs) =
                     self.instance_needs(d, values.as_ref(), &drafts, &needs, &instances, &first);
                 if let Some((dir, dir_template)) = self.instance_dir(draft, values.as_ref()) {
                     let parts = Instance {
                         index: k,
                         values: values.clone(),
                         needs: step_needs,
+                        optional_needs,
                         dir,
                         dir_template,
                     };
@@ -224,7 +232,10 @@ impl Checker<'_> {
                 needs.push(resolved);
                 continue;
             };
-            for (need, span) in &draft.needs {
+            for Need {
+                step: need, span, ..
+            } in &draft.needs
+            {
                 match index.get(need.as_str()) {
                     Some(&i) if i == this => self.report.error(
                         span.clone(),
@@ -369,7 +380,7 @@ impl Checker<'_> {
 
     /// The steps instance `values` of draft `d` needs: every instance of each step it needs,
     /// except that between two matrix steps that share keys only the instances with the same
-    /// values are paired.
+    /// values are paired. Second, those of them listed as optional.
     fn instance_needs(
         &mut self,
         d: usize,
@@ -378,9 +389,12 @@ impl Checker<'_> {
         needs: &[Vec<usize>],
         instances: &[Vec<Option<MatrixValues>>],
         first: &[usize],
-    ) -> Vec<usize> {
+    ) -> (Vec<usize>, Vec<usize>) {
         let mut out = Vec::new();
-        let Some(this) = &drafts[d] else { return out };
+        let mut optional = Vec::new();
+        let Some(this) = &drafts[d] else {
+            return (out, optional);
+        };
         for &p in &needs[d] {
             // A step that could not be read, or whose matrix could not, was reported already.
             let Some(other) = drafts[p].as_ref().filter(|_| !instances[p].is_empty()) else {
@@ -411,8 +425,8 @@ impl Checker<'_> {
                 let span = this
                     .needs
                     .iter()
-                    .find(|(n, _)| *n == other.name)
-                    .and_then(|(_, s)| s.clone());
+                    .find(|n| n.step == other.name)
+                    .and_then(|n| n.span.clone());
                 let wanted: Vec<String> = shared
                     .iter()
                     .filter_map(|a| {
@@ -431,9 +445,16 @@ impl Checker<'_> {
                     Some("matrix steps that share keys are paired on them; give both the same values".to_owned()),
                 );
             }
+            if this
+                .needs
+                .iter()
+                .any(|n| n.step == other.name && n.optional)
+            {
+                optional.extend(paired.iter().copied());
+            }
             out.extend(paired);
         }
-        out
+        (out, optional)
     }
 
     /// The instance's working directory, when it can be known now: `dir` without expressions
@@ -491,6 +512,7 @@ impl Checker<'_> {
             index,
             values,
             needs,
+            optional_needs,
             dir,
             dir_template,
         } = instance;
@@ -515,6 +537,9 @@ impl Checker<'_> {
             instance: index,
             run: draft.run.clone().unwrap_or_default(),
             needs,
+            optional_needs,
+            condition: draft.condition.clone(),
+            when: draft.when.unwrap_or_default(),
             dir,
             dir_template,
             env,
@@ -547,6 +572,7 @@ struct Instance {
     index: usize,
     values: Option<MatrixValues>,
     needs: Vec<usize>,
+    optional_needs: Vec<usize>,
     dir: PathBuf,
     dir_template: Option<String>,
 }

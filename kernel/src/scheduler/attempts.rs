@@ -108,8 +108,26 @@ impl Scheduler<'_> {
             }
             match self.steps.needs(i) {
                 Needs::Pending => {}
-                Needs::Failed => {
-                    self.finish_unstarted(i, StepStatus::Skipped, Cause::DependencyFailed);
+                Needs::Never(cause) => {
+                    let message = self.never_message(i, cause);
+                    self.finish_unstarted(i, StepStatus::Skipped, cause, message);
+                }
+                Needs::Met if !self.steps[i].condition_checked => {
+                    if let Err(why) = self.condition_holds(i) {
+                        let message = format!("its condition is false: {why}");
+                        self.finish_unstarted(
+                            i,
+                            StepStatus::Skipped,
+                            Cause::Condition,
+                            Some(message),
+                        );
+                        continue;
+                    }
+                    self.steps[i].condition_checked = true;
+                    if running < self.opts.parallelism {
+                        running += 1;
+                        self.gate(i);
+                    }
                 }
                 Needs::Met if running < self.opts.parallelism => {
                     running += 1;
@@ -118,6 +136,48 @@ impl Scheduler<'_> {
                 Needs::Met => {}
             }
         }
+    }
+
+    /// Why step `i` will never run, when its cause needs more words.
+    fn never_message(&self, i: usize, cause: Cause) -> Option<String> {
+        match cause {
+            Cause::Manual if self.steps.skipped_need(i).is_none() => Some(format!(
+                "a manual step runs only when named: `hm run '{}'`",
+                self.step_name(i)
+            )),
+            Cause::Condition | Cause::Manual => match self.steps.skipped_need(i) {
+                Some(j) => Some(format!("it needs {}, which was skipped", self.step_name(j))),
+                None => Some("nothing it needs failed (it runs on_failure)".to_owned()),
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether step `i`'s `if` holds, against its environment (hm's own under the step's).
+    fn condition_holds(&self, i: usize) -> Result<(), String> {
+        let def = &self.pipeline.steps[self.steps[i].index];
+        let Some(condition) = &def.condition else {
+            return Ok(());
+        };
+        let env = def.environment(AttemptEnv {
+            overrides: &self.opts.env_overrides,
+            project_dir: &self.pipeline.root,
+            run_id: &self.opts.run_id,
+            attempt: self.steps[i].attempt,
+            inherited_ci: self.opts.inherited_ci.as_deref(),
+        });
+        crate::condition::holds(
+            condition,
+            &self.pipeline.root,
+            self.opts.changes.as_ref(),
+            |name| {
+                env.iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| std::env::var(name).ok())
+            },
+        )
     }
 
     /// Sends the step to its plugin, starting the plugin first if needed.
@@ -479,7 +539,13 @@ impl Scheduler<'_> {
     }
 
     /// Ends a step that never started, with exactly one `step_end`.
-    pub(super) fn finish_unstarted(&mut self, i: usize, status: StepStatus, cause: Cause) {
+    pub(super) fn finish_unstarted(
+        &mut self,
+        i: usize,
+        status: StepStatus,
+        cause: Cause,
+        message: Option<String>,
+    ) {
         let step = &mut self.steps[i];
         step.state = StepState::Done;
         step.verdict = Some(Verdict {
@@ -487,7 +553,7 @@ impl Scheduler<'_> {
             cause: Some(cause),
             exit_code: None,
             signal: None,
-            message: None,
+            message: message.clone(),
         });
         let (step, attempt) = (self.step_name(i).to_owned(), self.steps[i].attempt);
         let matrix = self.pipeline.steps[self.steps[i].index].matrix.clone();
@@ -502,7 +568,7 @@ impl Scheduler<'_> {
             duration_ms: 0,
             peak_memory_bytes: None,
             cpu_ms: None,
-            message: None,
+            message,
             allowed_failure: false,
         }));
     }

@@ -11,10 +11,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::plugins::{PluginSlot, slot_for};
-use super::steps::Steps;
+use super::steps::{Selected, Steps};
 use crate::archive::WorkspaceArchive;
 use crate::cgroup::{LeafJanitor, RunCgroup};
-use crate::config::Pipeline;
+use crate::config::{Pipeline, When};
 use crate::events::{BuildEvent, Envelope, Isolation};
 use crate::guardian::Guardian;
 use crate::registry::PluginSpec;
@@ -39,6 +39,10 @@ pub struct RunOptions {
     pub env_overrides: Vec<(String, String)>,
     /// `CI` in hm's own environment: steps get it instead of `CI=true`.
     pub inherited_ci: Option<String>,
+    /// Steps named on the command line (pipeline indices): manual steps run only then.
+    pub named: Vec<usize>,
+    /// What changed in the project, when a selected step's `if` asks.
+    pub changes: Option<crate::condition::Changes>,
     /// The plugin serving each selected step's executor, by step index.
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
@@ -115,7 +119,22 @@ impl<'a> Scheduler<'a> {
         let mut selected = Vec::new();
         for &index in &opts.selected {
             let plugin = slot_for(&mut plugins, pipeline, &opts.executors[&index]);
-            selected.push((index, pipeline.steps[index].needs.clone(), plugin));
+            let step = &pipeline.steps[index];
+            let when = match step.when {
+                When::Manual if opts.named.contains(&index) => When::OnSuccess,
+                when => when,
+            };
+            let needs = step
+                .needs
+                .iter()
+                .map(|&n| (n, step.optional_needs.contains(&n)))
+                .collect();
+            selected.push(Selected {
+                index,
+                needs,
+                plugin,
+                when,
+            });
         }
         for spec in &opts.hooks {
             let p = slot_for(&mut plugins, pipeline, spec);

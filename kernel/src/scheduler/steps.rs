@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::verdict::{StopReason, Verdict};
 use crate::cgroup::Leaf;
-use crate::events::StepStatus;
+use crate::config::When;
+use crate::events::{Cause, StepStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StepState {
@@ -38,8 +39,13 @@ impl StepState {
 pub(super) struct StepRun {
     /// The step's index in the pipeline.
     pub(super) index: usize,
-    /// The positions (in [`Steps`]) of the selected steps it needs.
-    needs: Vec<usize>,
+    /// The positions (in [`Steps`]) of the selected steps it needs, each with whether it is
+    /// optional (its skipping by condition does not skip this one).
+    needs: Vec<(usize, bool)>,
+    /// `Manual` only for a manual step that was not named on the command line.
+    pub(super) when: When,
+    /// Its `if` was found to hold (it is checked once, before the first attempt).
+    pub(super) condition_checked: bool,
     pub(super) state: StepState,
     pub(super) attempt: u32,
     /// The plugin slot of its executor.
@@ -65,10 +71,12 @@ pub(super) struct StepRun {
 }
 
 impl StepRun {
-    fn new(index: usize, needs: Vec<usize>, plugin: usize) -> Self {
+    fn new(index: usize, needs: Vec<(usize, bool)>, plugin: usize, when: When) -> Self {
         Self {
             index,
             needs,
+            when,
+            condition_checked: false,
             state: StepState::Waiting,
             attempt: 1,
             plugin,
@@ -97,7 +105,16 @@ impl StepRun {
                 .is_none_or(|v| v.status != StepStatus::Passed)
     }
 
-    /// Failed, and its failure is not allowed.
+    /// Skipped by its condition or as a manual step: the cause its dependents take on.
+    fn skipped_by_choice(&self) -> Option<Cause> {
+        self.verdict
+            .as_ref()
+            .filter(|v| v.status == StepStatus::Skipped)
+            .and_then(|v| v.cause)
+            .filter(|c| matches!(c, Cause::Condition | Cause::Manual))
+    }
+
+    /// Never(Cause::DependencyFailed), and its failure is not allowed.
     fn failed(&self) -> bool {
         !self.allowed_failure && self.verdict.as_ref().is_some_and(Verdict::is_failure)
     }
@@ -108,10 +125,24 @@ impl StepRun {
 pub(super) enum Needs {
     /// A step it needs has not ended yet.
     Pending,
-    /// Every step it needs passed (or failed with `allow_failure`).
+    /// What it needs allows it to run (its own `if` aside).
     Met,
-    /// A step it needs ended without passing: it never will run.
-    Failed,
+    /// It never will run, and ends `skipped` with this cause: `dependency_failed` (a step it
+    /// needs did not pass), `condition` (one was skipped by its condition, or nothing failed
+    /// for an `on_failure` step), `manual`.
+    Never(Cause),
+}
+
+/// A selected step, as the run loop hands it over.
+pub(super) struct Selected {
+    /// The step's index in the pipeline.
+    pub(super) index: usize,
+    /// The pipeline indices it needs, each with whether it is optional.
+    pub(super) needs: Vec<(usize, bool)>,
+    /// The plugin slot of its executor.
+    pub(super) plugin: usize,
+    /// Its `when`; `Manual` only when it was not named on the command line.
+    pub(super) when: When,
 }
 
 /// The selected steps, in file order.
@@ -120,16 +151,20 @@ pub(super) struct Steps {
 }
 
 impl Steps {
-    /// `selected`: each step's pipeline index, the pipeline indices it needs, and its plugin
-    /// slot. Needs outside the selection are not waited for (they were not asked for).
-    pub(super) fn new(selected: impl IntoIterator<Item = (usize, Vec<usize>, usize)>) -> Self {
-        let selected: Vec<(usize, Vec<usize>, usize)> = selected.into_iter().collect();
-        let position = |index: usize| selected.iter().position(|(i, _, _)| *i == index);
+    /// The selected steps in file order. Needs outside the selection are not waited for (they
+    /// were not asked for).
+    pub(super) fn new(selected: impl IntoIterator<Item = Selected>) -> Self {
+        let selected: Vec<Selected> = selected.into_iter().collect();
+        let position = |index: usize| selected.iter().position(|s| s.index == index);
         let steps = selected
             .iter()
-            .map(|(index, needs, plugin)| {
-                let needs = needs.iter().filter_map(|&n| position(n)).collect();
-                StepRun::new(*index, needs, *plugin)
+            .map(|s| {
+                let needs = s
+                    .needs
+                    .iter()
+                    .filter_map(|&(n, optional)| Some((position(n)?, optional)))
+                    .collect();
+                StepRun::new(s.index, needs, s.plugin, s.when)
             })
             .collect();
         Self { steps }
@@ -143,19 +178,60 @@ impl Steps {
         self.steps.iter()
     }
 
-    /// Whether step `i` may start now, must wait, or never will.
+    /// Whether step `i` may start now, must wait, or never will, by its `when`.
     pub(super) fn needs(&self, i: usize) -> Needs {
-        let mut pending = false;
-        for &j in &self.steps[i].needs {
-            let dep = &self.steps[j];
-            if dep.blocks_dependents() {
-                return Needs::Failed;
+        let step = &self.steps[i];
+        let all_ended = step
+            .needs
+            .iter()
+            .all(|&(j, _)| self.steps[j].state == StepState::Done);
+        match step.when {
+            When::Manual => Needs::Never(Cause::Manual),
+            When::Always if all_ended => Needs::Met,
+            When::OnFailure if all_ended => {
+                if self.downstream_of_failure(i) {
+                    Needs::Met
+                } else {
+                    Needs::Never(Cause::Condition)
+                }
             }
-            if dep.state != StepState::Done {
-                pending = true;
+            When::Always | When::OnFailure => Needs::Pending,
+            When::OnSuccess => {
+                let mut chosen = None;
+                for &(j, optional) in &step.needs {
+                    let dep = &self.steps[j];
+                    match dep.skipped_by_choice() {
+                        Some(_) if optional => {}
+                        Some(cause) => chosen = chosen.or(Some(cause)),
+                        None if dep.blocks_dependents() => {
+                            return Needs::Never(Cause::DependencyFailed);
+                        }
+                        None => {}
+                    }
+                }
+                match chosen {
+                    Some(cause) => Needs::Never(cause),
+                    None if all_ended => Needs::Met,
+                    None => Needs::Pending,
+                }
             }
         }
-        if pending { Needs::Pending } else { Needs::Met }
+    }
+
+    /// The first step `i` needs (not optionally) that was skipped by its condition or as
+    /// manual: its position.
+    pub(super) fn skipped_need(&self, i: usize) -> Option<usize> {
+        self.steps[i]
+            .needs
+            .iter()
+            .find(|&&(j, optional)| !optional && self.steps[j].skipped_by_choice().is_some())
+            .map(|&(j, _)| j)
+    }
+
+    /// Whether fail fast leaves step `i` waiting: an `always` or `on_failure` step runs once
+    /// what it needs has ended, failure or not.
+    pub(super) fn runs_after_failure(&self, i: usize) -> bool {
+        matches!(self.steps[i].when, When::Always | When::OnFailure)
     }
 
     /// Whether step `i` needs, directly or through others, a step that failed (and whose
@@ -164,7 +240,7 @@ impl Steps {
         let mut seen = HashSet::new();
         let mut stack = vec![i];
         while let Some(at) = stack.pop() {
-            for &j in &self.steps[at].needs {
+            for &(j, _) in &self.steps[at].needs {
                 if !seen.insert(j) {
                     continue;
                 }
@@ -207,14 +283,23 @@ mod tests {
     use super::*;
     use crate::events::Cause;
 
+    fn sel(index: usize, needs: &[usize], when: When) -> Selected {
+        Selected {
+            index,
+            needs: needs.iter().map(|&n| (n, false)).collect(),
+            plugin: 0,
+            when,
+        }
+    }
+
     /// `a`; `b` needs `a`; `c` needs `b`; `d` needs nothing; `e` needs `a` and `d`.
     fn graph() -> Steps {
         Steps::new([
-            (0, vec![], 0),
-            (1, vec![0], 0),
-            (2, vec![1], 0),
-            (3, vec![], 0),
-            (4, vec![0, 3], 0),
+            sel(0, &[], When::OnSuccess),
+            sel(1, &[0], When::OnSuccess),
+            sel(2, &[1], When::OnSuccess),
+            sel(3, &[], When::OnSuccess),
+            sel(4, &[0, 3], When::OnSuccess),
         ])
     }
 
@@ -245,7 +330,7 @@ mod tests {
         end(&mut steps, 3, passed(), false);
         assert_eq!(needs(&steps)[4], Met);
         end(&mut steps, 1, Verdict::failed(Cause::Exit, "1"), false);
-        assert_eq!(needs(&steps)[2], Failed);
+        assert_eq!(needs(&steps)[2], Never(Cause::DependencyFailed));
         // An allowed failure lets its dependents run.
         let mut steps = graph();
         end(&mut steps, 0, Verdict::failed(Cause::Exit, "1"), true);
@@ -254,7 +339,7 @@ mod tests {
         let mut steps = graph();
         let skipped = Verdict::stopped(StopReason::FailFast, None);
         end(&mut steps, 0, skipped, false);
-        assert_eq!(steps.needs(1), Failed);
+        assert_eq!(steps.needs(1), Needs::Never(Cause::DependencyFailed));
     }
 
     #[test]
@@ -274,7 +359,104 @@ mod tests {
     #[test]
     fn needs_outside_the_selection_are_not_waited_for() {
         // Only `c` (needs `b`, index 1, not selected) and `d`.
-        let steps = Steps::new([(2, vec![1], 0), (3, vec![], 0)]);
+        let steps = Steps::new([sel(2, &[1], When::OnSuccess), sel(3, &[], When::OnSuccess)]);
         assert_eq!(steps.needs(0), Needs::Met);
+    }
+
+    fn skipped(cause: Cause) -> Verdict {
+        Verdict {
+            status: StepStatus::Skipped,
+            cause: Some(cause),
+            exit_code: None,
+            signal: None,
+            message: None,
+        }
+    }
+
+    /// `when` and optional needs: (what `a` did, `b`'s `when`, whether `b` lists `a` as
+    /// optional, what `b` may do once `a` ended).
+    #[test]
+    fn when_and_optional_needs_decide_what_a_step_does_after_its_needs() {
+        use Needs::*;
+        let failed = Verdict::failed(Cause::Exit, "1");
+        let cases = [
+            (passed(), When::OnSuccess, false, Met),
+            (
+                failed.clone(),
+                When::OnSuccess,
+                false,
+                Never(Cause::DependencyFailed),
+            ),
+            (
+                skipped(Cause::Condition),
+                When::OnSuccess,
+                false,
+                Never(Cause::Condition),
+            ),
+            (skipped(Cause::Condition), When::OnSuccess, true, Met),
+            (
+                skipped(Cause::Manual),
+                When::OnSuccess,
+                false,
+                Never(Cause::Manual),
+            ),
+            (skipped(Cause::Manual), When::OnSuccess, true, Met),
+            // Optional is about being skipped by choice, not about failing.
+            (
+                failed.clone(),
+                When::OnSuccess,
+                true,
+                Never(Cause::DependencyFailed),
+            ),
+            (
+                skipped(Cause::DependencyFailed),
+                When::OnSuccess,
+                true,
+                Never(Cause::DependencyFailed),
+            ),
+            (passed(), When::Always, false, Met),
+            (failed.clone(), When::Always, false, Met),
+            (skipped(Cause::Cancelled), When::Always, false, Met),
+            (failed.clone(), When::OnFailure, false, Met),
+            (passed(), When::OnFailure, false, Never(Cause::Condition)),
+            (
+                skipped(Cause::Condition),
+                When::OnFailure,
+                false,
+                Never(Cause::Condition),
+            ),
+            (passed(), When::Manual, false, Never(Cause::Manual)),
+        ];
+        for (a, when, optional, want) in cases {
+            let mut steps = Steps::new([
+                sel(0, &[], When::OnSuccess),
+                Selected {
+                    index: 1,
+                    needs: vec![(0, optional)],
+                    plugin: 0,
+                    when,
+                },
+            ]);
+            let before = steps.needs(1);
+            end(&mut steps, 0, a.clone(), false);
+            assert_eq!(steps.needs(1), want, "{a:?} {when:?} optional={optional}");
+            let waits = matches!(when, When::Always | When::OnFailure);
+            if waits {
+                assert_eq!(before, Pending, "{when:?} waits for its needs to end");
+            }
+        }
+    }
+
+    #[test]
+    fn on_failure_sees_a_failure_further_up() {
+        // `c` (on_failure) needs `b`, which was skipped because `a` failed.
+        let mut steps = Steps::new([
+            sel(0, &[], When::OnSuccess),
+            sel(1, &[0], When::OnSuccess),
+            sel(2, &[1], When::OnFailure),
+        ]);
+        end(&mut steps, 0, Verdict::failed(Cause::Exit, "1"), false);
+        end(&mut steps, 1, skipped(Cause::DependencyFailed), false);
+        assert_eq!(steps.needs(2), Needs::Met);
     }
 }

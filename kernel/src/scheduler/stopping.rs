@@ -93,10 +93,13 @@ impl Scheduler<'_> {
         }
         for i in 0..self.steps.len() {
             match self.steps[i].state {
+                // Cleanup and failure reports still run once what they need has ended.
+                StepState::Waiting
+                    if reason == StopReason::FailFast && self.steps.runs_after_failure(i) => {}
                 StepState::Waiting => {
                     let downstream = self.steps.downstream_of_failure(i);
                     let (status, cause) = unstarted(reason, downstream);
-                    self.finish_unstarted(i, status, cause);
+                    self.finish_unstarted(i, status, cause, None);
                 }
                 StepState::Gating | StepState::Starting | StepState::Running => {
                     self.stop_step(i, reason);

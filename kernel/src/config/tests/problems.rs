@@ -240,6 +240,7 @@ needs = ["build", "build"]
 hm.toml:3:19: error: step `build` needs unknown step `tst`
   hint: did you mean `test`?
 hm.toml:3:26: error: `needs` in [steps.build] must list step names as strings, found an integer `3`
+  hint: write `"NAME"` or `{ step = "NAME", optional = true }`
 hm.toml:3:29: error: step `build` needs unknown step `zzz`
   hint: steps in this file: `build` or `test`
 "#,
