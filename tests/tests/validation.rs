@@ -492,6 +492,24 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         r#""nope""#,
         "step `s60` needs unknown step `nope`",
         "",
+    ), // reuse
+    (
+        r#"extends = "base""#,
+        r#""base""#,
+        "`extends` in [steps.s61] must be an array of template names",
+        r#"write `extends = ["base"]`"#,
+    ),
+    (
+        "extends = [1]",
+        "1]",
+        "must list template names as strings, found an integer `1`",
+        "",
+    ),
+    (
+        r#"extends = ["nope"]"#,
+        r#""nope""#,
+        "step `s63` extends unknown template `nope`",
+        "define it: `[templates.nope]`",
     ),
 ];
 

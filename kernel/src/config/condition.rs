@@ -217,7 +217,7 @@ impl Checker<'_> {
             match element {
                 Value::String(name) => needs.push(Need {
                     step: name.value().clone(),
-                    span: element.span(),
+                    span: self.report.global(element.span()),
                     optional: false,
                 }),
                 Value::InlineTable(table) => {
@@ -246,7 +246,7 @@ impl Checker<'_> {
                     {
                         Some((Some(step), span)) => needs.push(Need {
                             step,
-                            span,
+                            span: self.report.global(span),
                             optional,
                         }),
                         Some((None, _)) => {}

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::draft::DirDraft;
 use super::expr;
 use super::model::{Retry, RetryClass};
 use super::prepare::{DirProblem, normalize_dir};
-use super::resolve::DirDraft;
 use super::values::{self, BadJson, RETRY_CLASS_NAMES};
 use crate::suggest::did_you_mean;
 use crate::toml_check::{Checker, Field, join_path};
@@ -228,7 +228,7 @@ impl Checker<'_> {
         }
         Some(DirDraft {
             text: text.to_owned(),
-            span: field.span(),
+            span: self.report.global(field.span()),
             label: field.label.clone(),
         })
     }

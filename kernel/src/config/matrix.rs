@@ -79,7 +79,7 @@ impl Checker<'_> {
             axes: Vec::new(),
             include: Vec::new(),
             exclude: Vec::new(),
-            span: field.span(),
+            span: self.report.global(field.span()),
         };
         for (name, item) in table.iter() {
             let key_span = table.get_key_value(name).and_then(|(k, _)| k.span());
@@ -89,7 +89,12 @@ impl Checker<'_> {
                     None => ok = false,
                 },
                 "exclude" => match self.matrix_rows(item, &path, name) {
-                    Some(rows) => draft.exclude = rows,
+                    Some(rows) => {
+                        draft.exclude = rows
+                            .into_iter()
+                            .map(|(row, span)| (row, self.report.global(span)))
+                            .collect();
+                    }
                     None => ok = false,
                 },
                 _ => {
@@ -102,7 +107,7 @@ impl Checker<'_> {
             }
         }
         if ok && draft.axes.is_empty() && draft.include.is_empty() {
-            self.report.error(
+            self.report.error_at(
                 draft.span.clone(),
                 format!("[{path}] has no axes"),
                 Some("add one: `rust = [\"stable\", \"1.85\"]`".to_owned()),
@@ -317,7 +322,7 @@ impl Checker<'_> {
                             Some(axis) => format!("did you mean `{axis}`?"),
                             None => format!("the axes are {}", backticked(&axes)),
                         };
-                        self.report.error(
+                        self.report.error_at(
                             span.clone(),
                             format!("`exclude` in [{path}] names `{key}`, which is not an axis"),
                             Some(hint),
@@ -330,7 +335,7 @@ impl Checker<'_> {
                             Some(v) => format!("did you mean `{v}`?"),
                             None => format!("`{key}` has {}", backticked(&listed)),
                         };
-                        self.report.error(
+                        self.report.error_at(
                             span.clone(),
                             format!("`exclude` in [{path}] has `{key} = {value}`, which is not a value of `{key}`"),
                             Some(hint),
@@ -353,7 +358,7 @@ impl Checker<'_> {
     ) -> Option<Vec<MatrixValues>> {
         let (instances, duplicate) = expand(draft);
         if let Some(name) = duplicate {
-            self.report.error(
+            self.report.error_at(
                 draft.span.clone(),
                 format!(
                     "the matrix of step `{step}` makes instance `{}` twice",
@@ -364,7 +369,7 @@ impl Checker<'_> {
             return None;
         }
         if instances.is_empty() {
-            self.report.error(
+            self.report.error_at(
                 draft.span.clone(),
                 format!("the matrix of step `{step}` excludes every combination"),
                 Some("remove an `exclude` row, or the step".to_owned()),
@@ -372,7 +377,7 @@ impl Checker<'_> {
             return None;
         }
         if instances.len() > MAX_INSTANCES {
-            self.report.error(
+            self.report.error_at(
                 draft.span.clone(),
                 format!(
                     "the matrix of step `{step}` makes {} instances, more than {MAX_INSTANCES}",

@@ -5,6 +5,7 @@
 //! [`Diagnostic`] for every problem instead of stopping at the first.
 
 mod condition;
+mod draft;
 pub mod expr;
 mod fields;
 mod matrix;
@@ -13,6 +14,8 @@ mod parse;
 mod prepare;
 mod resolve;
 mod shell;
+mod sources;
+mod templates;
 pub(crate) mod values;
 
 #[cfg(test)]

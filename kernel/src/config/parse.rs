@@ -7,25 +7,27 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Document, Item};
 
-use super::model::{Limits, Pipeline, PluginSettings, RestartBudget};
-use super::resolve::{Defaults, StepDraft};
+use super::draft::{NO_TIMEOUT_HINT, StepDraft, UseKey};
+use super::model::{Pipeline, PluginSettings, RestartBudget};
+use super::sources::Sources;
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
-use crate::toml_check::{Checker, Field, Section, join_path};
+use crate::toml_check::{Checker, Field, join_path};
 
 /// The pipeline file's name, looked for in the start directory and its parents.
 pub const FILE_NAME: &str = "hm.toml";
 
-const TOP_KEYS: &[&str] = &["pipeline", "defaults", "steps", "plugins"];
-const PIPELINE_KEYS: &[&str] = &["name", "timeout", "parallelism", "keep_going", "env"];
-const DEFAULTS_KEYS: &[&str] = &[
-    "executor",
-    "timeout",
-    "limits",
-    "retry",
-    "shell",
-    "allow_failure",
+const TOP_KEYS: &[&str] = &[
+    "pipeline",
+    "defaults",
+    "steps",
+    "plugins",
+    "templates",
+    "include",
 ];
+/// What an included file may hold.
+const INCLUDED_KEYS: &[&str] = &["templates", "steps", "include"];
+const PIPELINE_KEYS: &[&str] = &["name", "timeout", "parallelism", "keep_going", "env"];
 const STEP_KEYS: &[&str] = &[
     "run",
     "needs",
@@ -42,7 +44,10 @@ const STEP_KEYS: &[&str] = &[
     "matrix",
     "if",
     "when",
+    "extends",
 ];
+/// `[defaults]` takes every step key but these, which belong to one step.
+const NOT_DEFAULTS: &[&str] = &["run", "needs", "matrix", "extends"];
 const PLUGIN_KEYS: &[&str] = &[
     "limits",
     "restart",
@@ -52,7 +57,6 @@ const PLUGIN_KEYS: &[&str] = &[
 ];
 const RESTART_KEYS: &[&str] = &["max", "within"];
 
-const NO_TIMEOUT_HINT: &str = "leave `timeout` out for no deadline";
 const NAME_RULE: &str =
     "names use ASCII letters, digits, `-`, `_` and `.`, and start with a letter, digit or `_`";
 
@@ -113,11 +117,29 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Pipeline, Diagnostics> {
     let root = absolute
         .parent()
         .map_or_else(PathBuf::new, Path::to_path_buf);
+    let sources = Sources::collect(text, file, &absolute);
     let mut checker = Checker::new(text, file, root);
-    let Some(document) = checker.document() else {
-        return Err(checker.report.finish());
+    for included in &sources.included {
+        checker.add_file(&included.text, &included.display);
+    }
+    for problem in &sources.problems {
+        checker.enter(problem.file);
+        let hint = problem.hint.clone();
+        checker
+            .report
+            .error(problem.span.clone(), problem.message.clone(), hint);
+    }
+    let documents: Vec<Option<Document<&str>>> = (0..=sources.included.len())
+        .map(|n| {
+            checker.enter(n);
+            checker.document()
+        })
+        .collect();
+    checker.enter(0);
+    let pipeline = match &documents[0] {
+        Some(main) => checker.pipeline(main, &documents, &sources, absolute),
+        None => None,
     };
-    let pipeline = checker.pipeline(&document, absolute);
     match pipeline {
         Some(pipeline) if !checker.report.has_errors() => Ok(pipeline),
         _ => Err(checker.report.finish()),
@@ -125,7 +147,13 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Pipeline, Diagnostics> {
 }
 
 impl Checker<'_> {
-    fn pipeline(&mut self, document: &Document<&str>, file: PathBuf) -> Option<Pipeline> {
+    fn pipeline(
+        &mut self,
+        document: &Document<&str>,
+        documents: &[Option<Document<&str>>],
+        sources: &Sources,
+        file: PathBuf,
+    ) -> Option<Pipeline> {
         let top = document.as_table();
         for (name, item) in top.iter() {
             if TOP_KEYS.contains(&name) {
@@ -135,14 +163,6 @@ impl Checker<'_> {
             let (message, hint) = unknown_top_level(name, item);
             self.report.error(key.span(), message, Some(hint));
         }
-        let root_field = |name: &str| {
-            top.get_key_value(name).map(|(key, item)| Field {
-                key,
-                item,
-                label: format!("[{name}]"),
-            })
-        };
-
         let root = file.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let mut pipeline = Pipeline {
             name: root.file_name().map_or_else(
@@ -158,29 +178,75 @@ impl Checker<'_> {
             steps: Vec::new(),
             plugins: BTreeMap::new(),
         };
-        if let Some(field) = root_field("pipeline") {
+        if let Some(field) = top_field(top, "pipeline") {
             self.pipeline_section(&field, &mut pipeline);
         }
-        let defaults = match root_field("defaults") {
-            Some(field) => self.defaults(&field),
-            None => Defaults::default(),
-        };
-        if let Some(field) = root_field("plugins") {
+        let mut defaults = top_field(top, "defaults").and_then(|field| self.defaults(&field));
+        let defaults_executor = defaults.as_mut().and_then(|d| d.executor.take());
+        if let Some(field) = top_field(top, "plugins") {
             pipeline.plugins = self.plugins(&field);
         }
-        let drafts = match root_field("steps") {
-            Some(field) => self.steps(&field),
-            None => {
-                self.report.error(
-                    None,
-                    "the pipeline has no steps",
-                    Some("add one: `[steps.build]` with `run = \"...\"`".to_owned()),
-                );
-                return None;
+        // The templates and steps of every file, a file's includes before the file itself.
+        let mut templates = Vec::new();
+        let mut steps = Vec::new();
+        for n in sources.order() {
+            let Some(document) = &documents[n] else {
+                continue;
+            };
+            self.enter(n);
+            let top = document.as_table();
+            if n > 0 {
+                self.included_keys(top);
             }
-        };
-        pipeline.steps = self.resolve(drafts, &defaults, &pipeline.env)?;
+            if let Some(field) = top_field(top, "templates") {
+                self.entries(&field, "template", &mut templates);
+            }
+            if let Some(field) = top_field(top, "steps") {
+                self.entries(&field, "step", &mut steps);
+            }
+        }
+        self.enter(0);
+        let unreadable = documents.iter().flatten().any(|d| {
+            d.as_table()
+                .get("steps")
+                .is_some_and(|s| !s.is_table_like())
+        });
+        if steps.is_empty() && !unreadable {
+            // At the main file's `[steps]`, when it has an empty one.
+            let span = top_field(top, "steps").and_then(|f| f.span());
+            self.report.error(
+                span,
+                "the pipeline has no steps",
+                Some("add one: `[steps.build]` with `run = \"...\"`".to_owned()),
+            );
+            return None;
+        }
+        let steps = self.extend_all(steps, &templates, defaults.as_ref());
+        pipeline.steps = self.resolve(steps, defaults_executor.as_deref(), &pipeline.env)?;
         Some(pipeline)
+    }
+
+    /// An included file holds templates and steps (and includes) only.
+    fn included_keys(&mut self, top: &toml_edit::Table) {
+        for (name, _) in top.iter() {
+            if INCLUDED_KEYS.contains(&name) {
+                continue;
+            }
+            let Some(key) = top.key(name) else { continue };
+            let hint = if TOP_KEYS.contains(&name) {
+                format!("`[{name}]` belongs in the main pipeline file, which includes this one")
+            } else {
+                format!(
+                    "an included file holds {}",
+                    backticked_tables(INCLUDED_KEYS)
+                )
+            };
+            self.report.error(
+                key.span(),
+                format!("`{name}` cannot be in an included file"),
+                Some(hint),
+            );
+        }
     }
 
     fn pipeline_section(&mut self, field: &Field<'_>, pipeline: &mut Pipeline) {
@@ -213,9 +279,14 @@ impl Checker<'_> {
             pipeline.env = self.env(&f, "pipeline").unwrap_or_default();
             // Nothing in `[pipeline]` belongs to one step, so nothing there is rendered.
             let mut uses = Vec::new();
-            self.uses(f.item, "[pipeline].env", true, &mut uses);
+            self.uses(
+                f.item,
+                "[pipeline].env",
+                &UseKey::Env(String::new()),
+                &mut uses,
+            );
             for used in uses {
-                self.report.error(
+                self.report.error_at(
                     used.span,
                     format!("[pipeline].env cannot use `{}`: expressions belong to steps", used.reference),
                     Some("move the variable to the step's `env`, or write `$${{` for a literal `${{`".to_owned()),
@@ -224,8 +295,9 @@ impl Checker<'_> {
         }
     }
 
-    fn defaults(&mut self, field: &Field<'_>) -> Defaults {
-        let mut defaults = Defaults::default();
+    /// `[defaults]`: step keys under every step (`executor` is taken apart by the caller: an
+    /// `image` wins over it).
+    fn defaults(&mut self, field: &Field<'_>) -> Option<StepDraft> {
         let Some(table) = field.item.as_table_like() else {
             let found = self.found(field.item);
             self.report.error(
@@ -233,34 +305,21 @@ impl Checker<'_> {
                 format!("[defaults] must be a table, found {found}"),
                 None,
             );
-            return defaults;
+            return None;
         };
+        let keys: Vec<&str> = STEP_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !NOT_DEFAULTS.contains(k))
+            .collect();
         let section = self.section(
             table,
             field.span(),
             "defaults".to_owned(),
-            DEFAULTS_KEYS,
+            &keys,
             defaults_hint,
         );
-        if let Some(f) = section.get("executor") {
-            defaults.executor = self.non_empty_string(&f).map(str::to_owned);
-        }
-        if let Some(f) = section.get("timeout") {
-            defaults.timeout = self.duration(&f, NO_TIMEOUT_HINT);
-        }
-        if let Some(f) = section.get("limits") {
-            defaults.limits = self.limits(&f, "defaults").unwrap_or_default();
-        }
-        if let Some(f) = section.get("retry") {
-            defaults.retry = self.retry(&f, "defaults");
-        }
-        if let Some(f) = section.get("shell") {
-            defaults.shell = self.shell(&f);
-        }
-        if let Some(f) = section.get("allow_failure") {
-            defaults.allow_failure = self.allow_failure(&f, "defaults");
-        }
-        defaults
+        Some(self.draft("defaults", field, &section))
     }
 
     fn plugins(&mut self, field: &Field<'_>) -> BTreeMap<String, PluginSettings> {
@@ -345,138 +404,62 @@ impl Checker<'_> {
         })
     }
 
-    /// Every entry of `[steps]` by name, with its draft when the entry is a table.
-    fn steps(&mut self, field: &Field<'_>) -> Vec<(String, Option<StepDraft>)> {
+    /// Every entry of `[steps]` (or `[templates]`) of the current file, by name, with its
+    /// draft when the entry is a table. A name defined before, in this file or another, is an
+    /// error naming both places.
+    fn entries(
+        &mut self,
+        field: &Field<'_>,
+        what: &str,
+        into: &mut Vec<(String, Option<StepDraft>)>,
+    ) {
+        let section = if what == "step" { "steps" } else { "templates" };
         let Some(table) = field.item.as_table_like() else {
             let found = self.found(field.item);
-            let message = format!("[steps] must be a table of steps, found {found}");
-            let hint = "write each step as `[steps.<name>]` followed by `run = \"...\"`".to_owned();
+            let message = format!("[{section}] must be a table of {what}s, found {found}");
+            let hint = if what == "step" {
+                "write each step as `[steps.<name>]` followed by `run = \"...\"`".to_owned()
+            } else {
+                "write each template as `[templates.<name>]` followed by the keys it shares"
+                    .to_owned()
+            };
             self.report.error(field.span(), message, Some(hint));
-            return Vec::new();
+            return;
         };
-        if table.is_empty() {
-            let hint = "add one: `[steps.build]` with `run = \"...\"`".to_owned();
-            self.report
-                .error(field.span(), "the pipeline has no steps", Some(hint));
-        }
-        let mut drafts = Vec::new();
         for (name, _) in table.iter() {
             let Some((key, item)) = table.get_key_value(name) else {
                 continue;
             };
-            self.check_name(name, key.span(), "step");
-            let path = join_path("steps", name);
+            self.check_name(name, key.span(), what);
+            let path = join_path(section, name);
             let entry = Field {
                 key,
                 item,
                 label: format!("[{path}]"),
             };
-            let shape = format!("write `[{path}]` on its own line, followed by `run = \"...\"`");
-            // Entries that are not tables still count as steps, so that `needs` naming them
-            // does not add a second, misleading "unknown step" error.
+            if let Some((_, Some(first))) = into.iter().find(|(n, _)| n == name) {
+                let first = self.report.location(first.header.clone());
+                self.report.error(
+                    key.span(),
+                    format!("{what} `{name}` is defined twice: here and at {first}"),
+                    Some(format!(
+                        "{what} names are shared by every included file; rename one"
+                    )),
+                );
+                continue;
+            }
+            let shape = if what == "step" {
+                format!("write `[{path}]` on its own line, followed by `run = \"...\"`")
+            } else {
+                format!("write `[{path}]` on its own line, followed by the keys it shares")
+            };
+            // Entries that are not tables still count, so that `needs` naming them does not
+            // add a second, misleading "unknown step" error.
             let draft = self
                 .open(&entry, path, STEP_KEYS, &shape)
-                .map(|section| self.step(name, &entry, &section));
-            drafts.push((name.to_owned(), draft));
+                .map(|section| self.draft(name, &entry, &section));
+            into.push((name.to_owned(), draft));
         }
-        drafts
-    }
-
-    fn step(&mut self, name: &str, entry: &Field<'_>, section: &Section<'_>) -> StepDraft {
-        let path = &section.path;
-        let mut draft = StepDraft {
-            name: name.to_owned(),
-            header: entry.span(),
-            run: None,
-            needs: Vec::new(),
-            dir: None,
-            env: BTreeMap::new(),
-            timeout: None,
-            allow_failure: None,
-            shell: None,
-            limits: Limits::default(),
-            retry: None,
-            executor: None,
-            image: None,
-            with_json: None,
-            matrix: None,
-            condition: None,
-            condition_written: false,
-            when: None,
-            matrix_written: false,
-            env_ok: true,
-            uses: Vec::new(),
-        };
-        // Expressions in the keys that take them, checked once every step is known.
-        for key in ["run", "image", "dir", "with"] {
-            if let Some(f) = section.get(key) {
-                let label = f.label.clone();
-                self.uses(f.item, &label, false, &mut draft.uses);
-            }
-        }
-        if let Some(f) = section.get("env")
-            && let Some(table) = f.item.as_table_like()
-        {
-            for (name, item) in table.iter() {
-                let label = format!("`{name}` in [{}]", join_path(path, "env"));
-                self.uses(item, &label, true, &mut draft.uses);
-            }
-        }
-        if let Some(f) = section.get("matrix") {
-            draft.matrix_written = true;
-            draft.matrix = self.matrix(&f, path);
-        }
-        match section.get("run") {
-            Some(f) => draft.run = self.non_empty_string(&f).map(str::to_owned),
-            None => self.report.error(
-                entry.span(),
-                format!("step `{name}` has no `run`"),
-                Some("add the command to run: `run = \"...\"`".to_owned()),
-            ),
-        }
-        if let Some(f) = section.get("needs") {
-            draft.needs = self.needs(&f, path);
-        }
-        if let Some(f) = section.get("if") {
-            draft.condition_written = true;
-            draft.condition = self.condition(&f, path);
-        }
-        if let Some(f) = section.get("when") {
-            draft.when = self.when(&f);
-        }
-        if let Some(f) = section.get("dir") {
-            draft.dir = self.dir(&f);
-        }
-        if let Some(f) = section.get("env") {
-            let env = self.env(&f, path);
-            draft.env_ok = env.is_some();
-            draft.env = env.unwrap_or_default();
-        }
-        if let Some(f) = section.get("timeout") {
-            draft.timeout = self.duration(&f, NO_TIMEOUT_HINT);
-        }
-        if let Some(f) = section.get("allow_failure") {
-            draft.allow_failure = self.allow_failure(&f, path);
-        }
-        if let Some(f) = section.get("shell") {
-            draft.shell = self.shell(&f);
-        }
-        if let Some(f) = section.get("limits") {
-            draft.limits = self.limits(&f, path).unwrap_or_default();
-        }
-        if let Some(f) = section.get("retry") {
-            draft.retry = self.retry(&f, path);
-        }
-        if let Some(f) = section.get("executor") {
-            draft.executor = self.non_empty_string(&f).map(str::to_owned);
-        }
-        if let Some(f) = section.get("image") {
-            draft.image = self.non_empty_string(&f).map(str::to_owned);
-        }
-        if let Some(f) = section.get("with") {
-            draft.with_json = self.json(&f);
-        }
-        draft
     }
 
     /// Step and plugin names end up in cgroup directory names and on the command line.
@@ -493,7 +476,34 @@ impl Checker<'_> {
     }
 }
 
-/// The message and hint for a top-level key other than the four sections.
+/// `[pipeline]`, `[defaults]`... of the top-level table, with how messages name it.
+fn top_field<'t>(top: &'t toml_edit::Table, name: &str) -> Option<Field<'t>> {
+    top.get_key_value(name).map(|(key, item)| Field {
+        key,
+        item,
+        label: format!("[{name}]"),
+    })
+}
+
+/// "`[templates]`, `[steps]` and `include`".
+fn backticked_tables(keys: &[&str]) -> String {
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            if *k == "include" {
+                format!("`{k}`")
+            } else {
+                format!("`[{k}]`")
+            }
+        })
+        .collect();
+    match shown.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => shown.join(""),
+    }
+}
+
+/// The message and hint for a top-level key other than the known ones.
 fn unknown_top_level(name: &str, item: &Item) -> (String, String) {
     let message = if item.is_table() || item.is_array_of_tables() {
         format!("unknown table `[{name}]`")
@@ -507,7 +517,7 @@ fn unknown_top_level(name: &str, item: &Item) -> (String, String) {
     } else if STEP_KEYS.contains(&name) {
         format!("`{name}` belongs to a step: `[steps.<name>]`")
     } else {
-        "the file has the tables `[pipeline]`, `[defaults]`, `[steps.<name>]` and `[plugins.<name>]`"
+        "the file has the tables `[pipeline]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`"
             .to_owned()
     };
     (message, hint)
@@ -515,11 +525,7 @@ fn unknown_top_level(name: &str, item: &Item) -> (String, String) {
 
 /// Step keys that `[defaults]` does not take get a hint saying where they go.
 fn defaults_hint(key: &str) -> Option<String> {
-    match key {
-        "env" => Some("set `env` for every step in `[pipeline]`, or per step".to_owned()),
-        _ if STEP_KEYS.contains(&key) => {
-            Some(format!("`{key}` is set per step, in `[steps.<name>]`"))
-        }
-        _ => None,
-    }
+    STEP_KEYS
+        .contains(&key)
+        .then(|| format!("`{key}` is set per step, in `[steps.<name>]`"))
 }

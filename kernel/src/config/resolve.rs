@@ -1,152 +1,27 @@
-//! From the steps as written to the steps that run: `needs` resolved (and checked for cycles),
-//! `[defaults]` merged, each `matrix` expanded into instances whose `needs` pair up on shared
-//! keys, and every expression checked against what it may refer to.
+//! From the steps as written (their `[defaults]` and templates merged in) to the steps that
+//! run: `needs` resolved (and checked for cycles), each `matrix` expanded into instances whose
+//! `needs` pair up on shared keys, and every expression checked against what it may refer to.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 use std::path::PathBuf;
-use std::time::Duration;
-
-use toml_edit::{Item, Value};
 
 use super::condition::Need;
+use super::draft::{StepDraft, UseKey};
 use super::expr::{self, Ref};
 use super::matrix::{self, MatrixDraft, MatrixValues, instance_name};
-use super::model::{
-    AllowFailure, CI_ENV, Condition, HM_VARIABLES, Limits, Retry, Shell, Step, When,
-};
+use super::model::{CI_ENV, HM_VARIABLES, Step};
 use super::prepare::normalize_dir;
 use crate::suggest::did_you_mean;
 use crate::toml_check::{Checker, backticked};
 
-/// `[defaults]`, to be merged under each step.
-#[derive(Default)]
-pub(super) struct Defaults {
-    pub(super) executor: Option<String>,
-    pub(super) timeout: Option<Duration>,
-    pub(super) limits: Limits,
-    pub(super) retry: Option<Retry>,
-    pub(super) shell: Option<Shell>,
-    pub(super) allow_failure: Option<AllowFailure>,
-}
-
-/// A step as written, before `needs` are resolved, `[defaults]` merged and its matrix
-/// expanded.
-pub(super) struct StepDraft {
-    pub(super) name: String,
-    pub(super) header: Option<Range<usize>>,
-    pub(super) run: Option<String>,
-    pub(super) needs: Vec<Need>,
-    /// `dir` as written, where it is, and (when it has no expressions) its normal form.
-    pub(super) dir: Option<DirDraft>,
-    pub(super) env: BTreeMap<String, String>,
-    pub(super) timeout: Option<Duration>,
-    pub(super) allow_failure: Option<AllowFailure>,
-    pub(super) shell: Option<Shell>,
-    pub(super) limits: Limits,
-    pub(super) retry: Option<Retry>,
-    pub(super) executor: Option<String>,
-    pub(super) image: Option<String>,
-    pub(super) with_json: Option<String>,
-    pub(super) matrix: Option<MatrixDraft>,
-    pub(super) condition: Option<Condition>,
-    /// The step has an `if` key (which may not have been readable).
-    pub(super) condition_written: bool,
-    pub(super) when: Option<When>,
-    /// The step has a `matrix` key (which may not have been readable).
-    pub(super) matrix_written: bool,
-    /// `env` is absent or was readable: its names can be checked against.
-    pub(super) env_ok: bool,
-    /// Every expression in the step's strings, to check once all steps are known.
-    pub(super) uses: Vec<Use>,
-}
-
-pub(super) struct DirDraft {
-    pub(super) text: String,
-    pub(super) span: Option<Range<usize>>,
-    pub(super) label: String,
-}
-
-/// One expression in a step's strings: what it refers to, where, and in which key.
-pub(super) struct Use {
-    pub(super) reference: Ref,
-    pub(super) span: Option<Range<usize>>,
-    label: String,
-    /// In an `env` value, which cannot refer to `env`.
-    in_env: bool,
-}
-
 impl Checker<'_> {
-    /// Records every expression in the strings of `item` (recursively, for `with`), reporting
-    /// the strings that do not parse.
-    pub(super) fn uses(&mut self, item: &Item, label: &str, in_env: bool, out: &mut Vec<Use>) {
-        match item {
-            Item::Value(value) => self.value_uses(value, label, in_env, out),
-            Item::Table(table) => {
-                for (_, item) in table.iter() {
-                    self.uses(item, label, in_env, out);
-                }
-            }
-            Item::ArrayOfTables(tables) => {
-                for table in tables.iter() {
-                    for (_, item) in table.iter() {
-                        self.uses(item, label, in_env, out);
-                    }
-                }
-            }
-            Item::None => {}
-        }
-    }
-
-    fn value_uses(&mut self, value: &Value, label: &str, in_env: bool, out: &mut Vec<Use>) {
-        match value {
-            Value::String(text) => {
-                let text = text.value();
-                match expr::expressions(text) {
-                    Ok(found) => out.extend(found.into_iter().map(|e| Use {
-                        span: self.inside(value.span(), &text[e.range.clone()]),
-                        reference: e.reference,
-                        label: label.to_owned(),
-                        in_env,
-                    })),
-                    Err(e) => {
-                        let span = self.inside(value.span(), &text[e.range.clone()]);
-                        let message = format!("{} in {label}", e.message);
-                        self.report.error(span, message, e.hint);
-                    }
-                }
-            }
-            Value::Array(array) => {
-                for element in array.iter() {
-                    self.value_uses(element, label, in_env, out);
-                }
-            }
-            Value::InlineTable(table) => {
-                for (_, element) in table.iter() {
-                    self.value_uses(element, label, in_env, out);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Where `needle` is in the source of the string at `span`; the string itself when it is
-    /// not there verbatim (escapes in the TOML string).
-    fn inside(&self, span: Option<Range<usize>>, needle: &str) -> Option<Range<usize>> {
-        let span = span?;
-        let raw = self.text.get(span.clone())?;
-        Some(match raw.find(needle) {
-            Some(at) => span.start + at..span.start + at + needle.len(),
-            None => span,
-        })
-    }
-
-    /// Resolves `needs` to indices, rejects cycles, merges `[defaults]`, expands matrices and
-    /// checks every expression.
+    /// Resolves `needs` to indices, rejects cycles, expands matrices and checks every
+    /// expression. `defaults_executor`: `[defaults].executor`, for steps that name no executor
+    /// and no image.
     pub(super) fn resolve(
         &mut self,
         entries: Vec<(String, Option<StepDraft>)>,
-        defaults: &Defaults,
+        defaults_executor: Option<&str>,
         pipeline_env: &BTreeMap<String, String>,
     ) -> Option<Vec<Step>> {
         let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
@@ -157,7 +32,7 @@ impl Checker<'_> {
                 .1
                 .as_ref()
                 .and_then(|draft| draft.header.clone());
-            self.report.error(
+            self.report.error_at(
                 header,
                 format!("dependency cycle: {}", path.join(" -> ")),
                 Some(
@@ -211,7 +86,7 @@ impl Checker<'_> {
                         dir,
                         dir_template,
                     };
-                    steps.push(self.instance(draft, parts, defaults, pipeline_env));
+                    steps.push(self.instance(draft, parts, defaults_executor, pipeline_env));
                 }
             }
         }
@@ -234,10 +109,10 @@ impl Checker<'_> {
             };
             for Need {
                 step: need, span, ..
-            } in &draft.needs
+            } in draft.needs.iter().flatten()
             {
                 match index.get(need.as_str()) {
-                    Some(&i) if i == this => self.report.error(
+                    Some(&i) if i == this => self.report.error_at(
                         span.clone(),
                         format!("step `{}` needs itself", draft.name),
                         Some("remove it from its own `needs`".to_owned()),
@@ -251,7 +126,7 @@ impl Checker<'_> {
                             None => format!("steps in this file: {}", backticked(names)),
                         };
                         let message = format!("step `{}` needs unknown step `{need}`", draft.name);
-                        self.report.error(span.clone(), message, Some(hint));
+                        self.report.error_at(span.clone(), message, Some(hint));
                     }
                 }
             }
@@ -310,7 +185,7 @@ impl Checker<'_> {
                         None => format!("the matrix has {}", backticked(&keys)),
                     }),
                 )),
-                Ref::Env(_) if used.in_env => Some((
+                Ref::Env(_) if matches!(used.key, UseKey::Env(_)) => Some((
                     format!(
                         "{} uses `{}`: an `env` value cannot refer to `env`",
                         used.label, used.reference
@@ -354,7 +229,7 @@ impl Checker<'_> {
                 _ => None,
             };
             if let Some((message, hint)) = problem {
-                self.report.error(used.span.clone(), message, hint);
+                self.report.error_at(used.span.clone(), message, hint);
             }
         }
     }
@@ -366,7 +241,7 @@ impl Checker<'_> {
         for key in m.keys() {
             let var = matrix::variable(key);
             if draft.env.contains_key(&var) {
-                self.report.error(
+                self.report.error_at(
                     draft.header.clone(),
                     format!(
                         "step `{}` sets `{var}` in its env, and its matrix key `{key}` sets it too",
@@ -425,6 +300,7 @@ impl Checker<'_> {
                 let span = this
                     .needs
                     .iter()
+                    .flatten()
                     .find(|n| n.step == other.name)
                     .and_then(|n| n.span.clone());
                 let wanted: Vec<String> = shared
@@ -435,7 +311,7 @@ impl Checker<'_> {
                             .map(|x| format!("{a}={x}"))
                     })
                     .collect();
-                self.report.error(
+                self.report.error_at(
                     span,
                     format!(
                         "`{name}` needs `{}`, which has no instance with {}",
@@ -448,6 +324,7 @@ impl Checker<'_> {
             if this
                 .needs
                 .iter()
+                .flatten()
                 .any(|n| n.step == other.name && n.optional)
             {
                 optional.extend(paired.iter().copied());
@@ -490,7 +367,7 @@ impl Checker<'_> {
                     }
                     _ => format!("`{text}`"),
                 };
-                self.report.error(
+                self.report.error_at(
                     dir.span.clone(),
                     format!("{} {}: {shown}", dir.label, problem.describe()),
                     Some("paths in hm.toml are relative to the directory that holds it".to_owned()),
@@ -505,7 +382,7 @@ impl Checker<'_> {
         &self,
         draft: &StepDraft,
         instance: Instance,
-        defaults: &Defaults,
+        defaults_executor: Option<&str>,
         pipeline_env: &BTreeMap<String, String>,
     ) -> Step {
         let Instance {
@@ -525,7 +402,7 @@ impl Checker<'_> {
             .executor
             .clone()
             .or_else(|| draft.image.as_ref().map(|_| "docker".to_owned()))
-            .or_else(|| defaults.executor.clone())
+            .or_else(|| defaults_executor.map(str::to_owned))
             .unwrap_or_else(|| "shell".to_owned());
         Step {
             location: self.report.location(draft.header.clone()),
@@ -543,26 +420,14 @@ impl Checker<'_> {
             dir,
             dir_template,
             env,
-            timeout: draft.timeout.or(defaults.timeout),
-            allow_failure: draft
-                .allow_failure
-                .clone()
-                .or_else(|| defaults.allow_failure.clone())
-                .unwrap_or_default(),
-            shell: draft
-                .shell
-                .clone()
-                .or_else(|| defaults.shell.clone())
-                .unwrap_or_default(),
-            limits: draft.limits.or(defaults.limits),
-            retry: draft
-                .retry
-                .clone()
-                .or_else(|| defaults.retry.clone())
-                .unwrap_or_default(),
+            timeout: draft.timeout,
+            allow_failure: draft.allow_failure.clone().unwrap_or_default(),
+            shell: draft.shell.clone().unwrap_or_default(),
+            limits: draft.limits,
+            retry: draft.retry.clone().unwrap_or_default(),
             executor,
             image: draft.image.clone(),
-            with_json: draft.with_json.clone().unwrap_or_else(|| "{}".to_owned()),
+            with_json: draft.with_json(),
         }
     }
 }

@@ -129,39 +129,108 @@ impl<'a> LineIndex<'a> {
     }
 }
 
-/// Collects diagnostics for one file while a checker walks it.
+/// Collects diagnostics while a checker walks one file, or several (a pipeline and the files
+/// it includes).
+///
+/// Spans come in two kinds. A *local* span is a byte range of the file being read now (what
+/// toml_edit gives); [`Reporter::error`] takes those. A span kept for later, when another
+/// file may be the current one, is made *global* first ([`Reporter::global`]): each file has
+/// its own range of offsets, so a global span names its file. [`Reporter::error_at`] and
+/// [`Reporter::location`] take global spans.
 pub(crate) struct Reporter<'a> {
-    file: PathBuf,
-    index: LineIndex<'a>,
+    files: Vec<Source<'a>>,
+    current: usize,
     diagnostics: Vec<Diagnostic>,
+}
+
+struct Source<'a> {
+    file: PathBuf,
+    /// Where this file's offsets start in the global range.
+    base: usize,
+    len: usize,
+    index: LineIndex<'a>,
 }
 
 impl<'a> Reporter<'a> {
     pub(crate) fn new(text: &'a str, file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            index: LineIndex::new(text),
+        let mut reporter = Self {
+            files: Vec::new(),
+            current: 0,
             diagnostics: Vec::new(),
-        }
+        };
+        reporter.add(text, file);
+        reporter
     }
 
-    /// "file:line:col" of a span's start, for `Step::location`.
+    /// Adds a file; its number is the count of files before it.
+    pub(crate) fn add(&mut self, text: &'a str, file: &Path) -> usize {
+        // One offset between files, so a span at the very end of one is not the next's start.
+        let base = self.files.last().map_or(0, |f| f.base + f.len + 1);
+        self.files.push(Source {
+            file: file.to_path_buf(),
+            base,
+            len: text.len(),
+            index: LineIndex::new(text),
+        });
+        self.files.len() - 1
+    }
+
+    /// Makes file `n` the one local spans are about.
+    pub(crate) fn enter(&mut self, n: usize) {
+        self.current = n;
+    }
+
+    /// A local span of the current file as a global span.
+    pub(crate) fn global(&self, span: Option<Range<usize>>) -> Option<Range<usize>> {
+        let base = self.files[self.current].base;
+        span.map(|s| s.start + base..s.end + base)
+    }
+
+    /// The file and local offset of a global offset.
+    fn resolve(&self, offset: usize) -> (&Source<'a>, usize) {
+        let at = self
+            .files
+            .partition_point(|f| f.base <= offset)
+            .saturating_sub(1);
+        let source = &self.files[at];
+        (source, offset - source.base)
+    }
+
+    /// "file:line:col" of a global span's start, for `Step::location`. No span: the top of
+    /// the current file.
     pub(crate) fn location(&self, span: Option<Range<usize>>) -> String {
-        let (line, col) = self.index.position(span.map_or(0, |s| s.start));
-        format!("{}:{line}:{col}", self.file.display())
+        let global = span.map_or(self.files[self.current].base, |s| s.start);
+        let (source, offset) = self.resolve(global);
+        let (line, col) = source.index.position(offset);
+        format!("{}:{line}:{col}", source.file.display())
     }
 
-    /// Records a problem. A missing span (which toml_edit only leaves on values it did not
-    /// parse) points at the top of the file rather than losing the problem.
+    /// Records a problem at a local span of the current file. A missing span (which
+    /// toml_edit only leaves on values it did not parse) points at the top of the file rather
+    /// than losing the problem.
     pub(crate) fn error(
         &mut self,
         span: Option<Range<usize>>,
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        let (line, col) = self.index.position(span.map_or(0, |s| s.start));
+        let global = self.global(span);
+        self.error_at(global, message, hint);
+    }
+
+    /// Records a problem at a global span (one kept from an earlier file).
+    pub(crate) fn error_at(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let global = span.map_or(self.files[self.current].base, |s| s.start);
+        let (source, offset) = self.resolve(global);
+        let (line, col) = source.index.position(offset);
+        let file = source.file.clone();
         self.diagnostics.push(Diagnostic {
-            file: self.file.clone(),
+            file,
             line,
             col,
             message: message.into(),
@@ -195,6 +264,29 @@ mod tests {
         assert_eq!(index.position(6), (3, 2));
         assert_eq!(index.position(text.len()), (4, 1));
         assert_eq!(index.position(text.len() + 10), (4, 1));
+    }
+
+    #[test]
+    fn global_spans_find_their_file() {
+        let (main, other) = ("a = 1\nb = 2\n", "x\ny = 3\n");
+        let mut report = Reporter::new(main, Path::new("hm.toml"));
+        let second = report.add(other, Path::new("ci/common.toml"));
+        report.enter(second);
+        let kept = report.global(Some(2..3));
+        report.error(Some(6..7), "local to the second file", None);
+        report.enter(0);
+        report.error_at(kept.clone(), "kept from the second file", None);
+        report.error(Some(6..7), "local to the first file", None);
+        assert_eq!(report.location(kept), "ci/common.toml:2:1");
+        let printed: Vec<String> = report
+            .finish()
+            .iter()
+            .map(|d| format!("{}:{}:{}", d.file.display(), d.line, d.col))
+            .collect();
+        assert_eq!(
+            printed,
+            ["ci/common.toml:2:1", "ci/common.toml:2:5", "hm.toml:2:1"]
+        );
     }
 
     #[test]

@@ -19,9 +19,12 @@ use crate::suggest::did_you_mean;
 
 pub(crate) const LIMITS_KEYS: &[&str] = &["memory", "pids", "cpu"];
 
-/// Walks one document, collecting diagnostics.
+/// Walks one document (or several: a pipeline and what it includes), collecting diagnostics.
 pub(crate) struct Checker<'a> {
+    /// The text of the file being read now.
     pub(crate) text: &'a str,
+    /// Every file's text, by number (the first is the one the checker was made for).
+    texts: Vec<&'a str>,
     pub(crate) report: Reporter<'a>,
     /// Absolute directory of the file; relative paths in it (a step's `dir`) are checked
     /// against it.
@@ -96,9 +99,22 @@ impl<'a> Checker<'a> {
     pub(crate) fn new(text: &'a str, file: &Path, root: PathBuf) -> Self {
         Self {
             text,
+            texts: vec![text],
             report: Reporter::new(text, file),
             root,
         }
+    }
+
+    /// Adds another file to check; its number is the count of files before it.
+    pub(crate) fn add_file(&mut self, text: &'a str, file: &Path) -> usize {
+        self.texts.push(text);
+        self.report.add(text, file)
+    }
+
+    /// Makes file `n` the one being read: local spans, snippets and `document` are about it.
+    pub(crate) fn enter(&mut self, n: usize) {
+        self.text = self.texts[n];
+        self.report.enter(n);
     }
 
     /// The parsed document, or `None` after reporting the syntax error (nothing else can be

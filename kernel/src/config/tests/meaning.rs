@@ -300,3 +300,34 @@ fn every_step_environment_ends_with_what_hm_sets() {
     assert_eq!(env(None).as_deref(), Some("true"));
     assert_eq!(env(Some("woodpecker")).as_deref(), Some("woodpecker"));
 }
+
+#[test]
+fn templates_stack_over_defaults_key_by_key_for_tables_and_whole_for_the_rest() {
+    check(
+        r#"[defaults]
+executor = "remote"
+timeout = "10m"
+env = { A = "defaults", D = "defaults" }
+limits = { cpu = 2 }
+retry = { attempts = 2 }
+[templates.base]
+env = { A = "base", B = "base" }
+limits = { memory = "1MiB", pids = 9 }
+with = { x = 1, y = { deep = true } }
+retry = { attempts = 3, on = ["oom"] }
+run = "from base"
+[templates.top]
+extends = ["base"]
+with = { y = { other = true }, z = 3 }
+limits = { pids = 10 }
+[steps.s]
+extends = ["top"]
+env = { A = "step" }
+image = "alpine"
+"#,
+        r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
+step s at hm.toml:17:1 executor=docker run="from base"
+  needs=[] dir=. env={A=step,B=base,D=defaults} timeout=10m allow_failure=false limits=memory:1048576,pids:10,cpu:2 retry=3x[Oom] image=alpine with={"x":1,"y":{"other":true},"z":3}
+"#,
+    );
+}

@@ -81,12 +81,10 @@ hm.toml:3:1: error: unknown key `nmae` in [pipeline]
   hint: did you mean `name`?
 hm.toml:5:1: error: unknown key `run` in [defaults]
   hint: `run` is set per step, in `[steps.<name>]`
-hm.toml:6:1: error: unknown key `env` in [defaults]
-  hint: set `env` for every step in `[pipeline]`, or per step
 hm.toml:7:1: error: unknown key `excutor` in [defaults]
   hint: did you mean `executor`?
 hm.toml:8:1: error: unknown key `colour` in [defaults]
-  hint: expected one of `executor`, `timeout`, `limits`, `retry`, `shell` or `allow_failure`
+  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
 hm.toml:11:12: error: unknown key `memroy` in [steps.a.limits]
   hint: did you mean `memory`?
 hm.toml:12:25: error: unknown key `onn` in [steps.a.retry]
@@ -96,7 +94,7 @@ hm.toml:14:13: error: unknown key `mx` in [plugins.p.restart]
 hm.toml:15:1: error: unknown key `foo` in [plugins.p]
   hint: expected one of `limits`, `restart`, `config`, `required` or `handshake_timeout`
 hm.toml:16:2: error: unknown table `[extra]`
-  hint: the file has the tables `[pipeline]`, `[defaults]`, `[steps.<name>]` and `[plugins.<name>]`
+  hint: the file has the tables `[pipeline]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`
 ",
     );
 }
@@ -384,7 +382,7 @@ fn a_pipeline_without_steps_is_an_error() {
     check(
         "[steps.a]\ndir = \".\"\n",
         r#"hm.toml:1:1: error: step `a` has no `run`
-  hint: add the command to run: `run = "..."`
+  hint: add the command to run: `run = "..."`, or extend a template that has one
 "#,
     );
 }
