@@ -201,10 +201,17 @@ limits = {{ memory = "32MiB" }}
         image = docker.image()
     ));
     let run = run(&project, &docker, &["-k"]);
-    assert_eq!(run.code(), 1, "{run}");
+    // Everything there is to know when this goes wrong: the verdict and both steps' output.
+    let details = format!(
+        "hog: {}; hog said {:?}; survivor said {:?}; {run}",
+        run.step_end("hog"),
+        run.lines("hog"),
+        run.lines("survivor")
+    );
+    assert_eq!(run.code(), 1, "{details}");
     let end = run.step_end("hog");
-    assert_eq!(end["status"], "failed", "{run}");
-    assert_eq!(end["cause"], "oom", "{run}");
+    assert_eq!(end["status"], "failed", "{details}");
+    assert_eq!(end["cause"], "oom", "{details}");
     assert_eq!(end["signal"], 9, "{run}");
     let message = end["message"].as_str().unwrap_or_default();
     assert!(

@@ -309,7 +309,7 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         "matrix = { include = [{ a = 1 }, { a = 1 }] }",
         "{ include",
         "makes instance `s29[a=1]` twice",
-        "remove one",
+        "remove or change one",
     ),
     (
         "matrix = { a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] }",
@@ -506,9 +506,15 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         "",
     ),
     (
+        "matrix = { a = [1], include = [{ a = 2, x = 1 }, { a = 2, x = 2 }] }",
+        "{ a = [",
+        "makes instance `s63[a=2]` twice",
+        "remove or change one",
+    ),
+    (
         r#"extends = ["nope"]"#,
         r#""nope""#,
-        "step `s63` extends unknown template `nope`",
+        "step `s64` extends unknown template `nope`",
         "define it: `[templates.nope]`",
     ),
 ];

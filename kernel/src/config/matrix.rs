@@ -32,6 +32,25 @@ impl MatrixDraft {
         self.axes.iter().map(|(name, _)| name.as_str())
     }
 
+    /// What an instance is named by: its axis values in file order; for an `include` row
+    /// with no axis at all, all its values.
+    pub(crate) fn naming(&self, values: &MatrixValues) -> MatrixValues {
+        let axes: Vec<(String, String)> = self
+            .axis_names()
+            .filter_map(|axis| lookup(values, axis).map(|v| (axis.to_owned(), v.clone())))
+            .collect();
+        if axes.is_empty() {
+            values.clone()
+        } else {
+            axes
+        }
+    }
+
+    /// The name of one of its instances.
+    pub(crate) fn instance_name(&self, step: &str, values: &MatrixValues) -> String {
+        instance_name(step, &self.naming(values))
+    }
+
     /// Every key an instance may have: the axes, then the keys only `include` rows add.
     pub(crate) fn keys(&self) -> Vec<&str> {
         let mut keys: Vec<&str> = self.axis_names().collect();
@@ -56,7 +75,8 @@ fn reserved(variable: &str) -> bool {
     matches!(variable, "PATH" | "HOME" | "CI") || variable.starts_with("HM_")
 }
 
-/// `name[k=v,...]`: how an instance is named in events, logs and on the command line.
+/// `name[k=v,...]`: how an instance is named in events, logs and on the command line (the
+/// axes only: keys an `include` row adds are in `step_end.matrix`, not in the name).
 pub fn instance_name(step: &str, values: &MatrixValues) -> String {
     let pairs: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{step}[{}]", pairs.join(","))
@@ -357,14 +377,27 @@ impl Checker<'_> {
         step: &str,
     ) -> Option<Vec<MatrixValues>> {
         let (instances, duplicate) = expand(draft);
-        if let Some(name) = duplicate {
+        let mut names: Vec<String> = instances
+            .iter()
+            .map(|v| draft.instance_name(step, v))
+            .collect();
+        names.sort();
+        let named_twice = names
+            .windows(2)
+            .find(|w| w[0] == w[1])
+            .map(|w| w[0].clone());
+        if let Some(name) = duplicate
+            .map(|values| draft.instance_name(step, &values))
+            .or(named_twice)
+        {
             self.report.error_at(
                 draft.span.clone(),
-                format!(
-                    "the matrix of step `{step}` makes instance `{}` twice",
-                    instance_name(step, &name)
+                format!("the matrix of step `{step}` makes instance `{name}` twice"),
+                Some(
+                    "two `include` rows make the same combination of axis values; remove or \
+                     change one"
+                        .to_owned(),
                 ),
-                Some("two `include` rows add the same combination; remove one".to_owned()),
             );
             return None;
         }

@@ -295,8 +295,7 @@ impl Checker<'_> {
                 .map(|(k, _)| first[p] + k)
                 .collect();
             if paired.is_empty() {
-                let name =
-                    values.map_or_else(|| this.name.clone(), |v| instance_name(&this.name, v));
+                let name = values.map_or_else(|| this.name.clone(), |v| named(this, v));
                 let span = this
                     .needs
                     .iter()
@@ -363,7 +362,7 @@ impl Checker<'_> {
             Err(problem) => {
                 let shown = match values {
                     Some(values) if text != dir.text => {
-                        format!("`{text}` (for `{}`)", instance_name(&draft.name, values))
+                        format!("`{text}` (for `{}`)", named(draft, values))
                     }
                     _ => format!("`{text}`"),
                 };
@@ -408,7 +407,7 @@ impl Checker<'_> {
             location: self.report.location(draft.header.clone()),
             name: values
                 .as_ref()
-                .map_or_else(|| draft.name.clone(), |v| instance_name(&draft.name, v)),
+                .map_or_else(|| draft.name.clone(), |v| named(draft, v)),
             base: draft.name.clone(),
             matrix: values,
             instance: index,
@@ -429,6 +428,14 @@ impl Checker<'_> {
             image: draft.image.clone(),
             with_json: draft.with_json(),
         }
+    }
+}
+
+/// The name of the instance `values` of `draft`.
+fn named(draft: &StepDraft, values: &MatrixValues) -> String {
+    match &draft.matrix {
+        Some(m) => m.instance_name(&draft.name, values),
+        None => instance_name(&draft.name, values),
     }
 }
 

@@ -1,0 +1,5 @@
+import sys
+
+from greet import main
+
+sys.exit(main())
