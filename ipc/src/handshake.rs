@@ -9,12 +9,13 @@
 //! v2, whose decoders refuse them. Version 4 adds subcommands: `KernelCall::RunSubcommand` and
 //! `PluginReply::SubcommandDone`, sent only on v4. Version 5 adds hooks: `KernelCall::OnEvent`
 //! and `PluginReply::HookDone`, sent only on v5. Version 6 adds `KernelCall::Execute`: a step
-//! with the command line to run it (`shell`), sent instead of `ExecuteStep` on v6.
+//! with the command line to run it (`shell`), sent instead of `ExecuteStep` on v6. Version 7 adds artifacts: `KernelCall::Step` (sent instead
+//! of `Execute`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts` (a tar next to the call).
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u32 = 1;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u32 = 6;
+pub const PROTOCOL_MAX: u32 = 7;
 /// The first version in which the kernel sends `Init`.
 pub const INIT_SINCE: u32 = 2;
 /// The first version with shared buffers: descriptors next to frames, large payloads out of
@@ -33,6 +34,10 @@ pub const HOOKS_SINCE: u32 = 5;
 
 /// The first version in which steps come as `Execute`, with their command line.
 pub const EXECUTE_SINCE: u32 = 6;
+
+/// The first version with data between steps: `KernelCall::Step` (a step with its
+/// `artifacts`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts`.
+pub const ARTIFACTS_SINCE: u32 = 7;
 
 /// Picks the highest version both ranges contain, or says why there is none and what to do.
 pub fn negotiate(ours: (u32, u32), theirs_min: u32, theirs_max: u32) -> Result<u32, String> {

@@ -15,8 +15,11 @@ use thiserror::Error;
 
 use crate::codec::Frame;
 use crate::frame::FrameKind;
-use crate::handshake::{HOOKS_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE};
+use crate::handshake::{
+    ARTIFACTS_SINCE, HOOKS_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE,
+};
 use crate::messages::{ArchivedLogBatch, HostCall, LogBatch, LogChunk, PluginReply};
+use crate::shm::SharedBuffer;
 
 /// The largest host call hm decodes: a key and a value at their limits (1 KiB and 1 MiB),
 /// with room to spare. A bigger one (it may come in a shared buffer) is answered with an error
@@ -66,8 +69,13 @@ pub enum Inbound {
         kind: CallKind,
         reply: PluginReply,
     },
-    /// A call to the host API, to be answered with a `Reply` of the same id.
-    HostCall { call: u64, request: HostCall },
+    /// A call to the host API, to be answered with a `Reply` of the same id. `buffer` is the
+    /// tar of a `PutArtifacts` (v7), the one host call that may carry one.
+    HostCall {
+        call: u64,
+        request: HostCall,
+        buffer: Option<SharedBuffer>,
+    },
     /// A host call whose payload is larger than the host accepts: it is answered with an
     /// error (it was not decoded), and the connection goes on.
     OversizedCall { call: u64, bytes: usize },
@@ -139,9 +147,10 @@ impl HostPolicy {
 
     /// Judges one frame from the plugin. `Err` is a protocol violation: the host ends the
     /// connection and kills the plugin.
-    pub fn check(&mut self, frame: Frame) -> Result<Inbound, Violation> {
+    pub fn check(&mut self, mut frame: Frame) -> Result<Inbound, Violation> {
         let call = frame.call_id();
-        if frame.buffer.is_some() {
+        let buffer = frame.take_buffer();
+        if buffer.is_some() && frame.kind() != FrameKind::Call {
             // A large payload may come in a shared buffer (`FLAG_SHARED_PAYLOAD`); a buffer
             // *beside* the payload is a workspace archive or the like, which only hm hands out.
             return Err(Violation(format!(
@@ -162,14 +171,25 @@ impl HostPolicy {
                 let request = frame
                     .decode::<HostCall>()
                     .map_err(|e| Violation(format!("sent an invalid host call: {e}")))?;
-                if matches!(request, HostCall::OpenArchive) && self.protocol < SHM_SINCE {
+                let (name, since) = match &request {
+                    HostCall::OpenArchive => ("OpenArchive", SHM_SINCE),
+                    HostCall::OpenArtifacts(_) => ("OpenArtifacts", ARTIFACTS_SINCE),
+                    HostCall::PutArtifacts(_) => ("PutArtifacts", ARTIFACTS_SINCE),
+                    _ => ("", 0),
+                };
+                if self.protocol < since {
                     return Err(Violation(format!(
-                        "called OpenArchive on protocol {}, which does not have it (added in \
-                         version {SHM_SINCE})",
+                        "called {name} on protocol {}, which does not have it (added in \
+                         version {since})",
                         self.protocol
                     )));
                 }
-                Ok(Inbound::HostCall { call, request })
+                check_buffer(&request, buffer.as_ref())?;
+                Ok(Inbound::HostCall {
+                    call,
+                    request,
+                    buffer,
+                })
             }
             FrameKind::Pong if self.pings.remove(&call) => Ok(Inbound::Pong { nonce: call }),
             FrameKind::Pong => Err(Violation(format!(
@@ -304,5 +324,47 @@ fn reply_name(reply: &PluginReply) -> &'static str {
         R::StepOutOfMemory(_) => "StepOutOfMemory",
         R::SubcommandDone(_) => "SubcommandDone",
         R::HookDone(_) => "HookDone",
+    }
+}
+
+/// A buffer next to a host call belongs to a `PutArtifacts` without a problem, and such a call
+/// has one of the length it says.
+fn check_buffer(request: &HostCall, buffer: Option<&SharedBuffer>) -> Result<(), Violation> {
+    match (request, buffer) {
+        (HostCall::PutArtifacts(upload), Some(buffer)) if upload.problem.is_none() => {
+            if buffer.len() as u64 != upload.len {
+                return Err(Violation(format!(
+                    "sent PutArtifacts saying {} bytes with a buffer of {}",
+                    upload.len,
+                    buffer.len()
+                )));
+            }
+            Ok(())
+        }
+        (HostCall::PutArtifacts(upload), None) if upload.problem.is_some() => Ok(()),
+        (HostCall::PutArtifacts(_), Some(_)) => Err(Violation(
+            "sent PutArtifacts with both a problem and a buffer".into(),
+        )),
+        (HostCall::PutArtifacts(_), None) => Err(Violation(
+            "sent PutArtifacts without its buffer or a problem".into(),
+        )),
+        (_, None) => Ok(()),
+        (other, Some(_)) => Err(Violation(format!(
+            "sent a shared buffer with a {} host call, which has none",
+            host_call_name(other)
+        ))),
+    }
+}
+
+fn host_call_name(call: &HostCall) -> &'static str {
+    match call {
+        HostCall::Log(_) => "Log",
+        HostCall::KvGet(_) => "KvGet",
+        HostCall::KvSet(_) => "KvSet",
+        HostCall::ReadConfig => "ReadConfig",
+        HostCall::StepProcess(_) => "StepProcess",
+        HostCall::OpenArchive => "OpenArchive",
+        HostCall::OpenArtifacts(_) => "OpenArtifacts",
+        HostCall::PutArtifacts(_) => "PutArtifacts",
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! This crate depends on no other workspace crate and is the only one whose types derive rkyv.
 
+pub mod artifacts;
 pub mod codec;
 pub mod frame;
 pub mod handshake;
@@ -25,7 +26,8 @@ pub use frame::{
     FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP,
 };
 pub use handshake::{
-    EXECUTE_SINCE, HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SUBCOMMANDS_SINCE, negotiate,
+    ARTIFACTS_SINCE, EXECUTE_SINCE, HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE,
+    SUBCOMMANDS_SINCE, negotiate,
 };
 pub use reader::FrameReader;
 pub use shm::{BufferWriter, SHM_THRESHOLD, SealedBuffer, SharedBuffer};

@@ -56,6 +56,9 @@ pub enum KernelCall {
     /// Run one attempt of one step with the command line hm chose (`shell` in `hm.toml`).
     /// From v6 on, the kernel sends this instead of `ExecuteStep`. v6.
     Execute(Box<Execute>),
+    /// One attempt of a step and what hm collects from it when it passes. Sent instead of
+    /// `Execute` on v7.
+    Step(Box<StepCall>),
 }
 
 /// When a hook sees an event. v5.
@@ -138,6 +141,21 @@ pub struct Execute {
     pub shell: Vec<String>,
 }
 
+/// One attempt of a step with its `artifacts`. v7.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StepCall {
+    pub execute: Execute,
+    /// The step's `artifacts` globs, relative to the project root (`dist/**`). An executor
+    /// that runs the step where hm cannot see its files (a container) sends the matching files
+    /// with `HostCall::PutArtifacts` before it answers; one that runs it in the project
+    /// directory sends nothing, and hm collects them there.
+    pub artifacts: Vec<String>,
+    /// The most files the step may produce as artifacts.
+    pub artifacts_max_files: u64,
+    /// The most bytes (file contents) the step may produce as artifacts.
+    pub artifacts_max_bytes: u64,
+}
+
 /// The shell of a step that does not set one: `sh -e -c RUN`, so a failing line fails the step.
 pub const DEFAULT_SHELL: [&str; 3] = ["sh", "-e", "-c"];
 
@@ -148,6 +166,12 @@ pub const LEGACY_SHELL: [&str; 2] = ["sh", "-c"];
 /// pipeline file is, and what the workspace archive holds), set by hm over any value from
 /// `hm.toml`. An executor that runs steps elsewhere maps it (the docker executor: `/workspace`).
 pub const PROJECT_DIR_ENV: &str = "HM_PROJECT_DIR";
+
+/// The variable in every step's environment that names the file the step appends its outputs
+/// to (`key=value` lines). An executor that runs steps elsewhere gives the step a file of its
+/// own there and, when the step has ended, writes what it holds into this file (the docker
+/// executor: `/hm/output` in the container).
+pub const OUTPUT_ENV: &str = "HM_OUTPUT";
 
 /// Resource limits of a step; `None` means no limit. v1.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -232,6 +256,32 @@ pub enum HostCall {
     /// The workspace archive: a tar of the project, answered with `HostReply::Archive` and the
     /// archive's sealed shared buffer next to the reply frame. v3.
     OpenArchive,
+    /// The artifacts of the steps that the step of `step_call` needs, directly or through
+    /// others: answered with `HostReply::Archive` and a tar of them in a sealed shared buffer
+    /// (paths relative to the project root), or `HostReply::Ok` when there are none. v7.
+    OpenArtifacts(Box<StepRef>),
+    /// The artifacts of the step of `step_call`, collected where it ran: a tar (paths
+    /// relative to the project root, regular files and directories) in a sealed shared buffer
+    /// next to the frame, or without a buffer a `problem` that fails the step with cause
+    /// `artifact`. Sent before the step's reply; answered with `HostReply::Ok`. v7.
+    PutArtifacts(Box<ArtifactUpload>),
+}
+
+/// Names a running step by the id of its `Step` call. v7.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRef {
+    pub step_call: u64,
+}
+
+/// What `HostCall::PutArtifacts` says about the buffer that comes with it. v7.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactUpload {
+    pub step_call: u64,
+    /// The tar's length in bytes (the buffer's size); 0 with a `problem`.
+    pub len: u64,
+    /// Why the artifacts could not be collected ("23,001 files, over the limit of 10,000"):
+    /// the step fails with cause `artifact` and this message. No buffer comes with it.
+    pub problem: Option<String>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

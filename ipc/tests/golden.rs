@@ -101,6 +101,26 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
     )
     .expect("golden messages encode")
     .with_buffer(memfd());
+    let step_v7 = KernelCall::Step(Box::new(hm_ipc::messages::StepCall {
+        execute: match &execute_v6 {
+            KernelCall::Execute(execute) => (**execute).clone(),
+            _ => unreachable!("execute_v6 is an Execute"),
+        },
+        artifacts: vec!["dist/**".into(), "target/release/hm".into()],
+        artifacts_max_files: 10_000,
+        artifacts_max_bytes: 4 << 30,
+    }));
+    let put_artifacts = OutFrame::message(
+        K::Call,
+        7,
+        &HostCall::PutArtifacts(Box::new(hm_ipc::messages::ArtifactUpload {
+            step_call: 7,
+            len: 10240,
+            problem: None,
+        })),
+    )
+    .expect("golden messages encode")
+    .with_buffer(memfd());
     let batch = LogBatch {
         chunks: vec![
             LogChunk {
@@ -128,6 +148,7 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ),
         ("call_execute_step", frame(K::Call, 7, &execute)),
         ("call_execute", frame(K::Call, 7, &execute_v6)),
+        ("call_step", frame(K::Call, 7, &step_v7)),
         ("call_init", frame(K::Call, 1, &init)),
         ("reply_step_done", frame(K::Reply, 7, &done)),
         ("reply_ready", frame(K::Reply, 1, &PluginReply::Ready)),
@@ -184,6 +205,27 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             frame(K::Call, 5, &HostCall::OpenArchive),
         ),
         ("host_reply_archive", archive),
+        (
+            "host_call_open_artifacts",
+            frame(
+                K::Call,
+                6,
+                &HostCall::OpenArtifacts(Box::new(hm_ipc::messages::StepRef { step_call: 7 })),
+            ),
+        ),
+        ("host_call_put_artifacts", put_artifacts),
+        (
+            "host_call_put_artifacts_problem",
+            frame(
+                K::Call,
+                8,
+                &HostCall::PutArtifacts(Box::new(hm_ipc::messages::ArtifactUpload {
+                    step_call: 7,
+                    len: 0,
+                    problem: Some("over the limit".into()),
+                })),
+            ),
+        ),
         ("log_batch", frame(K::LogBatch, 7, &batch)),
         (
             "credit",

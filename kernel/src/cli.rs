@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// HM_SINCE, else the merge base with origin/HEAD, main or master).
     #[arg(long, value_name = "REF")]
     pub since: Option<String>,
+    /// Values of secrets (`env = { X = { secret = "NAME" } }`), one NAME=value a line; over
+    /// hm's environment.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
     /// Fail (exit 4) instead of running without cgroup isolation.
     #[arg(long)]
     pub require_isolation: bool,

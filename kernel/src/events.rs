@@ -134,6 +134,49 @@ pub struct StepEnd {
     /// step without a matrix.
     #[serde(serialize_with = "ordered_object")]
     pub matrix: Option<Vec<(String, String)>>,
+    /// The files it handed on (when it passed), in path order.
+    pub artifacts: Vec<crate::artifacts::Artifact>,
+    /// What it wrote to `$HM_OUTPUT` (when it passed), as a JSON object in its order.
+    #[serde(serialize_with = "ordered_pairs")]
+    pub outputs: Vec<(String, String)>,
+}
+
+fn ordered_pairs<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (key, value) in pairs {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
+impl BuildEvent {
+    /// Every text of the event that a step or plugin could have put a secret into, masked
+    /// by `masker`.
+    pub fn mask(&mut self, masker: &crate::secrets::Masker) {
+        match self {
+            BuildEvent::StepLog { line, .. } => masker.mask_in_place(line),
+            BuildEvent::StepEnd(end) => {
+                if let Some(message) = &mut end.message {
+                    masker.mask_in_place(message);
+                }
+                for (_, value) in &mut end.outputs {
+                    masker.mask_in_place(value);
+                }
+                for artifact in &mut end.artifacts {
+                    masker.mask_in_place(&mut artifact.path);
+                }
+            }
+            BuildEvent::PluginExit {
+                message: Some(message),
+                ..
+            } => masker.mask_in_place(message),
+            _ => {}
+        }
+    }
 }
 
 /// `[(k, v), ...]` as the JSON object `{"k": "v", ...}`, in order.
@@ -202,6 +245,8 @@ pub enum Cause {
     Condition,
     /// A manual step that was not named on the command line (or that a step needs).
     Manual,
+    /// Its artifacts could not be taken: over `artifacts_max`, or unreadable.
+    Artifact,
 }
 
 impl Cause {
@@ -221,6 +266,7 @@ impl Cause {
             Cause::Setup => "could not be prepared",
             Cause::Condition => "its condition is false",
             Cause::Manual => "a manual step, not named on the command line",
+            Cause::Artifact => "its artifacts could not be taken",
         }
     }
 
@@ -239,6 +285,7 @@ impl Cause {
             Cause::Setup => "setup",
             Cause::Condition => "condition",
             Cause::Manual => "manual",
+            Cause::Artifact => "artifact",
         }
     }
 }
@@ -277,10 +324,14 @@ mod tests {
                 ("rust".into(), "1.85".into()),
                 ("os".into(), "linux".into()),
             ]),
+            artifacts: Vec::new(),
+            outputs: vec![("v".into(), "1".into())],
         };
         let json = serde_json::to_string(&end).expect("serialises");
         assert!(
-            json.ends_with(r#""matrix":{"rust":"1.85","os":"linux"}}"#),
+            json.ends_with(
+                r#""matrix":{"rust":"1.85","os":"linux"},"artifacts":[],"outputs":{"v":"1"}}"#
+            ),
             "{json}"
         );
         let events = [

@@ -43,6 +43,8 @@ pub struct RunSettings {
     pub require_isolation: bool,
     /// What changed in the project (`Plan::changes`), for `if.changed`.
     pub changes: Option<crate::condition::Changes>,
+    /// The values of the secrets the run's steps refer to (`Plan::secrets`).
+    pub secrets: crate::secrets::Secrets,
     pub notice: Notice,
 }
 
@@ -192,6 +194,7 @@ pub fn run(
         inherited_ci: std::env::var(crate::config::CI_ENV).ok(),
         named,
         changes: settings.changes,
+        secrets: settings.secrets,
         executors,
         hooks,
         attach,

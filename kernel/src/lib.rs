@@ -2,6 +2,7 @@
 //! execute them, and renders what happens. It never names plugin code (ARCHITECTURE.md).
 
 pub mod archive;
+pub mod artifacts;
 pub mod cgroup;
 pub mod condition;
 pub mod config;
@@ -11,11 +12,13 @@ pub mod events;
 pub mod exit;
 pub mod guardian;
 pub mod launch;
+pub mod outputs;
 pub mod plan;
 pub mod reaper;
 pub mod registry;
 pub mod render;
 pub mod scheduler;
+pub mod secrets;
 pub mod suggest;
 pub mod supervisor;
 pub mod toml_check;

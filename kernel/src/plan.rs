@@ -54,6 +54,8 @@ pub enum PlanError {
     Attach(String),
     /// `--since REF` (or `HM_SINCE`) names no commit, or there is no repository.
     Since(String),
+    /// A secret the run needs has no value, or `--secret-file` cannot be read.
+    Secret(String),
 }
 
 impl PlanError {
@@ -65,7 +67,8 @@ impl PlanError {
             | PlanError::Pipeline { .. }
             | PlanError::Selection(_)
             | PlanError::Attach(_)
-            | PlanError::Since(_) => exit::USAGE,
+            | PlanError::Since(_)
+            | PlanError::Secret(_) => exit::USAGE,
             PlanError::Registry(_) | PlanError::Incompatible(_) => exit::PLUGIN,
             PlanError::NoExecutor { .. } => exit::NO_EXECUTOR,
         }
@@ -101,7 +104,8 @@ impl fmt::Display for PlanError {
             }
             PlanError::Selection(message)
             | PlanError::Attach(message)
-            | PlanError::Since(message) => f.write_str(message),
+            | PlanError::Since(message)
+            | PlanError::Secret(message) => f.write_str(message),
             PlanError::Registry(errors) => {
                 for error in errors {
                     writeln!(f, "{error}")?;
@@ -226,6 +230,21 @@ impl Plan {
                     "{e}\n  hint: name a branch, tag or commit, e.g. --since origin/main"
                 ))
             })
+    }
+
+    /// The values of the secrets the selected steps refer to: from `file` (`--secret-file`)
+    /// first, then hm's environment. Every missing one is named, never a value.
+    pub fn secrets(&self, file: Option<&Path>) -> Result<crate::secrets::Secrets, PlanError> {
+        let from_file = match file {
+            Some(path) => {
+                crate::secrets::read_file(path).map_err(|e| PlanError::Secret(e.to_string()))?
+            }
+            None => Default::default(),
+        };
+        crate::secrets::resolve(&self.pipeline, &self.selected, &from_file, |name| {
+            std::env::var(name).ok()
+        })
+        .map_err(|e| PlanError::Secret(e.to_string()))
     }
 
     /// How many steps may run at once: `-j`, else the pipeline's `parallelism`, else the

@@ -1,11 +1,12 @@
 //! The context an executor gets with each step: the host API (log, step output, key-value
-//! state, the workspace archive) and the step's cancellation as a future.
+//! state, the workspace archive, artifacts) and the step's cancellation as a future.
 
 use std::sync::{Arc, Mutex};
 
+use hm_ipc::SealedBuffer;
 use hm_ipc::messages::{
-    HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogChunk, LogLevel, LogRecord,
-    StepProcess,
+    ArtifactUpload, HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogChunk, LogLevel,
+    LogRecord, StepProcess, StepRef,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +71,7 @@ impl StepContext {
         }
     }
 
-    /// The id of the `ExecuteStep` call this context serves.
+    /// The id of the step call (`ExecuteStep`, `Execute` or `Step`) this context serves.
     pub fn call_id(&self) -> u64 {
         self.inner.call_id
     }
@@ -235,6 +236,82 @@ impl StepContext {
         }
     }
 
+    /// The artifacts of the steps this step needs (directly or through others): a tar of
+    /// their files, paths relative to the project root, mapped read-only like
+    /// [`Self::open_archive`]. An executor that runs the step outside the project directory
+    /// unpacks it on top of the workspace; one that runs it in the project directory has
+    /// nothing to do, as hm put the files there.
+    ///
+    /// `Ok(None)` when there are none, and from an hm older than protocol 7 (which has no
+    /// artifacts: nothing is asked).
+    pub async fn open_artifacts(&self) -> Result<Option<Archive>, StepError> {
+        if self.inner.link.protocol < hm_ipc::ARTIFACTS_SINCE {
+            return Ok(None);
+        }
+        let call = HostCall::OpenArtifacts(Box::new(StepRef {
+            step_call: self.inner.call_id,
+        }));
+        match self.inner.link.call_for_buffer(&call).await? {
+            // The serve loop checked that the buffer came with the reply and has its length.
+            (HostReply::Archive(_), Some(buffer)) => Ok(Some(Archive::new(buffer))),
+            (HostReply::Ok, _) => Ok(None),
+            (HostReply::Error(e), _) => Err(StepError::Message(format!(
+                "hm could not provide the artifacts of the steps this one needs: {}",
+                e.message
+            ))),
+            (other, _) => Err(StepError::Message(format!(
+                "hm answered OpenArtifacts with {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends this step's artifacts to hm: `tar` holds the files that match
+    /// [`crate::StepRequest::artifacts`] (regular files, and directories if you like; paths
+    /// relative to the project root, within the step's
+    /// [`crate::StepRequest::artifact_limits`]). Call it once, after the step passed and before
+    /// `execute` returns; hm then lists them in the step's `step_end` and hands them to the
+    /// steps that need it. Only an executor that runs steps where hm cannot see their files
+    /// (a container, another machine) sends them: hm collects the artifacts of a step whose
+    /// executor sends none from the project directory.
+    ///
+    /// Write the tar with [`tar::Builder`](https://docs.rs/tar) over a
+    /// [`crate::BufferWriter`] and seal it: it travels as a sealed shared buffer, not copied.
+    /// A no-op from an hm older than protocol 7.
+    pub async fn put_artifacts(&self, tar: SealedBuffer) -> Result<(), StepError> {
+        if self.inner.link.protocol < hm_ipc::ARTIFACTS_SINCE {
+            return Ok(());
+        }
+        let call = HostCall::PutArtifacts(Box::new(ArtifactUpload {
+            step_call: self.inner.call_id,
+            len: tar.len() as u64,
+            problem: None,
+        }));
+        let fd = tar
+            .share()
+            .map_err(|e| StepError::Message(format!("cannot hand the artifacts to hm: {e}")))?;
+        // Our own descriptor goes now; the frame's copy is closed once it is sent.
+        drop(tar);
+        let reply = self.inner.link.call_with_buffer(&call, fd).await?;
+        artifacts_sent(reply)
+    }
+
+    /// Tells hm why this step's artifacts could not be collected (too many files or bytes:
+    /// [`crate::artifacts::Tally::add`]'s message, or the runtime failed to produce them),
+    /// instead of [`Self::put_artifacts`]. hm fails the step with cause `artifact` and
+    /// `message`. A no-op from an hm older than protocol 7.
+    pub async fn artifacts_problem(&self, message: impl Into<String>) -> Result<(), StepError> {
+        if self.inner.link.protocol < hm_ipc::ARTIFACTS_SINCE {
+            return Ok(());
+        }
+        let call = HostCall::PutArtifacts(Box::new(ArtifactUpload {
+            step_call: self.inner.call_id,
+            len: 0,
+            problem: Some(message.into()),
+        }));
+        let reply = self.inner.link.call(&call).await?;
+        artifacts_sent(reply)
+    }
+
     /// Writes (or with `None`, deletes) a value in hm's key-value store.
     pub async fn kv_set(
         &self,
@@ -269,5 +346,19 @@ impl StepContext {
 
     fn lock_batch(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.inner.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// hm's answer to `PutArtifacts`.
+fn artifacts_sent(reply: HostReply) -> Result<(), StepError> {
+    match reply {
+        HostReply::Ok => Ok(()),
+        HostReply::Error(e) => Err(StepError::Message(format!(
+            "hm did not take the step's artifacts: {}",
+            e.message
+        ))),
+        other => Err(StepError::Message(format!(
+            "hm answered PutArtifacts with {other:?}"
+        ))),
     }
 }

@@ -2,6 +2,7 @@
 //! and the log credit granted by the kernel.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,7 +53,8 @@ impl Link {
 
     /// Calls the host API and waits for the answer.
     pub(crate) async fn call(&self, call: &HostCall) -> Result<HostReply, StepError> {
-        // Only `OpenArchive` is answered with a buffer, and it goes through `call_for_buffer`.
+        // Only `OpenArchive` and `OpenArtifacts` are answered with a buffer, and they go
+        // through `call_for_buffer`.
         self.call_for_buffer(call).await.map(|(reply, _)| reply)
     }
 
@@ -62,6 +64,26 @@ impl Link {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = OutFrame::message_for(self.protocol, FrameKind::Call, id, call)
             .map_err(|e| StepError::Message(e.to_string()))?;
+        self.await_reply(id, frame).await
+    }
+
+    /// Calls the host API with a sealed buffer next to the call (`PutArtifacts`, v7) and waits
+    /// for the answer. The payload stays inline: a frame carries one descriptor, and this
+    /// one's is the buffer.
+    pub(crate) async fn call_with_buffer(
+        &self,
+        call: &HostCall,
+        buffer: OwnedFd,
+    ) -> Result<HostReply, StepError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = OutFrame::message(FrameKind::Call, id, call)
+            .map_err(|e| StepError::Message(e.to_string()))?
+            .with_buffer(buffer);
+        self.await_reply(id, frame).await.map(|(reply, _)| reply)
+    }
+
+    /// Sends the call `frame` (numbered `id`) and waits for its answer.
+    async fn await_reply(&self, id: u64, frame: OutFrame) -> Result<Answer, StepError> {
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(id, tx);
         if let Err(e) = self.send(frame) {

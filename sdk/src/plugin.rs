@@ -35,6 +35,40 @@ pub struct StepRequest {
     pub cgroup_procs: Vec<PathBuf>,
     /// The step's limits; the process helper applies them as rlimits when there is no cgroup.
     pub limits: hm_ipc::messages::StepLimits,
+    /// The step's `artifacts` globs, relative to the project root (`dist/**`); empty when it
+    /// has none, and always from an hm older than protocol 7. An executor that runs the step
+    /// where hm cannot see its files sends the files they match with
+    /// [`StepContext::put_artifacts`] (match them with [`crate::artifacts::ArtifactGlobs`]).
+    pub artifacts: Vec<String>,
+    /// How much the step's artifacts may be (`[pipeline] artifacts_max`).
+    pub artifact_limits: ArtifactLimits,
+}
+
+/// The most a step's artifacts may be: past either limit, the executor sends
+/// [`StepContext::artifacts_problem`] with [`crate::artifacts::Tally`]'s message instead of a tar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    pub max_files: u64,
+    /// Bytes of file contents.
+    pub max_bytes: u64,
+}
+
+impl ArtifactLimits {
+    /// A tally that counts files against these limits.
+    pub fn tally(&self) -> hm_ipc::artifacts::Tally {
+        hm_ipc::artifacts::Tally::new(self.max_files, self.max_bytes)
+    }
+}
+
+impl Default for ArtifactLimits {
+    /// hm's defaults (10,000 files, 4 GiB), which is also what a step from an hm older than
+    /// protocol 7 gets.
+    fn default() -> Self {
+        Self {
+            max_files: hm_ipc::artifacts::DEFAULT_MAX_FILES,
+            max_bytes: hm_ipc::artifacts::DEFAULT_MAX_BYTES,
+        }
+    }
 }
 
 impl StepRequest {
@@ -54,6 +88,18 @@ impl StepRequest {
             .rev()
             .find(|(name, _)| name == hm_ipc::messages::PROJECT_DIR_ENV)
             .map(|(_, dir)| std::path::Path::new(dir))
+    }
+
+    /// The file the step appends its outputs to (`key=value` lines), from `HM_OUTPUT` in the
+    /// step's environment; `None` from an hm that does not set it. hm creates it before the
+    /// step and reads it afterwards: an executor that runs the step elsewhere gives the step a
+    /// file of its own and writes what it holds into this one when the step has ended.
+    pub fn output_file(&self) -> Option<&std::path::Path> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == hm_ipc::messages::OUTPUT_ENV)
+            .map(|(_, file)| std::path::Path::new(file))
     }
 }
 

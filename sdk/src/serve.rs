@@ -10,7 +10,7 @@ use hm_ipc::codec::WireError;
 use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
     CallFailure, Credit, Execute, ExecuteStep, Hello, HookOutcome, HostReply, Init, KernelCall,
-    PluginReply, Reject, RunSubcommand, SubcommandExit, Welcome,
+    PluginReply, Reject, RunSubcommand, StepCall, SubcommandExit, Welcome,
 };
 use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::StepContext;
 use crate::link::Link;
 use crate::plugin::{
-    HookContext, HookEvent, HookVerdict, InitInfo, Plugin, StepError, StepRequest,
+    ArtifactLimits, HookContext, HookEvent, HookVerdict, InitInfo, Plugin, StepError, StepRequest,
 };
 
 #[derive(Debug, Error)]
@@ -167,6 +167,14 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
     result
 }
 
+/// What a step call says about the step's artifacts: globs and limits from `Step` (v7), none
+/// and hm's default limits from the older calls.
+#[derive(Default)]
+struct Artifacts {
+    globs: Vec<String>,
+    limits: ArtifactLimits,
+}
+
 struct Dispatcher {
     plugin: Plugin,
     run_id: String,
@@ -261,7 +269,7 @@ impl Dispatcher {
             }
             KernelCall::ExecuteStep(step) => {
                 let shell = hm_ipc::messages::LEGACY_SHELL.map(str::to_owned).to_vec();
-                self.execute(id, *step, shell);
+                self.execute(id, *step, shell, Artifacts::default());
             }
             KernelCall::Execute(call) => {
                 if self.link.protocol < hm_ipc::EXECUTE_SINCE {
@@ -271,7 +279,29 @@ impl Dispatcher {
                     )));
                 }
                 let Execute { step, shell } = *call;
-                self.execute(id, step, shell);
+                self.execute(id, step, shell, Artifacts::default());
+            }
+            KernelCall::Step(call) => {
+                if self.link.protocol < hm_ipc::ARTIFACTS_SINCE {
+                    return Err(ServeError::Protocol(format!(
+                        "Step received on protocol {}, which does not have it",
+                        self.link.protocol
+                    )));
+                }
+                let StepCall {
+                    execute: Execute { step, shell },
+                    artifacts,
+                    artifacts_max_files,
+                    artifacts_max_bytes,
+                } = *call;
+                let artifacts = Artifacts {
+                    globs: artifacts,
+                    limits: ArtifactLimits {
+                        max_files: artifacts_max_files,
+                        max_bytes: artifacts_max_bytes,
+                    },
+                };
+                self.execute(id, step, shell, artifacts);
             }
             KernelCall::RunSubcommand(call) => {
                 if self.link.protocol < hm_ipc::SUBCOMMANDS_SINCE {
@@ -318,7 +348,7 @@ impl Dispatcher {
         }
     }
 
-    fn execute(&mut self, id: u64, step: ExecuteStep, shell: Vec<String>) {
+    fn execute(&mut self, id: u64, step: ExecuteStep, shell: Vec<String>, artifacts: Artifacts) {
         let Some((_, executor)) = self.plugin.executor.clone() else {
             self.reply(
                 id,
@@ -352,6 +382,8 @@ impl Dispatcher {
             grace: std::time::Duration::from_millis(step.grace_ms),
             cgroup_procs: step.cgroup_procs.into_iter().map(Into::into).collect(),
             limits: step.limits,
+            artifacts: artifacts.globs,
+            artifact_limits: artifacts.limits,
         };
         let token = CancellationToken::new();
         self.calls.insert(id, token.clone());

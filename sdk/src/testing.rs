@@ -11,6 +11,11 @@
 //! provides with [`Harness::provide_archive`], sent as the kernel sends it: a duplicate of its
 //! descriptor next to the reply frame.
 //!
+//! Artifacts (protocol v7) go both ways as with hm: a step started with
+//! [`StepOptions::artifacts`] goes as `Step` with those globs; `OpenArtifacts` is answered with
+//! the tar in [`StepOptions::needs_artifacts`] (or "none"), and what the plugin sends with
+//! `PutArtifacts`, a tar or a problem, is in [`StepRun::artifacts`].
+//!
 //! The harness checks the plugin as strictly as the kernel would, so a test through it also
 //! tests the SDK's side of the protocol: a payload that fails validation, a log batch beyond the
 //! granted credit or over `max_batch_bytes`, output or a reply for a call that is not in flight,
@@ -41,13 +46,13 @@ use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
-    ArchiveBuffer, CallFailure, Credit, DEFAULT_SHELL, Execute, HookEvent, HookPhase, HostCall,
-    HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel, PluginReply, Reject, RunSubcommand,
-    StepResult, Welcome,
+    ArchiveBuffer, ArtifactUpload, CallFailure, Credit, DEFAULT_SHELL, Execute, HookEvent,
+    HookPhase, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel, PluginReply,
+    Reject, RunSubcommand, StepCall, StepResult, Welcome,
 };
 use hm_ipc::{
-    EXECUTE_SINCE, Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame, PROTOCOL_MAX,
-    PROTOCOL_MIN, SHM_SINCE, SealedBuffer,
+    ARTIFACTS_SINCE, EXECUTE_SINCE, Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame,
+    PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE, SealedBuffer, SharedBuffer,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -62,7 +67,7 @@ use tokio::time::Instant;
 pub use hm_ipc::messages::{EnvVar, ExecuteStep, Hello, KvScope};
 
 use crate::context::OutputStream;
-use crate::plugin::{HookVerdict, Plugin};
+use crate::plugin::{ArtifactLimits, HookVerdict, Plugin};
 use crate::serve::ServeError;
 
 /// The run id the harness sends in `Welcome`.
@@ -146,6 +151,9 @@ pub struct StepRun {
     pub logs: Vec<(LogLevel, String)>,
     /// The process groups the plugin reported for this call (`HostCall::StepProcess`).
     pub process_groups: Vec<i32>,
+    /// What the plugin sent with `PutArtifacts` (v7) before it answered: the tar's bytes, or
+    /// the problem it reported instead. `None` when it sent nothing.
+    pub artifacts: Option<Result<Vec<u8>, String>>,
 }
 
 impl StepRun {
@@ -185,6 +193,35 @@ pub fn step(run: &str) -> ExecuteStep {
         grace_ms: 10_000,
         cgroup_procs: Vec::new(),
         limits: hm_ipc::messages::StepLimits::default(),
+    }
+}
+
+/// How the harness sends one step, beyond its [`ExecuteStep`]: for [`Harness::execute_with`].
+/// `StepOptions::default()` is what [`Harness::execute`] sends; change single fields with
+/// `StepOptions { artifacts: vec!["dist/**".into()], ..Default::default() }`.
+#[derive(Debug)]
+pub struct StepOptions {
+    /// The program and first arguments `run` is appended to; hm's default, `sh -e -c`, unless
+    /// set. Not sent on protocol 5 and older, which cannot carry it.
+    pub shell: Vec<String>,
+    /// The step's `artifacts` globs, sent with the step as `Step` on protocol 7 (and not at all
+    /// on older ones, where the step goes as before).
+    pub artifacts: Vec<String>,
+    pub artifact_limits: ArtifactLimits,
+    /// What `OpenArtifacts` (v7) answers for this step: the tar of the artifacts of the steps
+    /// it needs, a duplicate of its descriptor next to the reply as from hm; without one, "no
+    /// artifacts" (`HostReply::Ok`).
+    pub needs_artifacts: Option<SealedBuffer>,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        Self {
+            shell: DEFAULT_SHELL.map(str::to_owned).to_vec(),
+            artifacts: Vec::new(),
+            artifact_limits: ArtifactLimits::default(),
+            needs_artifacts: None,
+        }
     }
 }
 
@@ -406,6 +443,15 @@ impl Harness {
         self.start_execute_with_shell(step, shell)?.finish().await
     }
 
+    /// Runs one step sent as `options` say (its shell, its artifacts) to its end.
+    pub async fn execute_with(
+        &self,
+        step: ExecuteStep,
+        options: StepOptions,
+    ) -> Result<StepRun, HarnessError> {
+        self.start_execute_with(step, options)?.finish().await
+    }
+
     /// Sends the step with a fresh call id and returns at once; the handle receives the
     /// step's output and reply while the test does other things (cancel, ping, other steps).
     /// The step runs with hm's default shell, `sh -e -c` (`ExecuteStep`, and so `sh -c`, on
@@ -421,13 +467,40 @@ impl Harness {
         step: ExecuteStep,
         shell: &[&str],
     ) -> Result<CallHandle, HarnessError> {
-        let call = if self.protocol >= EXECUTE_SINCE {
-            let shell = shell.iter().map(|&arg| arg.to_owned()).collect();
+        let options = StepOptions {
+            shell: shell.iter().map(|&arg| arg.to_owned()).collect(),
+            ..StepOptions::default()
+        };
+        self.start_execute_with(step, options)
+    }
+
+    /// [`Harness::start_execute`] sent as `options` say: as `Step` with its artifacts on
+    /// protocol 7, as `Execute` (no artifacts) on 6, as `ExecuteStep` (no shell either) on 5
+    /// and older, the newest call the protocol has, as hm does.
+    pub fn start_execute_with(
+        &self,
+        step: ExecuteStep,
+        options: StepOptions,
+    ) -> Result<CallHandle, HarnessError> {
+        let StepOptions {
+            shell,
+            artifacts,
+            artifact_limits,
+            needs_artifacts,
+        } = options;
+        let call = if self.protocol >= ARTIFACTS_SINCE {
+            KernelCall::Step(Box::new(StepCall {
+                execute: Execute { step, shell },
+                artifacts,
+                artifacts_max_files: artifact_limits.max_files,
+                artifacts_max_bytes: artifact_limits.max_bytes,
+            }))
+        } else if self.protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute { step, shell }))
         } else {
             KernelCall::ExecuteStep(Box::new(step))
         };
-        self.start_call(CallKind::Execute, &call)
+        self.start_call_with(CallKind::Execute, &call, needs_artifacts)
     }
 
     /// Sends `Cancel` for the call; its reply still comes through the handle.
@@ -507,6 +580,15 @@ impl Harness {
     }
 
     fn start_call(&self, kind: CallKind, call: &KernelCall) -> Result<CallHandle, HarnessError> {
+        self.start_call_with(kind, call, None)
+    }
+
+    fn start_call_with(
+        &self,
+        kind: CallKind,
+        call: &KernelCall,
+        needs_artifacts: Option<SealedBuffer>,
+    ) -> Result<CallHandle, HarnessError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = OutFrame::message(FrameKind::Call, id, call)?;
         let (events, receiver) = mpsc::unbounded_channel();
@@ -522,6 +604,8 @@ impl Harness {
                     kind,
                     events,
                     process_groups: Vec::new(),
+                    needs_artifacts,
+                    artifacts_came: false,
                 },
             );
         }
@@ -534,6 +618,7 @@ impl Harness {
             lines: Vec::new(),
             logs: Vec::new(),
             process_groups: Vec::new(),
+            artifacts: None,
             reply: None,
         })
     }
@@ -566,6 +651,7 @@ pub struct CallHandle {
     lines: Vec<(OutputStream, String)>,
     logs: Vec<(LogLevel, String)>,
     process_groups: Vec<i32>,
+    artifacts: Option<Result<Vec<u8>, String>>,
     reply: Option<PluginReply>,
 }
 
@@ -623,6 +709,7 @@ impl CallHandle {
             result,
             logs: self.logs,
             process_groups: self.process_groups,
+            artifacts: self.artifacts,
         })
     }
 
@@ -655,6 +742,7 @@ impl CallHandle {
                     Some(CallEvent::Lines(lines)) => self.lines.extend(lines),
                     Some(CallEvent::Log(level, message)) => self.logs.push((level, message)),
                     Some(CallEvent::ProcessGroup(pgid)) => self.process_groups.push(pgid),
+                    Some(CallEvent::Artifacts(upload)) => self.artifacts = Some(upload),
                     Some(CallEvent::Reply(reply)) => self.reply = Some(reply),
                 }
             }
@@ -746,12 +834,17 @@ struct CallEntry {
     kind: CallKind,
     events: mpsc::UnboundedSender<CallEvent>,
     process_groups: Vec<i32>,
+    /// What `OpenArtifacts` answers for this step.
+    needs_artifacts: Option<SealedBuffer>,
+    /// Whether `PutArtifacts` came for this step.
+    artifacts_came: bool,
 }
 
 enum CallEvent {
     Lines(Vec<(OutputStream, String)>),
     Log(LogLevel, String),
     ProcessGroup(i32),
+    Artifacts(Result<Vec<u8>, String>),
     Reply(PluginReply),
 }
 
@@ -838,8 +931,12 @@ impl Kernel {
                 let _ = entry.events.send(CallEvent::Reply(reply));
                 Ok(())
             }
-            Inbound::HostCall { call, request } => {
-                let (reply, buffer) = self.host_call(request)?;
+            Inbound::HostCall {
+                call,
+                request,
+                buffer,
+            } => {
+                let (reply, buffer) = self.host_call(request, buffer)?;
                 self.answer(call, &reply, buffer)
             }
             Inbound::OversizedCall { call, bytes } => {
@@ -902,10 +999,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// Answers one host-API call, with the descriptor of a shared buffer for `OpenArchive`.
-    fn host_call(&self, call: HostCall) -> Result<(HostReply, Option<OwnedFd>), String> {
+    /// Answers one host-API call, with the descriptor of a shared buffer for `OpenArchive`
+    /// and `OpenArtifacts`. `buffer` is what came with the call: a `PutArtifacts` tar (the
+    /// policy has checked that only that call brings one, of the length it says).
+    fn host_call(
+        &self,
+        call: HostCall,
+        buffer: Option<SharedBuffer>,
+    ) -> Result<(HostReply, Option<OwnedFd>), String> {
         let mut state = self.lock();
         let reply = match call {
+            HostCall::OpenArtifacts(step) => return open_artifacts(&state, step.step_call),
+            HostCall::PutArtifacts(upload) => put_artifacts(&mut state, *upload, buffer),
             HostCall::Log(record) => {
                 for call in state
                     .calls
@@ -976,6 +1081,63 @@ fn open_archive(state: &mut State) -> Result<(HostReply, Option<OwnedFd>), Strin
         len: archive.len() as u64,
     }));
     Ok((reply, Some(fd)))
+}
+
+/// Answers `OpenArtifacts` for step call `step_call` from what the test gave that step.
+fn open_artifacts(state: &State, step_call: u64) -> Result<(HostReply, Option<OwnedFd>), String> {
+    let Some(step) = running_step(state, step_call) else {
+        let message = format!("no step call {step_call} is running");
+        return Ok((HostReply::Error(Box::new(CallFailure { message })), None));
+    };
+    let Some(tar) = &step.needs_artifacts else {
+        return Ok((HostReply::Ok, None));
+    };
+    let fd = tar
+        .share()
+        .map_err(|e| format!("the harness failed to share the artifacts: {e}"))?;
+    let reply = HostReply::Archive(Box::new(ArchiveBuffer {
+        len: tar.len() as u64,
+    }));
+    Ok((reply, Some(fd)))
+}
+
+/// Takes a step's `PutArtifacts`: the tar (copied out of the plugin's buffer, which is
+/// unmapped here) or the problem goes to the step's handle, ahead of its reply.
+fn put_artifacts(
+    state: &mut State,
+    upload: ArtifactUpload,
+    buffer: Option<SharedBuffer>,
+) -> HostReply {
+    let refuse = |message: String| HostReply::Error(Box::new(CallFailure { message }));
+    let step_call = upload.step_call;
+    let Some(step) = state
+        .calls
+        .get_mut(&step_call)
+        .filter(|call| call.kind == CallKind::Execute)
+    else {
+        // Also a step that has answered already: its artifacts had to come before.
+        return refuse(format!("no step call {step_call} is running"));
+    };
+    if std::mem::replace(&mut step.artifacts_came, true) {
+        return refuse(format!(
+            "the artifacts of step call {step_call} came already"
+        ));
+    }
+    let upload = match (upload.problem, buffer) {
+        (Some(problem), _) => Err(problem),
+        (None, Some(tar)) => Ok(tar.as_slice().to_vec()),
+        // The policy refuses an upload with neither.
+        (None, None) => Err("no artifacts came".to_owned()),
+    };
+    let _ = step.events.send(CallEvent::Artifacts(upload));
+    HostReply::Ok
+}
+
+fn running_step(state: &State, step_call: u64) -> Option<&CallEntry> {
+    state
+        .calls
+        .get(&step_call)
+        .filter(|call| call.kind == CallKind::Execute)
 }
 
 /// Step-scoped state belongs to a running step; the other scopes name no step.

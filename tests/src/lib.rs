@@ -242,7 +242,12 @@ impl Project {
             .expect("canonicalize the temp dir");
         let root = base.join("project");
         let xdg = base.join("xdg");
-        for dir in [&root, &xdg.join("data"), &xdg.join("state")] {
+        for dir in [
+            &root,
+            &xdg.join("data"),
+            &xdg.join("state"),
+            &xdg.join("runtime"),
+        ] {
             std::fs::create_dir_all(dir).expect("create project directories");
         }
         Self {
@@ -286,6 +291,12 @@ impl Project {
     }
 
     /// The `XDG_DATA_HOME` hm runs with.
+    /// `XDG_RUNTIME_DIR` of the hm this project runs: where a run keeps its `$HM_OUTPUT`
+    /// files while it lasts.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.xdg.join("runtime")
+    }
+
     pub fn data_home(&self) -> PathBuf {
         self.xdg.join("data")
     }
@@ -313,6 +324,7 @@ impl Project {
             .env("XDG_DATA_HOME", self.xdg.join("data"))
             .env("XDG_STATE_HOME", self.xdg.join("state"))
             .env("XDG_CONFIG_HOME", self.xdg.join("config"))
+            .env("XDG_RUNTIME_DIR", self.xdg.join("runtime"))
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("CI")

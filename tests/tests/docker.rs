@@ -448,3 +448,76 @@ run = "true"
         out.stderr
     );
 }
+
+#[test]
+fn a_docker_steps_artifacts_and_outputs_reach_docker_and_shell_dependents() {
+    let Some(docker) = DockerFixture::new("artifacts") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[steps.build]
+image = "{image}"
+run = "mkdir -p dist && echo 'app 2.0' > dist/app.txt && echo version=2.0 >> $HM_OUTPUT"
+artifacts = ["dist/**"]
+
+[steps.in-docker]
+image = "{image}"
+needs = ["build"]
+run = "cat /workspace/dist/app.txt; echo ${{{{ steps.build.outputs.version }}}}"
+
+[steps.on-host]
+needs = ["build"]
+run = "cat dist/app.txt; echo $VERSION"
+env = {{ VERSION = "${{{{ steps.build.outputs.version }}}}" }}
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 0, "{run}");
+    let end = run.step_end("build");
+    assert_eq!(end["outputs"]["version"], "2.0", "{run}");
+    let artifacts = end["artifacts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(artifacts.len(), 1, "{run}");
+    assert_eq!(artifacts[0]["path"], "dist/app.txt", "{run}");
+    assert_eq!(run.lines("in-docker"), ["app 2.0", "2.0"], "{run}");
+    assert_eq!(run.lines("on-host"), ["app 2.0", "2.0"], "{run}");
+    // The file is in the project where a local build would have put it, with the digest
+    // step_end gave.
+    let bytes = std::fs::read(project.path("dist/app.txt")).expect("dist/app.txt");
+    assert_eq!(bytes, b"app 2.0\n");
+    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(artifacts[0]["sha256"], digest.as_str(), "{run}");
+    assert_eq!(artifacts[0]["bytes"], 8, "{run}");
+    assert_no_container_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_docker_step_past_the_artifact_limit_fails_and_writes_nothing() {
+    let Some(docker) = DockerFixture::new("artifact-limit") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[pipeline]
+artifacts_max = {{ files = 2 }}
+
+[steps.many]
+image = "{image}"
+run = "mkdir -p out && for i in 1 2 3 4; do echo $i > out/$i.txt; done"
+artifacts = ["out/**"]
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 1, "{run}");
+    let end = run.step_end("many");
+    assert_eq!(end["cause"], "artifact", "{run}");
+    let message = end["message"].as_str().unwrap_or_default();
+    assert!(message.contains("more than 2 files"), "{run}");
+    assert!(!project.exists("out"), "{run}");
+    assert_no_container_of(&run_id(&run.events));
+}

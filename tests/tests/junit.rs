@@ -323,3 +323,40 @@ run = "echo only"
     );
     assert!(!project.exists("reports") && !project.exists("hm-junit.xml"));
 }
+
+#[test]
+fn artifacts_are_attachments_and_secrets_are_masked_in_the_report() {
+    const TOKEN: &str = "junit-secret-4d3c2b1a";
+    let project = project(
+        r#"
+[plugins.junit]
+
+[steps.build]
+env = { TOKEN = { secret = "HM_TEST_JUNIT_TOKEN" } }
+run = "mkdir -p dist && echo x > dist/app.txt && echo \"deploying with $TOKEN\" && exit 3"
+artifacts = ["dist/**"]
+allow_failure = { exit_codes = [3] }
+
+[steps.package]
+run = "mkdir -p dist && echo y > dist/pkg.tar && echo \"token=$TOKEN\" >> $HM_OUTPUT"
+env = { TOKEN = { secret = "HM_TEST_JUNIT_TOKEN" } }
+artifacts = ["dist/pkg.tar"]
+"#,
+    );
+    let mut cmd = project.command(&["run", "--format", "json"]);
+    cmd.env("HM_TEST_JUNIT_TOKEN", TOKEN);
+    let run = hm_tests::Hm::spawn(cmd)
+        .finish(hm_tests::RUN_DEADLINE)
+        .into_run();
+    assert_eq!(run.code(), 0, "{run}");
+    let report = Report::read(&project, "hm-junit.xml", &run);
+    report.assert_valid();
+    assert!(!report.text.contains(TOKEN), "{}", report.text);
+    // A failed step hands nothing on; a passed one lists its files.
+    assert!(!report.text.contains("dist/app.txt"), "{}", report.text);
+    assert_eq!(
+        report.xpath(&format!("string({}/system-out)", testcase("package"))),
+        "[[ATTACHMENT|dist/pkg.tar]]"
+    );
+    assert!(!run.output.stdout.contains(TOKEN), "{run}");
+}

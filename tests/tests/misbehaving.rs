@@ -459,17 +459,22 @@ fn a_plugin_that_leaves_after_hello_reads_the_same_whether_its_socket_was_reset_
 }
 
 #[test]
-fn a_plugin_speaking_only_protocol_7_to_9_is_rejected_with_both_ranges() {
+fn a_plugin_speaking_only_newer_protocols_is_rejected_with_both_ranges() {
     let ours = format!("{}..={}", hm_ipc::PROTOCOL_MIN, hm_ipc::PROTOCOL_MAX);
+    let theirs = format!(
+        "{}..={}",
+        hm_ipc::PROTOCOL_MAX + 1,
+        hm_ipc::PROTOCOL_MAX + 3
+    );
     check_handshake_failure(
-        "protocol-7-9",
+        "protocol-too-new",
         HandshakeVerdict {
             // A Hello hm cannot accept is a protocol error; the plugin reads the Reject, says
             // so and exits by itself.
             step_cause: "protocol_error",
             exit_cause: "protocol_error",
             exit_code: Some(2),
-            stderr: &["fixture-handshake", "7..=9", &ours, "rejected: "],
+            stderr: &["fixture-handshake", &theirs, &ours, "rejected: "],
         },
     );
 }

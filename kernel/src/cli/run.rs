@@ -48,6 +48,13 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
             return e.exit_code();
         }
     };
+    let secrets = match plan.secrets(args.secret_file.as_deref()) {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            errln!("{}", error_text(&e.to_string()));
+            return e.exit_code();
+        }
+    };
     if args.dry_run {
         print_out(&plan_text(&plan, plan.parallelism(args.jobs)));
         return exit::OK;
@@ -83,6 +90,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         attach: args.attach,
         require_isolation: args.require_isolation,
         changes,
+        secrets,
         notice: Arc::new(|text: &str| errln!("{text}")),
     };
     match launch::run(plan, settings, renderer) {

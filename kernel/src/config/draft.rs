@@ -29,6 +29,7 @@ pub(super) struct StepDraft {
     pub(super) timeout: Option<Duration>,
     pub(super) allow_failure: Option<AllowFailure>,
     pub(super) shell: Option<Shell>,
+    pub(super) artifacts: Option<Vec<String>>,
     pub(super) limits: Limits,
     pub(super) retry: Option<Retry>,
     pub(super) executor: Option<String>,
@@ -119,6 +120,7 @@ impl StepDraft {
             timeout: self.timeout.or(lower.timeout),
             allow_failure: self.allow_failure.or_else(|| lower.allow_failure.clone()),
             shell: self.shell.or_else(|| lower.shell.clone()),
+            artifacts: self.artifacts.or_else(|| lower.artifacts.clone()),
             limits: self.limits.or(lower.limits),
             retry: self.retry.or_else(|| lower.retry.clone()),
             executor: self.executor.or_else(|| lower.executor.clone()),
@@ -219,6 +221,9 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("shell") {
             draft.shell = self.shell(&f);
+        }
+        if let Some(f) = section.get("artifacts") {
+            draft.artifacts = self.artifacts(&f);
         }
         if let Some(f) = section.get("limits") {
             draft.limits = self.limits(&f, path).unwrap_or_default();

@@ -145,16 +145,13 @@ impl Checker<'_> {
                 item,
                 label: format!("`{name}` in [{path}]"),
             };
-            if item
-                .as_table_like()
-                .is_some_and(|t| t.contains_key("secret"))
-            {
-                self.report.error(
-                    entry.span(),
-                    format!("secrets (`{{ secret = \"NAME\" }}`) are not supported yet: `{name}` in [{path}]"),
-                    Some("pass the value at run time with `hm run -e KEY=VALUE` for now".to_owned()),
-                );
-                ok = false;
+            if item.is_table_like() {
+                match self.secret(&entry) {
+                    Some(reference) => {
+                        env.insert(name.to_owned(), reference);
+                    }
+                    None => ok = false,
+                }
                 continue;
             }
             match self.string(&entry) {

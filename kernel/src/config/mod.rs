@@ -5,6 +5,7 @@
 //! [`Diagnostic`] for every problem instead of stopping at the first.
 
 mod condition;
+mod data;
 mod draft;
 pub mod expr;
 mod fields;
@@ -22,6 +23,7 @@ pub(crate) mod values;
 mod tests;
 
 pub use crate::toml_check::{Diagnostic, Diagnostics};
+pub use data::referenced_secret;
 pub use matrix::{MAX_INSTANCES, instance_name};
 pub use model::*;
 pub use parse::{FILE_NAME, LoadError, find_pipeline_file, load, parse_str};

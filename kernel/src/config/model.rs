@@ -19,7 +19,10 @@ pub struct Pipeline {
     /// `None` means "number of CPUs"; `-j` overrides.
     pub parallelism: Option<usize>,
     pub keep_going: bool,
+    /// Values may be secret references ([`referenced_secret`](super::referenced_secret)).
     pub env: BTreeMap<String, String>,
+    /// `artifacts_max`: what one step may produce as artifacts.
+    pub artifacts_max: ArtifactLimits,
     /// Steps in file order. `needs` are indices into this vector, already checked for cycles.
     pub steps: Vec<Step>,
     /// `[plugins.<name>]` tables, by plugin name.
@@ -61,9 +64,12 @@ pub struct Step {
     pub dir_template: Option<String>,
     /// The step's own env on top of the pipeline env and its matrix variables (not yet `-e`
     /// overrides).
+    /// Values may be secret references ([`referenced_secret`](super::referenced_secret)).
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     pub allow_failure: AllowFailure,
+    /// `artifacts`: globs of the files the step hands to the steps after it.
+    pub artifacts: Vec<String>,
     /// How `run` is run.
     pub shell: Shell,
     pub limits: Limits,
@@ -76,6 +82,13 @@ pub struct Step {
     pub with_json: String,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
+}
+
+/// `[pipeline] artifacts_max = { files, bytes }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// `if = { ... }`: every part given must hold.
@@ -266,8 +279,11 @@ impl Pipeline {
     }
 }
 
+/// An output of a step the rendered step needs: `(step, key)` → value.
+pub type OutputLookup<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
+
 /// What hm knows about an attempt that goes into its environment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AttemptEnv<'a> {
     /// The `-e KEY=VALUE` overrides, in order.
     pub overrides: &'a [(String, String)],
@@ -276,6 +292,12 @@ pub struct AttemptEnv<'a> {
     pub attempt: u32,
     /// `CI` in hm's own environment, if any.
     pub inherited_ci: Option<&'a str>,
+    /// The value of a secret, by name (every secret the run uses has one).
+    pub secrets: &'a dyn Fn(&str) -> Option<String>,
+    /// The outputs of the steps this one needs.
+    pub outputs: OutputLookup<'a>,
+    /// The file the step appends its outputs to (`$HM_OUTPUT`), when hm collects them.
+    pub output_file: Option<&'a std::path::Path>,
 }
 
 impl Step {
@@ -297,7 +319,13 @@ impl Step {
             .env
             .iter()
             .filter(|(k, _)| !attempt.overrides.iter().any(|(o, _)| o == *k) && !ours(k))
-            .map(|(k, v)| (k.clone(), self.render(v, &[])))
+            .map(|(k, v)| {
+                let value = match super::referenced_secret(v) {
+                    Some(secret) => (attempt.secrets)(secret).unwrap_or_default(),
+                    None => self.render(v, &[], attempt.outputs),
+                };
+                (k.clone(), value)
+            })
             .collect();
         env.extend(attempt.overrides.iter().filter(|(k, _)| !ours(k)).cloned());
         if !env.iter().any(|(k, _)| k == CI_ENV) {
@@ -311,6 +339,9 @@ impl Step {
             (ATTEMPT_ENV, attempt.attempt.to_string()),
         ];
         env.extend(set.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        if let Some(file) = attempt.output_file {
+            env.push((OUTPUT_ENV.to_owned(), file.display().to_string()));
+        }
         env
     }
 }
@@ -325,8 +356,16 @@ pub const RUN_ID_ENV: &str = "HM_RUN_ID";
 pub const STEP_ENV: &str = "HM_STEP";
 /// The attempt, from 1.
 pub const ATTEMPT_ENV: &str = "HM_ATTEMPT";
+/// The file a step appends its outputs to.
+pub const OUTPUT_ENV: &str = hm_ipc::messages::OUTPUT_ENV;
 /// The variables hm sets in every step over any value from `hm.toml` or `-e`.
-pub const HM_VARIABLES: [&str; 4] = [PROJECT_DIR_ENV, RUN_ID_ENV, STEP_ENV, ATTEMPT_ENV];
+pub const HM_VARIABLES: [&str; 5] = [
+    PROJECT_DIR_ENV,
+    RUN_ID_ENV,
+    STEP_ENV,
+    ATTEMPT_ENV,
+    OUTPUT_ENV,
+];
 
 /// `restart = { max, within }`, default 3 within 60 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

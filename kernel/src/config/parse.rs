@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{Document, Item};
 
 use super::draft::{NO_TIMEOUT_HINT, StepDraft, UseKey};
-use super::model::{Pipeline, PluginSettings, RestartBudget};
+use super::model::{ArtifactLimits, Pipeline, PluginSettings, RestartBudget};
 use super::sources::Sources;
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
@@ -27,7 +27,14 @@ const TOP_KEYS: &[&str] = &[
 ];
 /// What an included file may hold.
 const INCLUDED_KEYS: &[&str] = &["templates", "steps", "include"];
-const PIPELINE_KEYS: &[&str] = &["name", "timeout", "parallelism", "keep_going", "env"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "timeout",
+    "parallelism",
+    "keep_going",
+    "env",
+    "artifacts_max",
+];
 const STEP_KEYS: &[&str] = &[
     "run",
     "needs",
@@ -36,6 +43,7 @@ const STEP_KEYS: &[&str] = &[
     "timeout",
     "allow_failure",
     "shell",
+    "artifacts",
     "limits",
     "retry",
     "executor",
@@ -175,6 +183,7 @@ impl Checker<'_> {
             parallelism: None,
             keep_going: false,
             env: BTreeMap::new(),
+            artifacts_max: ArtifactLimits::default(),
             steps: Vec::new(),
             plugins: BTreeMap::new(),
         };
@@ -274,6 +283,9 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("keep_going") {
             pipeline.keep_going = self.boolean(&f).unwrap_or_default();
+        }
+        if let Some(f) = section.get("artifacts_max") {
+            pipeline.artifacts_max = self.artifacts_max(&f).unwrap_or_default();
         }
         if let Some(f) = section.get("env") {
             pipeline.env = self.env(&f, "pipeline").unwrap_or_default();

@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::expr::{self, Ref};
 use super::matrix;
-use super::model::{AttemptEnv, Step};
+use super::model::{AttemptEnv, OutputLookup, Step};
 
 /// One attempt of a step, everything rendered.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +59,15 @@ pub fn normalize_dir(text: &str) -> Result<PathBuf, DirProblem> {
 }
 
 impl Step {
-    /// `text` with its expressions filled from this instance's matrix values and `env` (the
-    /// step's environment). Step outputs are not collected yet: they render empty.
-    pub fn render(&self, text: &str, env: &[(String, String)]) -> String {
+    /// `text` with its expressions filled from this instance's matrix values, `env` (the
+    /// step's environment) and the outputs of the steps it needs (`outputs`); what is not
+    /// there renders empty.
+    pub fn render(
+        &self,
+        text: &str,
+        env: &[(String, String)],
+        outputs: OutputLookup<'_>,
+    ) -> String {
         expr::render(text, |reference| match reference {
             Ref::Matrix(key) => self
                 .matrix
@@ -75,7 +81,7 @@ impl Step {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
-            Ref::Output { .. } => String::new(),
+            Ref::Output { step, key } => outputs(step, key).unwrap_or_default(),
         })
     }
 
@@ -83,10 +89,11 @@ impl Step {
     /// expressions turns out not to be a directory inside the project.
     pub fn prepare(&self, root: &Path, attempt: AttemptEnv<'_>) -> Result<Prepared, String> {
         let env = self.environment(attempt);
+        let outputs = attempt.outputs;
         let dir = match &self.dir_template {
             None => self.dir.clone(),
             Some(template) => {
-                let text = self.render(template, &env);
+                let text = self.render(template, &env, outputs);
                 let relative = normalize_dir(&text).map_err(|problem| {
                     format!(
                         "its dir `{template}` is `{text}`, which {}; dir must name a directory \
@@ -99,34 +106,50 @@ impl Step {
             }
         };
         Ok(Prepared {
-            run: self.render(&self.run, &env),
+            run: self.render(&self.run, &env, outputs),
             dir,
-            image: self.image.as_ref().map(|image| self.render(image, &env)),
-            with_json: self.render_json(&self.with_json, &env),
+            image: self
+                .image
+                .as_ref()
+                .map(|image| self.render(image, &env, outputs)),
+            with_json: self.render_json(&self.with_json, &env, outputs),
             env,
         })
     }
 
     /// The strings of a JSON text rendered; the text itself when it has no expression.
-    fn render_json(&self, json: &str, env: &[(String, String)]) -> String {
+    fn render_json(
+        &self,
+        json: &str,
+        env: &[(String, String)],
+        outputs: OutputLookup<'_>,
+    ) -> String {
         if !expr::is_template(json) {
             return json.to_owned();
         }
         let Ok(mut value) = serde_json::from_str::<serde_json::Value>(json) else {
             return json.to_owned();
         };
-        self.render_strings(&mut value, env);
+        self.render_strings(&mut value, env, outputs);
         value.to_string()
     }
 
-    fn render_strings(&self, value: &mut serde_json::Value, env: &[(String, String)]) {
+    fn render_strings(
+        &self,
+        value: &mut serde_json::Value,
+        env: &[(String, String)],
+        outputs: OutputLookup<'_>,
+    ) {
         match value {
-            serde_json::Value::String(text) => *text = self.render(text, env),
+            serde_json::Value::String(text) => *text = self.render(text, env, outputs),
             serde_json::Value::Array(items) => {
-                items.iter_mut().for_each(|v| self.render_strings(v, env));
+                items
+                    .iter_mut()
+                    .for_each(|v| self.render_strings(v, env, outputs));
             }
             serde_json::Value::Object(map) => {
-                map.values_mut().for_each(|v| self.render_strings(v, env));
+                map.values_mut()
+                    .for_each(|v| self.render_strings(v, env, outputs));
             }
             _ => {}
         }

@@ -123,6 +123,7 @@ impl Summary {
             self.table(out, color);
             out.push('\n');
         }
+        self.artifacts_line(out);
         let duration = text::duration(totals.duration_ms);
         let _ = writeln!(
             out,
@@ -138,6 +139,26 @@ impl Summary {
             totals.status.as_str(),
         );
         let _ = writeln!(out, " (exit code {})", totals.exit_code);
+    }
+
+    /// `artifacts: build 2 files (1.2 KiB), docs 1 file (300 B)`, when a step handed any on.
+    fn artifacts_line(&self, out: &mut String) {
+        let parts: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let end = row.last.as_ref()?;
+                let n = end.artifacts.len();
+                (n > 0).then(|| {
+                    let bytes: u64 = end.artifacts.iter().map(|a| a.bytes).sum();
+                    let noun = if n == 1 { "file" } else { "files" };
+                    format!("{} {n} {noun} ({})", row.step, text::bytes(bytes))
+                })
+            })
+            .collect();
+        if !parts.is_empty() {
+            let _ = writeln!(out, "artifacts: {}", parts.join(", "));
+        }
     }
 
     /// Says that the run stopped at its first failure when that is why steps were cancelled

@@ -6,8 +6,10 @@
 use hm_ipc::host::CallKind;
 use std::path::Path;
 
-use hm_ipc::EXECUTE_SINCE;
-use hm_ipc::messages::{EnvVar, Execute, ExecuteStep, KernelCall, StepLimits, StepResult};
+use hm_ipc::messages::{
+    EnvVar, Execute, ExecuteStep, KernelCall, StepCall, StepLimits, StepResult,
+};
+use hm_ipc::{ARTIFACTS_SINCE, EXECUTE_SINCE};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -159,12 +161,17 @@ impl Scheduler<'_> {
         let Some(condition) = &def.condition else {
             return Ok(());
         };
+        let secrets = |name: &str| self.secret_value(name);
+        let outputs = |step: &str, key: &str| self.output_of(i, step, key);
         let env = def.environment(AttemptEnv {
             overrides: &self.opts.env_overrides,
             project_dir: &self.pipeline.root,
             run_id: &self.opts.run_id,
             attempt: self.steps[i].attempt,
             inherited_ci: self.opts.inherited_ci.as_deref(),
+            secrets: &secrets,
+            outputs: &outputs,
+            output_file: None,
         });
         crate::condition::holds(
             condition,
@@ -213,9 +220,13 @@ impl Scheduler<'_> {
         let PluginState::Ready { link, .. } = &self.plugins[p].state else {
             return;
         };
-        let def = &self.pipeline.steps[self.steps[i].index];
         let protocol = link.protocol();
+        let output_file = self.new_output_file(i);
+        self.steps[i].upload = None;
+        let def = &self.pipeline.steps[self.steps[i].index];
         let root = &self.pipeline.root;
+        let secrets = |name: &str| self.secret_value(name);
+        let outputs = |step: &str, key: &str| self.output_of(i, step, key);
         let prepared = def
             .prepare(
                 root,
@@ -225,6 +236,9 @@ impl Scheduler<'_> {
                     run_id: &self.opts.run_id,
                     attempt: self.steps[i].attempt,
                     inherited_ci: self.opts.inherited_ci.as_deref(),
+                    secrets: &secrets,
+                    outputs: &outputs,
+                    output_file: output_file.as_deref(),
                 },
             )
             .and_then(|prepared| {
@@ -259,7 +273,17 @@ impl Scheduler<'_> {
             self.opts.grace.as_millis() as u64,
             leaf.as_ref(),
         );
-        let call_message = if protocol >= EXECUTE_SINCE {
+        let call_message = if protocol >= ARTIFACTS_SINCE {
+            KernelCall::Step(Box::new(StepCall {
+                execute: Execute {
+                    step: request,
+                    shell: def.shell.argv(),
+                },
+                artifacts: def.artifacts.clone(),
+                artifacts_max_files: self.pipeline.artifacts_max.files,
+                artifacts_max_bytes: self.pipeline.artifacts_max.bytes,
+            }))
+        } else if protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute {
                 step: request,
                 shell: def.shell.argv(),
@@ -268,6 +292,7 @@ impl Scheduler<'_> {
             KernelCall::ExecuteStep(Box::new(request))
         };
         self.steps[i].leaf = leaf;
+        self.steps[i].output_file = output_file;
         let PluginState::Ready { pid, link } = &self.plugins[p].state else {
             return;
         };
@@ -319,6 +344,16 @@ impl Scheduler<'_> {
             let def = &self.pipeline.steps[self.steps[i].index];
             // One timestamp per batch: its lines arrived together.
             let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let masked: Vec<(Stream, std::borrow::Cow<'_, str>)>;
+            let chunks: Vec<(Stream, &str)> = if self.masker.is_active() {
+                masked = chunks
+                    .iter()
+                    .map(|(s, text)| (*s, self.masker.mask(text)))
+                    .collect();
+                masked.iter().map(|(s, t)| (*s, t.as_ref())).collect()
+            } else {
+                chunks.iter().map(|(s, t)| (*s, t.as_str())).collect()
+            };
             for (stream, line) in chunks
                 .iter()
                 .flat_map(|(s, text)| text.split('\n').map(move |l| (s, l)))
@@ -364,7 +399,7 @@ impl Scheduler<'_> {
                 result,
                 out_of_memory,
             };
-            self.end_attempt_with(i, verdict, report);
+            self.end_with_collection(i, verdict, report);
         }
     }
 
@@ -398,15 +433,11 @@ impl Scheduler<'_> {
             })
             .count();
         if escaped > 0 {
-            let def = &self.pipeline.steps[self.steps[i].index];
-            let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
             let line = format!(
                 "hm: killed {escaped} process(es) that left the step's process group but not its \
                  cgroup"
             );
-            let _ =
-                self.renderer
-                    .step_log(&ts, &self.opts.run_id, &def.name, Stream::Stderr, &line);
+            self.step_log_line(i, Stream::Stderr, &line);
         }
         if self.janitor.is_none() {
             match LeafJanitor::start() {
@@ -511,6 +542,8 @@ impl Scheduler<'_> {
             message: verdict.message.clone(),
             allowed_failure: allowed,
             matrix: def.matrix.clone(),
+            artifacts: self.steps[i].artifacts.clone(),
+            outputs: self.steps[i].outputs.clone(),
         }));
         let step = &mut self.steps[i];
         step.started = None;
@@ -570,6 +603,18 @@ impl Scheduler<'_> {
             cpu_ms: None,
             message,
             allowed_failure: false,
+            artifacts: Vec::new(),
+            outputs: Vec::new(),
         }));
+    }
+
+    /// One line of hm's own in step `i`'s log (to the renderer and the hooks), masked.
+    pub(super) fn step_log_line(&mut self, i: usize, stream: Stream, line: &str) {
+        let def = &self.pipeline.steps[self.steps[i].index];
+        self.emit(BuildEvent::StepLog {
+            step: def.name.clone(),
+            stream,
+            line: line.to_owned(),
+        });
     }
 }

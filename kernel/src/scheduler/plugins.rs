@@ -348,7 +348,14 @@ impl Scheduler<'_> {
                     self.steps[i].pgid = Some(pgid);
                 }
             }
+            PluginEventKind::Artifacts { call, upload } => {
+                self.on_artifacts_upload(p, call, upload)
+            }
+            PluginEventKind::OpenArtifacts { host_call, call } => {
+                self.on_open_artifacts(p, host_call, call);
+            }
             PluginEventKind::Diagnostic { message } => {
+                let message = self.masker.mask(&message);
                 tracing::warn!(plugin = %self.plugins[p].spec.name, "{message}");
             }
             // The connection's policy lets a hook's answer through only to a hook call.

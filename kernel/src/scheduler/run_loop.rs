@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub named: Vec<usize>,
     /// What changed in the project, when a selected step's `if` asks.
     pub changes: Option<crate::condition::Changes>,
+    /// The values of the secrets the steps refer to; masked wherever hm shows text.
+    pub secrets: crate::secrets::Secrets,
     /// The plugin serving each selected step's executor, by step index.
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
@@ -69,6 +71,8 @@ pub(super) enum Event {
     Timer,
     /// Time to redraw the live view.
     Tick,
+    /// A passed step's outputs and artifacts were taken in.
+    Collected(Box<super::data::Collection>),
 }
 
 /// The run: one task owns all of it, and everything else sends it messages.
@@ -80,6 +84,13 @@ pub struct Scheduler<'a> {
     pub(super) plugins: Vec<PluginSlot>,
     pub(super) events_tx: mpsc::UnboundedSender<PluginEvent>,
     events_rx: mpsc::UnboundedReceiver<PluginEvent>,
+    /// Where collections of passed steps report (`data.rs`).
+    pub(super) collected_tx: mpsc::UnboundedSender<Event>,
+    collected_rx: mpsc::UnboundedReceiver<Event>,
+    /// The run's `$HM_OUTPUT` files; `None` if it could not be created (a warning said so).
+    pub(super) run_dir: Option<crate::outputs::RunDir>,
+    /// Masks the secrets' values in everything the run shows and hands on.
+    pub(super) masker: crate::secrets::Masker,
     pub(super) host: Arc<HostState>,
     /// The workspace archive, built if a plugin asks; dropped once every step is done.
     pub(super) archive: Arc<WorkspaceArchive>,
@@ -141,8 +152,21 @@ impl<'a> Scheduler<'a> {
             plugins[p].hooks = spec.hooks.clone();
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (collected_tx, collected_rx) = mpsc::unbounded_channel();
+        let run_dir = match crate::outputs::RunDir::create(&opts.run_id) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!("cannot create the run's directory for $HM_OUTPUT files: {e}");
+                None
+            }
+        };
+        let masker = opts.secrets.masker();
         let now = Instant::now();
         Self {
+            collected_tx,
+            collected_rx,
+            run_dir,
+            masker,
             pipeline,
             pipeline_deadline: opts.timeout.map(|t| now + t),
             opts,
@@ -204,6 +228,7 @@ impl<'a> Scheduler<'a> {
             let wake = self.next_wake();
             let event = tokio::select! {
                 Some(event) = self.events_rx.recv() => Event::Plugin(event),
+                Some(event) = self.collected_rx.recv() => event,
                 Some(()) = recv_signal(&mut sigint) => {
                     interrupts += 1;
                     Event::Interrupt(interrupts)
@@ -240,6 +265,7 @@ impl<'a> Scheduler<'a> {
             Event::Tick => {
                 let _ = self.renderer.tick();
             }
+            Event::Collected(collection) => self.on_collected(*collection),
         }
     }
 
@@ -262,9 +288,12 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Hands an event to the renderer and to the hooks that observe it.
-    pub(super) fn emit(&mut self, event: BuildEvent) {
+    pub(super) fn emit(&mut self, mut event: BuildEvent) {
         if self.build_end_code.is_some() {
             return;
+        }
+        if self.masker.is_active() {
+            event.mask(&self.masker);
         }
         let envelope = Envelope::now(&self.opts.run_id, event);
         let _ = self.renderer.event(&envelope);

@@ -22,6 +22,8 @@ pub(super) enum StepState {
     Starting,
     /// Its `ExecuteStep` call is in flight.
     Running,
+    /// It passed; its outputs and artifacts are being taken in, off the run loop.
+    Collecting,
     Done,
 }
 
@@ -30,7 +32,7 @@ impl StepState {
     pub(super) fn holds_slot(self) -> bool {
         matches!(
             self,
-            StepState::Gating | StepState::Starting | StepState::Running
+            StepState::Gating | StepState::Starting | StepState::Running | StepState::Collecting
         )
     }
 }
@@ -68,6 +70,14 @@ pub(super) struct StepRun {
     pub(super) gates_pending: usize,
     /// The first abort of the current gate: which hook, and why.
     pub(super) gate_abort: Option<String>,
+    /// The current attempt's `$HM_OUTPUT` file.
+    pub(super) output_file: Option<std::path::PathBuf>,
+    /// What the executor sent with `PutArtifacts` for the current attempt.
+    pub(super) upload: Option<Result<hm_ipc::SharedBuffer, String>>,
+    /// Its outputs, once it passed.
+    pub(super) outputs: crate::outputs::Outputs,
+    /// Its artifacts, once it passed.
+    pub(super) artifacts: Vec<crate::artifacts::Artifact>,
 }
 
 impl StepRun {
@@ -92,6 +102,10 @@ impl StepRun {
             gate: 0,
             gates_pending: 0,
             gate_abort: None,
+            output_file: None,
+            upload: None,
+            outputs: Vec::new(),
+            artifacts: Vec::new(),
         }
     }
 
@@ -251,6 +265,21 @@ impl Steps {
             }
         }
         false
+    }
+
+    /// The positions of the steps `i` needs, directly or through others, nearest first.
+    pub(super) fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = Vec::new();
+        let mut queue = std::collections::VecDeque::from([i]);
+        while let Some(at) = queue.pop_front() {
+            for &(j, _) in &self.steps[at].needs {
+                if !seen.contains(&j) {
+                    seen.push(j);
+                    queue.push_back(j);
+                }
+            }
+        }
+        seen
     }
 
     /// Every step has ended.

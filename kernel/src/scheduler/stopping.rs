@@ -101,7 +101,10 @@ impl Scheduler<'_> {
                     let (status, cause) = unstarted(reason, downstream);
                     self.finish_unstarted(i, status, cause, None);
                 }
-                StepState::Gating | StepState::Starting | StepState::Running => {
+                StepState::Gating
+                | StepState::Starting
+                | StepState::Running
+                | StepState::Collecting => {
                     self.stop_step(i, reason);
                 }
                 StepState::Done => {}
@@ -120,6 +123,8 @@ impl Scheduler<'_> {
             StepState::Gating => self.end_attempt(i, Verdict::stopped(reason, None)),
             // Ended when its plugin is ready (or fails to start).
             StepState::Starting => {}
+            // Its executor is done with it; taking in what it left ends soon.
+            StepState::Collecting => {}
             _ => {
                 step.ladder = Some(Ladder::start(Instant::now(), self.opts.grace));
                 let call = step.call;

@@ -470,7 +470,11 @@ fn dispatch(
                 "a host call of {bytes} bytes is larger than the {MAX_CALL_BYTES} hm accepts"
             )),
         ),
-        Inbound::HostCall { call, request } => {
+        Inbound::HostCall {
+            call,
+            request,
+            buffer,
+        } => {
             let reply = match request {
                 HostCall::Log(record) => {
                     send(PluginEventKind::Diagnostic {
@@ -491,6 +495,26 @@ fn dispatch(
                         link.writer.clone(),
                         call,
                     ));
+                    return Ok(());
+                }
+                HostCall::PutArtifacts(upload) => {
+                    // The policy saw to it that exactly one of the two came.
+                    let result = match (buffer, upload.problem) {
+                        (_, Some(problem)) => Err(problem),
+                        (Some(buffer), None) => Ok(buffer),
+                        (None, None) => Err("no artifacts came".to_owned()),
+                    };
+                    send(PluginEventKind::Artifacts {
+                        call: upload.step_call,
+                        upload: result,
+                    });
+                    HostReply::Ok
+                }
+                HostCall::OpenArtifacts(step) => {
+                    send(PluginEventKind::OpenArtifacts {
+                        host_call: call,
+                        call: step.step_call,
+                    });
                     return Ok(());
                 }
                 HostCall::StepProcess(p) => {

@@ -73,6 +73,18 @@ pub enum PluginEventKind {
         pgid: i32,
     },
     /// A diagnostic from the plugin itself.
+    /// The step of `call`'s artifacts as its executor collected them where it ran
+    /// (`PutArtifacts`, v7): a sealed tar, or why there is none (cause `artifact`).
+    Artifacts {
+        call: u64,
+        upload: Result<hm_ipc::SharedBuffer, String>,
+    },
+    /// `OpenArtifacts` (v7): host call `host_call` asks for the artifacts the step of `call`
+    /// sees; the run loop answers it ([`PluginLink::answer_archive`]).
+    OpenArtifacts {
+        host_call: u64,
+        call: u64,
+    },
     Diagnostic {
         message: String,
     },
@@ -147,6 +159,29 @@ impl PluginLink {
         let _ = self.writer.send(OutFrame::empty(FrameKind::Ping, nonce));
     }
 
+    /// Answers the plugin's host call `id` with a sealed buffer (`HostReply::Archive`), with
+    /// `HostReply::Ok` when there is none, or with an error.
+    pub fn answer_archive(&self, id: u64, archive: Result<Option<SealedBufferFd>, String>) {
+        let frame = match archive {
+            Ok(Some((fd, len))) => OutFrame::message(
+                FrameKind::Reply,
+                id,
+                &HostReply::Archive(Box::new(hm_ipc::messages::ArchiveBuffer { len })),
+            )
+            .map(|frame| frame.with_buffer(fd)),
+            Ok(None) => OutFrame::message(FrameKind::Reply, id, &HostReply::Ok),
+            Err(message) => OutFrame::message(
+                FrameKind::Reply,
+                id,
+                &HostReply::Error(Box::new(hm_ipc::messages::CallFailure { message })),
+            ),
+        };
+        // A closed writer means the plugin is gone: the descriptor is closed with the frame.
+        if let Ok(frame) = frame {
+            let _ = self.writer.send(frame);
+        }
+    }
+
     /// Sends the reply to the plugin's host call `id`.
     pub(super) fn reply(
         &self,
@@ -160,6 +195,9 @@ impl PluginLink {
         Ok(())
     }
 }
+
+/// A duplicate of a sealed buffer's descriptor and the buffer's length.
+pub type SealedBufferFd = (std::os::fd::OwnedFd, u64);
 
 /// How a plugin process ended and why.
 #[derive(Debug)]

@@ -250,6 +250,7 @@ pub fn answer_outside_a_run(
         Inbound::HostCall {
             call,
             request: HostCall::Log(record),
+            ..
         } => {
             on_log(record.message);
             (call, HostReply::Ok)

@@ -309,6 +309,8 @@ mod tests {
             grace: Duration::from_secs(10),
             cgroup_procs: Vec::new(),
             limits: Default::default(),
+            artifacts: Vec::new(),
+            artifact_limits: Default::default(),
         }
     }
 

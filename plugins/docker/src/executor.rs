@@ -1,6 +1,6 @@
 //! The docker executor: one step attempt = image ready, container created, `/workspace` filled,
-//! run with its output streamed, its end classified, and the container removed whatever
-//! happened in between.
+//! run with its output streamed, its end classified, its outputs and artifacts handed to hm if
+//! it passed, and the container removed whatever happened in between.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,7 +13,7 @@ use crate::config::{PluginConfig, StepOptions};
 use crate::container::{self, Container, Ended};
 use crate::daemon::{self, Address};
 use crate::owner::Owner;
-use crate::{image, sweep, workspace};
+use crate::{artifacts, image, outputs, sweep, workspace};
 
 /// What the plugin knows once it has started: its configuration, then the daemon and the run.
 #[derive(Default)]
@@ -135,7 +135,8 @@ impl Executor for DockerExecutor {
 }
 
 /// Fills `/workspace` and runs the container; a cancel while the workspace is uploaded ends it
-/// before it starts.
+/// before it starts. A step that passed has its outputs and artifacts handed to hm before
+/// this returns, so before the container goes and the step answers.
 async fn run(
     docker: &Docker,
     container: &Container,
@@ -143,10 +144,32 @@ async fn run(
     ctx: &StepContext,
 ) -> Result<Ended, StepError> {
     tokio::select! {
-        uploaded = workspace::upload(docker, container.id(), ctx) => uploaded?,
+        uploaded = workspace::upload(docker, container.id(), step, ctx) => uploaded?,
         () = ctx.cancelled() => return Ok(Ended::before_start()),
     }
-    container.run(step, ctx).await
+    let ended = container.run(step, ctx).await?;
+    if ended.exit_code != Some(0) || ended.cancelled {
+        return Ok(ended);
+    }
+    // Artifacts can be large: a cancel does not wait for them.
+    tokio::select! {
+        handed = hand_over(docker, container.id(), step, ctx) => handed?,
+        () = ctx.cancelled() => return Ok(Ended { cancelled: true, ..ended }),
+    }
+    Ok(ended)
+}
+
+/// What a passed step leaves for hm: its outputs, then its artifacts.
+async fn hand_over(
+    docker: &Docker,
+    id: &str,
+    step: &StepRequest,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
+    if let Some(host_file) = step.output_file() {
+        outputs::copy_back(docker, id, host_file).await?;
+    }
+    artifacts::send(docker, id, step, ctx).await
 }
 
 impl Ended {

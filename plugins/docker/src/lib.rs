@@ -5,17 +5,22 @@
 //! Per step attempt: the image is used if present and pulled per `with.pull` otherwise
 //! ([`image`]); one container is created with the step's environment, working directory,
 //! limits and labels ([`container`], [`owner`]); `/workspace` is filled from the workspace
-//! archive ([`workspace`]); the output is streamed live, stdout and stderr apart; the exit code
-//! is the container's, and an OOM kill is reported as one; a cancel stops the container
-//! (SIGTERM, SIGKILL after the grace); and the container is removed with its volumes whatever
+//! archive and the artifacts of the steps it needs ([`workspace`]); the output is streamed live,
+//! stdout and stderr apart; the exit code is the container's, and an OOM kill is reported as
+//! one; a cancel stops the container (SIGTERM, SIGKILL after the grace); a step that passed has
+//! its `$HM_OUTPUT` ([`outputs`]) and its artifacts ([`artifacts`]) read out of the container
+//! ([`download`]) and handed to hm; and the container is removed with its volumes whatever
 //! happened. At start, the plugin refuses to run without a daemon that answers ([`daemon`]:
 //! hm exits 4) and sweeps containers of runs that died ([`sweep`]).
 
+mod artifacts;
 mod config;
 mod container;
 mod daemon;
+mod download;
 mod executor;
 mod image;
+mod outputs;
 mod owner;
 mod sweep;
 mod workspace;

@@ -1,5 +1,6 @@
 //! `/workspace`: the workspace archive (the project as a tar, which hm builds once per run)
-//! unpacked into the container's workspace volume, and the step's working directory in it.
+//! unpacked into the container's workspace volume with the artifacts of the steps this one
+//! needs on top, the step's output file, and the step's working directory and environment.
 
 use std::path::Path;
 
@@ -10,23 +11,58 @@ use hm_sdk::{StepContext, StepError, StepRequest};
 
 use crate::container::WORKSPACE;
 use crate::daemon::describe;
+use crate::outputs;
 
-/// Fills the container's `/workspace` with the workspace archive, straight from the shared
-/// buffer hm hands over into the Engine's archive upload: no temp file, and no copy (the
-/// request body borrows the read-only mapping until the upload is done).
-pub async fn upload(docker: &Docker, id: &str, ctx: &StepContext) -> Result<(), StepError> {
+/// Fills the container's `/workspace` with the workspace archive and then the artifacts of
+/// the steps this one needs, each straight from the shared buffer hm hands over into the
+/// Engine's archive upload: no temp file, and no copy (the request body borrows the read-only
+/// mapping until the upload is done). A step with an output file gets its own
+/// ([`outputs::OUTPUT_FILE`]).
+pub async fn upload(
+    docker: &Docker,
+    id: &str,
+    step: &StepRequest,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
     let archive = ctx.open_archive().await?;
-    let body = bollard::body_full(Bytes::from_owner(archive));
+    put(
+        docker,
+        id,
+        WORKSPACE,
+        Bytes::from_owner(archive),
+        "the workspace",
+    )
+    .await?;
+    if let Some(artifacts) = ctx.open_artifacts().await? {
+        let what = "the artifacts of the steps it needs";
+        put(docker, id, WORKSPACE, Bytes::from_owner(artifacts), what).await?;
+    }
+    if step.output_file().is_some() {
+        let tar = outputs::output_tar()
+            .map_err(|e| StepError::Message(format!("cannot make the step's output file: {e}")))?;
+        put(docker, id, "/", Bytes::from(tar), "the step's output file").await?;
+    }
+    Ok(())
+}
+
+/// Unpacks `tar` at `path` in the container.
+async fn put(
+    docker: &Docker,
+    id: &str,
+    path: &str,
+    tar: Bytes,
+    what: &str,
+) -> Result<(), StepError> {
     let options = UploadToContainerOptions {
-        path: WORKSPACE.to_owned(),
+        path: path.to_owned(),
         ..Default::default()
     };
     docker
-        .upload_to_container(id, Some(options), body)
+        .upload_to_container(id, Some(options), bollard::body_full(tar))
         .await
         .map_err(|e| {
             StepError::Message(format!(
-                "cannot upload the workspace into the container: {}",
+                "cannot upload {what} into the container: {}",
                 describe(&e)
             ))
         })
@@ -45,16 +81,15 @@ pub fn working_dir(step: &StepRequest) -> String {
     }
 }
 
-/// The step's environment for the container: the project is at `/workspace` there.
+/// The step's environment for the container: the project is at `/workspace` there, and the
+/// output file at [`outputs::OUTPUT_FILE`].
 pub fn container_env(step: &StepRequest) -> Vec<String> {
     step.env
         .iter()
-        .map(|(name, value)| {
-            if name == hm_sdk::PROJECT_DIR_ENV {
-                format!("{name}={WORKSPACE}")
-            } else {
-                format!("{name}={value}")
-            }
+        .map(|(name, value)| match name.as_str() {
+            hm_sdk::PROJECT_DIR_ENV => format!("{name}={WORKSPACE}"),
+            hm_sdk::OUTPUT_ENV => format!("{name}={}", outputs::OUTPUT_FILE),
+            _ => format!("{name}={value}"),
         })
         .collect()
 }
@@ -80,6 +115,8 @@ mod tests {
             grace: std::time::Duration::from_secs(1),
             cgroup_procs: Vec::new(),
             limits: Default::default(),
+            artifacts: Vec::new(),
+            artifact_limits: Default::default(),
         }
     }
 
@@ -102,6 +139,21 @@ mod tests {
         assert_eq!(
             container_env(&step("/p", Some("/p"))),
             ["CI=true", "HM_PROJECT_DIR=/workspace"]
+        );
+    }
+
+    #[test]
+    fn the_output_file_is_the_containers_own() {
+        let mut step = step("/p", Some("/p"));
+        step.env
+            .push((hm_sdk::OUTPUT_ENV.into(), "/tmp/hm-1/outputs/s".into()));
+        assert_eq!(
+            container_env(&step),
+            [
+                "CI=true",
+                "HM_PROJECT_DIR=/workspace",
+                "HM_OUTPUT=/hm/output"
+            ]
         );
     }
 }

@@ -51,6 +51,8 @@ pub struct Attempt {
     pub allowed_failure: bool,
     /// The cause a `step_retry` gave after this attempt: another attempt follows.
     pub retried: Option<String>,
+    /// The paths of the files it handed on (`step_end.artifacts`), relative to the project.
+    pub artifacts: Vec<String>,
 }
 
 /// `build_end`.
@@ -164,6 +166,10 @@ impl Report {
                 message: string(&event["message"]),
                 allowed_failure: event["allowed_failure"].as_bool().unwrap_or(false),
                 retried: None,
+                artifacts: event["artifacts"]
+                    .as_array()
+                    .map(|list| list.iter().filter_map(|a| string(&a["path"])).collect())
+                    .unwrap_or_default(),
             }),
             // `step_queued` only puts the step in its place.
             _ => {}

@@ -147,6 +147,22 @@ fn testcase(out: &mut String, report: &Report, step: &StepRecord) {
             );
         }
     }
+    // Jenkins' and GitLab's convention: each attachment on a line of its own in system-out.
+    let attachments: String = last
+        .map(|a| {
+            a.artifacts
+                .iter()
+                .map(|path| format!("[[ATTACHMENT|{path}]]\n"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !attachments.is_empty() {
+        let _ = writeln!(
+            children,
+            "      <system-out>{}</system-out>",
+            escape_text(&attachments)
+        );
+    }
     let history: String = step
         .retried_attempts()
         .map(|a| {
@@ -353,7 +369,15 @@ mod tests {
         }
         events.extend([
             start("build", 1),
-            step_end("build", 1, "passed", json!({ "exit_code": 0 })),
+            step_end(
+                "build",
+                1,
+                "passed",
+                json!({ "exit_code": 0, "artifacts": [
+                    { "path": "dist/app.txt", "bytes": 4, "sha256": "ab" },
+                    { "path": "dist/a&b.whl", "bytes": 9, "sha256": "cd" },
+                ] }),
+            ),
             start("unit", 1),
             step_end(
                 "unit",
@@ -418,7 +442,11 @@ mod tests {
                       <property name="hm.isolation" value="cgroup_v2"/>
                       <property name="hm.parallelism" value="2"/>
                     </properties>
-                    <testcase name="build" classname="ci" time="0.012" status="passed"/>
+                    <testcase name="build" classname="ci" time="0.012" status="passed">
+                      <system-out>[[ATTACHMENT|dist/app.txt]]
+                [[ATTACHMENT|dist/a&amp;b.whl]]
+                </system-out>
+                    </testcase>
                     <testcase name="unit" classname="ci" time="0.012" status="failed">
                       <failure message="exited with code 3" type="exit">status: failed
                 cause: exit

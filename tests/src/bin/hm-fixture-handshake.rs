@@ -10,7 +10,7 @@
 //!   reset, not a clean end of file (what `hello-then-exit` gives only by chance);
 //! - `garbage-first`: sends bytes that are no frame where `Hello` must come, then waits for hm
 //!   to close the connection;
-//! - `protocol-7-9`: sends a `Hello` for protocol 7..=9 only, then waits for hm to answer and
+//! - `protocol-too-new`: sends a `Hello` for the three versions after the newest hm speaks only, then waits for hm to answer and
 //!   close the connection, and prints the `Reject` reason it got to stderr.
 //!
 //! Its first line on stderr gives its pid, for a test to check that it is gone.
@@ -79,8 +79,9 @@ fn main() {
             let _ = socket.read_to_end(&mut Vec::new());
             fail("hm closed the connection")
         }
-        "protocol-7-9" => {
-            if let Err(e) = socket.write_all(&hello(7, 9)) {
+        "protocol-too-new" => {
+            let newest = hm_ipc::PROTOCOL_MAX;
+            if let Err(e) = socket.write_all(&hello(newest + 1, newest + 3)) {
                 fail(&format!("cannot send Hello: {e}"));
             }
             // hm answers with Reject and may kill us right away; whatever we read before that

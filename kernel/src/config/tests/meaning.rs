@@ -268,6 +268,9 @@ fn every_step_environment_ends_with_what_hm_sets() {
             run_id: "r-1",
             attempt: 3,
             inherited_ci,
+            secrets: &|_| None,
+            outputs: &|_, _| None,
+            output_file: None,
         })
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -292,6 +295,9 @@ fn every_step_environment_ends_with_what_hm_sets() {
                 run_id: "r-1",
                 attempt: 1,
                 inherited_ci,
+                secrets: &|_| None,
+                outputs: &|_, _| None,
+                output_file: None,
             })
             .into_iter()
             .find(|(k, _)| k == "CI")

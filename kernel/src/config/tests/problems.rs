@@ -84,7 +84,7 @@ hm.toml:5:1: error: unknown key `run` in [defaults]
 hm.toml:7:1: error: unknown key `excutor` in [defaults]
   hint: did you mean `executor`?
 hm.toml:8:1: error: unknown key `colour` in [defaults]
-  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
+  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `artifacts`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
 hm.toml:11:12: error: unknown key `memroy` in [steps.a.limits]
   hint: did you mean `memory`?
 hm.toml:12:25: error: unknown key `onn` in [steps.a.retry]
@@ -169,13 +169,16 @@ hm.toml:24:30: error: `memory` in [steps.c.limits] must be a size, found a boole
 }
 
 #[test]
-fn env_values_must_be_strings_and_secrets_are_not_supported_yet() {
+fn env_values_must_be_strings_or_secret_references() {
     check(
         r#"[pipeline]
 env = { N = 1, OK = "yes", F = 1.5, "" = "empty", "A=B" = "x" }
 [steps.a]
 run = "x"
 env = { TOKEN = { secret = "GH_TOKEN" }, DEBUG = true, OTHER = { a = 1 } }
+[steps.b]
+run = "x"
+env = { A = { secret = "" }, B = { secret = "X", from = "vault" }, C = { secret = 1 } }
 "#,
         r#"hm.toml:2:13: error: `N` in [pipeline.env] must be a string, found an integer `1`
   hint: quote it: `N = "1"`
@@ -185,11 +188,15 @@ hm.toml:2:37: error: invalid environment variable name `` in [pipeline.env]
   hint: names must be non-empty and cannot contain `=` or NUL
 hm.toml:2:51: error: invalid environment variable name `A=B` in [pipeline.env]
   hint: names must be non-empty and cannot contain `=` or NUL
-hm.toml:5:17: error: secrets (`{ secret = "NAME" }`) are not supported yet: `TOKEN` in [steps.a.env]
-  hint: pass the value at run time with `hm run -e KEY=VALUE` for now
 hm.toml:5:50: error: `DEBUG` in [steps.a.env] must be a string, found a boolean `true`
   hint: quote it: `DEBUG = "true"`
-hm.toml:5:64: error: `OTHER` in [steps.a.env] must be a string, found an inline table `{ a = 1 }`
+hm.toml:5:64: error: `OTHER` in [steps.a.env] must be a string or a secret (`{ secret = "NAME" }`), found an inline table `{ a = 1 }`
+  hint: write `NAME = { secret = "SECRET_NAME" }` for a secret's value
+hm.toml:8:24: error: `secret` of `A` in [steps.b.env] must not be empty
+hm.toml:8:50: error: `from` has no place in `B` in [steps.b.env], a secret reference
+  hint: write `NAME = { secret = "SECRET_NAME" }` for a secret's value
+hm.toml:8:83: error: `secret` of `C` in [steps.b.env] must be a string, found an integer `1`
+  hint: quote it: `secret = "1"`
 "#,
     );
 }
