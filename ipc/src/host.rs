@@ -92,6 +92,8 @@ pub struct HostPolicy {
     credit: u32,
     max_batch_bytes: usize,
     max_call_bytes: usize,
+    /// Running steps whose artifacts came (`PutArtifacts`): one upload each, before the reply.
+    uploaded: HashSet<u64>,
 }
 
 impl HostPolicy {
@@ -111,6 +113,7 @@ impl HostPolicy {
             credit: log_credit,
             max_batch_bytes: max_batch_bytes as usize,
             max_call_bytes,
+            uploaded: HashSet::new(),
         }
     }
 
@@ -185,6 +188,9 @@ impl HostPolicy {
                     )));
                 }
                 check_buffer(&request, buffer.as_ref())?;
+                if let HostCall::PutArtifacts(upload) = &request {
+                    self.check_upload(upload.step_call)?;
+                }
                 Ok(Inbound::HostCall {
                     call,
                     request,
@@ -259,8 +265,25 @@ impl HostPolicy {
         Ok(Inbound::Log { call, batch })
     }
 
+    /// A step's artifacts come once, while it runs (before its reply).
+    fn check_upload(&mut self, step_call: u64) -> Result<(), Violation> {
+        if self.calls.get(&step_call) != Some(&CallKind::Execute) {
+            return Err(Violation(format!(
+                "sent PutArtifacts for call {step_call}, which is not a running step (the \
+                 artifacts come before the step's reply)"
+            )));
+        }
+        if !self.uploaded.insert(step_call) {
+            return Err(Violation(format!(
+                "sent PutArtifacts twice for the step of call {step_call}"
+            )));
+        }
+        Ok(())
+    }
+
     fn reply(&mut self, frame: &Frame) -> Result<Inbound, Violation> {
         let call = frame.call_id();
+        self.uploaded.remove(&call);
         let Some(kind) = self.calls.remove(&call) else {
             return Err(Violation(format!(
                 "answered call {call}, which hm never made or already had answered"

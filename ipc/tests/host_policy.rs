@@ -314,3 +314,98 @@ fn host_calls_pongs_and_frames_only_hm_may_send() {
         vec![Send(frame(garbled), Violation("invalid host call"))],
     );
 }
+
+fn put_artifacts(id: u64, step_call: u64, problem: Option<&str>, buffer: Option<&[u8]>) -> Frame {
+    let upload = HostCall::PutArtifacts(Box::new(hm_ipc::messages::ArtifactUpload {
+        step_call,
+        len: buffer.map_or(0, |b| b.len() as u64),
+        problem: problem.map(str::to_owned),
+    }));
+    let mut frame = frame(OutFrame::message(FrameKind::Call, id, &upload).unwrap());
+    frame.buffer = buffer.map(|bytes| {
+        let sealed = hm_ipc::SealedBuffer::from_bytes("hm-test-put", bytes).unwrap();
+        sealed.map().unwrap()
+    });
+    frame
+}
+
+#[test]
+fn a_steps_artifacts_come_once_while_it_runs_with_a_buffer_or_a_problem() {
+    use Step::{Call, Send};
+    use Verdict::{HostCall as Accepted, Reply, Violation};
+    let tar: &[u8] = b"a tar";
+    check(
+        7,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(
+                put_artifacts(1, 7, None, None),
+                Violation("without its buffer"),
+            ),
+        ],
+    );
+    check(
+        7,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(
+                put_artifacts(1, 7, Some("over"), Some(tar)),
+                Violation("both a problem and a buffer"),
+            ),
+        ],
+    );
+    check(
+        7,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(put_artifacts(1, 7, None, Some(tar)), Accepted),
+            Send(put_artifacts(2, 7, Some("again"), None), Violation("twice")),
+        ],
+    );
+    check(
+        7,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(put_artifacts(1, 7, Some("over the limit"), None), Accepted),
+            Send(reply(7, done()), Reply),
+            Send(
+                put_artifacts(2, 7, None, Some(tar)),
+                Violation("not a running step"),
+            ),
+        ],
+    );
+    check(
+        6,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(
+                put_artifacts(1, 7, Some("x"), None),
+                Violation("does not have it (added in version 7)"),
+            ),
+        ],
+    );
+    // Only PutArtifacts may bring a buffer.
+    let mut log = log_call(3);
+    log.buffer = Some(
+        hm_ipc::SealedBuffer::from_bytes("hm-test-log", b"x")
+            .unwrap()
+            .map()
+            .unwrap(),
+    );
+    check(
+        7,
+        8,
+        1024,
+        vec![Send(log, Violation("a Log host call, which has none"))],
+    );
+}

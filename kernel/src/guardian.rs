@@ -3,10 +3,12 @@
 //!
 //! The kernel holds the write end of a pipe; the guardian reads the other end as its stdin.
 //! The kernel tells it, one line at a time, what to clean up should it die: `pgid N` for every
-//! process group it starts, `cgroup PATH` for the run's cgroup directories. When the run ends
+//! process group it starts, `cgroup PATH` for the run's cgroup directories, `dir PATH` for the
+//! run's private directory (its `$HM_OUTPUT` files). When the run ends
 //! normally the kernel writes `bye` and the guardian exits. When the pipe closes without `bye`
 //! (the kernel crashed or was SIGKILLed) the guardian kills every recorded process group and
-//! every process in the recorded cgroups, removes those cgroups, and exits.
+//! every process in the recorded cgroups, removes those cgroups and the run's directory, and
+//! exits.
 //!
 //! The guardian runs in its own session (no terminal signals reach it) and outside the run's
 //! cgroups, and nothing but the kernel holds the pipe's write end (it is close-on-exec).
@@ -66,6 +68,11 @@ impl Guardian {
         self.say(&format!("cgroup {}", path.display()));
     }
 
+    /// Records the run's own directory (`hm-RUN`) to remove if the kernel dies.
+    pub fn watch_dir(&mut self, path: &std::path::Path) {
+        self.say(&format!("dir {}", path.display()));
+    }
+
     fn say(&mut self, line: &str) {
         // A guardian that died early cannot be helped; the run goes on without one.
         if let Err(e) = writeln!(self.pipe, "{line}") {
@@ -86,6 +93,7 @@ impl Guardian {
 pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     let mut pgids = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -101,6 +109,8 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
             }
         } else if let Some(path) = line.strip_prefix("cgroup ") {
             cgroups.push(PathBuf::from(path));
+        } else if let Some(path) = line.strip_prefix("dir ") {
+            dirs.push(PathBuf::from(path));
         }
     }
     // The kernel is gone without saying goodbye: nothing of its run may survive it.
@@ -109,6 +119,15 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     }
     for path in &cgroups {
         cleanup_cgroup(path);
+    }
+    // Only a run's own directory: never anything a line could name by mistake.
+    for path in dirs.iter().filter(|p| {
+        p.is_absolute()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("hm-"))
+    }) {
+        let _ = std::fs::remove_dir_all(path);
     }
     0
 }

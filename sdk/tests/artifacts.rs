@@ -178,18 +178,18 @@ async fn a_step_that_puts_nothing_has_no_artifacts_and_its_calls_carry_hms_defau
 }
 
 #[tokio::test]
-async fn a_second_upload_for_the_same_step_is_refused() {
+async fn a_second_upload_for_the_same_step_is_a_protocol_violation() {
     let harness = Harness::start(plugin()).await.unwrap();
     let with = serde_json::json!({ "memfd": "hm-test-twice", "content": "first" });
-    let run = harness
+    let err = harness
         .execute_with(step_with("twice", with), globs(&["dist"]))
         .await
-        .unwrap();
-    assert_passed(&run);
-    let again = run.stdout()[4];
-    assert!(again.contains("came already"), "{again}");
-    assert_eq!(run.artifacts, Some(Ok(b"first".to_vec())));
-    harness.shutdown().await.unwrap();
+        .expect_err("hm ends a plugin that sends a step's artifacts twice");
+    assert!(
+        err.to_string()
+            .contains("sent PutArtifacts twice for the step of call"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -54,4 +54,14 @@ env = {{ {MARKER_VAR} = "{m}" }}
         !std::path::Path::new(&format!("/proc/{plugin_pid}")).exists(),
         "the plugin process {plugin_pid} survived hm"
     );
+    // The run's directory of `$HM_OUTPUT` files goes with it.
+    while std::time::Instant::now() < deadline
+        && std::fs::read_dir(project.runtime_dir()).is_ok_and(|mut d| d.next().is_some())
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = std::fs::read_dir(project.runtime_dir())
+        .expect("the runtime dir")
+        .collect();
+    assert!(left.is_empty(), "hm's run left {left:?}");
 }

@@ -196,7 +196,10 @@ impl<'a> Scheduler<'a> {
 
     /// Hands the run's guardian to the scheduler, which reports every process group to it and
     /// dismisses it once everything is cleaned up.
-    pub fn with_guardian(mut self, guardian: Option<Guardian>) -> Self {
+    pub fn with_guardian(mut self, mut guardian: Option<Guardian>) -> Self {
+        if let (Some(guardian), Some(dir)) = (&mut guardian, &self.run_dir) {
+            guardian.watch_dir(dir.path());
+        }
         self.guardian = guardian;
         self
     }
