@@ -19,6 +19,10 @@ pub struct Report {
     pub isolation_reason: Option<String>,
     /// hm's own cgroup, in each hierarchy it uses.
     pub cgroups: Vec<PathBuf>,
+    /// The scope systemd delegated to hm (as it would to a run), and which manager made it.
+    pub scope: Option<String>,
+    /// The one thing to do for better isolation, when there is one.
+    pub fix: Option<String>,
     pub docker: Docker,
     /// The project's and the user's plugin directories.
     pub plugin_dirs: Vec<PluginDir>,
@@ -76,12 +80,37 @@ impl Report {
 
 /// Looks at everything `hm doctor` reports.
 pub fn examine(builtins: &[Builtin]) -> Report {
-    let detected = launch::detect_isolation();
+    // As a run would: detection, then a delegated scope if that is what it takes. The scope
+    // goes away when `hm doctor` exits.
+    let (detected, scope) = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => {
+            launch::prepare_isolation(&format!("doctor-{:x}", std::process::id()), &runtime)
+        }
+        Err(_) => (launch::detect_isolation(), None),
+    };
+    let fix = fix(detected.level);
     let cgroups = detected
         .backend
         .own()
         .map(|own| own.dirs().to_vec())
         .unwrap_or_default();
+    let scope = scope.map(|s| {
+        // What systemd delegated is what the scope's cgroup offers.
+        let delegated = cgroups
+            .first()
+            .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.controllers")).ok())
+            .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "none".to_owned());
+        format!(
+            "{} made by {}, delegating the controllers {delegated}",
+            s.unit,
+            s.manager.describe()
+        )
+    });
     let docker = match docker_socket() {
         Some((socket, true)) => match docker_version(&socket) {
             Ok(version) => Docker::Answered { version, socket },
@@ -147,6 +176,8 @@ pub fn examine(builtins: &[Builtin]) -> Report {
         isolation: detected.level,
         isolation_reason: detected.reason,
         cgroups,
+        scope,
+        fix,
         docker,
         plugin_dirs,
         executors,
@@ -155,6 +186,36 @@ pub fn examine(builtins: &[Builtin]) -> Report {
         warnings: registry.warnings.clone(),
         errors,
     }
+}
+
+/// What would give hm cgroups where it has none.
+fn fix(level: Isolation) -> Option<String> {
+    if level != Isolation::Rlimit {
+        return None;
+    }
+    if std::env::var("HM_CGROUPS").is_ok_and(|v| v == "off") {
+        return Some("unset HM_CGROUPS (it turns cgroups off)".to_owned());
+    }
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !unified {
+        return Some(
+            "run hm as root: the cgroup v1 hierarchies can be written only by root".to_owned(),
+        );
+    }
+    Some(match crate::delegate::available() {
+        Ok(()) if nix::unistd::geteuid().is_root() => {
+            "systemd refused a scope (above): check `systemctl status` and the system bus"
+                .to_owned()
+        }
+        Ok(()) => "start hm from a login session with a running user manager (`systemctl --user                    status`; `loginctl enable-linger $USER` keeps one running), or run it as root"
+            .to_owned(),
+        Err(why) if why.starts_with("HM_CGROUP_SCOPE") => {
+            "unset HM_CGROUP_SCOPE (it turns systemd delegation off)".to_owned()
+        }
+        // No systemd: a cgroup of hm's own, made by hand.
+        Err(_) => "as root, give hm a cgroup of its own: `mkdir /sys/fs/cgroup/hm-own && sh -c                    'echo $$ > /sys/fs/cgroup/hm-own/cgroup.procs && exec hm run'`"
+            .to_owned(),
+    })
 }
 
 /// Asks the Docker daemon on the unix socket `path` for its version (`GET /version`, the

@@ -68,6 +68,19 @@ impl Guardian {
         self.say(&format!("cgroup {}", path.display()));
     }
 
+    /// Records what the run changed in hm's own v2 cgroup, to undo if the kernel dies.
+    pub fn watch_own(&mut self, own: &std::path::Path, changes: &crate::cgroup::OwnChanges) {
+        let enabled = match changes.enabled.is_empty() {
+            true => "-".to_owned(),
+            false => changes.enabled.join(","),
+        };
+        self.say(&format!(
+            "own {} {enabled} {}",
+            u8::from(changes.moved),
+            own.display()
+        ));
+    }
+
     /// Records the run's own directory (`hm-RUN`) to remove if the kernel dies.
     pub fn watch_dir(&mut self, path: &std::path::Path) {
         self.say(&format!("dir {}", path.display()));
@@ -94,6 +107,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     let mut pgids = Vec::new();
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut own: Option<(PathBuf, crate::cgroup::OwnChanges)> = None;
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -111,6 +125,21 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
             cgroups.push(PathBuf::from(path));
         } else if let Some(path) = line.strip_prefix("dir ") {
             dirs.push(PathBuf::from(path));
+        } else if let Some(rest) = line.strip_prefix("own ") {
+            let mut fields = rest.splitn(3, ' ');
+            if let (Some(moved), Some(enabled), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            {
+                let changes = crate::cgroup::OwnChanges {
+                    enabled: enabled
+                        .split(',')
+                        .filter(|c| *c != "-" && !c.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    moved: moved == "1",
+                };
+                own = Some((PathBuf::from(path), changes));
+            }
         }
     }
     // The kernel is gone without saying goodbye: nothing of its run may survive it.
@@ -119,6 +148,10 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     }
     for path in &cgroups {
         cleanup_cgroup(path);
+    }
+    // The kernel's `hm/kernel` holds only this guardian now: it takes hm's place going back.
+    if let Some((path, changes)) = &own {
+        let _ = crate::cgroup::restore_own(path, changes, std::process::id());
     }
     // Only a run's own directory: never anything a line could name by mistake.
     for path in dirs.iter().filter(|p| {

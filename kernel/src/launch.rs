@@ -86,6 +86,55 @@ pub fn detect_isolation() -> cgroup::Detected {
     cgroup::detect()
 }
 
+/// The isolation a run gets: [`detect_isolation`], and when that finds nothing usable on a
+/// systemd machine with a unified (v2) hierarchy (hm's cgroup is shared or not writable, as in
+/// every terminal), a transient scope of hm's own from systemd ([`crate::delegate`]), then
+/// detection again in it. The scope, when one was made, is returned for `hm doctor` to name.
+pub fn prepare_isolation(
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> (cgroup::Detected, Option<crate::delegate::Scope>) {
+    let detected = detect_isolation();
+    let turned_off = std::env::var("HM_CGROUPS").is_ok_and(|v| v == "off");
+    // v1 and hybrid machines keep what detection found: a scope would only move hm around.
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if detected.level != Isolation::Rlimit || !unified || turned_off {
+        return (detected, None);
+    }
+    if let Err(why) = crate::delegate::available() {
+        tracing::debug!("no systemd delegation: {why}");
+        return (detected, None);
+    }
+    let manager = crate::delegate::Manager::for_this_user();
+    match runtime.block_on(crate::delegate::move_into_scope(name, manager)) {
+        Ok(scope) => {
+            let mut again = detect_isolation();
+            if again.level == Isolation::Rlimit {
+                again.reason = Some(format!(
+                    "in the scope {} that {} delegated: {}",
+                    scope.unit,
+                    manager.describe(),
+                    again.reason.unwrap_or_default()
+                ));
+            }
+            (again, Some(scope))
+        }
+        Err(why) => {
+            let reason = format!(
+                "{}; systemd could not give hm a cgroup of its own: {why}",
+                detected.reason.as_deref().unwrap_or("no usable cgroup")
+            );
+            (
+                cgroup::Detected {
+                    reason: Some(reason),
+                    ..detected
+                },
+                None,
+            )
+        }
+    }
+}
+
 /// The words for an isolation level, as in `build_start`.
 pub fn isolation_name(level: Isolation) -> &'static str {
     match level {
@@ -116,7 +165,12 @@ pub fn run(
     settings: RunSettings,
     renderer: Box<dyn Renderer + Send>,
 ) -> Result<i32, LaunchError> {
-    let detected = detect_isolation();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(LaunchError::Runtime)?;
+    let run_id = new_run_id();
+    let (detected, _scope) = prepare_isolation(&run_id, &runtime);
     if settings.require_isolation && detected.level == Isolation::Rlimit {
         let reason = detected.reason.as_deref().unwrap_or("no reason given");
         return Err(LaunchError::IsolationRequired(format!(
@@ -127,7 +181,6 @@ pub fn run(
     for stale in cgroup::sweep_stale(&detected.backend, run_owner_alive) {
         tracing::info!("removed the cgroups of dead run {stale}");
     }
-    let run_id = new_run_id();
     let (run_cgroup, isolation, isolation_reason) = match detected.backend.create_run(&run_id) {
         Ok(run) => (Some(Arc::new(run)), detected.level, detected.reason),
         Err(cgroup::CgroupError::Unavailable { .. }) => (None, detected.level, detected.reason),
@@ -143,10 +196,6 @@ pub fn run(
             )
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(LaunchError::Runtime)?;
     let attach = {
         // The listeners register with the runtime's reactor.
         let _runtime = runtime.enter();
@@ -166,6 +215,9 @@ pub fn run(
             for path in run_cgroup.iter().flat_map(|run| run.paths()) {
                 guardian.watch_cgroup(&path);
             }
+            if let Some((own, changes)) = run_cgroup.as_ref().and_then(|r| r.own_changes()) {
+                guardian.watch_own(own, changes);
+            }
             Some(guardian)
         }
         Err(e) => {
@@ -176,6 +228,7 @@ pub fn run(
         }
     };
     let parallelism = plan.parallelism(settings.jobs);
+    let own_cgroup = run_cgroup.clone();
     let Plan {
         pipeline,
         selected,
@@ -206,12 +259,20 @@ pub fn run(
     // Spans are at debug level: the default filter (warnings) leaves messages uncluttered,
     // and `HM_LOG=debug` shows which run, plugin and step each one is about.
     let span = tracing::debug_span!("run", run_id = %opts.run_id, pipeline = %pipeline.name);
-    Ok(runtime.block_on(
+    let code = runtime.block_on(
         Scheduler::new(&pipeline, opts, renderer)
             .with_guardian(guardian)
             .run()
             .instrument(span),
-    ))
+    );
+    // The run's tree is gone and the guardian dismissed: hm's own cgroup is given back as it
+    // was found (the controllers hm enabled, hm itself out of `hm/kernel`).
+    if let Some(run) = own_cgroup {
+        if let Err(e) = run.remove().and_then(|()| run.restore_own()) {
+            tracing::warn!("cannot give hm's own cgroup back as it was: {e}");
+        }
+    }
+    Ok(code)
 }
 
 /// The start time in nanoseconds (hex, 48 bits) and the kernel's pid.

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod condition;
 pub mod config;
 pub mod dag;
+pub mod delegate;
 pub mod doctor;
 pub mod events;
 pub mod exit;

@@ -27,6 +27,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct OwnCgroup {
     pub(crate) node: Node,
+    /// hm's own cgroup is the root of the v2 hierarchy, where processes and enabled
+    /// controllers may coexist: hm enables them there without moving.
+    pub(crate) root: bool,
 }
 
 impl OwnCgroup {
@@ -56,8 +59,10 @@ impl Backend {
             Flavor::V2 { controllers } => Some(controllers),
             Flavor::V1(_) => None,
         };
+        let mut changes = None;
         if let (Some(controllers), Some(own_dir)) = (controllers, own.node.dirs.first()) {
-            v2::prepare_own(own_dir, controllers)?;
+            let made = v2::prepare_own(own_dir, controllers, own.root)?;
+            changes = Some((own_dir.clone(), made));
         }
         let hm = own.node.child(HM_DIR);
         let run = hm.child(&format!("{RUN_PREFIX}{run_id}"));
@@ -81,7 +86,7 @@ impl Backend {
             }
         }
         // From here on, dropping `created` removes the tree again.
-        let created = RunCgroup::adopt(run_id.to_owned(), run);
+        let created = RunCgroup::adopt(run_id.to_owned(), run).with_own_changes(changes);
         if let Some(controllers) = controllers {
             for dir in created.paths() {
                 v2::enable(&dir, controllers)?;

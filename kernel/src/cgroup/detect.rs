@@ -60,6 +60,8 @@ pub fn detect_from(proc_self_cgroup: &str, mountinfo: &str) -> Detected {
             ),
             backend: Backend::V1(own),
         },
+        // A machine without any v1 hierarchy is a v2 machine: why v1 is unusable is noise.
+        Err(_) if !mounts.iter().any(|m| m.fstype == "cgroup") => none(v2_why),
         Err(v1_why) => none(format!("{v2_why}; {v1_why}")),
     }
 }
@@ -186,11 +188,14 @@ fn probe_v2(
         .iter()
         .find(|m| m.hierarchy == "0" && m.controllers.is_empty())
         .ok_or("cgroup v2: hm is in no cgroup v2 hierarchy")?;
-    let own = mounts
+    let (mount, own) = mounts
         .iter()
         .filter(|m| m.fstype == "cgroup2")
-        .find_map(|m| own_dir(m, membership.path))
+        .find_map(|m| Some((m, own_dir(m, membership.path)?)))
         .ok_or("cgroup v2: the unified hierarchy is not mounted")?;
+    // The hierarchy's real root is exempt from the no-internal-process rule (it always holds
+    // processes: kernel threads, init), and hm stays in it.
+    let root = mount.root == "/" && membership.path == "/";
     let available = std::fs::read_to_string(own.join("cgroup.controllers")).map_err(|e| {
         format!(
             "cgroup v2: cannot read {}: {e}",
@@ -224,7 +229,7 @@ fn probe_v2(
     let all_enabled = controllers
         .iter()
         .all(|c| enabled.split_whitespace().any(|e| e == *c));
-    if !all_enabled && !v2::other_processes(&own).is_empty() {
+    if !all_enabled && !root && !v2::other_processes(&own).is_empty() {
         return Err(format!(
             "cgroup v2: {} also holds other processes, so hm cannot enable controllers below \
              it (no-internal-process rule); start hm in a cgroup of its own (e.g. \
@@ -242,7 +247,7 @@ fn probe_v2(
         flavor: Flavor::V2 { controllers },
         dirs: vec![own],
     };
-    Ok((OwnCgroup { node }, note))
+    Ok((OwnCgroup { node, root }, note))
 }
 
 fn probe_v1(
@@ -306,5 +311,5 @@ fn probe_v1(
         flavor: Flavor::V1(roles),
         dirs,
     };
-    Ok((OwnCgroup { node }, notes))
+    Ok((OwnCgroup { node, root: false }, notes))
 }

@@ -39,7 +39,7 @@ mod name;
 mod node;
 mod run;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 #[cfg(test)]
 mod tests;
@@ -49,3 +49,4 @@ pub use detect::{Detected, detect, detect_from};
 pub use error::CgroupError;
 pub use janitor::LeafJanitor;
 pub use run::{Leaf, LeafStats, RunCgroup};
+pub use v2::{OwnChanges, restore_own};

@@ -20,6 +20,8 @@ pub struct RunCgroup {
     node: Node,
     /// Plugin directories already created in this run.
     plugins: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// hm's own v2 cgroup and what making room for this run changed in it.
+    own: Option<(PathBuf, v2::OwnChanges)>,
 }
 
 impl RunCgroup {
@@ -29,6 +31,26 @@ impl RunCgroup {
             id,
             node,
             plugins: Default::default(),
+            own: None,
+        }
+    }
+
+    pub(crate) fn with_own_changes(mut self, own: Option<(PathBuf, v2::OwnChanges)>) -> Self {
+        self.own = own;
+        self
+    }
+
+    /// hm's own v2 cgroup and what this run changed in it, for the guardian.
+    pub fn own_changes(&self) -> Option<&(PathBuf, v2::OwnChanges)> {
+        self.own.as_ref()
+    }
+
+    /// Once the run is over and removed: gives hm's own cgroup back as it found it, when no
+    /// other run of hm uses it ([`super::restore_own`]).
+    pub fn restore_own(&self) -> Result<(), CgroupError> {
+        match &self.own {
+            Some((own, changes)) => v2::restore_own(own, changes, std::process::id()),
+            None => Ok(()),
         }
     }
 

@@ -27,14 +27,15 @@ fn text(report: &Report) -> String {
                 "isolation: {level} (no cgroups: {})",
                 reason.as_deref().unwrap_or("unknown")
             ));
-            line(
-                "  fix: run hm as root or in a delegated cgroup (systemd-run --user --scope -p \
-                 Delegate=yes ...)"
-                    .to_owned(),
-            );
         }
         (_, Some(reason)) => line(format!("isolation: {level} ({reason})")),
         (_, None) => line(format!("isolation: {level}")),
+    }
+    if let Some(fix) = &report.fix {
+        line(format!("  fix: {fix}"));
+    }
+    if let Some(scope) = &report.scope {
+        line(format!("  scope: {scope}"));
     }
     for dir in &report.cgroups {
         line(format!("  cgroup: {}", dir.display()));

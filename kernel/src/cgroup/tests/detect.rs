@@ -103,7 +103,7 @@ fn v2_shared_with_other_processes_falls_back_with_the_rule_named() {
         &fake,
         tree,
         expect![[r#"
-            Rlimit: cgroup v2: <root>/unified/user.slice/x.scope also holds other processes, so hm cannot enable controllers below it (no-internal-process rule); start hm in a cgroup of its own (e.g. `systemd-run --scope -p Delegate=yes`); cgroup v1: freezer hierarchy not mounted, memory hierarchy not mounted, pids hierarchy not mounted
+            Rlimit: cgroup v2: <root>/unified/user.slice/x.scope also holds other processes, so hm cannot enable controllers below it (no-internal-process rule); start hm in a cgroup of its own (e.g. `systemd-run --scope -p Delegate=yes`)
             none
         "#]],
     );
@@ -219,8 +219,29 @@ fn nothing_mounted_means_no_cgroups_and_says_why() {
         &fake,
         ("0::/\n".to_owned(), String::new()),
         expect![[r#"
-            Rlimit: cgroup v2: the unified hierarchy is not mounted; cgroup v1: freezer hierarchy not mounted, memory hierarchy not mounted, pids hierarchy not mounted
+            Rlimit: cgroup v2: the unified hierarchy is not mounted
             none
+        "#]],
+    );
+}
+
+#[test]
+fn v2_in_the_real_root_is_used_whoever_else_is_there() {
+    let fake = FakeTree::new();
+    fake.write("unified/cgroup.controllers", "cpu memory pids");
+    fake.write("unified/cgroup.subtree_control", "");
+    // Kernel threads and init are always in the root.
+    fake.write("unified/cgroup.procs", "1\n2\n4194305\n");
+    let tree = (
+        "0::/\n".to_owned(),
+        fake.mount("unified", "cgroup2", "rw,nsdelegate"),
+    );
+    check(
+        &fake,
+        tree,
+        expect![[r#"
+            CgroupV2: -
+            v2 ["<root>/unified"]
         "#]],
     );
 }
