@@ -207,13 +207,15 @@ fn fix(level: Isolation) -> Option<String> {
             "systemd refused a scope (above): check `systemctl status` and the system bus"
                 .to_owned()
         }
-        Ok(()) => "start hm from a login session with a running user manager (`systemctl --user                    status`; `loginctl enable-linger $USER` keeps one running), or run it as root"
+        Ok(()) => "start hm from a login session with a running user manager (`systemctl --user \
+                   status`; `loginctl enable-linger $USER` keeps one running), or run it as root"
             .to_owned(),
         Err(why) if why.starts_with("HM_CGROUP_SCOPE") => {
             "unset HM_CGROUP_SCOPE (it turns systemd delegation off)".to_owned()
         }
         // No systemd: a cgroup of hm's own, made by hand.
-        Err(_) => "as root, give hm a cgroup of its own: `mkdir /sys/fs/cgroup/hm-own && sh -c                    'echo $$ > /sys/fs/cgroup/hm-own/cgroup.procs && exec hm run'`"
+        Err(_) => "as root, give hm a cgroup of its own: `mkdir /sys/fs/cgroup/hm-own && sh -c \
+                   'echo $$ > /sys/fs/cgroup/hm-own/cgroup.procs && exec hm run'`"
             .to_owned(),
     })
 }

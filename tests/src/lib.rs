@@ -11,6 +11,7 @@
 pub mod cgroups;
 pub mod docker;
 pub mod schema;
+pub mod vm;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};

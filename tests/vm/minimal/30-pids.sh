@@ -1,0 +1,22 @@
+# hm alone in a cgroup of its own: a fork storm in a step with a pids limit ends `pids_limit`,
+# and none of its processes outlives the run.
+. /usr/local/lib/hm-vm/lib.sh
+
+own=$(new_cgroup test-pids)
+pipeline <<'TOML'
+[steps.storm]
+run = "i=0; while [ $i -lt 100 ]; do sleep 1000 & i=$((i + 1)); done; wait"
+limits = { pids = 20 }
+timeout = "30s"
+env = { HM_VM_MARKER = "@MARKER@" }
+TOML
+
+remember_cgroup_tree
+hm_run "$own"
+expect_event isolation build_start isolation cgroup_v2
+expect_event storm-status step_end:storm status failed
+expect_event storm-cause step_end:storm cause pids_limit
+expect exit-code "hm's exit code" "$RC" 1
+expect_no_process_left
+expect_cgroup_tree_unchanged
+remove_cgroup "$own"
