@@ -30,13 +30,13 @@ impl ArtifactGlobs {
             let glob = glob.as_ref();
             let trimmed = glob.trim_end_matches('/');
             if let Some(problem) = problem(trimmed) {
-                return Err(format!("artifact glob `{glob}` {problem}"));
+                return Err(format!("glob `{glob}` {problem}"));
             }
             for pattern in [trimmed.to_owned(), format!("{trimmed}/**")] {
                 let compiled = GlobBuilder::new(&pattern)
                     .literal_separator(true)
                     .build()
-                    .map_err(|e| format!("artifact glob `{glob}` is not a glob: {}", e.kind()))?;
+                    .map_err(|e| format!("glob `{glob}` is not a glob: {}", e.kind()))?;
                 set.add(compiled);
             }
             roots.push(literal_root(trimmed));
@@ -52,7 +52,7 @@ impl ArtifactGlobs {
         }
         let set = set
             .build()
-            .map_err(|e| format!("artifact globs cannot be compiled: {e}"))?;
+            .map_err(|e| format!("the globs cannot be compiled: {e}"))?;
         Ok(Self { set, roots: outer })
     }
 

@@ -46,18 +46,7 @@ pub fn collect(
     limits: ArtifactLimits,
 ) -> Result<Collected, Problem> {
     let set = ArtifactGlobs::new(globs)?;
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
-    for start in set.roots() {
-        let start_path = if start.is_empty() {
-            root.to_owned()
-        } else {
-            root.join(start)
-        };
-        walk(&start_path, root, &set, &mut found)
-            .map_err(|e| format!("cannot read {}: {e}", start_path.display()))?;
-    }
-    found.sort();
-    found.dedup();
+    let found = matching(root, globs)?;
     let mut tally = Tally::new(limits.files, limits.bytes);
     let mut taken = vec![false; globs.len()];
     let mut sized = Vec::with_capacity(found.len());
@@ -86,6 +75,25 @@ pub fn collect(
         });
     }
     Ok(collected)
+}
+
+/// The regular files below `root` that `globs` take (no symlink followed, never in `.git`), as
+/// project-relative text and full path, in path order: what `artifacts` and `inputs` name.
+pub fn matching(root: &Path, globs: &[String]) -> Result<Vec<(String, PathBuf)>, Problem> {
+    let set = ArtifactGlobs::new(globs)?;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for start in set.roots() {
+        let start_path = if start.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(start)
+        };
+        walk(&start_path, root, &set, &mut found)
+            .map_err(|e| format!("cannot read {}: {e}", start_path.display()))?;
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 fn walk(
@@ -187,7 +195,7 @@ pub fn unpack(
         };
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let target = root.join(&relative);
-        let (bytes, sha256) = write_atomically(&target, mode, &mut entry)
+        let (bytes, sha256) = write_atomically(&target, mode, &mut entry, None)
             .map_err(|e| format!("cannot write the artifact {relative}: {e}"))?;
         collected.artifacts.push(Artifact {
             path: relative,
@@ -234,8 +242,14 @@ fn regular_file<R: Read>(entry: &tar::Entry<'_, R>, set: &ArtifactGlobs) -> Opti
     set.matches(&text).then_some(text)
 }
 
-/// Writes `from` to a temporary file beside `target` and renames it over `target`.
-fn write_atomically(target: &Path, mode: u32, from: impl Read) -> io::Result<(u64, String)> {
+/// Writes `from` to a temporary file beside `target` and renames it over `target`; with
+/// `expected`, only if what came has that sha256 (else nothing is written).
+pub(crate) fn write_atomically(
+    target: &Path,
+    mode: u32,
+    from: impl Read,
+    expected: Option<&str>,
+) -> io::Result<(u64, String)> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = target
         .parent()
@@ -259,6 +273,9 @@ fn write_atomically(target: &Path, mode: u32, from: impl Read) -> io::Result<(u6
         let mut out = io::BufWriter::new(file);
         let digest = digest(from, &mut out)?;
         out.flush()?;
+        if expected.is_some_and(|sha256| sha256 != digest.1) {
+            return Err(io::Error::other("its bytes do not match their digest"));
+        }
         std::fs::rename(&temp, target)?;
         Ok(digest)
     })();

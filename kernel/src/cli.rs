@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// hm's environment.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Run every step with `inputs` instead of replaying its cached result (what passes is
+    /// still stored).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Fail (exit 4) instead of running without cgroup isolation.
     #[arg(long)]
     pub require_isolation: bool,

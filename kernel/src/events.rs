@@ -134,6 +134,12 @@ pub struct StepEnd {
     /// step without a matrix.
     #[serde(serialize_with = "ordered_object")]
     pub matrix: Option<Vec<(String, String)>>,
+    /// For a step with `inputs`: `hit` when its cached result was replayed, `miss` when it
+    /// ran; `null` for a step without `inputs`.
+    pub cache: Option<CacheStatus>,
+    /// On a hit: how long the step took when its result was stored, the time the hit saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved_ms: Option<u64>,
     /// The files it handed on (when it passed), in path order.
     pub artifacts: Vec<crate::artifacts::Artifact>,
     /// What it wrote to `$HM_OUTPUT` (when it passed), as a JSON object in its order.
@@ -193,6 +199,14 @@ fn ordered_object<S: serde::Serializer>(
         map.serialize_entry(key, value)?;
     }
     map.end()
+}
+
+/// Whether a cacheable step's result came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    Hit,
+    Miss,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -324,13 +338,15 @@ mod tests {
                 ("rust".into(), "1.85".into()),
                 ("os".into(), "linux".into()),
             ]),
+            cache: None,
+            saved_ms: None,
             artifacts: Vec::new(),
             outputs: vec![("v".into(), "1".into())],
         };
         let json = serde_json::to_string(&end).expect("serialises");
         assert!(
             json.ends_with(
-                r#""matrix":{"rust":"1.85","os":"linux"},"artifacts":[],"outputs":{"v":"1"}}"#
+                r#""matrix":{"rust":"1.85","os":"linux"},"cache":null,"artifacts":[],"outputs":{"v":"1"}}"#
             ),
             "{json}"
         );

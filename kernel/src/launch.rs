@@ -45,6 +45,8 @@ pub struct RunSettings {
     pub changes: Option<crate::condition::Changes>,
     /// The values of the secrets the run's steps refer to (`Plan::secrets`).
     pub secrets: crate::secrets::Secrets,
+    /// `--no-cache`.
+    pub no_cache: bool,
     pub notice: Notice,
 }
 
@@ -248,6 +250,7 @@ pub fn run(
         named,
         changes: settings.changes,
         secrets: settings.secrets,
+        no_cache: settings.no_cache,
         executors,
         hooks,
         attach,

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod artifacts;
+pub mod cache;
 pub mod cgroup;
 pub mod condition;
 pub mod config;

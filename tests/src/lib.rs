@@ -298,6 +298,11 @@ impl Project {
         self.xdg.join("runtime")
     }
 
+    /// `XDG_CACHE_HOME` of the hm this project runs: where the step cache lives.
+    pub fn cache_home(&self) -> PathBuf {
+        self.xdg.join("cache")
+    }
+
     pub fn data_home(&self) -> PathBuf {
         self.xdg.join("data")
     }
@@ -326,6 +331,7 @@ impl Project {
             .env("XDG_STATE_HOME", self.xdg.join("state"))
             .env("XDG_CONFIG_HOME", self.xdg.join("config"))
             .env("XDG_RUNTIME_DIR", self.xdg.join("runtime"))
+            .env("XDG_CACHE_HOME", self.xdg.join("cache"))
             .env("NO_COLOR", "1")
             .env_remove("GITHUB_ACTIONS")
             .env_remove("CI")

@@ -120,6 +120,11 @@ allow_failure = true
 [steps.matrix]
 run = "echo ${{ matrix.os }} ${{ matrix.version }}"
 matrix = { os = ["linux"], version = [3, 1.5] }
+
+[steps.cached]
+run = "mkdir -p out && echo data > out/f && echo 'k=v' >> $HM_OUTPUT && echo cached-ran"
+inputs = ["hm.toml"]
+artifacts = ["out/**"]
 "#,
     );
     project.install(&Bundle::executor("fixture-crash", "crashy", CRASH));
@@ -151,6 +156,18 @@ matrix = { os = ["linux"], version = [3, 1.5] }
         "{run}"
     );
     assert!(run.step_end("fmt")["matrix"].is_null(), "{run}");
+    assert_eq!(run.step_end("cached")["cache"], "miss", "{run}");
+    assert_eq!(run.step_end("cached")["outputs"]["k"], "v", "{run}");
+    assert_eq!(
+        run.step_end("cached")["artifacts"][0]["path"],
+        "out/f",
+        "{run}"
+    );
+    // Replayed from the cache: `cache`, `saved_ms` and the replayed log in the schema too.
+    let again = self::run(&project, "schema-cache-hit", &["cached"]);
+    assert_run_matches_schema(&again);
+    assert_eq!(again.step_end("cached")["cache"], "hit", "{again}");
+    assert!(again.step_end("cached")["saved_ms"].is_u64(), "{again}");
     let streams: BTreeSet<&str> = run
         .of_kind("step_log")
         .into_iter()

@@ -91,6 +91,7 @@ pub fn run(args: RunArgs, builtins: &[Builtin], color: bool) -> i32 {
         require_isolation: args.require_isolation,
         changes,
         secrets,
+        no_cache: args.no_cache,
         notice: Arc::new(|text: &str| errln!("{text}")),
     };
     match launch::run(plan, settings, renderer) {

@@ -31,12 +31,12 @@ impl Default for ArtifactLimits {
 }
 
 impl Checker<'_> {
-    /// `artifacts = ["dist/**", "target/release/hm"]`.
+    /// `artifacts = ["dist/**", "target/release/hm"]`, and `inputs`, whose globs mean the same.
     pub(super) fn artifacts(&mut self, field: &Field<'_>) -> Option<Vec<String>> {
         let Some(array) = field.item.as_array() else {
             let hint = match field.item.as_str() {
-                Some(glob) => format!("write `artifacts = [\"{glob}\"]`"),
-                None => "write `artifacts = [\"dist/**\"]`".to_owned(),
+                Some(glob) => format!("write `{} = [\"{glob}\"]`", field.key.get()),
+                None => format!("write `{} = [\"dist/**\"]`", field.key.get()),
             };
             self.wrong_type(field, "an array of globs", Some(hint));
             return None;

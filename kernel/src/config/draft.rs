@@ -30,6 +30,7 @@ pub(super) struct StepDraft {
     pub(super) allow_failure: Option<AllowFailure>,
     pub(super) shell: Option<Shell>,
     pub(super) artifacts: Option<Vec<String>>,
+    pub(super) inputs: Option<Vec<String>>,
     pub(super) limits: Limits,
     pub(super) retry: Option<Retry>,
     pub(super) executor: Option<String>,
@@ -79,6 +80,8 @@ pub(super) enum UseKey {
     With(String),
     /// A variable of `env` (whose values cannot refer to `env`).
     Env(String),
+    Artifacts,
+    Inputs,
 }
 
 impl StepDraft {
@@ -91,6 +94,8 @@ impl StepDraft {
             UseKey::Dir => upper.dir.is_some(),
             UseKey::With(k) => upper.with.as_ref().is_some_and(|w| w.contains_key(k)),
             UseKey::Env(name) => upper.env.contains_key(name),
+            UseKey::Artifacts => upper.artifacts.is_some(),
+            UseKey::Inputs => upper.inputs.is_some(),
         };
         let kept: Vec<Use> = lower
             .uses
@@ -121,6 +126,7 @@ impl StepDraft {
             allow_failure: self.allow_failure.or_else(|| lower.allow_failure.clone()),
             shell: self.shell.or_else(|| lower.shell.clone()),
             artifacts: self.artifacts.or_else(|| lower.artifacts.clone()),
+            inputs: self.inputs.or_else(|| lower.inputs.clone()),
             limits: self.limits.or(lower.limits),
             retry: self.retry.or_else(|| lower.retry.clone()),
             executor: self.executor.or_else(|| lower.executor.clone()),
@@ -164,6 +170,8 @@ impl Checker<'_> {
             ("run", UseKey::Run),
             ("image", UseKey::Image),
             ("dir", UseKey::Dir),
+            ("artifacts", UseKey::Artifacts),
+            ("inputs", UseKey::Inputs),
         ] {
             if let Some(f) = section.get(key) {
                 let label = f.label.clone();
@@ -224,6 +232,9 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("artifacts") {
             draft.artifacts = self.artifacts(&f);
+        }
+        if let Some(f) = section.get("inputs") {
+            draft.inputs = self.artifacts(&f);
         }
         if let Some(f) = section.get("limits") {
             draft.limits = self.limits(&f, path).unwrap_or_default();

@@ -70,6 +70,9 @@ pub struct Step {
     pub allow_failure: AllowFailure,
     /// `artifacts`: globs of the files the step hands to the steps after it.
     pub artifacts: Vec<String>,
+    /// `inputs`: globs of the files whose contents decide whether the step must run again;
+    /// empty means the step is not cached.
+    pub inputs: Vec<String>,
     /// How `run` is run.
     pub shell: Shell,
     pub limits: Limits,

@@ -44,6 +44,7 @@ const STEP_KEYS: &[&str] = &[
     "allow_failure",
     "shell",
     "artifacts",
+    "inputs",
     "limits",
     "retry",
     "executor",

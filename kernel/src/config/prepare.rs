@@ -15,6 +15,9 @@ pub struct Prepared {
     pub image: Option<String>,
     pub with_json: String,
     pub env: Vec<(String, String)>,
+    /// `artifacts` and `inputs` with their expressions (a matrix value in a path) filled in.
+    pub artifacts: Vec<String>,
+    pub inputs: Vec<String>,
 }
 
 /// Why a relative `dir` is not one: it is absolute, or `..` climbs out of the project.
@@ -113,6 +116,16 @@ impl Step {
                 .as_ref()
                 .map(|image| self.render(image, &env, outputs)),
             with_json: self.render_json(&self.with_json, &env, outputs),
+            artifacts: self
+                .artifacts
+                .iter()
+                .map(|g| self.render(g, &env, outputs))
+                .collect(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|g| self.render(g, &env, outputs))
+                .collect(),
             env,
         })
     }

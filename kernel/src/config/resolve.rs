@@ -423,6 +423,7 @@ impl Checker<'_> {
             allow_failure: draft.allow_failure.clone().unwrap_or_default(),
             shell: draft.shell.clone().unwrap_or_default(),
             artifacts: draft.artifacts.clone().unwrap_or_default(),
+            inputs: draft.inputs.clone().unwrap_or_default(),
             limits: draft.limits,
             retry: draft.retry.clone().unwrap_or_default(),
             executor,

@@ -282,7 +282,7 @@ mod tests {
         expect![[r#"
             {"ts":"2026-01-01T00:00:00.000Z","run_id":"r1","kind":"step_log","step":"build","stream":"stdout","line":"compiling \"hm\""}
             {"ts":"2026-01-01T00:00:00.000Z","run_id":"r1","kind":"step_log","step":"build","stream":"stderr","line":"warning: unused"}
-            {"ts":"2026-01-01T00:00:00.000Z","run_id":"r1","kind":"step_end","step":"build","attempt":1,"status":"failed","cause":"oom","exit_code":137,"signal":9,"duration_ms":0,"peak_memory_bytes":67108864,"cpu_ms":null,"matrix":null,"artifacts":[],"outputs":{}}
+            {"ts":"2026-01-01T00:00:00.000Z","run_id":"r1","kind":"step_end","step":"build","attempt":1,"status":"failed","cause":"oom","exit_code":137,"signal":9,"duration_ms":0,"peak_memory_bytes":67108864,"cpu_ms":null,"matrix":null,"cache":null,"artifacts":[],"outputs":{}}
             {"ts":"2026-01-01T00:00:00.000Z","run_id":"r1","kind":"step_retry","step":"build","attempt":2,"cause":"oom"}
         "#]]
         .assert_eq(&out.text());

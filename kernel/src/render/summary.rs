@@ -124,6 +124,7 @@ impl Summary {
             out.push('\n');
         }
         self.artifacts_line(out);
+        self.cached_line(out);
         let duration = text::duration(totals.duration_ms);
         let _ = writeln!(
             out,
@@ -139,6 +140,26 @@ impl Summary {
             totals.status.as_str(),
         );
         let _ = writeln!(out, " (exit code {})", totals.exit_code);
+    }
+
+    /// `cached: 3 steps, 1m 2s saved`, when the cache replayed any.
+    fn cached_line(&self, out: &mut String) {
+        let saved: Vec<u64> = self
+            .rows
+            .iter()
+            .filter_map(|row| row.last.as_ref()?.saved_ms)
+            .collect();
+        if saved.is_empty() {
+            return;
+        }
+        let noun = if saved.len() == 1 { "step" } else { "steps" };
+        let total: u64 = saved.iter().sum();
+        let _ = writeln!(
+            out,
+            "cached: {} {noun}, {} saved",
+            saved.len(),
+            text::duration(total)
+        );
     }
 
     /// `artifacts: build 2 files (1.2 KiB), docs 1 file (300 B)`, when a step handed any on.
@@ -245,6 +266,8 @@ impl Row {
         let failed = matches!(end.status, StepStatus::Failed | StepStatus::TimedOut);
         let status = if end.allowed_failure && failed {
             format!("{} (allowed)", end.status.as_str())
+        } else if end.saved_ms.is_some() {
+            "cached".to_owned()
         } else {
             end.status.as_str().to_owned()
         };

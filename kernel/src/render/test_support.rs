@@ -145,6 +145,8 @@ pub(crate) fn end(step: &str, status: StepStatus, cause: Option<Cause>) -> StepE
         message: None,
         allowed_failure: false,
         matrix: None,
+        cache: None,
+        saved_ms: None,
         artifacts: Vec::new(),
         outputs: Vec::new(),
     }

@@ -74,7 +74,10 @@ pub(crate) struct Verdict {
 
 pub(crate) fn verdict(end: &StepEnd) -> Verdict {
     let head = match end.status {
-        StepStatus::Passed => format!("passed in {}", duration(end.duration_ms)),
+        StepStatus::Passed => match end.saved_ms {
+            Some(saved) => format!("cached (saved {})", duration(saved)),
+            None => format!("passed in {}", duration(end.duration_ms)),
+        },
         StepStatus::Skipped => "skipped".to_owned(),
         StepStatus::Cancelled => "cancelled".to_owned(),
         StepStatus::TimedOut => format!("timed out after {}", duration(end.duration_ms)),

@@ -187,8 +187,12 @@ impl Scheduler<'_> {
         )
     }
 
-    /// Sends the step to its plugin, starting the plugin first if needed.
+    /// Sends the step to its plugin, starting the plugin first if needed; a step with
+    /// `inputs` is looked up in the cache first.
     pub(super) fn dispatch(&mut self, i: usize) {
+        if self.look_up_first(i) {
+            return;
+        }
         let p = self.steps[i].plugin;
         match &self.plugins[p].state {
             PluginState::Ready { .. } => self.send_execute(i),
@@ -223,6 +227,10 @@ impl Scheduler<'_> {
         let protocol = link.protocol();
         let output_file = self.new_output_file(i);
         self.steps[i].upload = None;
+        // Each attempt's log is its own: a retry records afresh.
+        if self.steps[i].cache_key.is_some() && self.cache.is_some() {
+            self.steps[i].cache_log = Some(Vec::new());
+        }
         let def = &self.pipeline.steps[self.steps[i].index];
         let root = &self.pipeline.root;
         let secrets = |name: &str| self.secret_value(name);
@@ -265,6 +273,7 @@ impl Scheduler<'_> {
         };
         let call = self.next_call;
         self.next_call += 1;
+        self.steps[i].artifact_globs = prepared.artifacts.clone();
         let def = &self.pipeline.steps[self.steps[i].index];
         let request = execute_request(
             def,
@@ -279,7 +288,7 @@ impl Scheduler<'_> {
                     step: request,
                     shell: def.shell.argv(),
                 },
-                artifacts: def.artifacts.clone(),
+                artifacts: self.steps[i].artifact_globs.clone(),
                 artifacts_max_files: self.pipeline.artifacts_max.files,
                 artifacts_max_bytes: self.pipeline.artifacts_max.bytes,
             }))
@@ -361,6 +370,9 @@ impl Scheduler<'_> {
                 let _ = self
                     .renderer
                     .step_log(&ts, &self.opts.run_id, &def.name, *stream, line);
+            }
+            for (stream, text) in &chunks {
+                super::cache::record(&mut self.steps[i], *stream, text);
             }
             if self.hooks_want_logs() {
                 for (stream, text) in &chunks {
@@ -542,6 +554,8 @@ impl Scheduler<'_> {
             message: verdict.message.clone(),
             allowed_failure: allowed,
             matrix: def.matrix.clone(),
+            cache: self.steps[i].cache_status,
+            saved_ms: self.steps[i].saved_ms,
             artifacts: self.steps[i].artifacts.clone(),
             outputs: self.steps[i].outputs.clone(),
         }));
@@ -603,6 +617,8 @@ impl Scheduler<'_> {
             cpu_ms: None,
             message,
             allowed_failure: false,
+            cache: None,
+            saved_ms: None,
             artifacts: Vec::new(),
             outputs: Vec::new(),
         }));

@@ -17,6 +17,41 @@ use crate::config::ArtifactLimits;
 use crate::events::{Cause, StepStatus, Stream};
 use crate::outputs::{self, Outputs};
 
+/// A passed step's result for the cache, stored once its outputs and artifacts are in.
+struct ToStore {
+    store: crate::cache::Store,
+    key: String,
+    log: Vec<u8>,
+    step: String,
+    duration_ms: u64,
+    masker: crate::secrets::Masker,
+}
+
+impl ToStore {
+    /// Stores the result; a failure only means the next run runs the step again.
+    fn save(self, root: &std::path::Path, outputs: &Outputs, artifacts: &[artifacts::Artifact]) {
+        // An output holding a secret's value would put the value on disk: such a step runs
+        // every time.
+        if outputs
+            .iter()
+            .any(|(_, v)| matches!(self.masker.mask(v), std::borrow::Cow::Owned(_)))
+        {
+            tracing::info!(step = %self.step, "not cached: an output holds a secret");
+            return;
+        }
+        let left = crate::cache::store::Left {
+            step: &self.step,
+            duration_ms: self.duration_ms,
+            log: &self.log,
+            outputs,
+            artifacts,
+        };
+        if let Err(e) = self.store.save(&self.key, left, root) {
+            tracing::warn!(step = %self.step, "cannot store the step's result in the cache: {e}");
+        }
+    }
+}
+
 /// What taking in a passed step's outputs and artifacts found.
 pub(super) struct Collection {
     /// The step's position.
@@ -113,7 +148,25 @@ impl Scheduler<'_> {
         let def = &self.pipeline.steps[self.steps[i].index];
         let upload = self.steps[i].upload.take();
         let output_file = self.steps[i].output_file.take();
-        let wanted = !def.artifacts.is_empty() || upload.is_some() || output_file.is_some();
+        let log = self.steps[i].cache_log.take();
+        // What passed and may be stored: the store, the key and the recorded log.
+        let to_store = match (&self.cache, &self.steps[i].cache_key, log) {
+            (Some(store), Some(key), Some(log)) => Some(ToStore {
+                store: store.clone(),
+                key: key.clone(),
+                log,
+                step: def.name.clone(),
+                duration_ms: self.steps[i]
+                    .started
+                    .map_or(0, |s| s.elapsed().as_millis() as u64),
+                masker: self.masker.clone(),
+            }),
+            _ => None,
+        };
+        let wanted = !self.steps[i].artifact_globs.is_empty()
+            || upload.is_some()
+            || output_file.is_some()
+            || to_store.is_some();
         if verdict.status != StepStatus::Passed || !wanted {
             self.end_attempt_with(i, verdict, report);
             return;
@@ -121,7 +174,7 @@ impl Scheduler<'_> {
         self.steps[i].state = StepState::Collecting;
         self.steps[i].deadline = None;
         let root = self.pipeline.root.clone();
-        let globs = def.artifacts.clone();
+        let globs = self.steps[i].artifact_globs.clone();
         let limits: ArtifactLimits = self.pipeline.artifacts_max;
         let tx = self.collected_tx.clone();
         let attempt = self.steps[i].attempt;
@@ -136,6 +189,9 @@ impl Scheduler<'_> {
                 None if globs.is_empty() => Ok(Collected::default()),
                 None => artifacts::collect(&root, &globs, limits),
             };
+            if let (Some(to_store), Ok(outputs), Ok(collected)) = (to_store, &outputs, &artifacts) {
+                to_store.save(&root, outputs, &collected.artifacts);
+            }
             let _ = tx.send(Event::Collected(Box::new(Collection {
                 step: i,
                 attempt,

@@ -20,6 +20,7 @@
 //! processes; the handlers apply them and do the I/O.
 
 mod attempts;
+mod cache;
 mod data;
 mod end;
 mod hook_queue;

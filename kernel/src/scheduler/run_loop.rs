@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub changes: Option<crate::condition::Changes>,
     /// The values of the secrets the steps refer to; masked wherever hm shows text.
     pub secrets: crate::secrets::Secrets,
+    /// `--no-cache`: no step is replayed from the cache (passing steps are still stored).
+    pub no_cache: bool,
     /// The plugin serving each selected step's executor, by step index.
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
@@ -73,6 +75,8 @@ pub(super) enum Event {
     Tick,
     /// A passed step's outputs and artifacts were taken in.
     Collected(Box<super::data::Collection>),
+    /// A step's cache lookup ended.
+    Looked(Box<super::cache::Looked>),
 }
 
 /// The run: one task owns all of it, and everything else sends it messages.
@@ -91,6 +95,8 @@ pub struct Scheduler<'a> {
     pub(super) run_dir: Option<crate::outputs::RunDir>,
     /// Masks the secrets' values in everything the run shows and hands on.
     pub(super) masker: crate::secrets::Masker,
+    /// The step cache, when a selected step has `inputs` (and it could be opened).
+    pub(super) cache: Option<crate::cache::Store>,
     pub(super) host: Arc<HostState>,
     /// The workspace archive, built if a plugin asks; dropped once every step is done.
     pub(super) archive: Arc<WorkspaceArchive>,
@@ -161,12 +167,25 @@ impl<'a> Scheduler<'a> {
             }
         };
         let masker = opts.secrets.masker();
+        let cached = opts
+            .selected
+            .iter()
+            .any(|&i| !pipeline.steps[i].inputs.is_empty());
+        let cache = match cached.then(|| crate::cache::Store::open(None)) {
+            Some(Ok(store)) => Some(store),
+            Some(Err(e)) => {
+                tracing::warn!("cannot open the step cache ({e}): steps with inputs run uncached");
+                None
+            }
+            None => None,
+        };
         let now = Instant::now();
         Self {
             collected_tx,
             collected_rx,
             run_dir,
             masker,
+            cache,
             pipeline,
             pipeline_deadline: opts.timeout.map(|t| now + t),
             opts,
@@ -269,6 +288,7 @@ impl<'a> Scheduler<'a> {
                 let _ = self.renderer.tick();
             }
             Event::Collected(collection) => self.on_collected(*collection),
+            Event::Looked(looked) => self.on_looked(*looked),
         }
     }
 

@@ -24,6 +24,8 @@ pub(super) enum StepState {
     Running,
     /// It passed; its outputs and artifacts are being taken in, off the run loop.
     Collecting,
+    /// Its cache key is being computed and looked up, off the run loop.
+    Looking,
     Done,
 }
 
@@ -32,7 +34,11 @@ impl StepState {
     pub(super) fn holds_slot(self) -> bool {
         matches!(
             self,
-            StepState::Gating | StepState::Starting | StepState::Running | StepState::Collecting
+            StepState::Gating
+                | StepState::Starting
+                | StepState::Running
+                | StepState::Collecting
+                | StepState::Looking
         )
     }
 }
@@ -70,6 +76,8 @@ pub(super) struct StepRun {
     pub(super) gates_pending: usize,
     /// The first abort of the current gate: which hook, and why.
     pub(super) gate_abort: Option<String>,
+    /// The current attempt's `artifacts` globs, rendered.
+    pub(super) artifact_globs: Vec<String>,
     /// The current attempt's `$HM_OUTPUT` file.
     pub(super) output_file: Option<std::path::PathBuf>,
     /// What the executor sent with `PutArtifacts` for the current attempt.
@@ -78,6 +86,15 @@ pub(super) struct StepRun {
     pub(super) outputs: crate::outputs::Outputs,
     /// Its artifacts, once it passed.
     pub(super) artifacts: Vec<crate::artifacts::Artifact>,
+    /// Its cache was looked up (once, before the first attempt that reaches an executor).
+    pub(super) cache_checked: bool,
+    /// Its cache key, once known.
+    pub(super) cache_key: Option<String>,
+    pub(super) cache_status: Option<crate::events::CacheStatus>,
+    /// On a hit: how long the step took when it was stored.
+    pub(super) saved_ms: Option<u64>,
+    /// The log of the running attempt as the cache stores it, while it may be stored.
+    pub(super) cache_log: Option<Vec<u8>>,
 }
 
 impl StepRun {
@@ -102,10 +119,16 @@ impl StepRun {
             gate: 0,
             gates_pending: 0,
             gate_abort: None,
+            artifact_globs: Vec::new(),
             output_file: None,
             upload: None,
             outputs: Vec::new(),
             artifacts: Vec::new(),
+            cache_checked: false,
+            cache_key: None,
+            cache_status: None,
+            saved_ms: None,
+            cache_log: None,
         }
     }
 
@@ -265,6 +288,11 @@ impl Steps {
             }
         }
         false
+    }
+
+    /// The positions of the steps `i` needs directly.
+    pub(super) fn direct_needs(&self, i: usize) -> Vec<usize> {
+        self.steps[i].needs.iter().map(|&(j, _)| j).collect()
     }
 
     /// The positions of the steps `i` needs, directly or through others, nearest first.

@@ -104,7 +104,8 @@ impl Scheduler<'_> {
                 StepState::Gating
                 | StepState::Starting
                 | StepState::Running
-                | StepState::Collecting => {
+                | StepState::Collecting
+                | StepState::Looking => {
                     self.stop_step(i, reason);
                 }
                 StepState::Done => {}
@@ -123,8 +124,9 @@ impl Scheduler<'_> {
             StepState::Gating => self.end_attempt(i, Verdict::stopped(reason, None)),
             // Ended when its plugin is ready (or fails to start).
             StepState::Starting => {}
-            // Its executor is done with it; taking in what it left ends soon.
-            StepState::Collecting => {}
+            // Its executor is done with it, or has not got it yet; what runs off the loop for
+            // it ends soon, and its end sees the stop.
+            StepState::Collecting | StepState::Looking => {}
             _ => {
                 step.ladder = Some(Ladder::start(Instant::now(), self.opts.grace));
                 let call = step.call;
