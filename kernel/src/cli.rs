@@ -26,6 +26,7 @@ macro_rules! errln {
     };
 }
 
+mod cache;
 mod doctor;
 mod plugin;
 mod run;
@@ -62,6 +63,9 @@ enum Command {
     /// List, inspect, install and remove plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// List, show and remove the cached results of steps with `inputs`.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// `hm run` arguments.
@@ -218,6 +222,7 @@ pub fn main(builtins: &[Builtin]) -> i32 {
         }
         Command::Doctor => doctor::doctor(builtins),
         Command::Plugin(command) => plugin::run(command, builtins),
+        Command::Cache(command) => cache::run(command),
     }
 }
 

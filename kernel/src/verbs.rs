@@ -18,7 +18,9 @@ use crate::supervisor::handshake::{self, Expected, FailureKind, Offer};
 use crate::supervisor::spawn::{describe_spawn_error, terminal_command};
 
 /// The commands of `hm` itself, which no plugin verb may take.
-pub const RESERVED: &[&str] = &["run", "validate", "version", "doctor", "plugin", "help"];
+pub const RESERVED: &[&str] = &[
+    "run", "validate", "version", "doctor", "plugin", "cache", "help",
+];
 /// How long the plugin may take to exit after `Shutdown`.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The call id of the one `RunSubcommand`.

@@ -209,3 +209,48 @@ fn two_runs_at_once_share_the_cache_and_both_are_right() {
     let tmp = project.cache_home().join("hm/v1/tmp");
     assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
 }
+
+#[test]
+fn hm_cache_lists_shows_prunes_and_clears_what_runs_stored() {
+    let project = project();
+    assert_eq!(project.run(&["other"]).code(), 0);
+    let again = project.run(&["other"]);
+    assert_caches(&again, &[("other", "hit")]);
+    let list = project.hm(&["cache", "list"]);
+    assert_eq!(list.code(), 0, "{}", list.stderr);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.contains(" other "))
+        .unwrap_or_else(|| panic!("no row for `other`:\n{}", list.stdout));
+    assert!(row.trim_end().ends_with(" 1"), "one hit: {row}");
+    assert!(list.stdout.contains("1 entries"), "{}", list.stdout);
+    let key = row.split_whitespace().next().expect("a key");
+    let show = project.hm(&["cache", "show", key]);
+    assert_eq!(show.code(), 0, "{}", show.stderr);
+    assert!(show.stdout.contains("step: other"), "{}", show.stdout);
+    let unknown = project.hm(&["cache", "show", "ffffffffffff"]);
+    assert_eq!(unknown.code(), 2, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no cache entry"),
+        "{}",
+        unknown.stderr
+    );
+    // Used just now: a week's pruning keeps it; pruning what was unused for no time does not.
+    let kept = project.hm(&["cache", "prune"]);
+    assert!(
+        kept.stdout.starts_with("removed 0 entries"),
+        "{}",
+        kept.stdout
+    );
+    let pruned = project.hm(&["cache", "prune", "--unused-for", "0s"]);
+    assert!(
+        pruned.stdout.starts_with("removed 1 entries"),
+        "{}",
+        pruned.stdout
+    );
+    assert_caches(&project.run(&["other"]), &[("other", "miss")]);
+    let cleared = project.hm(&["cache", "clear"]);
+    assert_eq!(cleared.code(), 0, "{}", cleared.stderr);
+    assert_caches(&project.run(&["other"]), &[("other", "miss")]);
+}

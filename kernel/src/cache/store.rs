@@ -36,6 +36,9 @@ pub struct Entry {
     pub log: Option<BlobRef>,
     pub outputs: Vec<(String, String)>,
     pub artifacts: Vec<CachedArtifact>,
+    /// How many runs replayed it.
+    #[serde(default)]
+    pub hits: u64,
 }
 
 /// A blob an entry names.
@@ -83,6 +86,14 @@ pub struct Left<'a> {
     pub log: &'a [u8],
     pub outputs: &'a [(String, String)],
     pub artifacts: &'a [Artifact],
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub entries: usize,
+    pub blobs: usize,
+    pub bytes: u64,
 }
 
 /// What a lookup found.
@@ -165,11 +176,15 @@ impl Store {
                 Err(_) => return self.discard(key, format!("blob {sha256} is missing")),
             }
         }
-        let _ = std::fs::File::options()
-            .append(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        Lookup::Hit(entry)
+        // One more hit, and used now (the file's time, for eviction): written like any entry.
+        let counted = Entry {
+            hits: entry.hits + 1,
+            ..entry
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&counted) {
+            let _ = self.write_new(&path, |out| out.write_all(&json));
+        }
+        Lookup::Hit(counted)
     }
 
     /// Removes the entry of `key` (its blobs may serve others) and says why.
@@ -263,6 +278,7 @@ impl Store {
             log,
             outputs: outputs.to_vec(),
             artifacts: cached,
+            hits: 0,
         };
         let json = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
         self.write_new(&self.entry_path(key), |out| out.write_all(&json))
@@ -350,6 +366,62 @@ impl Store {
             .collect();
         entries.sort_by_key(|(_, used)| std::cmp::Reverse(*used));
         entries
+    }
+
+    /// Removes the entries not used for `unused_for` (all of them for zero), then the least
+    /// recently used until the blobs the rest name fit in `max_bytes`, then the blobs no entry
+    /// names (but those younger than an hour, which a run may be about to name).
+    pub fn prune(&self, unused_for: Option<std::time::Duration>, max_bytes: Option<u64>) -> Pruned {
+        let now = SystemTime::now();
+        let mut kept = Vec::new();
+        let mut pruned = Pruned::default();
+        for (entry, used) in self.entries() {
+            let idle = now.duration_since(used).unwrap_or_default();
+            if unused_for.is_some_and(|limit| idle >= limit) {
+                let _ = std::fs::remove_file(self.entry_path(&entry.key));
+                pruned.entries += 1;
+            } else {
+                kept.push(entry);
+            }
+        }
+        // `entries()` is newest first: evict from the end.
+        if let Some(max) = max_bytes {
+            let mut total: u64 = kept.iter().map(Entry::size).sum();
+            while total > max {
+                let Some(oldest) = kept.pop() else { break };
+                total -= oldest.size();
+                let _ = std::fs::remove_file(self.entry_path(&oldest.key));
+                pruned.entries += 1;
+            }
+        }
+        let named: std::collections::HashSet<String> = kept
+            .iter()
+            .flat_map(|e| {
+                e.log
+                    .iter()
+                    .map(|l| l.sha256.clone())
+                    .chain(e.artifacts.iter().map(|a| a.sha256.clone()))
+            })
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(self.root.join("blobs")) {
+            for blob in dir.flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                let Ok(meta) = blob.metadata() else { continue };
+                let young = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age < std::time::Duration::from_secs(3600));
+                if named.contains(&name) || young {
+                    continue;
+                }
+                if std::fs::remove_file(blob.path()).is_ok() {
+                    pruned.blobs += 1;
+                    pruned.bytes += meta.len();
+                }
+            }
+        }
+        pruned
     }
 
     /// Removes every entry and blob.
@@ -488,6 +560,31 @@ mod tests {
         std::fs::write(store.blob_path(&log.sha256), b"oxyz\n").expect("overwrite");
         let err = store.read_log(&entry).expect_err("corrupt");
         assert!(err.contains("does not hold what its name says"), "{err}");
+    }
+
+    #[test]
+    fn past_its_size_the_cache_drops_the_least_recently_used_first() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let project = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(Some(cache.path())).expect("store");
+        for (key, log) in [
+            ("old", b"o1111111\n"),
+            ("mid", b"o2222222\n"),
+            ("new", b"o3333333\n"),
+        ] {
+            store
+                .save(key, left(key, log, &[]), project.path())
+                .expect("saved");
+            // Modification times must differ for the order to be known.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // `old` is used again: now `mid` is the least recently used.
+        assert!(matches!(store.lookup("old"), Lookup::Hit(_)));
+        let pruned = store.prune(None, Some(20));
+        assert_eq!(pruned.entries, 1);
+        assert!(matches!(store.lookup("mid"), Lookup::Miss));
+        assert!(matches!(store.lookup("old"), Lookup::Hit(_)));
+        assert!(matches!(store.lookup("new"), Lookup::Hit(_)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use hm_ipc::artifacts::{ArtifactGlobs, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
 use toml_edit::Value;
 
-use super::model::ArtifactLimits;
+use super::model::{ArtifactLimits, CacheSettings};
 use crate::toml_check::{Checker, Field, join_path};
 
 const ARTIFACTS_MAX_KEYS: &[&str] = &["files", "bytes"];
@@ -31,6 +31,34 @@ impl Default for ArtifactLimits {
 }
 
 impl Checker<'_> {
+    /// `[cache]`: `dir` (relative to the project, or absolute) and `max_size`.
+    pub(super) fn cache_section(
+        &mut self,
+        field: &Field<'_>,
+        root: &std::path::Path,
+    ) -> CacheSettings {
+        let mut settings = CacheSettings::default();
+        let Some(section) = self.open(
+            field,
+            "cache".to_owned(),
+            &["dir", "max_size"],
+            "write `[cache]` on its own line, then `dir = \"...\"` or `max_size = \"5GiB\"`",
+        ) else {
+            return settings;
+        };
+        if let Some(f) = section.get("dir")
+            && let Some(dir) = self.non_empty_string(&f)
+        {
+            settings.dir = Some(root.join(dir));
+        }
+        if let Some(f) = section.get("max_size")
+            && let Some(bytes) = self.size(&f)
+        {
+            settings.max_bytes = bytes;
+        }
+        settings
+    }
+
     /// `artifacts = ["dist/**", "target/release/hm"]`, and `inputs`, whose globs mean the same.
     pub(super) fn artifacts(&mut self, field: &Field<'_>) -> Option<Vec<String>> {
         let Some(array) = field.item.as_array() else {

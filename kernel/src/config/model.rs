@@ -23,6 +23,8 @@ pub struct Pipeline {
     pub env: BTreeMap<String, String>,
     /// `artifacts_max`: what one step may produce as artifacts.
     pub artifacts_max: ArtifactLimits,
+    /// `[cache]`: where the step cache is and how big it may grow.
+    pub cache: CacheSettings,
     /// Steps in file order. `needs` are indices into this vector, already checked for cycles.
     pub steps: Vec<Step>,
     /// `[plugins.<name>]` tables, by plugin name.
@@ -85,6 +87,24 @@ pub struct Step {
     pub with_json: String,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
+}
+
+/// `[cache] dir = "...", max_size = "5GiB"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The cache directory (absolute); `None`: `$XDG_CACHE_HOME/hm`.
+    pub dir: Option<PathBuf>,
+    /// The most its blobs may hold; the least recently used entries go first.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 5 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[pipeline] artifacts_max = { files, bytes }`.

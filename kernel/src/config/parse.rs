@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{Document, Item};
 
 use super::draft::{NO_TIMEOUT_HINT, StepDraft, UseKey};
-use super::model::{ArtifactLimits, Pipeline, PluginSettings, RestartBudget};
+use super::model::{ArtifactLimits, CacheSettings, Pipeline, PluginSettings, RestartBudget};
 use super::sources::Sources;
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
@@ -19,6 +19,7 @@ pub const FILE_NAME: &str = "hm.toml";
 
 const TOP_KEYS: &[&str] = &[
     "pipeline",
+    "cache",
     "defaults",
     "steps",
     "plugins",
@@ -185,9 +186,13 @@ impl Checker<'_> {
             keep_going: false,
             env: BTreeMap::new(),
             artifacts_max: ArtifactLimits::default(),
+            cache: CacheSettings::default(),
             steps: Vec::new(),
             plugins: BTreeMap::new(),
         };
+        if let Some(field) = top_field(top, "cache") {
+            pipeline.cache = self.cache_section(&field, &pipeline.root);
+        }
         if let Some(field) = top_field(top, "pipeline") {
             self.pipeline_section(&field, &mut pipeline);
         }
@@ -530,7 +535,7 @@ fn unknown_top_level(name: &str, item: &Item) -> (String, String) {
     } else if STEP_KEYS.contains(&name) {
         format!("`{name}` belongs to a step: `[steps.<name>]`")
     } else {
-        "the file has the tables `[pipeline]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`"
+        "the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`"
             .to_owned()
     };
     (message, hint)

@@ -182,6 +182,15 @@ impl Scheduler<'_> {
             }
         }
         self.archive.close();
+        // The cache keeps to its size (the least recently used entries go) once it grew.
+        let stored = self
+            .steps
+            .iter()
+            .any(|s| s.cache_status == Some(crate::events::CacheStatus::Miss));
+        if let Some(store) = self.cache.clone().filter(|_| stored) {
+            let max = self.pipeline.cache.max_bytes;
+            let _ = tokio::task::spawn_blocking(move || store.prune(None, Some(max))).await;
+        }
         if self.build_end_code.is_none() {
             self.end_build();
         }

@@ -171,7 +171,7 @@ impl<'a> Scheduler<'a> {
             .selected
             .iter()
             .any(|&i| !pipeline.steps[i].inputs.is_empty());
-        let cache = match cached.then(|| crate::cache::Store::open(None)) {
+        let cache = match cached.then(|| crate::cache::Store::open(pipeline.cache.dir.as_deref())) {
             Some(Ok(store)) => Some(store),
             Some(Err(e)) => {
                 tracing::warn!("cannot open the step cache ({e}): steps with inputs run uncached");

@@ -94,7 +94,7 @@ hm.toml:14:13: error: unknown key `mx` in [plugins.p.restart]
 hm.toml:15:1: error: unknown key `foo` in [plugins.p]
   hint: expected one of `limits`, `restart`, `config`, `required` or `handshake_timeout`
 hm.toml:16:2: error: unknown table `[extra]`
-  hint: the file has the tables `[pipeline]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`
+  hint: the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`
 ",
     );
 }
