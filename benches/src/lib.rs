@@ -7,6 +7,7 @@
 //! external processes with a deadline; one module per bench. The `compare` bench target is the
 //! command line (`cargo xtask bench` runs it).
 
+pub mod cache_hits;
 pub mod call_round_trip;
 pub mod child;
 pub mod cold_start;
@@ -74,6 +75,16 @@ pub const BENCHES: &[Bench] = &[
         name: run_steps::NAME,
         needs_hm: true,
         run: run_steps::run,
+    },
+    Bench {
+        name: cache_hits::ONE,
+        needs_hm: true,
+        run: cache_hits::run_one,
+    },
+    Bench {
+        name: cache_hits::TWENTY,
+        needs_hm: true,
+        run: cache_hits::run_twenty,
     },
     Bench {
         name: log_throughput::NAME,
