@@ -154,6 +154,20 @@ pub struct StepCall {
     pub artifacts_max_files: u64,
     /// The most bytes (file contents) the step may produce as artifacts.
     pub artifacts_max_bytes: u64,
+    /// Directories kept across runs (`cache = [{ key, paths }]`), for an executor whose steps
+    /// start from a fresh file system: each path gets the named volume. An executor that runs
+    /// steps on the host ignores them.
+    pub caches: Vec<CacheMount>,
+}
+
+/// One directory of a dependency cache. v7.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CacheMount {
+    /// The volume's name: hm's, derived from the key files' contents and the path, so every
+    /// step and run with the same key shares it.
+    pub volume: String,
+    /// Where it goes: absolute, or relative to the step's workspace.
+    pub path: String,
 }
 
 /// The shell of a step that does not set one: `sh -e -c RUN`, so a failing line fails the step.

@@ -109,6 +109,10 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         artifacts: vec!["dist/**".into(), "target/release/hm".into()],
         artifacts_max_files: 10_000,
         artifacts_max_bytes: 4 << 30,
+        caches: vec![hm_ipc::messages::CacheMount {
+            volume: "hm-cache-0123456789abcdef".into(),
+            path: "/usr/local/cargo/registry".into(),
+        }],
     }));
     let put_artifacts = OutFrame::message(
         K::Call,

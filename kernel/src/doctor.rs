@@ -2,10 +2,7 @@
 //! directories and any problem with the installed plugins, as a [`Report`] (the binary prints
 //! it, with what to do about each gap).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::events::Isolation;
 use crate::registry::{Builtin, PluginDirs, Registry};
@@ -221,35 +218,11 @@ fn fix(level: Isolation) -> Option<String> {
 }
 
 /// Asks the Docker daemon on the unix socket `path` for its version (`GET /version`, the
-/// Engine API's unversioned endpoint), in plain HTTP/1.0: the kernel links no Docker client,
-/// and two seconds and one request are all a health check needs.
+/// Engine API's unversioned endpoint).
 fn docker_version(path: &Path) -> Result<String, String> {
-    let timeout = Some(Duration::from_secs(2));
-    let mut stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(timeout)
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(timeout)
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .take(64 * 1024)
-        .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "not an HTTP answer".to_owned())?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("it answered `{status}`"));
-    }
+    let body = crate::engine::request(path, "GET", "/version", &["200"])?;
     let json: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("its version is not JSON: {e}"))?;
+        serde_json::from_str(&body).map_err(|e| format!("its version is not JSON: {e}"))?;
     let field = |name: &str| json[name].as_str().unwrap_or("?").to_owned();
     Ok(format!(
         "Docker Engine {} (API {})",
@@ -259,9 +232,7 @@ fn docker_version(path: &Path) -> Result<String, String> {
 }
 
 fn docker_socket() -> Option<(PathBuf, bool)> {
-    let host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    let path = PathBuf::from(host.strip_prefix("unix://")?);
+    let path = crate::engine::socket()?;
     let present = path.exists();
     Some((path, present))
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dag;
 pub mod delegate;
 pub mod doctor;
+pub mod engine;
 pub mod events;
 pub mod exit;
 pub mod guardian;

@@ -42,6 +42,10 @@ pub struct StepRequest {
     pub artifacts: Vec<String>,
     /// How much the step's artifacts may be (`[pipeline] artifacts_max`).
     pub artifact_limits: ArtifactLimits,
+    /// Directories the step keeps across runs (`cache = [{ key, paths }]`): each path gets
+    /// the named volume. An executor whose steps run on the host ignores them (the paths are
+    /// there already); one that starts each step from a fresh file system mounts them.
+    pub caches: Vec<hm_ipc::messages::CacheMount>,
 }
 
 /// The most a step's artifacts may be: past either limit, the executor sends

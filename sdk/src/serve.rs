@@ -173,6 +173,8 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
 struct Artifacts {
     globs: Vec<String>,
     limits: ArtifactLimits,
+    /// The step's dependency caches (`Step` only).
+    caches: Vec<hm_ipc::messages::CacheMount>,
 }
 
 struct Dispatcher {
@@ -293,8 +295,10 @@ impl Dispatcher {
                     artifacts,
                     artifacts_max_files,
                     artifacts_max_bytes,
+                    caches,
                 } = *call;
                 let artifacts = Artifacts {
+                    caches,
                     globs: artifacts,
                     limits: ArtifactLimits {
                         max_files: artifacts_max_files,
@@ -384,6 +388,7 @@ impl Dispatcher {
             limits: step.limits,
             artifacts: artifacts.globs,
             artifact_limits: artifacts.limits,
+            caches: artifacts.caches,
         };
         let token = CancellationToken::new();
         self.calls.insert(id, token.clone());

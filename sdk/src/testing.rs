@@ -494,6 +494,7 @@ impl Harness {
                 artifacts,
                 artifacts_max_files: artifact_limits.max_files,
                 artifacts_max_bytes: artifact_limits.max_bytes,
+                caches: Vec::new(),
             }))
         } else if self.protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute { step, shell }))

@@ -521,3 +521,96 @@ artifacts = ["out/**"]
     assert!(!project.exists("out"), "{run}");
     assert_no_container_of(&run_id(&run.events));
 }
+
+/// Removes the named volumes when the test ends, passed or not.
+struct Volumes(Vec<String>);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f", name])
+                .output();
+        }
+    }
+}
+
+fn cache_volumes() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter", "label=hm.cache"])
+        .output()
+        .expect("docker volume ls");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_dependency_cache_keeps_a_directory_across_runs_until_its_key_changes() {
+    let Some(docker) = DockerFixture::new("dep-cache") else {
+        return;
+    };
+    let before = cache_volumes();
+    let project = Project::new(&format!(
+        r#"
+[steps.deps]
+image = "{image}"
+run = "cat /cache/stamp 2>/dev/null || echo empty; echo filled >> /cache/stamp"
+cache = [{{ key = ["Cargo.lock"], paths = ["/cache"] }}]
+
+[steps.host]
+run = "echo on the host"
+cache = [{{ key = ["Cargo.lock"], paths = ["target"] }}]
+"#,
+        image = docker.image()
+    ));
+    project.write("Cargo.lock", "v1");
+    let mut made = Volumes(Vec::new());
+    let first = run(&project, &docker, &[]);
+    made.0 = cache_volumes()
+        .into_iter()
+        .filter(|v| !before.contains(v))
+        .collect();
+    assert_eq!(first.code(), 0, "{first}");
+    assert_eq!(first.lines("deps"), ["empty"], "{first}");
+    assert_eq!(made.0.len(), 1, "one volume: {:?}", made.0);
+    assert_eq!(
+        first.lines("host"),
+        [
+            "hm: `cache` keeps directories for steps in containers; this shell step uses the host's directories as they are",
+            "on the host"
+        ],
+        "{first}"
+    );
+    let second = run(&project, &docker, &[]);
+    assert_eq!(second.lines("deps"), ["filled"], "{second}");
+    // Another key: another, empty volume.
+    project.write("Cargo.lock", "v2");
+    let third = run(&project, &docker, &[]);
+    assert_eq!(third.lines("deps"), ["empty"], "{third}");
+    made.0 = cache_volumes()
+        .into_iter()
+        .filter(|v| !before.contains(v))
+        .collect();
+    assert_eq!(made.0.len(), 2, "two volumes: {:?}", made.0);
+    // Both were used just now: a week's pruning keeps them, pruning the unused of no time not.
+    let kept = project.hm(&["cache", "prune"]);
+    assert!(
+        kept.stdout.contains("and 0 cache volumes"),
+        "{}",
+        kept.stdout
+    );
+    let pruned = project.hm(&["cache", "prune", "--unused-for", "0s"]);
+    assert!(
+        pruned.stdout.contains("and 2 cache volumes"),
+        "{}{}",
+        pruned.stdout,
+        pruned.stderr
+    );
+    let left: Vec<String> = cache_volumes()
+        .into_iter()
+        .filter(|v| made.0.contains(v))
+        .collect();
+    assert!(left.is_empty(), "left: {left:?}");
+}

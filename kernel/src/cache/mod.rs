@@ -6,6 +6,7 @@
 
 pub mod key;
 pub mod store;
+pub mod volumes;
 
 pub use key::{KeyInputs, compute_key};
 pub use store::{Entry, Lookup, Store};

@@ -59,12 +59,20 @@ pub fn run(command: CacheCommand) -> i32 {
         CacheCommand::Show { key, .. } => show(&store, &key),
         CacheCommand::Prune { unused_for, .. } => {
             let pruned = store.prune(Some(unused_for), None);
+            let (volumes, problems) = store.prune_volumes(unused_for);
             print_out(&format!(
-                "removed {} entries and {} blobs ({})\n",
+                "removed {} entries and {} blobs ({}), and {} cache volumes\n",
                 pruned.entries,
                 pruned.blobs,
-                format_bytes(pruned.bytes)
+                format_bytes(pruned.bytes),
+                volumes.len()
             ));
+            for volume in &volumes {
+                print_out(&format!("  volume {volume}\n"));
+            }
+            for problem in &problems {
+                errln!("warning: cannot remove the cache volume {problem}");
+            }
             exit::OK
         }
         CacheCommand::Clear { .. } => match store.clear() {

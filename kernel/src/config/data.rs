@@ -4,7 +4,7 @@
 use hm_ipc::artifacts::{ArtifactGlobs, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES};
 use toml_edit::Value;
 
-use super::model::{ArtifactLimits, CacheSettings};
+use super::model::{ArtifactLimits, CacheSettings, DependencyCache};
 use crate::toml_check::{Checker, Field, join_path};
 
 const ARTIFACTS_MAX_KEYS: &[&str] = &["files", "bytes"];
@@ -103,6 +103,95 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `cache = [{ key = ["Cargo.lock"], paths = ["/usr/local/cargo/registry", "target"] }]`.
+    pub(super) fn dependency_caches(&mut self, field: &Field<'_>) -> Option<Vec<DependencyCache>> {
+        const HINT: &str =
+            "write `cache = [{ key = [\"Cargo.lock\"], paths = [\"/usr/local/cargo/registry\"] }]`";
+        let Some(array) = field.item.as_array() else {
+            self.wrong_type(
+                field,
+                "an array of `{ key, paths }` tables",
+                Some(HINT.to_owned()),
+            );
+            return None;
+        };
+        let mut caches = Vec::new();
+        let mut ok = true;
+        for element in array.iter() {
+            let Some(table) = element.as_inline_table() else {
+                let found = self.found_value(element);
+                self.report.error(
+                    element.span(),
+                    format!(
+                        "{} must list `{{ key, paths }}` tables, found {found}",
+                        field.label
+                    ),
+                    Some(HINT.to_owned()),
+                );
+                ok = false;
+                continue;
+            };
+            let mut strings = |name: &str, check: &dyn Fn(&str) -> Option<String>| {
+                let Some(value) = table.get(name) else {
+                    self.report.error(
+                        element.span(),
+                        format!("a table of {} has no `{name}`", field.label),
+                        Some(HINT.to_owned()),
+                    );
+                    return None;
+                };
+                let items: Option<Vec<String>> = value.as_array().and_then(|a| {
+                    (!a.is_empty())
+                        .then(|| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
+                        .flatten()
+                });
+                let Some(items) = items else {
+                    self.report.error(
+                        value.span(),
+                        format!(
+                            "`{name}` in {} must be a non-empty array of strings",
+                            field.label
+                        ),
+                        Some(HINT.to_owned()),
+                    );
+                    return None;
+                };
+                for item in &items {
+                    if let Some(problem) = check(item) {
+                        self.report.error(
+                            value.span(),
+                            format!("`{item}` in `{name}` of {} {problem}", field.label),
+                            None,
+                        );
+                        return None;
+                    }
+                }
+                Some(items)
+            };
+            let key = strings("key", &|glob| {
+                ArtifactGlobs::new(&[glob])
+                    .err()
+                    .map(|e| format!("is not usable: {e}"))
+            });
+            let paths = strings("paths", &|path| {
+                (path.split('/').any(|p| p == "..")).then(|| "climbs out with `..`".to_owned())
+            });
+            for (name, _) in table.iter().filter(|(k, _)| !["key", "paths"].contains(k)) {
+                self.report.error(
+                    element.span(),
+                    format!("unknown key `{name}` in a table of {}", field.label),
+                    Some("a cache has `key` and `paths`".to_owned()),
+                );
+                ok = false;
+            }
+            match (key, paths) {
+                (Some(key), Some(paths)) => caches.push(DependencyCache { key, paths }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(caches)
     }
 
     /// `artifacts_max = { files = 10000, bytes = "4GiB" }`; what it leaves out keeps its

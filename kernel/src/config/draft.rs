@@ -31,6 +31,7 @@ pub(super) struct StepDraft {
     pub(super) shell: Option<Shell>,
     pub(super) artifacts: Option<Vec<String>>,
     pub(super) inputs: Option<Vec<String>>,
+    pub(super) caches: Option<Vec<super::model::DependencyCache>>,
     pub(super) limits: Limits,
     pub(super) retry: Option<Retry>,
     pub(super) executor: Option<String>,
@@ -127,6 +128,7 @@ impl StepDraft {
             shell: self.shell.or_else(|| lower.shell.clone()),
             artifacts: self.artifacts.or_else(|| lower.artifacts.clone()),
             inputs: self.inputs.or_else(|| lower.inputs.clone()),
+            caches: self.caches.or_else(|| lower.caches.clone()),
             limits: self.limits.or(lower.limits),
             retry: self.retry.or_else(|| lower.retry.clone()),
             executor: self.executor.or_else(|| lower.executor.clone()),
@@ -235,6 +237,9 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("inputs") {
             draft.inputs = self.artifacts(&f);
+        }
+        if let Some(f) = section.get("cache") {
+            draft.caches = self.dependency_caches(&f);
         }
         if let Some(f) = section.get("limits") {
             draft.limits = self.limits(&f, path).unwrap_or_default();

@@ -75,6 +75,8 @@ pub struct Step {
     /// `inputs`: globs of the files whose contents decide whether the step must run again;
     /// empty means the step is not cached.
     pub inputs: Vec<String>,
+    /// `cache = [{ key, paths }]`: directories kept across runs for steps in containers.
+    pub caches: Vec<DependencyCache>,
     /// How `run` is run.
     pub shell: Shell,
     pub limits: Limits,
@@ -87,6 +89,15 @@ pub struct Step {
     pub with_json: String,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
+}
+
+/// One `{ key = [...], paths = [...] }` of a step's `cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyCache {
+    /// Globs of the files whose contents name the cache (`Cargo.lock`).
+    pub key: Vec<String>,
+    /// The directories kept: absolute, or relative to the step's workspace.
+    pub paths: Vec<String>,
 }
 
 /// `[cache] dir = "...", max_size = "5GiB"`.

@@ -46,6 +46,7 @@ const STEP_KEYS: &[&str] = &[
     "shell",
     "artifacts",
     "inputs",
+    "cache",
     "limits",
     "retry",
     "executor",

@@ -424,6 +424,7 @@ impl Checker<'_> {
             shell: draft.shell.clone().unwrap_or_default(),
             artifacts: draft.artifacts.clone().unwrap_or_default(),
             inputs: draft.inputs.clone().unwrap_or_default(),
+            caches: draft.caches.clone().unwrap_or_default(),
             limits: draft.limits,
             retry: draft.retry.clone().unwrap_or_default(),
             executor,

@@ -282,6 +282,7 @@ impl Scheduler<'_> {
             self.opts.grace.as_millis() as u64,
             leaf.as_ref(),
         );
+        let caches = self.cache_mounts(i);
         let call_message = if protocol >= ARTIFACTS_SINCE {
             KernelCall::Step(Box::new(StepCall {
                 execute: Execute {
@@ -291,6 +292,7 @@ impl Scheduler<'_> {
                 artifacts: self.steps[i].artifact_globs.clone(),
                 artifacts_max_files: self.pipeline.artifacts_max.files,
                 artifacts_max_bytes: self.pipeline.artifacts_max.bytes,
+                caches,
             }))
         } else if protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute {

@@ -69,6 +69,40 @@ impl Scheduler<'_> {
         true
     }
 
+    /// The volumes of step `i`'s dependency caches, each marked as used. Reading the key files
+    /// happens here, on the loop: they are lock files, small by nature. One that cannot be
+    /// read leaves the step without that cache, and says so in its log.
+    pub(super) fn cache_mounts(&mut self, i: usize) -> Vec<hm_ipc::messages::CacheMount> {
+        let def = &self.pipeline.steps[self.steps[i].index];
+        if def.caches.is_empty() {
+            return Vec::new();
+        }
+        // A shell step's paths are on the host already, as they were last time.
+        if def.executor == "shell" {
+            if self.steps[i].attempt == 1 {
+                let line = "hm: `cache` keeps directories for steps in containers; this shell \
+                            step uses the host's directories as they are";
+                self.step_log_line(i, Stream::Stderr, line);
+            }
+            return Vec::new();
+        }
+        match crate::cache::volumes::mounts(&self.pipeline.root, &def.caches) {
+            Ok(mounts) => {
+                if let Some(store) = &self.cache {
+                    for mount in &mounts {
+                        store.mark_volume(&mount.volume);
+                    }
+                }
+                mounts
+            }
+            Err(why) => {
+                let line = format!("hm: the step's `cache` is not used: {why}");
+                self.step_log_line(i, Stream::Stderr, &line);
+                Vec::new()
+            }
+        }
+    }
+
     /// Everything but the input files that goes into step `i`'s key; `None` when the step
     /// cannot even be prepared (it then fails as it would uncached).
     fn key_inputs(&self, i: usize) -> Option<KeyInputs> {

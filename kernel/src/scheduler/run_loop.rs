@@ -170,7 +170,7 @@ impl<'a> Scheduler<'a> {
         let cached = opts
             .selected
             .iter()
-            .any(|&i| !pipeline.steps[i].inputs.is_empty());
+            .any(|&i| !pipeline.steps[i].inputs.is_empty() || !pipeline.steps[i].caches.is_empty());
         let cache = match cached.then(|| crate::cache::Store::open(pipeline.cache.dir.as_deref())) {
             Some(Ok(store)) => Some(store),
             Some(Err(e)) => {

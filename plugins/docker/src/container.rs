@@ -50,6 +50,7 @@ pub fn definition(
             typ: Some("none".to_owned()),
             config: None,
         }),
+        binds: Some(crate::caches::binds(step)).filter(|b| !b.is_empty()),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -311,6 +312,7 @@ mod tests {
             limits: Default::default(),
             artifacts: Vec::new(),
             artifact_limits: Default::default(),
+            caches: Vec::new(),
         }
     }
 

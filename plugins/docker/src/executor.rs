@@ -110,6 +110,7 @@ impl Executor for DockerExecutor {
             pulled = image::ensure(docker, &image, options.pull, &ctx) => pulled?,
             () = ctx.cancelled() => return Ok(result(Ended::before_start())),
         }
+        crate::caches::ensure(docker, &step).await?;
         let definition =
             container::definition(&step, &image, &ready.owner, &workspace::working_dir(&step));
         let name = (!ready.owner.run_id.is_empty())

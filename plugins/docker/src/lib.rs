@@ -14,6 +14,7 @@
 //! hm exits 4) and sweeps containers of runs that died ([`sweep`]).
 
 mod artifacts;
+mod caches;
 mod config;
 mod container;
 mod daemon;

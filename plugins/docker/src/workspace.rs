@@ -117,6 +117,7 @@ mod tests {
             limits: Default::default(),
             artifacts: Vec::new(),
             artifact_limits: Default::default(),
+            caches: Vec::new(),
         }
     }
 
