@@ -84,7 +84,7 @@ hm.toml:5:1: error: unknown key `run` in [defaults]
 hm.toml:7:1: error: unknown key `excutor` in [defaults]
   hint: did you mean `executor`?
 hm.toml:8:1: error: unknown key `colour` in [defaults]
-  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `artifacts`, `inputs`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
+  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `artifacts`, `inputs`, `cache`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
 hm.toml:11:12: error: unknown key `memroy` in [steps.a.limits]
   hint: did you mean `memory`?
 hm.toml:12:25: error: unknown key `onn` in [steps.a.retry]
