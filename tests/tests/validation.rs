@@ -517,6 +517,42 @@ const INVALID_FORMS: &[(&str, &str, &str, &str)] = &[
         "step `s64` extends unknown template `nope`",
         "define it: `[templates.nope]`",
     ),
+    (
+        r#"artifacts = "dist/**""#,
+        r#""dist/**""#,
+        "`artifacts` in [steps.s",
+        r#"write `artifacts = ["dist/**"]`"#,
+    ),
+    (
+        r#"artifacts = ["/etc/passwd"]"#,
+        r#""/etc/passwd""#,
+        "glob `/etc/passwd` is absolute",
+        "relative to the directory that holds hm.toml",
+    ),
+    (
+        r#"inputs = ["../x/**"]"#,
+        r#""../x/**""#,
+        "glob `../x/**` climbs out of the project",
+        "",
+    ),
+    (
+        r#"inputs = "src""#,
+        r#""src""#,
+        "`inputs` in [steps.s",
+        r#"write `inputs = ["src"]`"#,
+    ),
+    (
+        r#"cache = [{ key = [], paths = ["/c"] }]"#,
+        "[]",
+        "`key` in `cache` in [steps.s",
+        "write `cache = [{ key = ",
+    ),
+    (
+        r#"cache = [{ key = ["Cargo.lock"] }]"#,
+        "{ key",
+        "has no `paths`",
+        "write `cache = [{ key",
+    ),
 ];
 
 #[test]
