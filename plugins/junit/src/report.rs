@@ -53,6 +53,8 @@ pub struct Attempt {
     pub retried: Option<String>,
     /// The paths of the files it handed on (`step_end.artifacts`), relative to the project.
     pub artifacts: Vec<String>,
+    /// On a cache hit: how long the step took when its result was stored (`saved_ms`).
+    pub saved_ms: Option<u64>,
 }
 
 /// `build_end`.
@@ -166,6 +168,7 @@ impl Report {
                 message: string(&event["message"]),
                 allowed_failure: event["allowed_failure"].as_bool().unwrap_or(false),
                 retried: None,
+                saved_ms: event["saved_ms"].as_u64(),
                 artifacts: event["artifacts"]
                     .as_array()
                     .map(|list| list.iter().filter_map(|a| string(&a["path"])).collect())

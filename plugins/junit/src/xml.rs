@@ -147,12 +147,23 @@ fn testcase(out: &mut String, report: &Report, step: &StepRecord) {
             );
         }
     }
-    // Jenkins' and GitLab's convention: each attachment on a line of its own in system-out.
+    // Jenkins' and GitLab's convention: each attachment on a line of its own in system-out;
+    // a step replayed from the cache says so first.
     let attachments: String = last
         .map(|a| {
-            a.artifacts
-                .iter()
-                .map(|path| format!("[[ATTACHMENT|{path}]]\n"))
+            let replayed = a.saved_ms.map(|ms| {
+                format!(
+                    "replayed from hm's cache: the step ran in {}s when it was stored\n",
+                    seconds(ms)
+                )
+            });
+            replayed
+                .into_iter()
+                .chain(
+                    a.artifacts
+                        .iter()
+                        .map(|path| format!("[[ATTACHMENT|{path}]]\n")),
+                )
                 .collect()
         })
         .unwrap_or_default();
@@ -373,7 +384,7 @@ mod tests {
                 "build",
                 1,
                 "passed",
-                json!({ "exit_code": 0, "artifacts": [
+                json!({ "exit_code": 0, "cache": "hit", "saved_ms": 61500, "artifacts": [
                     { "path": "dist/app.txt", "bytes": 4, "sha256": "ab" },
                     { "path": "dist/a&b.whl", "bytes": 9, "sha256": "cd" },
                 ] }),
@@ -443,7 +454,8 @@ mod tests {
                       <property name="hm.parallelism" value="2"/>
                     </properties>
                     <testcase name="build" classname="ci" time="0.012" status="passed">
-                      <system-out>[[ATTACHMENT|dist/app.txt]]
+                      <system-out>replayed from hm&apos;s cache: the step ran in 61.500s when it was stored
+                [[ATTACHMENT|dist/app.txt]]
                 [[ATTACHMENT|dist/a&amp;b.whl]]
                 </system-out>
                     </testcase>
