@@ -41,6 +41,7 @@ pub fn request(socket: &Path, method: &str, target: &str, ok: &[&str]) -> Result
     let status = head.lines().next().unwrap_or_default();
     match status.split_whitespace().nth(1) {
         Some(code) if ok.contains(&code) => Ok(body.to_owned()),
+        _ if body.trim().is_empty() => Err(format!("it answered `{status}`")),
         _ => Err(format!("it answered `{status}`: {}", body.trim())),
     }
 }
