@@ -224,9 +224,12 @@ async fn a_passed_step_hands_its_outputs_and_artifacts_to_hm() {
     let Some(mut fixture) = Fixture::new("passed") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("hm-docker-outputs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let outputs = dir.join("build");
+    // Removed when the test ends, passed or not.
+    let dir = tempfile::Builder::new()
+        .prefix("hm-docker-outputs-")
+        .tempdir()
+        .unwrap();
+    let outputs = dir.path().join("build");
     // hm creates the file before the step.
     std::fs::write(&outputs, "").unwrap();
     let run = "cat src/main.txt lib/dep.txt; stat -c '%a %u' /hm /hm/output; \
@@ -260,7 +263,6 @@ async fn a_passed_step_hands_its_outputs_and_artifacts_to_hm() {
     assert_eq!(entries(tar), BTreeMap::from(expected));
     assert_eq!(std::fs::read_to_string(&outputs).unwrap(), "version=1\n");
     harness.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
