@@ -31,7 +31,7 @@ pub fn request(socket: &Path, method: &str, target: &str, ok: &[&str]) -> Result
         .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     stream
-        .take(64 * 1024)
+        .take(1024 * 1024)
         .read_to_end(&mut response)
         .map_err(|e| e.to_string())?;
     let response = String::from_utf8_lossy(&response);

@@ -123,6 +123,21 @@ impl DockerFixture {
         }
     }
 
+    /// Imports the image again under the same tag: another image (another ID) by the same
+    /// name. The one it replaces is removed.
+    pub fn rebuild(&self) {
+        let id = |image: &str| {
+            let out = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let old = id(&self.image);
+        // Another second, another `created`: another ID.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        self.import();
+        assert_ne!(id(&self.image), old, "the image was imported anew");
+        let _ = docker(&["rmi", "-f", &old]);
+    }
+
     /// `docker import` of a root filesystem holding busybox and its applets, from a tar
     /// streamed into its stdin.
     fn import(&self) {

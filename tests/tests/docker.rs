@@ -614,3 +614,28 @@ cache = [{{ key = ["Cargo.lock"], paths = ["target"] }}]
         .collect();
     assert!(left.is_empty(), "left: {left:?}");
 }
+
+#[test]
+fn a_cached_docker_step_runs_again_when_its_image_is_another_by_the_same_name() {
+    let Some(docker) = DockerFixture::new("cached-image") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[steps.build]
+image = "{image}"
+run = "echo built"
+inputs = ["src/**"]
+"#,
+        image = docker.image()
+    ));
+    project.write("src/a", "a");
+    let first = run(&project, &docker, &[]);
+    assert_eq!(first.step_end("build")["cache"], "miss", "{first}");
+    let second = run(&project, &docker, &[]);
+    assert_eq!(second.step_end("build")["cache"], "hit", "{second}");
+    assert_eq!(second.lines("build"), ["built"], "{second}");
+    docker.rebuild();
+    let third = run(&project, &docker, &[]);
+    assert_eq!(third.step_end("build")["cache"], "miss", "{third}");
+}

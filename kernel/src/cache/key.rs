@@ -2,7 +2,7 @@
 //! order, each part tagged and length-prefixed so that no two different inputs hash alike.
 //!
 //! What is in it: hm's cache format, the executor, the rendered `run`, the `shell`, `dir`
-//! (relative to the project), `image`, the environment (a secret's value only as its hash;
+//! (relative to the project), `image` and the ID the Docker daemon gives it, the environment (a secret's value only as its hash;
 //! hm's per-run variables `HM_RUN_ID`, `HM_ATTEMPT`, `HM_OUTPUT` and the project's absolute
 //! path are left out), the matrix values, every file the `inputs` globs match (path and content
 //! hash, in path order), and, for each step it needs, that step's key or (a step without one)
@@ -24,6 +24,9 @@ pub struct KeyInputs {
     /// Relative to the project root, `/`-separated; empty for the root.
     pub dir: String,
     pub image: Option<String>,
+    /// The image's ID as the Docker daemon has it now (a re-tagged image is another image);
+    /// `None` for a step without an image, or when no daemon said.
+    pub image_id: Option<String>,
     /// In order; secret values already replaced by their hash.
     pub env: Vec<(String, String)>,
     pub matrix: Vec<(String, String)>,
@@ -45,6 +48,10 @@ pub fn compute_key(root: &Path, what: &KeyInputs) -> Result<String, String> {
     }
     hasher.part("dir", what.dir.as_bytes());
     hasher.part("image", what.image.as_deref().unwrap_or("").as_bytes());
+    hasher.part(
+        "image-id",
+        what.image_id.as_deref().unwrap_or("").as_bytes(),
+    );
     for (name, value) in &what.env {
         hasher.part("env", name.as_bytes());
         hasher.part("=", value.as_bytes());

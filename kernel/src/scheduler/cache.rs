@@ -157,6 +157,7 @@ impl Scheduler<'_> {
             shell: def.shell.argv(),
             dir,
             image: prepared.image,
+            image_id: None,
             env,
             matrix: def.matrix.clone().unwrap_or_default(),
             inputs: prepared.inputs,
@@ -266,11 +267,25 @@ pub(super) fn record(step: &mut super::steps::StepRun, stream: Stream, text: &st
     step.cache_log = None;
 }
 
+/// The ID the Docker daemon (`DOCKER_HOST`, else the default socket) gives `image`; `None`
+/// when it does not answer or does not have it, which only makes the key another one.
+fn image_id(image: &str) -> Option<String> {
+    let socket = crate::engine::socket()?;
+    let body =
+        crate::engine::request(&socket, "GET", &format!("/images/{image}/json"), &["200"]).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["Id"].as_str().map(str::to_owned)
+}
+
 /// The blocking part of a lookup: the key (reading every input file), the entry, and for a hit
 /// its log and artifacts (each checked against its digest). A hit that cannot be replayed is
 /// a miss, and its entry is removed.
 fn look_up(store: &Store, root: &std::path::Path, what: &KeyInputs, replay: bool) -> Outcome {
-    let key = match compute_key(root, what) {
+    let mut what = what.clone();
+    if let Some(image) = &what.image {
+        what.image_id = image_id(image);
+    }
+    let key = match compute_key(root, &what) {
         Ok(key) => key,
         Err(why) => return Outcome::NoKey(why),
     };
