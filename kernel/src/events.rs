@@ -51,6 +51,10 @@ pub enum BuildEvent {
         step: String,
         stream: Stream,
         line: String,
+        /// The line comes from the cache (the step's recorded log, replayed on a hit); absent
+        /// otherwise.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
     },
     StepRetry {
         step: String,
@@ -369,6 +373,7 @@ mod tests {
                 step: "a".into(),
                 stream: Stream::Stdout,
                 line: "x".into(),
+                replayed: false,
             },
             BuildEvent::StepRetry {
                 step: "a".into(),

@@ -79,6 +79,20 @@ fn an_unchanged_project_replays_every_cached_step_and_a_change_reruns_what_it_co
             second.of_step("step_start", step).is_empty(),
             "{step} started: {second}"
         );
+        assert!(
+            second
+                .of_step("step_log", step)
+                .iter()
+                .all(|e| e["replayed"] == true),
+            "{step}: every line replayed: {second}"
+        );
+        assert!(
+            first
+                .of_step("step_log", step)
+                .iter()
+                .all(|e| e.get("replayed").is_none()),
+            "{step}: no line replayed: {first}"
+        );
         assert_eq!(
             second.step_end(step)["artifacts"],
             first.step_end(step)["artifacts"],

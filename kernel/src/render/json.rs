@@ -182,6 +182,7 @@ mod tests {
                         step: "b\\uild".into(),
                         stream,
                         line: line.into(),
+                        replayed: false,
                     },
                 };
                 let mut expected = serde_json::to_vec(&envelope).expect("serialize");

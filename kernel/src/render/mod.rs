@@ -60,6 +60,7 @@ pub trait Renderer {
                 step: step.to_owned(),
                 stream,
                 line: line.to_owned(),
+                replayed: false,
             },
         })
     }

@@ -37,10 +37,18 @@ impl Renderer for PlainRenderer {
         // Steps run in parallel, so their lines interleave; the prefix on every line is what
         // lets the reader (and grep) follow one step. Streams share the format because the
         // order of stdout and stderr lines matters more than which was which.
-        if let BuildEvent::StepLog { step, line, .. } = &ev.event {
+        if let BuildEvent::StepLog {
+            step,
+            line,
+            replayed,
+            ..
+        } = &ev.event
+        {
             self.out.write_all(b"[")?;
             self.out.write_all(step.as_bytes())?;
-            self.out.write_all(b"] ")?;
+            // A line from the cache says so: the step did not run now.
+            self.out
+                .write_all(if *replayed { b"] (cached) " } else { b"] " })?;
             self.out.write_all(line.as_bytes())?;
             return self.out.write_all(b"\n");
         }

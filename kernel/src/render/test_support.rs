@@ -96,6 +96,7 @@ pub(crate) fn log(step: &str, line: &str) -> BuildEvent {
         step: step.into(),
         stream: Stream::Stdout,
         line: line.into(),
+        replayed: false,
     }
 }
 
@@ -104,6 +105,7 @@ pub(crate) fn log_err(step: &str, line: &str) -> BuildEvent {
         step: step.into(),
         stream: Stream::Stderr,
         line: line.into(),
+        replayed: false,
     }
 }
 

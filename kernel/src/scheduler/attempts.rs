@@ -386,6 +386,7 @@ impl Scheduler<'_> {
                                 step: def.name.clone(),
                                 stream: *stream,
                                 line: line.to_owned(),
+                                replayed: false,
                             },
                         };
                         self.offer_to_hooks(&envelope);
@@ -633,6 +634,7 @@ impl Scheduler<'_> {
             step: def.name.clone(),
             stream,
             line: line.to_owned(),
+            replayed: false,
         });
     }
 }

@@ -13,7 +13,7 @@ use super::verdict::Verdict;
 use crate::cache::key::secret_digest;
 use crate::cache::{Entry, KeyInputs, Lookup, Store, compute_key};
 use crate::config::{AttemptEnv, referenced_secret};
-use crate::events::{CacheStatus, StepStatus, Stream};
+use crate::events::{BuildEvent, CacheStatus, StepStatus, Stream};
 
 /// The most log a step may write and still be cached: a bigger one runs every time.
 const MAX_LOG_BYTES: usize = 64 * 1024 * 1024;
@@ -202,8 +202,14 @@ impl Scheduler<'_> {
         match looked.outcome {
             Outcome::Hit { key, entry, log } => {
                 self.steps[i].state = StepState::Running;
-                for (stream, line) in &log {
-                    self.step_log_line(i, *stream, line);
+                let name = self.step_name(i).to_owned();
+                for (stream, line) in log {
+                    self.emit(BuildEvent::StepLog {
+                        step: name.clone(),
+                        stream,
+                        line,
+                        replayed: true,
+                    });
                 }
                 let step = &mut self.steps[i];
                 step.cache_key = Some(key);
