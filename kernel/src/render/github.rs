@@ -87,7 +87,12 @@ impl GithubRenderer {
     }
 
     fn group(&mut self, end: &StepEnd, log: &LogTail) {
-        let mut title = format!("{} ({}", end.step, end.status.as_str());
+        // A hit's log is the recorded one: the title says it was replayed.
+        let status = match end.saved_ms {
+            Some(_) => "cached",
+            None => end.status.as_str(),
+        };
+        let mut title = format!("{} ({status}", end.step);
         if end.attempt > 1 {
             let _ = write!(title, ", attempt {}", end.attempt);
         }
