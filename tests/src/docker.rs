@@ -106,7 +106,7 @@ impl DockerFixture {
             image,
             runs: Mutex::new(Vec::new()),
         };
-        fixture.import();
+        fixture.import("first");
         Some(fixture)
     }
 
@@ -131,22 +131,22 @@ impl DockerFixture {
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
         };
         let old = id(&self.image);
-        // Another second, another `created`: another ID.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        self.import();
+        // Another file in it: another image, whatever the clock says.
+        self.import("rebuilt");
         assert_ne!(id(&self.image), old, "the image was imported anew");
         let _ = docker(&["rmi", "-f", &old]);
     }
 
     /// `docker import` of a root filesystem holding busybox and its applets, from a tar
     /// streamed into its stdin.
-    fn import(&self) {
+    fn import(&self, generation: &str) {
         let dir = tempfile::Builder::new()
             .prefix("hm-e2e-rootfs-")
             .tempdir()
             .expect("create a temp dir for the image's root filesystem");
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).expect("create bin/");
+        std::fs::write(dir.path().join("generation"), generation).expect("write generation");
         std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
         let list = Command::new(BUSYBOX)
             .arg("--list")

@@ -567,16 +567,23 @@ mod tests {
         let cache = tempfile::tempdir().expect("tempdir");
         let project = tempfile::tempdir().expect("tempdir");
         let store = Store::open(Some(cache.path())).expect("store");
-        for (key, log) in [
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        let entries = [
             ("old", b"o1111111\n"),
             ("mid", b"o2222222\n"),
             ("new", b"o3333333\n"),
-        ] {
+        ];
+        for (n, (key, log)) in entries.into_iter().enumerate() {
             store
                 .save(key, left(key, log, &[]), project.path())
                 .expect("saved");
-            // Modification times must differ for the order to be known.
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            // Used in this order, a minute apart.
+            let used = hour_ago + std::time::Duration::from_secs(60 * n as u64);
+            std::fs::File::options()
+                .append(true)
+                .open(store.entry_path(key))
+                .and_then(|f| f.set_modified(used))
+                .expect("set the entry's time");
         }
         // `old` is used again: now `mid` is the least recently used.
         assert!(matches!(store.lookup("old"), Lookup::Hit(_)));

@@ -233,22 +233,8 @@ impl Scheduler<'_> {
         }
         let def = &self.pipeline.steps[self.steps[i].index];
         let root = &self.pipeline.root;
-        let secrets = |name: &str| self.secret_value(name);
-        let outputs = |step: &str, key: &str| self.output_of(i, step, key);
-        let prepared = def
-            .prepare(
-                root,
-                AttemptEnv {
-                    overrides: &self.opts.env_overrides,
-                    project_dir: root,
-                    run_id: &self.opts.run_id,
-                    attempt: self.steps[i].attempt,
-                    inherited_ci: self.opts.inherited_ci.as_deref(),
-                    secrets: &secrets,
-                    outputs: &outputs,
-                    output_file: output_file.as_deref(),
-                },
-            )
+        let prepared = self
+            .prepare(i, output_file.as_deref())
             .and_then(|prepared| {
                 check_dir(def, &prepared.dir, root)?;
                 check_shell(def, &self.plugins[p].spec.name, protocol)?;
@@ -334,6 +320,28 @@ impl Scheduler<'_> {
                 Verdict::failed(Cause::ExecutorCrash, message.to_string()),
             );
         }
+    }
+
+    /// Step `i`'s current attempt rendered: its expressions filled from its matrix values, its
+    /// environment (secrets included) and the outputs of the steps it needs.
+    pub(super) fn prepare(&self, i: usize, output_file: Option<&Path>) -> Result<Prepared, String> {
+        let def = &self.pipeline.steps[self.steps[i].index];
+        let root = &self.pipeline.root;
+        let secrets = |name: &str| self.secret_value(name);
+        let outputs = |step: &str, key: &str| self.output_of(i, step, key);
+        def.prepare(
+            root,
+            AttemptEnv {
+                overrides: &self.opts.env_overrides,
+                project_dir: root,
+                run_id: &self.opts.run_id,
+                attempt: self.steps[i].attempt,
+                inherited_ci: self.opts.inherited_ci.as_deref(),
+                secrets: &secrets,
+                outputs: &outputs,
+                output_file,
+            },
+        )
     }
 
     /// A fresh cgroup leaf for the step's current attempt, with the step's limits.

@@ -12,7 +12,7 @@ use super::steps::StepState;
 use super::verdict::Verdict;
 use crate::cache::key::secret_digest;
 use crate::cache::{Entry, KeyInputs, Lookup, Store, compute_key};
-use crate::config::{AttemptEnv, referenced_secret};
+use crate::config::referenced_secret;
 use crate::events::{BuildEvent, CacheStatus, StepStatus, Stream};
 
 /// The most log a step may write and still be cached: a bigger one runs every time.
@@ -108,23 +108,7 @@ impl Scheduler<'_> {
     fn key_inputs(&self, i: usize) -> Option<KeyInputs> {
         let def = &self.pipeline.steps[self.steps[i].index];
         let root = &self.pipeline.root;
-        let secrets = |name: &str| self.secret_value(name);
-        let outputs = |step: &str, key: &str| self.output_of(i, step, key);
-        let prepared = def
-            .prepare(
-                root,
-                AttemptEnv {
-                    overrides: &self.opts.env_overrides,
-                    project_dir: root,
-                    run_id: &self.opts.run_id,
-                    attempt: self.steps[i].attempt,
-                    inherited_ci: self.opts.inherited_ci.as_deref(),
-                    secrets: &secrets,
-                    outputs: &outputs,
-                    output_file: None,
-                },
-            )
-            .ok()?;
+        let prepared = self.prepare(i, None).ok()?;
         let secret_vars: Vec<&String> = def
             .env
             .iter()
