@@ -59,6 +59,14 @@ impl Backend {
             Flavor::V2 { controllers } => Some(controllers),
             Flavor::V1(_) => None,
         };
+        // hm's own cgroup is locked in every hierarchy, always in the same order; a removal
+        // holds one of these locks at a time, so the two never wait for each other.
+        let own_locks = own
+            .node
+            .dirs
+            .iter()
+            .map(|d| cgroupfs::lock(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut changes = None;
         if let (Some(controllers), Some(own_dir)) = (controllers, own.node.dirs.first()) {
             let made = v2::prepare_own(own_dir, controllers, own.root)?;
@@ -66,25 +74,15 @@ impl Backend {
         }
         let hm = own.node.child(HM_DIR);
         let run = hm.child(&format!("{RUN_PREFIX}{run_id}"));
-        let mut attempts = 0;
-        loop {
-            hm.create(false)?;
-            if let Some(controllers) = controllers {
-                hm.dirs
-                    .iter()
-                    .try_for_each(|d| v2::enable(d, controllers))?;
-            }
-            match run.create(true) {
-                Ok(()) => break,
-                // Another run removed the empty `hm` between our two mkdirs.
-                Err(CgroupError::Create { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
-                {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e),
-            }
+        hm.create(false)?;
+        if let Some(controllers) = controllers {
+            hm.dirs
+                .iter()
+                .try_for_each(|d| v2::enable(d, controllers))?;
         }
+        run.create(true)?;
+        // Removing the run (below, on a failure) takes the lock again.
+        drop(own_locks);
         // From here on, dropping `created` removes the tree again.
         let created = RunCgroup::adopt(run_id.to_owned(), run).with_own_changes(changes);
         if let Some(controllers) = controllers {
@@ -132,6 +130,9 @@ pub fn sweep_stale(backend: &Backend, is_alive: impl Fn(&str) -> bool) -> Vec<St
         }
     }
     if let Flavor::V2 { .. } = own.node.flavor {
+        // hm moves itself into `kernel` under the lock (`prepare_own`), so it is looked at
+        // under the lock too.
+        let _own_lock = own.node.dirs.first().map(|d| cgroupfs::lock(d));
         for dir in &hm.child(v2::KERNEL_LEAF).dirs {
             if cgroupfs::procs(dir).is_empty() {
                 let _ = cgroupfs::rmdir(dir);

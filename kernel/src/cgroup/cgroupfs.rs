@@ -68,6 +68,22 @@ pub(crate) fn parse_pids(text: &str) -> Vec<i32> {
         .collect()
 }
 
+/// An exclusive `flock(2)` on hm's own cgroup directory, released when dropped. Every hm
+/// process in one cgroup shares `<own>/hm`: creating a run below it, removing it once empty
+/// and (v2) changing `<own>`'s controllers happen under this lock, so that one hm never
+/// removes `hm` while another is creating its run there. Nothing else may be taken while it is
+/// held in that hierarchy: a second lock of the same directory, even in the same process,
+/// waits for the first.
+pub(crate) fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, CgroupError> {
+    let fail = |source| CgroupError::Lock {
+        path: dir.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(dir).map_err(fail)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| fail(io::Error::from(errno)))
+}
+
 /// Creates one cgroup directory. Returns whether it was created (false: it already existed).
 pub(crate) fn mkdir(path: &Path) -> Result<bool, CgroupError> {
     match std::fs::create_dir(path) {

@@ -20,6 +20,12 @@ pub enum CgroupError {
     AlreadyExists { path: PathBuf },
     #[error("{} exists but is not a directory", path.display())]
     NotADirectory { path: PathBuf },
+    #[error("failed to lock cgroup {} against other hm processes", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to remove cgroup {}", path.display())]
     Remove {
         path: PathBuf,

@@ -129,15 +129,16 @@ impl Drop for RunCgroup {
 }
 
 /// Removes a run's tree, then `hm` above it if that is now empty. The `hm` directory is shared
-/// by concurrent runs, so failing to remove it (another run, or hm's own v2 `kernel` leaf) is
-/// expected and ignored; `create_run` retries when it loses that race.
+/// by concurrent runs: it is looked at and removed under the lock on hm's own cgroup
+/// ([`cgroupfs::lock`]), and failing to remove it (hm's own v2 `kernel` leaf is in it) is
+/// expected and ignored.
 pub(crate) fn remove_run_node(run: &Node) -> Result<(), CgroupError> {
     let result = run.remove_tree();
     for dir in &run.dirs {
-        if let Some(hm) = dir.parent() {
-            if cgroupfs::subdirs(hm).is_empty() {
-                let _ = cgroupfs::rmdir(hm);
-            }
+        let Some(hm) = dir.parent() else { continue };
+        let _own_lock = hm.parent().map(cgroupfs::lock);
+        if cgroupfs::subdirs(hm).is_empty() {
+            let _ = cgroupfs::rmdir(hm);
         }
     }
     result

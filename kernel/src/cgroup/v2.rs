@@ -105,6 +105,7 @@ pub(crate) fn prepare_own(
 /// hm had moved, and `<own>/hm/kernel` and `<own>/hm` are removed. A cgroup that is still in
 /// use (another run, a process in `kernel`) is left as it is.
 pub fn restore_own(own: &Path, changes: &OwnChanges, mover: u32) -> Result<(), CgroupError> {
+    let _own_lock = cgroupfs::lock(own)?;
     let hm = own.join("hm");
     let runs_left = cgroupfs::subdirs(&hm).iter().any(|dir| {
         dir.file_name()

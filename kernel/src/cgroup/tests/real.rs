@@ -298,3 +298,23 @@ fn a_plugin_named_like_an_interface_file_is_refused() {
         .expect_err("an interface file is not a cgroup");
     assert!(matches!(err, CgroupError::NotADirectory { .. }), "{err}");
 }
+
+#[test]
+fn runs_made_and_removed_at_once_never_trip_over_the_shared_hm_directory() {
+    // Two hm processes in one cgroup share `<own>/hm`; the last run to end removes it while the
+    // other may be creating its own run below it.
+    let Some(backend) = real_backend("concurrent") else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            let backend = &backend;
+            scope.spawn(move || {
+                for round in 0..500 {
+                    let run = create_run(backend, &format!("c{worker}-{round}"));
+                    run.remove().expect("remove run");
+                }
+            });
+        }
+    });
+}
