@@ -10,12 +10,15 @@
 //! `PluginReply::SubcommandDone`, sent only on v4. Version 5 adds hooks: `KernelCall::OnEvent`
 //! and `PluginReply::HookDone`, sent only on v5. Version 6 adds `KernelCall::Execute`: a step
 //! with the command line to run it (`shell`), sent instead of `ExecuteStep` on v6. Version 7 adds artifacts: `KernelCall::Step` (sent instead
-//! of `Execute`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts` (a tar next to the call).
+//! of `Execute`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts` (a tar next to the call). Version 8
+//! adds services and the `image` verdict: `KernelCall::Attempt` (sent instead of `Step`),
+//! `KernelCall::StartService` and `KernelCall::StopService`, and `PluginReply::ImageUnavailable`,
+//! `ServiceUp`, `ServiceFailed` and `ServiceStopped`.
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u32 = 1;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u32 = 7;
+pub const PROTOCOL_MAX: u32 = 8;
 /// The first version in which the kernel sends `Init`.
 pub const INIT_SINCE: u32 = 2;
 /// The first version with shared buffers: descriptors next to frames, large payloads out of
@@ -38,6 +41,10 @@ pub const EXECUTE_SINCE: u32 = 6;
 /// The first version with data between steps: `KernelCall::Step` (a step with its
 /// `artifacts`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts`.
 pub const ARTIFACTS_SINCE: u32 = 7;
+
+/// The first version with services (`Attempt`, `StartService`, `StopService` and their
+/// replies) and the `ImageUnavailable` verdict.
+pub const SERVICES_SINCE: u32 = 8;
 
 /// Picks the highest version both ranges contain, or says why there is none and what to do.
 pub fn negotiate(ours: (u32, u32), theirs_min: u32, theirs_max: u32) -> Result<u32, String> {

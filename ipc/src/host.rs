@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::codec::Frame;
 use crate::frame::FrameKind;
 use crate::handshake::{
-    ARTIFACTS_SINCE, HOOKS_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE,
+    ARTIFACTS_SINCE, HOOKS_SINCE, SERVICES_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE,
 };
 use crate::messages::{ArchivedLogBatch, HostCall, LogBatch, LogChunk, PluginReply};
 use crate::shm::SharedBuffer;
@@ -38,6 +38,10 @@ pub enum CallKind {
     Hook,
     /// `KernelCall::RunSubcommand` (v4): `SubcommandDone` or `Failed`.
     Subcommand,
+    /// `KernelCall::StartService` (v8): `ServiceUp`, `ServiceFailed` or `Failed`.
+    StartService,
+    /// `KernelCall::StopService` (v8): `ServiceStopped` or `Failed`.
+    StopService,
 }
 
 impl CallKind {
@@ -47,6 +51,8 @@ impl CallKind {
             CallKind::Execute => "ExecuteStep",
             CallKind::Hook => "OnEvent",
             CallKind::Subcommand => "RunSubcommand",
+            CallKind::StartService => "StartService",
+            CallKind::StopService => "StopService",
         }
     }
 }
@@ -318,11 +324,16 @@ fn fits(kind: CallKind, reply: &PluginReply) -> bool {
     use PluginReply as R;
     match kind {
         CallKind::Init => matches!(reply, R::Ready | R::Failed(_) | R::Unavailable(_)),
-        CallKind::Execute => {
-            matches!(reply, R::StepDone(_) | R::StepOutOfMemory(_) | R::Failed(_))
-        }
+        CallKind::Execute => matches!(
+            reply,
+            R::StepDone(_) | R::StepOutOfMemory(_) | R::ImageUnavailable(_) | R::Failed(_)
+        ),
         CallKind::Hook => matches!(reply, R::HookDone(_) | R::Failed(_)),
         CallKind::Subcommand => matches!(reply, R::SubcommandDone(_) | R::Failed(_)),
+        CallKind::StartService => {
+            matches!(reply, R::ServiceUp(_) | R::ServiceFailed(_) | R::Failed(_))
+        }
+        CallKind::StopService => matches!(reply, R::ServiceStopped | R::Failed(_)),
     }
 }
 
@@ -333,6 +344,9 @@ fn added_in(reply: &PluginReply) -> Option<u32> {
         R::Unavailable(_) | R::StepOutOfMemory(_) => Some(VERDICTS_SINCE),
         R::SubcommandDone(_) => Some(SUBCOMMANDS_SINCE),
         R::HookDone(_) => Some(HOOKS_SINCE),
+        R::ImageUnavailable(_) | R::ServiceUp(_) | R::ServiceFailed(_) | R::ServiceStopped => {
+            Some(SERVICES_SINCE)
+        }
         R::StepDone(_) | R::Ready | R::Failed(_) => None,
     }
 }
@@ -347,6 +361,10 @@ fn reply_name(reply: &PluginReply) -> &'static str {
         R::StepOutOfMemory(_) => "StepOutOfMemory",
         R::SubcommandDone(_) => "SubcommandDone",
         R::HookDone(_) => "HookDone",
+        R::ImageUnavailable(_) => "ImageUnavailable",
+        R::ServiceUp(_) => "ServiceUp",
+        R::ServiceFailed(_) => "ServiceFailed",
+        R::ServiceStopped => "ServiceStopped",
     }
 }
 

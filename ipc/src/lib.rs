@@ -26,8 +26,8 @@ pub use frame::{
     FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, INLINE_CAP,
 };
 pub use handshake::{
-    ARTIFACTS_SINCE, EXECUTE_SINCE, HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SHM_SINCE,
-    SUBCOMMANDS_SINCE, negotiate,
+    ARTIFACTS_SINCE, EXECUTE_SINCE, HOOKS_SINCE, PROTOCOL_MAX, PROTOCOL_MIN, SERVICES_SINCE,
+    SHM_SINCE, SUBCOMMANDS_SINCE, negotiate,
 };
 pub use reader::FrameReader;
 pub use shm::{BufferWriter, SHM_THRESHOLD, SealedBuffer, SharedBuffer};

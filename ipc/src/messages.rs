@@ -59,6 +59,17 @@ pub enum KernelCall {
     /// One attempt of a step and what hm collects from it when it passes. Sent instead of
     /// `Execute` on v7.
     Step(Box<StepCall>),
+    /// One attempt of a step with the services it uses. Sent instead of `Step` on v8.
+    Attempt(Box<AttemptCall>),
+    /// Start a service container (`[services.NAME]`) and answer once it is healthy:
+    /// `PluginReply::ServiceUp`, or `PluginReply::ServiceFailed`. Sent only to a plugin with
+    /// the `services` capability, once per service and run (again after a retry of a step
+    /// that failed because of it). v8.
+    StartService(Box<ServiceStart>),
+    /// Stop and remove a service the plugin started, with its volumes; answered with
+    /// `PluginReply::ServiceStopped`. Once no service of the run is left, what they shared (their
+    /// network) goes too. v8.
+    StopService(Box<ServiceStop>),
 }
 
 /// When a hook sees an event. v5.
@@ -160,6 +171,86 @@ pub struct StepCall {
     pub caches: Vec<CacheMount>,
 }
 
+/// One attempt of a step and the services it lists. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AttemptCall {
+    pub step: StepCall,
+    /// The services the step lists (`services = [...]`), each started by this plugin with
+    /// `StartService` and healthy. A step in a container joins their network, where each is
+    /// reachable by its name; the step's environment already has `HM_SERVICE_<NAME>_HOST` and
+    /// `HM_SERVICE_<NAME>_PORT_<port>` for a step on the host, which such an executor replaces
+    /// with the name and the container's port.
+    pub services: Vec<String>,
+}
+
+/// A service to start. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStart {
+    /// The name from `[services.NAME]`: the host name steps reach it by.
+    pub name: String,
+    pub image: String,
+    pub env: Vec<EnvVar>,
+    /// Replaces the image's entrypoint; `None` keeps it.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command; `None` keeps it.
+    pub command: Option<Vec<String>>,
+    /// Ports to publish on the host's loopback, for steps that run on the host.
+    pub ports: Vec<u16>,
+    /// How to tell the service is ready; `None`: as soon as it runs.
+    pub health: Option<ServiceHealth>,
+    /// The service's `with = { ... }` as JSON text (`pull`).
+    pub with_json: String,
+    pub limits: StepLimits,
+    /// How long the service may take to stop before it is killed.
+    pub grace_ms: u64,
+}
+
+/// A service's health check: `command` run inside the service until it exits 0. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// The full command line (`["sh", "-c", RUN]`).
+    pub command: Vec<String>,
+    /// Time between the end of one try and the start of the next.
+    pub interval_ms: u64,
+    /// How long one try may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// Tries before the service counts as unhealthy.
+    pub retries: u32,
+}
+
+/// Names a service the plugin started. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStop {
+    pub name: String,
+}
+
+/// A service that is up and healthy. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUp {
+    /// Where each port of `ServiceStart::ports` is published on the host.
+    pub ports: Vec<PublishedPort>,
+}
+
+/// One published port of a service. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// The port inside the service.
+    pub port: u16,
+    /// The host's address it is published on (`127.0.0.1`).
+    pub host: String,
+    pub host_port: u16,
+}
+
+/// A service that could not be started or never became healthy. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFailure {
+    /// Its image could not be found or pulled (cause `image` instead of `service`).
+    pub image: bool,
+    pub message: String,
+    /// The service's last lines of output, oldest first.
+    pub log: Vec<String>,
+}
+
 /// One directory of a dependency cache. v7.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CacheMount {
@@ -232,6 +323,15 @@ pub enum PluginReply {
     SubcommandDone(Box<SubcommandExit>),
     /// The hook has handled the event of an `OnEvent` call. v5.
     HookDone(Box<HookOutcome>),
+    /// The step could not start because its image could not be found or pulled: hm reports
+    /// cause `image` (which `retry.on` may list). v8.
+    ImageUnavailable(Box<CallFailure>),
+    /// The service of a `StartService` call is up and healthy. v8.
+    ServiceUp(Box<ServiceUp>),
+    /// The service of a `StartService` call could not be started or never became healthy. v8.
+    ServiceFailed(Box<ServiceFailure>),
+    /// The service of a `StopService` call is stopped and removed. v8.
+    ServiceStopped,
 }
 
 /// How a step's process ended. v1.

@@ -114,6 +114,49 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             path: "/usr/local/cargo/registry".into(),
         }],
     }));
+    let attempt_v8 = KernelCall::Attempt(Box::new(AttemptCall {
+        step: match &step_v7 {
+            KernelCall::Step(call) => (**call).clone(),
+            _ => unreachable!("step_v7 is a Step"),
+        },
+        services: vec!["pg".into()],
+    }));
+    let start_service = KernelCall::StartService(Box::new(ServiceStart {
+        name: "pg".into(),
+        image: "postgres:16".into(),
+        env: vec![EnvVar {
+            name: "POSTGRES_PASSWORD".into(),
+            value: "test".into(),
+        }],
+        entrypoint: None,
+        command: Some(vec!["postgres".into(), "-F".into()]),
+        ports: vec![5432],
+        health: Some(ServiceHealth {
+            command: vec!["sh".into(), "-c".into(), "pg_isready".into()],
+            interval_ms: 1000,
+            timeout_ms: 10_000,
+            retries: 30,
+        }),
+        with_json: "{}".into(),
+        limits: StepLimits {
+            memory_bytes: Some(256 << 20),
+            pids: None,
+            cpu_millicores: None,
+        },
+        grace_ms: 10_000,
+    }));
+    let service_up = PluginReply::ServiceUp(Box::new(ServiceUp {
+        ports: vec![PublishedPort {
+            port: 5432,
+            host: "127.0.0.1".into(),
+            host_port: 49153,
+        }],
+    }));
+    let service_failed = PluginReply::ServiceFailed(Box::new(ServiceFailure {
+        image: false,
+        message: "did not become healthy after 30 tries".into(),
+        log: vec!["starting".into(), "FATAL: bad config".into()],
+    }));
     let put_artifacts = OutFrame::message(
         K::Call,
         7,
@@ -153,6 +196,32 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
         ("call_execute_step", frame(K::Call, 7, &execute)),
         ("call_execute", frame(K::Call, 7, &execute_v6)),
         ("call_step", frame(K::Call, 7, &step_v7)),
+        ("call_attempt", frame(K::Call, 7, &attempt_v8)),
+        ("call_start_service", frame(K::Call, 11, &start_service)),
+        (
+            "call_stop_service",
+            frame(
+                K::Call,
+                12,
+                &KernelCall::StopService(Box::new(ServiceStop { name: "pg".into() })),
+            ),
+        ),
+        ("reply_service_up", frame(K::Reply, 11, &service_up)),
+        ("reply_service_failed", frame(K::Reply, 11, &service_failed)),
+        (
+            "reply_service_stopped",
+            frame(K::Reply, 12, &PluginReply::ServiceStopped),
+        ),
+        (
+            "reply_image_unavailable",
+            frame(
+                K::Reply,
+                7,
+                &PluginReply::ImageUnavailable(Box::new(CallFailure {
+                    message: "image x:1 is not present locally".into(),
+                })),
+            ),
+        ),
         ("call_init", frame(K::Call, 1, &init)),
         ("reply_step_done", frame(K::Reply, 7, &done)),
         ("reply_ready", frame(K::Reply, 1, &PluginReply::Ready)),

@@ -265,6 +265,10 @@ pub enum Cause {
     Manual,
     /// Its artifacts could not be taken: over `artifacts_max`, or unreadable.
     Artifact,
+    /// Its image (or the image of a service it lists) could not be found or pulled.
+    Image,
+    /// A service it lists could not be started or never became healthy.
+    Service,
 }
 
 impl Cause {
@@ -285,6 +289,8 @@ impl Cause {
             Cause::Condition => "its condition is false",
             Cause::Manual => "a manual step, not named on the command line",
             Cause::Artifact => "its artifacts could not be taken",
+            Cause::Image => "its image could not be found or pulled",
+            Cause::Service => "a service it needs is not up",
         }
     }
 
@@ -304,6 +310,8 @@ impl Cause {
             Cause::Condition => "condition",
             Cause::Manual => "manual",
             Cause::Artifact => "artifact",
+            Cause::Image => "image",
+            Cause::Service => "service",
         }
     }
 }

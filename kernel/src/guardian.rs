@@ -81,6 +81,12 @@ impl Guardian {
         ));
     }
 
+    /// Records the Docker daemon whose containers and networks labelled with `run_id` (step
+    /// containers, services, their network) to remove if the kernel dies.
+    pub fn watch_docker(&mut self, socket: &std::path::Path, run_id: &str) {
+        self.say(&format!("docker {run_id} {}", socket.display()));
+    }
+
     /// Records the run's own directory (`hm-RUN`) to remove if the kernel dies.
     pub fn watch_dir(&mut self, path: &std::path::Path) {
         self.say(&format!("dir {}", path.display()));
@@ -108,6 +114,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut own: Option<(PathBuf, crate::cgroup::OwnChanges)> = None;
+    let mut docker: Option<(String, PathBuf)> = None;
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -125,6 +132,11 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
             cgroups.push(PathBuf::from(path));
         } else if let Some(path) = line.strip_prefix("dir ") {
             dirs.push(PathBuf::from(path));
+        } else if let Some((run_id, socket)) = line
+            .strip_prefix("docker ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            docker = Some((run_id.to_owned(), PathBuf::from(socket)));
         } else if let Some(rest) = line.strip_prefix("own ") {
             let mut fields = rest.splitn(3, ' ');
             if let (Some(moved), Some(enabled), Some(path)) =
@@ -148,6 +160,11 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     }
     for path in &cgroups {
         cleanup_cgroup(path);
+    }
+    // With the plugins dead, nothing creates containers any more: the run's go, and then
+    // the network its services shared.
+    if let Some((run_id, socket)) = &docker {
+        let _ = crate::engine::remove_run(socket, run_id);
     }
     // The kernel's `hm/kernel` holds only this guardian now: it takes hm's place going back.
     if let Some((path, changes)) = &own {

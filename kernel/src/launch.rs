@@ -21,6 +21,9 @@ use crate::render::Renderer;
 use crate::scheduler::{RunOptions, Scheduler};
 use crate::supervisor::attach::{AttachError, AttachPoint};
 
+/// The plugin (and executor) whose containers hm and its guardian know how to remove.
+const DOCKER: &str = "docker";
+
 /// Something hm itself has to tell the user during a run, outside the event stream (that it
 /// waits for an attached plugin, say). The binary prints it on stderr.
 pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
@@ -212,8 +215,23 @@ pub fn run(
             "cannot become a child subreaper ({e}); daemonised step processes may escape"
         );
     }
+    // The daemon of the run's containers (docker steps, services): if hm dies, the guardian
+    // removes them; when the run ends, hm removes what its plugin could not.
+    let docker = (plan.executors.values().any(|p| p.name == DOCKER) || !plan.services.is_empty())
+        .then(|| {
+            let config = plan
+                .pipeline
+                .plugins
+                .get(DOCKER)
+                .map(|s| s.config_json.as_str());
+            crate::engine::socket_of(config)
+        })
+        .flatten();
     let guardian = match Guardian::start() {
         Ok(mut guardian) => {
+            if let Some(socket) = &docker {
+                guardian.watch_docker(socket, &run_id);
+            }
             for path in run_cgroup.iter().flat_map(|run| run.paths()) {
                 guardian.watch_cgroup(&path);
             }
@@ -236,8 +254,10 @@ pub fn run(
         selected,
         executors,
         hooks,
+        services,
         named,
     } = plan;
+    let run_id_copy = run_id.clone();
     let opts = RunOptions {
         run_id,
         selected,
@@ -253,6 +273,7 @@ pub fn run(
         no_cache: settings.no_cache,
         executors,
         hooks,
+        services,
         attach,
         isolation,
         isolation_reason,
@@ -268,6 +289,16 @@ pub fn run(
             .run()
             .instrument(span),
     );
+    if let Some(socket) = docker {
+        match crate::engine::remove_run(&socket, &run_id_copy) {
+            Ok((0, 0)) => {}
+            Ok((containers, networks)) => tracing::warn!(
+                "removed {containers} container(s) and {networks} network(s) of this run that \
+                 its docker plugin left"
+            ),
+            Err(e) => tracing::debug!("cannot check for containers left by this run: {e}"),
+        }
+    }
     // The run's tree is gone and the guardian dismissed: hm's own cgroup is given back as it
     // was found (the controllers hm enabled, hm itself out of `hm/kernel`).
     if let Some(run) = own_cgroup {

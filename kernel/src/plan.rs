@@ -22,6 +22,8 @@ pub struct Plan {
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
     pub hooks: Vec<PluginSpec>,
+    /// The plugin running each service a selected step lists, by service name.
+    pub services: HashMap<String, PluginSpec>,
     /// The steps named on the command line (manual steps run only then).
     pub named: Vec<usize>,
 }
@@ -174,12 +176,14 @@ pub fn plan(
         return Err(PlanError::Registry(registry.errors));
     }
     let executors = resolve_executors(&pipeline, &selected, &registry)?;
+    let services = resolve_services(&pipeline, &selected, &registry)?;
     let hooks = resolve_hooks(&pipeline, &registry, warnings)?;
     // A plugin this hm cannot talk to fails a run that uses it (above); one the run does not
     // use is only named, with the fix, so that the run does not depend on an unrelated
     // install but the problem is not hidden either.
     let used: Vec<&str> = executors
         .values()
+        .chain(services.values())
         .chain(&hooks)
         .map(|spec| spec.name.as_str())
         .collect();
@@ -200,6 +204,7 @@ pub fn plan(
         selected,
         executors,
         hooks,
+        services,
         named,
     })
 }
@@ -260,6 +265,7 @@ impl Plan {
         let mut used: Vec<&str> = self
             .executors
             .values()
+            .chain(self.services.values())
             .chain(&self.hooks)
             .map(|spec| spec.name.as_str())
             .collect();
@@ -331,6 +337,64 @@ fn resolve_executors(
             }
         }
     }
+    match (missing.is_empty(), incompatible.is_empty()) {
+        (true, true) => Ok(found),
+        (true, false) => Err(PlanError::Incompatible(incompatible)),
+        (false, _) => Err(PlanError::NoExecutor {
+            steps: missing,
+            available: registry
+                .executor_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            incompatible,
+        }),
+    }
+}
+
+/// The plugin running each service the selected steps list: the one providing the service's
+/// executor, which must declare `service:<executor>` (exit 7 otherwise, as for a step) and
+/// speak protocol 8 (exit 5).
+fn resolve_services(
+    pipeline: &Pipeline,
+    selected: &[usize],
+    registry: &Registry,
+) -> Result<HashMap<String, PluginSpec>, PlanError> {
+    let mut found = HashMap::new();
+    let mut missing = Vec::new();
+    let mut incompatible = Vec::new();
+    for name in selected.iter().flat_map(|&i| &pipeline.steps[i].services) {
+        let Some(service) = pipeline.services.get(name) else {
+            continue;
+        };
+        if found.contains_key(name) {
+            continue;
+        }
+        match registry.executor(&service.executor) {
+            Some(plugin) if plugin.manifest.runs_services_for(&service.executor) => {
+                if let Some(problem) = plugin.protocol_problem() {
+                    incompatible.push(problem);
+                } else if plugin.manifest.protocol.1 < hm_ipc::SERVICES_SINCE {
+                    incompatible.push(format!(
+                        "plugin {} speaks protocol up to {}, and services need {}: update it",
+                        plugin.manifest.name,
+                        plugin.manifest.protocol.1,
+                        hm_ipc::SERVICES_SINCE
+                    ));
+                }
+                found.insert(name.clone(), plugin.spec());
+            }
+            Some(plugin) => missing.push(format!(
+                "{}: error: service {name:?} runs on executor {:?}, whose plugin {} runs no                  services",
+                service.location, service.executor, plugin.manifest.name
+            )),
+            None => missing.push(format!(
+                "{}: error: service {name:?} runs on executor {:?}, which no plugin provides",
+                service.location, service.executor
+            )),
+        }
+    }
+    incompatible.dedup();
     match (missing.is_empty(), incompatible.is_empty()) {
         (true, true) => Ok(found),
         (true, false) => Err(PlanError::Incompatible(incompatible)),

@@ -123,6 +123,18 @@ pub fn resolve(
                     .or_insert_with(|| format!("`{var}` of step {}", step.name));
             }
         }
+        for name in &step.services {
+            let Some(service) = pipeline.services.get(name) else {
+                continue;
+            };
+            for (var, value) in &service.env {
+                if let Some(secret) = referenced_secret(value) {
+                    wanted
+                        .entry(secret.to_owned())
+                        .or_insert_with(|| format!("`{var}` of service {name}"));
+                }
+            }
+        }
     }
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();

@@ -30,11 +30,13 @@ pub use context::{OutputStream, StepContext};
 /// What a step's `artifacts` globs take, and the tally against its limits: the same code hm
 /// uses, so a file is an artifact or not whatever executor ran the step.
 pub use hm_ipc::artifacts;
+pub use hm_ipc::messages::PublishedPort;
 pub use hm_ipc::messages::{HookPhase, KvScope, LogLevel, OUTPUT_ENV, PROJECT_DIR_ENV, StepResult};
 /// A tar for [`StepContext::put_artifacts`] is written into a [`BufferWriter`] and sealed.
 pub use hm_ipc::{BufferWriter, SealedBuffer};
 pub use plugin::{
-    ArtifactLimits, DEFAULT_HOOK_TIMEOUT, Executor, Hook, HookContext, HookEvent, HookVerdict,
-    InitInfo, Plugin, StepError, StepRequest, Subcommand, SubcommandArg, Subscription,
+    ArtifactLimits, DEFAULT_HOOK_TIMEOUT, Executor, HealthCheck, Hook, HookContext, HookEvent,
+    HookVerdict, InitInfo, Plugin, ServiceError, ServiceRequest, Services, StepError, StepRequest,
+    Subcommand, SubcommandArg, Subscription,
 };
 pub use serve::{ServeError, serve, serve_on};

@@ -46,6 +46,10 @@ pub struct StepRequest {
     /// the named volume. An executor whose steps run on the host ignores them (the paths are
     /// there already); one that starts each step from a fresh file system mounts them.
     pub caches: Vec<hm_ipc::messages::CacheMount>,
+    /// The services the step lists (`services = [...]`), started by this plugin's
+    /// [`Services`] and healthy; empty from an hm older than protocol 8. The environment
+    /// already has `HM_SERVICE_<NAME>_HOST` / `_PORT_<port>` for reaching them from the host.
+    pub services: Vec<String>,
 }
 
 /// The most a step's artifacts may be: past either limit, the executor sends
@@ -123,6 +127,89 @@ pub enum StepError {
     /// cause `oom`; the result says how the process ended (SIGKILL).
     #[error("the step ran out of memory")]
     OutOfMemory(StepResult),
+    /// The step's image could not be found or pulled (what was tried and how to fix it): hm
+    /// reports cause `image`, which `retry.on` may list (protocol 8; older hm: a failure).
+    #[error("{0}")]
+    Image(String),
+}
+
+/// A service to start (`[services.NAME]` in `hm.toml`, protocol 8).
+#[derive(Debug, Clone)]
+pub struct ServiceRequest {
+    /// The host name steps reach it by.
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's command when set.
+    pub command: Option<Vec<String>>,
+    /// Ports to publish on the host's loopback for steps on the host.
+    pub ports: Vec<u16>,
+    /// Run inside the service until it passes; `None`: ready once it runs.
+    pub health: Option<HealthCheck>,
+    /// The service's `with = { ... }`.
+    pub with: serde_json::Value,
+    pub limits: hm_ipc::messages::StepLimits,
+    /// How long it may take to stop before it is killed.
+    pub grace: Duration,
+}
+
+/// A service's health check (`health = { run, interval, timeout, retries }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// Why a service is not up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Its image could not be found or pulled: the steps that list it fail with cause `image`.
+    #[error("{0}")]
+    Image(String),
+    /// It could not be started or never became healthy: the steps that list it fail with
+    /// cause `service`, `log` (its last lines of output, oldest first) shown with the reason.
+    #[error("{message}")]
+    Failed { message: String, log: Vec<String> },
+}
+
+/// Runs a pipeline's services (protocol 8): containers that the steps listing them reach over
+/// the network. hm starts each before the first step that lists it, and stops it after the
+/// last; everything is stopped before the run ends.
+pub trait Services: Send + Sync + 'static {
+    /// Starts `service` and returns once it is healthy, with where its ports are published.
+    fn start(
+        &self,
+        service: ServiceRequest,
+    ) -> impl Future<Output = Result<Vec<hm_ipc::messages::PublishedPort>, ServiceError>> + Send;
+
+    /// Stops and removes service `name` (and what the run's services share once none is left).
+    fn stop(&self, name: String) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+pub(crate) trait DynServices: Send + Sync {
+    fn start(
+        self: Arc<Self>,
+        service: ServiceRequest,
+    ) -> BoxFuture<Result<Vec<hm_ipc::messages::PublishedPort>, ServiceError>>;
+    fn stop(self: Arc<Self>, name: String) -> BoxFuture<Result<(), String>>;
+}
+
+impl<S: Services> DynServices for S {
+    fn start(
+        self: Arc<Self>,
+        service: ServiceRequest,
+    ) -> BoxFuture<Result<Vec<hm_ipc::messages::PublishedPort>, ServiceError>> {
+        Box::pin(async move { Services::start(&*self, service).await })
+    }
+
+    fn stop(self: Arc<Self>, name: String) -> BoxFuture<Result<(), String>> {
+        Box::pin(async move { Services::stop(&*self, name).await })
+    }
 }
 
 /// Runs steps. The plugin serves many steps at once: `execute` is called concurrently.
@@ -361,6 +448,7 @@ pub struct Plugin {
     pub(crate) environment: Option<Arc<InitFn>>,
     pub(crate) subcommands: Vec<SubcommandEntry>,
     pub(crate) hook: Option<(Vec<Subscription>, Arc<dyn DynHook>)>,
+    pub(crate) services: Option<Arc<dyn DynServices>>,
 }
 
 impl Plugin {
@@ -375,7 +463,15 @@ impl Plugin {
             environment: None,
             subcommands: Vec::new(),
             hook: None,
+            services: None,
         }
+    }
+
+    /// Makes this plugin run services (protocol 8) for the steps of its executor: capability
+    /// `service:NAME`, NAME being the executor's (so set the executor too).
+    pub fn services(mut self, services: impl Services) -> Self {
+        self.services = Some(Arc::new(services));
+        self
     }
 
     /// Makes this plugin a hook (protocol v5) that observes the events of `subscriptions`.
@@ -461,6 +557,9 @@ impl Plugin {
         if self.hook.is_some() {
             needs = needs.max(hm_ipc::HOOKS_SINCE);
         }
+        if self.services.is_some() {
+            needs = needs.max(hm_ipc::SERVICES_SINCE);
+        }
         (self.protocol.0.max(needs), self.protocol.1)
     }
 
@@ -481,6 +580,12 @@ impl Plugin {
             .iter()
             .map(|(name, _)| format!("executor:{name}"))
             .chain(hooks)
+            .chain(
+                self.executor
+                    .iter()
+                    .filter(|_| self.services.is_some())
+                    .map(|(name, _)| format!("service:{name}")),
+            )
             .chain(
                 self.subcommands
                     .iter()

@@ -9,8 +9,9 @@ use futures_util::{FutureExt, StreamExt};
 use hm_ipc::codec::WireError;
 use hm_ipc::handshake::VERDICTS_SINCE;
 use hm_ipc::messages::{
-    CallFailure, Credit, Execute, ExecuteStep, Hello, HookOutcome, HostReply, Init, KernelCall,
-    PluginReply, Reject, RunSubcommand, StepCall, SubcommandExit, Welcome,
+    AttemptCall, CallFailure, Credit, Execute, ExecuteStep, Hello, HookOutcome, HostReply, Init,
+    KernelCall, PluginReply, Reject, RunSubcommand, ServiceFailure, ServiceStart, ServiceUp,
+    StepCall, SubcommandExit, Welcome,
 };
 use hm_ipc::{Frame, FrameError, FrameKind, FrameReader, OutFrame};
 use thiserror::Error;
@@ -21,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::context::StepContext;
 use crate::link::Link;
 use crate::plugin::{
-    ArtifactLimits, HookContext, HookEvent, HookVerdict, InitInfo, Plugin, StepError, StepRequest,
+    ArtifactLimits, HealthCheck, HookContext, HookEvent, HookVerdict, InitInfo, Plugin,
+    ServiceError, ServiceRequest, StepError, StepRequest,
 };
 
 #[derive(Debug, Error)]
@@ -175,6 +177,30 @@ struct Artifacts {
     limits: ArtifactLimits,
     /// The step's dependency caches (`Step` only).
     caches: Vec<hm_ipc::messages::CacheMount>,
+    /// The services the step lists (`Attempt` only).
+    services: Vec<String>,
+}
+
+impl Artifacts {
+    fn of(call: StepCall, services: Vec<String>) -> (ExecuteStep, Vec<String>, Self) {
+        let StepCall {
+            execute: Execute { step, shell },
+            artifacts,
+            artifacts_max_files,
+            artifacts_max_bytes,
+            caches,
+        } = call;
+        let artifacts = Artifacts {
+            caches,
+            globs: artifacts,
+            limits: ArtifactLimits {
+                max_files: artifacts_max_files,
+                max_bytes: artifacts_max_bytes,
+            },
+            services,
+        };
+        (step, shell, artifacts)
+    }
 }
 
 struct Dispatcher {
@@ -284,28 +310,23 @@ impl Dispatcher {
                 self.execute(id, step, shell, Artifacts::default());
             }
             KernelCall::Step(call) => {
-                if self.link.protocol < hm_ipc::ARTIFACTS_SINCE {
-                    return Err(ServeError::Protocol(format!(
-                        "Step received on protocol {}, which does not have it",
-                        self.link.protocol
-                    )));
-                }
-                let StepCall {
-                    execute: Execute { step, shell },
-                    artifacts,
-                    artifacts_max_files,
-                    artifacts_max_bytes,
-                    caches,
-                } = *call;
-                let artifacts = Artifacts {
-                    caches,
-                    globs: artifacts,
-                    limits: ArtifactLimits {
-                        max_files: artifacts_max_files,
-                        max_bytes: artifacts_max_bytes,
-                    },
-                };
+                self.require("Step", hm_ipc::ARTIFACTS_SINCE)?;
+                let (step, shell, artifacts) = Artifacts::of(*call, Vec::new());
                 self.execute(id, step, shell, artifacts);
+            }
+            KernelCall::Attempt(call) => {
+                self.require("Attempt", hm_ipc::SERVICES_SINCE)?;
+                let AttemptCall { step, services } = *call;
+                let (step, shell, artifacts) = Artifacts::of(step, services);
+                self.execute(id, step, shell, artifacts);
+            }
+            KernelCall::StartService(call) => {
+                self.require("StartService", hm_ipc::SERVICES_SINCE)?;
+                self.start_service(id, *call);
+            }
+            KernelCall::StopService(call) => {
+                self.require("StopService", hm_ipc::SERVICES_SINCE)?;
+                self.stop_service(id, call.name);
             }
             KernelCall::RunSubcommand(call) => {
                 if self.link.protocol < hm_ipc::SUBCOMMANDS_SINCE {
@@ -325,6 +346,18 @@ impl Dispatcher {
                 }
                 self.hook(id, *event);
             }
+        }
+        Ok(())
+    }
+
+    /// A call added in protocol `since` on a connection that speaks an older one is a
+    /// protocol error.
+    fn require(&self, call: &str, since: u32) -> Result<(), ServeError> {
+        if self.link.protocol < since {
+            return Err(ServeError::Protocol(format!(
+                "{call} received on protocol {}, which does not have it",
+                self.link.protocol
+            )));
         }
         Ok(())
     }
@@ -389,12 +422,14 @@ impl Dispatcher {
             artifacts: artifacts.globs,
             artifact_limits: artifacts.limits,
             caches: artifacts.caches,
+            services: artifacts.services,
         };
         let token = CancellationToken::new();
         self.calls.insert(id, token.clone());
         let ctx = StepContext::new(self.link.clone(), id, token);
         let link = self.link.clone();
         let verdicts = self.link.protocol >= VERDICTS_SINCE;
+        let images = self.link.protocol >= hm_ipc::SERVICES_SINCE;
         self.tasks.spawn(async move {
             // A panicking executor fails its step, not the plugin; and the call still gets its
             // reply, without which hm (and `Shutdown`) would wait for it forever.
@@ -418,9 +453,112 @@ impl Dispatcher {
                 (Err(StepError::OutOfMemory(result)), Ok(())) => {
                     PluginReply::StepDone(Box::new(result))
                 }
+                (Err(StepError::Image(message)), Ok(())) if images => {
+                    PluginReply::ImageUnavailable(Box::new(CallFailure { message }))
+                }
                 (Err(e), _) => failed(e.to_string()),
                 (Ok(_), Err(e)) => failed(e.to_string()),
             };
+            if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
+                let _ = link.send(frame);
+            }
+            id
+        });
+    }
+
+    fn start_service(&mut self, id: u64, call: ServiceStart) {
+        let Some(services) = self.plugin.services.clone() else {
+            let message = format!("plugin {} runs no services", self.plugin.name);
+            self.reply(id, &failed(message));
+            return;
+        };
+        let with = match serde_json::from_str(&call.with_json) {
+            Ok(with) => with,
+            Err(e) => {
+                self.reply(id, &failed(format!("`with` is not JSON: {e}")));
+                return;
+            }
+        };
+        let request = ServiceRequest {
+            name: call.name,
+            image: call.image,
+            env: call.env.into_iter().map(|v| (v.name, v.value)).collect(),
+            entrypoint: call.entrypoint,
+            command: call.command,
+            ports: call.ports,
+            health: call.health.map(|h| HealthCheck {
+                command: h.command,
+                interval: std::time::Duration::from_millis(h.interval_ms),
+                timeout: std::time::Duration::from_millis(h.timeout_ms),
+                retries: h.retries,
+            }),
+            with,
+            limits: call.limits,
+            grace: std::time::Duration::from_millis(call.grace_ms),
+        };
+        // A cancel (the run is ending) drops the start where it is; hm removes what it left.
+        self.spawn_reply(id, |cancelled| async move {
+            let start = AssertUnwindSafe(services.start(request)).catch_unwind();
+            let started = tokio::select! {
+                started = start => started,
+                () = cancelled.cancelled() => {
+                    return failed("the start was cancelled: the run is ending".to_owned());
+                }
+            };
+            match started {
+                Ok(Ok(ports)) => PluginReply::ServiceUp(Box::new(ServiceUp { ports })),
+                Ok(Err(ServiceError::Image(message))) => {
+                    PluginReply::ServiceFailed(Box::new(ServiceFailure {
+                        image: true,
+                        message,
+                        log: Vec::new(),
+                    }))
+                }
+                Ok(Err(ServiceError::Failed { message, log })) => {
+                    PluginReply::ServiceFailed(Box::new(ServiceFailure {
+                        image: false,
+                        message,
+                        log,
+                    }))
+                }
+                Err(panic) => failed(format!(
+                    "starting the service panicked: {}",
+                    panic_message(&*panic)
+                )),
+            }
+        });
+    }
+
+    fn stop_service(&mut self, id: u64, name: String) {
+        let Some(services) = self.plugin.services.clone() else {
+            let message = format!("plugin {} runs no services", self.plugin.name);
+            self.reply(id, &failed(message));
+            return;
+        };
+        self.spawn_reply(id, |_| async move {
+            match AssertUnwindSafe(services.stop(name)).catch_unwind().await {
+                Ok(Ok(())) => PluginReply::ServiceStopped,
+                Ok(Err(message)) => failed(message),
+                Err(panic) => failed(format!(
+                    "stopping the service panicked: {}",
+                    panic_message(&*panic)
+                )),
+            }
+        });
+    }
+
+    /// Runs call `id` on a task of its own and sends what it answers; the answer gets the
+    /// call's cancel.
+    fn spawn_reply<F>(&mut self, id: u64, answer: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = PluginReply> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        self.calls.insert(id, token.clone());
+        let answer = answer(token);
+        let link = self.link.clone();
+        self.tasks.spawn(async move {
+            let reply = answer.await;
             if let Ok(frame) = OutFrame::message(FrameKind::Reply, id, &reply) {
                 let _ = link.send(frame);
             }

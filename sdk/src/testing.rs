@@ -46,9 +46,9 @@ use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
 use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
 use hm_ipc::messages::{
-    ArchiveBuffer, ArtifactUpload, CallFailure, Credit, DEFAULT_SHELL, Execute, HookEvent,
-    HookPhase, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel, PluginReply,
-    Reject, RunSubcommand, StepCall, StepResult, Welcome,
+    ArchiveBuffer, ArtifactUpload, AttemptCall, CallFailure, Credit, DEFAULT_SHELL, Execute,
+    HookEvent, HookPhase, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel,
+    PluginReply, Reject, RunSubcommand, StepCall, StepResult, Welcome,
 };
 use hm_ipc::{
     ARTIFACTS_SINCE, EXECUTE_SINCE, Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame,
@@ -144,7 +144,8 @@ impl Default for HarnessOptions {
 pub struct StepRun {
     /// Step output, one entry per line as the plugin sent it (long lines arrive split).
     pub lines: Vec<(OutputStream, String)>,
-    /// The reply: `StepDone` as `Ok`, `Failed` as `Err` with its message.
+    /// The reply: `StepDone` as `Ok`, `Failed` (and `ImageUnavailable`) as `Err` with its
+    /// message.
     pub result: Result<StepResult, String>,
     /// Plugin diagnostics (`HostCall::Log`) received while the call was in flight. The protocol
     /// does not say which call a diagnostic belongs to, so concurrent calls each see all of them.
@@ -369,7 +370,9 @@ impl Harness {
             .map_err(|e| e.to_string())?;
         match call.reply().await.map_err(|e| e.to_string())? {
             PluginReply::Ready => Ok(()),
-            PluginReply::Failed(failure) => Err(failure.message),
+            PluginReply::Failed(failure) | PluginReply::ImageUnavailable(failure) => {
+                Err(failure.message)
+            }
             // The pump only routes replies that fit the call.
             other => Err(format!("the plugin answered Init with {other:?}")),
         }
@@ -474,8 +477,8 @@ impl Harness {
         self.start_execute_with(step, options)
     }
 
-    /// [`Harness::start_execute`] sent as `options` say: as `Step` with its artifacts on
-    /// protocol 7, as `Execute` (no artifacts) on 6, as `ExecuteStep` (no shell either) on 5
+    /// [`Harness::start_execute`] sent as `options` say: as `Attempt` on protocol 8, as
+    /// `Step` with its artifacts on 7, as `Execute` (no artifacts) on 6, as `ExecuteStep` (no shell either) on 5
     /// and older, the newest call the protocol has, as hm does.
     pub fn start_execute_with(
         &self,
@@ -488,14 +491,23 @@ impl Harness {
             artifact_limits,
             needs_artifacts,
         } = options;
-        let call = if self.protocol >= ARTIFACTS_SINCE {
-            KernelCall::Step(Box::new(StepCall {
-                execute: Execute { step, shell },
-                artifacts,
-                artifacts_max_files: artifact_limits.max_files,
-                artifacts_max_bytes: artifact_limits.max_bytes,
-                caches: Vec::new(),
+        let step_call = || StepCall {
+            execute: Execute {
+                step: step.clone(),
+                shell: shell.clone(),
+            },
+            artifacts: artifacts.clone(),
+            artifacts_max_files: artifact_limits.max_files,
+            artifacts_max_bytes: artifact_limits.max_bytes,
+            caches: Vec::new(),
+        };
+        let call = if self.protocol >= hm_ipc::SERVICES_SINCE {
+            KernelCall::Attempt(Box::new(AttemptCall {
+                step: step_call(),
+                services: Vec::new(),
             }))
+        } else if self.protocol >= ARTIFACTS_SINCE {
+            KernelCall::Step(Box::new(step_call()))
         } else if self.protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute { step, shell }))
         } else {
@@ -696,7 +708,9 @@ impl CallHandle {
     pub async fn finish(mut self) -> Result<StepRun, HarnessError> {
         let result = match self.reply().await? {
             PluginReply::StepDone(result) => Ok(*result),
-            PluginReply::Failed(failure) => Err(failure.message),
+            PluginReply::Failed(failure) | PluginReply::ImageUnavailable(failure) => {
+                Err(failure.message)
+            }
             // The pump only routes replies that fit the call.
             other => {
                 return Err(HarnessError::Protocol(format!(

@@ -111,7 +111,7 @@ async fn the_tar_a_plugin_puts_reaches_hm_byte_exact_and_nobody_keeps_its_buffer
     // Above the 64 KiB threshold and not a multiple of a page.
     let content = "dist/app.txt ".repeat(10_000);
     let harness = Harness::start(plugin()).await.unwrap();
-    assert_eq!(harness.protocol(), hm_ipc::ARTIFACTS_SINCE);
+    assert_eq!(harness.protocol(), hm_ipc::PROTOCOL_MAX);
     let options = StepOptions {
         artifact_limits: ArtifactLimits {
             max_files: 3,

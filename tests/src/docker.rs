@@ -82,8 +82,8 @@ fn is_static_elf(elf: &[u8]) -> bool {
     })
 }
 
-/// A Docker test's image and cleanup. Dropping it removes the containers of every run it
-/// watched (by their `hm.run` label) and then the image.
+/// A Docker test's image and cleanup. Dropping it removes the containers and networks of every
+/// run it watched (by their `hm.run` label) and then the image.
 pub struct DockerFixture {
     image: String,
     runs: Mutex<Vec<String>>,
@@ -115,8 +115,8 @@ impl DockerFixture {
         &self.image
     }
 
-    /// Removes the containers of run `run_id` when the fixture is dropped, whatever the test
-    /// found before.
+    /// Removes the containers and networks of run `run_id` when the fixture is dropped,
+    /// whatever the test found before.
     pub fn watch(&self, run_id: &str) {
         if let Ok(mut runs) = self.runs.lock() {
             runs.push(run_id.to_owned());
@@ -192,11 +192,15 @@ impl Drop for DockerFixture {
         let runs = self.runs.lock().map(|r| r.clone()).unwrap_or_default();
         for run in runs {
             // Never a panic here: this may run while a failing test unwinds.
-            let ids = list_run(&run).unwrap_or_default();
+            let ids = list_run(&["ps", "-a"], &run).unwrap_or_default();
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f", "-v"];
                 args.extend(ids.iter().map(String::as_str));
                 let _ = docker(&args);
+            }
+            // After the containers: a network with one on it cannot go.
+            for network in list_run(&["network", "ls"], &run).unwrap_or_default() {
+                let _ = docker(&["network", "rm", &network]);
             }
         }
         let _ = docker(&["rmi", "-f", &self.image]);
@@ -206,19 +210,28 @@ impl Drop for DockerFixture {
 /// `docker ps -a --filter label=hm.run=RUN_ID`: the ids of run `run_id`'s containers, in any
 /// state.
 pub fn containers_of_run(run_id: &str) -> Vec<String> {
-    list_run(run_id).unwrap_or_else(|e| panic!("{e}"))
+    list_run(&["ps", "-a"], run_id).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn list_run(run_id: &str) -> Result<Vec<String>, String> {
+/// `docker network ls --filter label=hm.run=RUN_ID`: the ids of run `run_id`'s networks (its
+/// services').
+pub fn networks_of_run(run_id: &str) -> Vec<String> {
+    list_run(&["network", "ls"], run_id).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `docker LIST -q --no-trunc --filter label=hm.run=RUN_ID`.
+fn list_run(list: &[&str], run_id: &str) -> Result<Vec<String>, String> {
     let label = format!("label=hm.run={run_id}");
     let out = Command::new("docker")
-        .args(["ps", "-a", "-q", "--no-trunc", "--filter", &label])
+        .args(list)
+        .args(["-q", "--no-trunc", "--filter", &label])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run docker ps: {e}"))?;
+        .map_err(|e| format!("cannot run docker {}: {e}", list.join(" ")))?;
     if !out.status.success() {
         return Err(format!(
-            "docker ps failed: {}",
+            "docker {} failed: {}",
+            list.join(" "),
             String::from_utf8_lossy(&out.stderr)
         ));
     }

@@ -254,7 +254,7 @@ limits = {{ memory = "48MiB", pids = 40, cpu = 0.5 }}
 }
 
 #[test]
-fn a_missing_image_with_pull_never_fails_the_step_clearly() {
+fn a_missing_image_with_pull_never_is_cause_image_and_retried_when_asked() {
     let Some(docker) = DockerFixture::new("pull-never") else {
         return;
     };
@@ -265,12 +265,16 @@ fn a_missing_image_with_pull_never_fails_the_step_clearly() {
 image = "{missing}"
 run = "true"
 with = {{ pull = "never" }}
+retry = {{ attempts = 2, on = ["image"] }}
 "#
     ));
     let run = run(&project, &docker, &[]);
     assert_eq!(run.code(), 1, "{run}");
     let end = run.step_end("absent");
     assert_eq!(end["status"], "failed", "{run}");
+    assert_eq!(end["cause"], "image", "{run}");
+    // `retry.on = ["image"]` tried it again.
+    assert_eq!(end["attempt"], 2, "{run}");
     let message = end["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(&format!("image {missing} is not present locally"))
@@ -335,7 +339,7 @@ fn a_docker_step_timeout_leaves_no_container() {
 }
 
 #[test]
-fn the_next_start_removes_the_container_of_a_killed_docker_plugin() {
+fn hm_removes_the_container_of_a_killed_docker_plugin_when_the_run_ends() {
     let Some(docker) = DockerFixture::new("plugin-kill") else {
         return;
     };
@@ -355,10 +359,43 @@ fn the_next_start_removes_the_container_of_a_killed_docker_plugin() {
     let killed = hm.finish(WAIT).into_run();
     assert_eq!(killed.code(), 1, "{killed}");
     assert_eq!(killed.cause("long"), Some("executor_crash"), "{killed}");
-    // Nobody could remove it: the plugin died, and hm knows nothing of containers.
-    assert_eq!(containers_of_run(&first).len(), 1, "{killed}");
+    // The plugin could not remove it; hm did, by the run's label, before it exited.
+    assert_no_container_of(&first);
+    assert!(
+        killed.stderr().contains(
+            "removed 1 container(s) and 0 network(s) of this run that its docker plugin left"
+        ),
+        "{killed}"
+    );
+}
 
-    // The next hm start that uses docker sweeps it.
+#[test]
+fn the_next_start_removes_containers_whose_hm_is_gone() {
+    let Some(docker) = DockerFixture::new("orphan-sweep") else {
+        return;
+    };
+    // A container as a run leaves it when hm, its plugin and its guardian all died: labelled
+    // for this machine, its kernel a process that is gone (pid 1 with another start time).
+    let dead_run = format!("dead-{}", marker("orphan").to_lowercase());
+    docker.watch(&dead_run);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let ns = std::fs::read_link("/proc/self/ns/pid").expect("pid namespace");
+    let ns = ns.to_string_lossy();
+    let ns = ns.trim_start_matches("pid:[").trim_end_matches(']');
+    let created = hm_tests::docker::docker(&[
+        "create",
+        "--label",
+        &format!("hm.run={dead_run}"),
+        "--label",
+        &format!("hm.host={}:{ns}", boot.trim()),
+        "--label",
+        "hm.kernel=1:0",
+        docker.image(),
+        "true",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    assert_eq!(containers_of_run(&dead_run).len(), 1);
+
     let next = Project::new(&format!(
         r#"
 [steps.quick]
@@ -369,7 +406,7 @@ run = "true"
     ));
     let swept = run(&next, &docker, &[]);
     assert_eq!(swept.code(), 0, "{swept}");
-    assert_no_container_of(&first);
+    assert_no_container_of(&dead_run);
 }
 
 #[test]
@@ -638,4 +675,38 @@ inputs = ["src/**"]
     docker.rebuild();
     let third = run(&project, &docker, &[]);
     assert_eq!(third.step_end("build")["cache"], "miss", "{third}");
+}
+
+#[test]
+fn a_docker_steps_end_reports_the_memory_and_cpu_it_used() {
+    let Some(docker) = DockerFixture::new("usage") else {
+        return;
+    };
+    // 50 MB held in a shell variable while the shell burns CPU for about 3 s: several of the
+    // daemon's samples (about one a second) see both. The bounds leave room for a loaded machine.
+    let project = Project::new(&format!(
+        r#"
+[steps.busy]
+image = "{image}"
+run = '''
+x=$(head -c 50000000 /dev/zero | tr '\0' a)
+end=$(( $(date +%s) + 3 ))
+while [ $(date +%s) -lt $end ]; do :; done
+echo held ${{#x}} bytes
+'''
+"#,
+        image = docker.image()
+    ));
+    let run = run(&project, &docker, &[]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(run.lines("busy"), ["held 50000000 bytes"], "{run}");
+    let end = run.step_end("busy");
+    let peak = end["peak_memory_bytes"].as_u64();
+    assert!(
+        peak.is_some_and(|bytes| bytes >= 40_000_000),
+        "peak_memory_bytes {peak:?}; {run}"
+    );
+    let cpu = end["cpu_ms"].as_u64();
+    assert!(cpu.is_some_and(|ms| ms >= 300), "cpu_ms {cpu:?}; {run}");
+    assert_no_container_of(&run_id(&run.events));
 }

@@ -665,3 +665,23 @@ fn the_complete_example_of_the_pipeline_docs_means_what_its_plan_says() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(out.stdout, plan);
 }
+
+#[test]
+fn the_services_example_of_the_pipeline_docs_is_valid_and_its_plan_shows_the_service() {
+    let toml = block_after("docs/pipeline.md", "## Services", "toml");
+    let project = Project::new(&toml);
+    let out = project.hm(&["run", "--dry-run"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("  test  (executor docker, image rust:1, services pg)\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("service pg  (image postgres:16, on docker)\n"),
+        "{}",
+        out.stdout
+    );
+}

@@ -139,6 +139,15 @@ fn plan_text(plan: &Plan, parallelism: usize) -> String {
             ));
         }
     }
+    let mut services: Vec<&String> = plan.services.keys().collect();
+    services.sort();
+    for name in services {
+        let service = &pipeline.services[name];
+        out.push_str(&format!(
+            "service {name}  (image {}, on {})\n",
+            service.image, plan.services[name].name
+        ));
+    }
     for hook in &plan.hooks {
         out.push_str(&hook_line(hook));
     }
@@ -170,6 +179,9 @@ fn step_details(pipeline: &Pipeline, i: usize) -> String {
             .map(|&n| pipeline.steps[n].name.as_str())
             .collect();
         details.push(format!("needs {}", needs.join(", ")));
+    }
+    if !step.services.is_empty() {
+        details.push(format!("services {}", step.services.join(", ")));
     }
     if step.when != When::OnSuccess {
         details.push(format!("when {}", step.when.as_str()));

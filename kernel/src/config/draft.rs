@@ -41,6 +41,8 @@ pub(super) struct StepDraft {
     pub(super) matrix: Option<MatrixDraft>,
     pub(super) condition: Option<Condition>,
     pub(super) when: Option<When>,
+    /// `services = [...]`: names with where they are (global spans).
+    pub(super) services: Option<Vec<(String, Option<Range<usize>>)>>,
     /// `extends = [...]`: template names with where they are (global spans).
     pub(super) extends: Vec<(String, Option<Range<usize>>)>,
     /// It has a `matrix` key (which may not have been readable).
@@ -136,6 +138,7 @@ impl StepDraft {
             matrix: self.matrix.or_else(|| lower.matrix.clone()),
             condition: self.condition.or_else(|| lower.condition.clone()),
             when: self.when.or(lower.when),
+            services: self.services.or_else(|| lower.services.clone()),
             matrix_written: self.matrix_written || lower.matrix_written,
             run_written: self.run_written || lower.run_written,
             env_ok: self.env_ok && lower.env_ok,
@@ -217,6 +220,9 @@ impl Checker<'_> {
         }
         if let Some(f) = section.get("dir") {
             draft.dir = self.dir(&f);
+        }
+        if let Some(f) = section.get("services") {
+            draft.services = self.service_names(&f);
         }
         if let Some(f) = section.get("env") {
             let env = self.env(&f, path);

@@ -14,6 +14,7 @@ mod model;
 mod parse;
 mod prepare;
 mod resolve;
+mod services;
 mod shell;
 mod sources;
 mod templates;

@@ -29,6 +29,41 @@ pub struct Pipeline {
     pub steps: Vec<Step>,
     /// `[plugins.<name>]` tables, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// `[services.<name>]` tables, by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// `[services.NAME]`: a container started before the first step that lists it and stopped
+/// after the last, reachable by those steps.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The host name steps reach it by.
+    pub name: String,
+    /// The executor whose plugin runs it ("docker").
+    pub executor: String,
+    pub image: String,
+    /// Values may be secret references ([`referenced_secret`](super::referenced_secret)).
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    /// Ports inside the service, published on the host's loopback for steps on the host.
+    pub ports: Vec<u16>,
+    pub health: Option<Health>,
+    /// `with = { ... }` as JSON text, for the executor (`pull`).
+    pub with_json: String,
+    pub limits: Limits,
+    /// Where it is defined, for messages: "hm.toml:12:1".
+    pub location: String,
+}
+
+/// `health = { run, interval, timeout, retries }`: `sh -c RUN` inside the service until it
+/// exits 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub run: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
 }
 
 /// One step with `[defaults]` already merged in (the step's own value wins); for a step with
@@ -87,6 +122,8 @@ pub struct Step {
     pub image: Option<String>,
     /// `with = { ... }` as JSON text, opaque to the kernel, handed to the executor.
     pub with_json: String,
+    /// `services`: names of `[services.NAME]` the step reaches, up before it starts.
+    pub services: Vec<String>,
     /// Where the step is defined, for messages: "hm.toml:12:1".
     pub location: String,
 }
@@ -257,6 +294,10 @@ pub enum RetryClass {
     Pids,
     Timeout,
     Crash,
+    /// Cause `image`: the image could not be found or pulled.
+    Image,
+    /// Cause `service`: a service the step lists is not up.
+    Service,
 }
 
 /// `[plugins.<name>]`.

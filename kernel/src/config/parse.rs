@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "cache",
     "defaults",
     "steps",
+    "services",
     "plugins",
     "templates",
     "include",
@@ -56,6 +57,7 @@ const STEP_KEYS: &[&str] = &[
     "if",
     "when",
     "extends",
+    "services",
 ];
 /// `[defaults]` takes every step key but these, which belong to one step.
 const NOT_DEFAULTS: &[&str] = &["run", "needs", "matrix", "extends"];
@@ -190,6 +192,7 @@ impl Checker<'_> {
             cache: CacheSettings::default(),
             steps: Vec::new(),
             plugins: BTreeMap::new(),
+            services: BTreeMap::new(),
         };
         if let Some(field) = top_field(top, "cache") {
             pipeline.cache = self.cache_section(&field, &pipeline.root);
@@ -201,6 +204,9 @@ impl Checker<'_> {
         let defaults_executor = defaults.as_mut().and_then(|d| d.executor.take());
         if let Some(field) = top_field(top, "plugins") {
             pipeline.plugins = self.plugins(&field);
+        }
+        if let Some(field) = top_field(top, "services") {
+            pipeline.services = self.services(&field);
         }
         // The templates and steps of every file, a file's includes before the file itself.
         let mut templates = Vec::new();
@@ -238,6 +244,16 @@ impl Checker<'_> {
             return None;
         }
         let steps = self.extend_all(steps, &templates, defaults.as_ref());
+        // A service with problems of its own is still defined: only its problems are shown.
+        let defined: Vec<&str> = top_field(top, "services")
+            .and_then(|f| f.item.as_table_like())
+            .map(|t| t.iter().map(|(name, _)| name).collect())
+            .unwrap_or_default();
+        for (name, draft) in &steps {
+            if let Some(names) = draft.as_ref().and_then(|d| d.services.as_ref()) {
+                self.check_service_names(name, names, &defined);
+            }
+        }
         pipeline.steps = self.resolve(steps, defaults_executor.as_deref(), &pipeline.env)?;
         Some(pipeline)
     }
@@ -482,7 +498,7 @@ impl Checker<'_> {
     }
 
     /// Step and plugin names end up in cgroup directory names and on the command line.
-    fn check_name(&mut self, name: &str, span: Option<Range<usize>>, what: &str) {
+    pub(super) fn check_name(&mut self, name: &str, span: Option<Range<usize>>, what: &str) {
         let valid_chars = name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -536,7 +552,7 @@ fn unknown_top_level(name: &str, item: &Item) -> (String, String) {
     } else if STEP_KEYS.contains(&name) {
         format!("`{name}` belongs to a step: `[steps.<name>]`")
     } else {
-        "the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`"
+        "the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]`, `[services.<name>]` and `[plugins.<name>]`, and `include`"
             .to_owned()
     };
     (message, hint)

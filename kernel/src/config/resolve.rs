@@ -430,6 +430,12 @@ impl Checker<'_> {
             executor,
             image: draft.image.clone(),
             with_json: draft.with_json(),
+            services: draft
+                .services
+                .iter()
+                .flatten()
+                .map(|(name, _)| name.clone())
+                .collect(),
         }
     }
 }

@@ -98,11 +98,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The retry class names, for messages and suggestions; `exit:N` stands for the
 /// family.
 pub(crate) const RETRY_CLASS_NAMES: &[&str] = &[
-    "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash",
+    "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash", "image", "service",
 ];
 
 /// Parses one retry class: `failed`, `exit:N` (N in 1..=255), `signal`, `oom`, `pids`,
-/// `timeout`, `crash`.
+/// `timeout`, `crash`, `image`, `service`.
 pub fn parse_retry_class(text: &str) -> Result<RetryClass, String> {
     Ok(match text {
         "failed" => RetryClass::Failed,
@@ -111,6 +111,8 @@ pub fn parse_retry_class(text: &str) -> Result<RetryClass, String> {
         "pids" => RetryClass::Pids,
         "timeout" => RetryClass::Timeout,
         "crash" => RetryClass::Crash,
+        "image" => RetryClass::Image,
+        "service" => RetryClass::Service,
         _ => {
             let Some(code) = text.strip_prefix("exit:") else {
                 return Err(format!("unknown retry class `{text}`"));
@@ -286,6 +288,8 @@ mod tests {
         check("pids", Ok(RetryClass::Pids));
         check("timeout", Ok(RetryClass::Timeout));
         check("crash", Ok(RetryClass::Crash));
+        check("image", Ok(RetryClass::Image));
+        check("service", Ok(RetryClass::Service));
         check("exit:101", Ok(RetryClass::Exit(101)));
         check("exit:1", Ok(RetryClass::Exit(1)));
         check("exit:255", Ok(RetryClass::Exit(255)));

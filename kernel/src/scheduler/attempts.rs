@@ -7,9 +7,9 @@ use hm_ipc::host::CallKind;
 use std::path::Path;
 
 use hm_ipc::messages::{
-    EnvVar, Execute, ExecuteStep, KernelCall, StepCall, StepLimits, StepResult,
+    AttemptCall, EnvVar, Execute, ExecuteStep, KernelCall, StepCall, StepLimits, StepResult,
 };
-use hm_ipc::{ARTIFACTS_SINCE, EXECUTE_SINCE};
+use hm_ipc::{ARTIFACTS_SINCE, EXECUTE_SINCE, SERVICES_SINCE};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -103,6 +103,7 @@ impl Scheduler<'_> {
     /// Starts every step whose needs are met, in file order, while slots are free; skips
     /// steps whose needs failed.
     pub(super) fn schedule(&mut self) {
+        self.release_services(false);
         let mut running = self.steps.running();
         for i in 0..self.steps.len() {
             if self.steps[i].state != StepState::Waiting {
@@ -190,7 +191,7 @@ impl Scheduler<'_> {
     /// Sends the step to its plugin, starting the plugin first if needed; a step with
     /// `inputs` is looked up in the cache first.
     pub(super) fn dispatch(&mut self, i: usize) {
-        if self.look_up_first(i) {
+        if self.look_up_first(i) || self.await_services(i) {
             return;
         }
         let p = self.steps[i].plugin;
@@ -241,7 +242,10 @@ impl Scheduler<'_> {
                 Ok(prepared)
             });
         let prepared = match prepared {
-            Ok(prepared) => prepared,
+            Ok(mut prepared) => {
+                prepared.env.extend(self.service_env(i));
+                prepared
+            }
             Err(message) => {
                 self.steps[i].state = StepState::Running;
                 self.end_attempt(i, Verdict::failed(Cause::Setup, message));
@@ -269,17 +273,23 @@ impl Scheduler<'_> {
             leaf.as_ref(),
         );
         let caches = self.cache_mounts(i);
-        let call_message = if protocol >= ARTIFACTS_SINCE {
-            KernelCall::Step(Box::new(StepCall {
-                execute: Execute {
-                    step: request,
-                    shell: def.shell.argv(),
-                },
-                artifacts: self.steps[i].artifact_globs.clone(),
-                artifacts_max_files: self.pipeline.artifacts_max.files,
-                artifacts_max_bytes: self.pipeline.artifacts_max.bytes,
-                caches,
+        let step_call = |request| StepCall {
+            execute: Execute {
+                step: request,
+                shell: def.shell.argv(),
+            },
+            artifacts: self.steps[i].artifact_globs.clone(),
+            artifacts_max_files: self.pipeline.artifacts_max.files,
+            artifacts_max_bytes: self.pipeline.artifacts_max.bytes,
+            caches,
+        };
+        let call_message = if protocol >= SERVICES_SINCE {
+            KernelCall::Attempt(Box::new(AttemptCall {
+                step: step_call(request),
+                services: def.services.clone(),
             }))
+        } else if protocol >= ARTIFACTS_SINCE {
+            KernelCall::Step(Box::new(step_call(request)))
         } else if protocol >= EXECUTE_SINCE {
             KernelCall::Execute(Box::new(Execute {
                 step: request,
@@ -427,10 +437,13 @@ impl Scheduler<'_> {
     }
 
     /// The executor could not run the step running as `call` at all.
-    pub(super) fn on_step_refused(&mut self, p: usize, call: u64, message: String) {
+    /// The executor could not run the step of `call`; `image`: because its image could not be
+    /// found or pulled.
+    pub(super) fn on_step_refused(&mut self, p: usize, call: u64, message: String, image: bool) {
         if let Some(i) = self.plugins[p].in_flight.remove(&call) {
             let verdict = match self.steps[i].stop {
                 Some(reason) => Verdict::stopped(reason, Some(message)),
+                None if image => Verdict::failed(Cause::Image, message),
                 None => Verdict::failed(
                     Cause::Exit,
                     format!(

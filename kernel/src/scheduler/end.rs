@@ -15,6 +15,8 @@ use crate::exit;
 
 /// How long plugins get to exit after `Shutdown` at the end of the run.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the end of a run waits for its services to stop.
+const SERVICES_GRACE: Duration = Duration::from_secs(30);
 /// At the end of the run, how long hooks get to take their last events (beyond the longest
 /// hook timeout) before what is left is dropped.
 pub(super) const HOOK_DRAIN: Duration = Duration::from_secs(10);
@@ -105,6 +107,15 @@ impl Scheduler<'_> {
             if self.drain_deadline.is_none() {
                 self.drain_deadline =
                     Some(Instant::now() + self.longest_hook_timeout() + HOOK_DRAIN);
+            }
+            // Services go before their plugins: a stop in flight is waited for (as long as
+            // the plugins' shutdown would be), and what is left hm removes at its exit.
+            self.release_services(true);
+            if !self.services.settled() {
+                if self.shutdown_deadline.is_none() {
+                    self.shutdown_deadline = Some(Instant::now() + SERVICES_GRACE);
+                }
+                return false;
             }
             let hooks_idle = self.plugins.iter().all(PluginSlot::hook_idle);
             if !self.plugins_gone(|p| !p.is_hook()) || !hooks_idle {

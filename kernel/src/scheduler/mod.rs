@@ -13,6 +13,7 @@
 //! | `plugins.rs` | plugin instances: start, restart budget, failed starts, exits |
 //! | `stopping.rs` | the kill ladder (pure), timeouts, Ctrl-C |
 //! | `hooks.rs`, `hook_queue.rs` | `before` gates and `after` delivery of hook events |
+//! | `services.rs` | services: started before the first step that lists them, stopped after the last |
 //! | `end.rs` | the end of the run and its exit code (pure) |
 //!
 //! The decisions a run turns on (readiness, verdict, retry, the kill ladder, the restart
@@ -27,6 +28,7 @@ mod hook_queue;
 mod hooks;
 mod plugins;
 mod run_loop;
+mod services;
 mod steps;
 mod stopping;
 mod verdict;

@@ -337,9 +337,20 @@ impl Scheduler<'_> {
             {
                 self.on_hook_answer(p, call, Err(message));
             }
-            PluginEventKind::CallFailed { call, message } => {
-                self.on_step_refused(p, call, message);
+            PluginEventKind::CallFailed { call, message } if self.services.owns(p, call) => {
+                self.on_service_call_failed(call, message);
             }
+            PluginEventKind::CallFailed { call, message } => {
+                self.on_step_refused(p, call, message, false);
+            }
+            PluginEventKind::ImageUnavailable { call, message } => {
+                self.on_step_refused(p, call, message, true);
+            }
+            PluginEventKind::ServiceUp { call, ports } => self.on_service_up(call, ports),
+            PluginEventKind::ServiceFailed { call, failure } => {
+                self.on_service_start_failed(call, failure);
+            }
+            PluginEventKind::ServiceStopped { call } => self.on_service_stopped(call),
             PluginEventKind::StepProcess { call, pgid } => {
                 if let Some(guardian) = &mut self.guardian {
                     guardian.watch_pgid(pgid);
@@ -390,6 +401,7 @@ impl Scheduler<'_> {
                 }
             }
         }
+        self.on_service_plugin_ready(p);
         for (i, gate, json) in std::mem::take(&mut self.plugins[p].parked_gates) {
             self.send_gate(p, i, gate, json);
         }
@@ -408,7 +420,8 @@ impl Scheduler<'_> {
             // Its process existed: a CI log shows it started and how it ended.
             self.emit_failed_start(p, process, &message);
         }
-        let serves_steps = self.steps.iter().any(|s| s.plugin == p);
+        let serves_steps = self.steps.iter().any(|s| s.plugin == p)
+            || self.services.slots.iter().any(|s| s.plugin == p);
         if self.plugins[p].abandoned {
             tracing::info!("{message}");
         } else if serves_steps || self.plugins[p].settings.required {
@@ -423,6 +436,7 @@ impl Scheduler<'_> {
         }
         self.plugins[p].state = PluginState::Failed(message.clone());
         self.hook_gone(p, &message);
+        self.on_service_plugin_gone(p, &format!("could not start: {message}"));
         let cause = match violation {
             true => Cause::ProtocolError,
             false => Cause::ExecutorCrash,
@@ -518,6 +532,7 @@ impl Scheduler<'_> {
             }
             self.hook_lost_calls(p, &message);
         }
+        self.on_service_plugin_gone(p, "exited");
         // Events still waiting restart the hook (within its budget).
         self.pump_hook(p);
     }

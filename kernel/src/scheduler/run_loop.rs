@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub executors: HashMap<usize, PluginSpec>,
     /// The hook plugins the project configures (`[plugins.<name>]`).
     pub hooks: Vec<PluginSpec>,
+    /// The plugin running each service a selected step lists, by service name.
+    pub services: HashMap<String, PluginSpec>,
     /// `--attach NAME=SOCKET`: plugins hm waits for on a socket instead of starting them.
     pub attach: HashMap<String, Arc<AttachPoint>>,
     pub isolation: Isolation,
@@ -86,6 +88,7 @@ pub struct Scheduler<'a> {
     pub(super) renderer: Box<dyn Renderer + Send>,
     pub(super) steps: Steps,
     pub(super) plugins: Vec<PluginSlot>,
+    pub(super) services: super::services::Services,
     pub(super) events_tx: mpsc::UnboundedSender<PluginEvent>,
     events_rx: mpsc::UnboundedReceiver<PluginEvent>,
     /// Where collections of passed steps report (`data.rs`).
@@ -153,6 +156,13 @@ impl<'a> Scheduler<'a> {
                 when,
             });
         }
+        let mut services = super::services::Services::default();
+        let mut names: Vec<&String> = opts.services.keys().collect();
+        names.sort();
+        for name in names {
+            let p = slot_for(&mut plugins, pipeline, &opts.services[name]);
+            services.add(name.clone(), p);
+        }
         for spec in &opts.hooks {
             let p = slot_for(&mut plugins, pipeline, spec);
             plugins[p].hooks = spec.hooks.clone();
@@ -192,6 +202,7 @@ impl<'a> Scheduler<'a> {
             renderer,
             steps: Steps::new(selected),
             plugins,
+            services,
             events_tx,
             events_rx,
             host: Arc::new(HostState::default()),

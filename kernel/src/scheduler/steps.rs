@@ -26,6 +26,8 @@ pub(super) enum StepState {
     Collecting,
     /// Its cache key is being computed and looked up, off the run loop.
     Looking,
+    /// Holds a slot; a service it lists is starting.
+    AwaitingServices,
     Done,
 }
 
@@ -39,6 +41,7 @@ impl StepState {
                 | StepState::Running
                 | StepState::Collecting
                 | StepState::Looking
+                | StepState::AwaitingServices
         )
     }
 }

@@ -105,7 +105,8 @@ impl Scheduler<'_> {
                 | StepState::Starting
                 | StepState::Running
                 | StepState::Collecting
-                | StepState::Looking => {
+                | StepState::Looking
+                | StepState::AwaitingServices => {
                     self.stop_step(i, reason);
                 }
                 StepState::Done => {}
@@ -120,8 +121,10 @@ impl Scheduler<'_> {
         }
         step.stop = Some(reason);
         match step.state {
-            // No executor has it yet; the hooks' late answers are ignored.
-            StepState::Gating => self.end_attempt(i, Verdict::stopped(reason, None)),
+            // No executor has it yet; the hooks' late answers and the services' are ignored.
+            StepState::Gating | StepState::AwaitingServices => {
+                self.end_attempt(i, Verdict::stopped(reason, None))
+            }
             // Ended when its plugin is ready (or fails to start).
             StepState::Starting => {}
             // Its executor is done with it, or has not got it yet; what runs off the loop for

@@ -241,6 +241,8 @@ pub fn retry_matches(class: RetryClass, verdict: &Verdict) -> bool {
         RetryClass::Pids => verdict.cause == Some(Cause::PidsLimit),
         RetryClass::Timeout => verdict.cause == Some(Cause::Timeout),
         RetryClass::Crash => verdict.cause == Some(Cause::ExecutorCrash),
+        RetryClass::Image => verdict.cause == Some(Cause::Image),
+        RetryClass::Service => verdict.cause == Some(Cause::Service),
     }
 }
 

@@ -449,6 +449,19 @@ fn dispatch(
                     call,
                     abort: outcome.abort,
                 },
+                PluginReply::ImageUnavailable(f) => PluginEventKind::ImageUnavailable {
+                    call,
+                    message: f.message,
+                },
+                PluginReply::ServiceUp(up) => PluginEventKind::ServiceUp {
+                    call,
+                    ports: up.ports,
+                },
+                PluginReply::ServiceFailed(failure) => PluginEventKind::ServiceFailed {
+                    call,
+                    failure: *failure,
+                },
+                PluginReply::ServiceStopped => PluginEventKind::ServiceStopped { call },
                 // A run makes no Init call after the handshake and no RunSubcommand at all,
                 // so the policy lets none of their answers through.
                 other => {

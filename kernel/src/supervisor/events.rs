@@ -62,6 +62,25 @@ pub enum PluginEventKind {
         call: u64,
         message: String,
     },
+    /// The step of `call` could not start: its image could not be found or pulled (v8).
+    ImageUnavailable {
+        call: u64,
+        message: String,
+    },
+    /// The service of `call` (`StartService`) is up, with its published ports (v8).
+    ServiceUp {
+        call: u64,
+        ports: Vec<hm_ipc::messages::PublishedPort>,
+    },
+    /// The service of `call` could not be started or never became healthy (v8).
+    ServiceFailed {
+        call: u64,
+        failure: hm_ipc::messages::ServiceFailure,
+    },
+    /// The service of `call` (`StopService`) is stopped and removed (v8).
+    ServiceStopped {
+        call: u64,
+    },
     /// A hook has handled the event of call `call`; `abort` is a `before` hook's reason to
     /// stop the step.
     HookDone {

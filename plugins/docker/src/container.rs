@@ -12,11 +12,13 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use futures_util::StreamExt;
+use hm_ipc::messages::StepLimits;
 use hm_sdk::process::LineSplitter;
 use hm_sdk::{OutputStream, StepContext, StepError, StepRequest};
 
 use crate::daemon::{describe, is_status};
 use crate::owner::Owner;
+use crate::stats::{Sampler, Usage};
 
 /// Where the workspace archive is unpacked: an anonymous volume, removed with the container.
 pub const WORKSPACE: &str = "/workspace";
@@ -35,23 +37,13 @@ pub fn definition(
     owner: &Owner,
     working_dir: &str,
 ) -> ContainerCreateBody {
-    let limits = &step.limits;
-    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let host_config = HostConfig {
-        memory: limits.memory_bytes.map(bytes),
-        // Equal to `memory`: no swap on top of the limit, as for shell steps.
-        memory_swap: limits.memory_bytes.map(bytes),
-        pids_limit: limits.pids.map(bytes),
-        // Thousandths of a core → billionths of a core.
-        nano_cpus: limits
-            .cpu_millicores
-            .map(|m| bytes(m.saturating_mul(1_000_000))),
         log_config: Some(HostConfigLogConfig {
             typ: Some("none".to_owned()),
             config: None,
         }),
         binds: Some(crate::caches::binds(step)).filter(|b| !b.is_empty()),
-        ..Default::default()
+        ..limited(&step.limits)
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
@@ -67,6 +59,22 @@ pub fn definition(
         open_stdin: Some(false),
         tty: Some(false),
         host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// A host configuration with `limits` (of a step or a service) as the container's.
+pub fn limited(limits: &StepLimits) -> HostConfig {
+    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    HostConfig {
+        memory: limits.memory_bytes.map(bytes),
+        // Equal to `memory`: no swap on top of the limit, as for shell steps.
+        memory_swap: limits.memory_bytes.map(bytes),
+        pids_limit: limits.pids.map(bytes),
+        // Thousandths of a core → billionths of a core.
+        nano_cpus: limits
+            .cpu_millicores
+            .map(|m| bytes(m.saturating_mul(1_000_000))),
         ..Default::default()
     }
 }
@@ -115,7 +123,8 @@ impl Container {
     }
 
     /// Runs the created container to its end: output streamed as it comes, stdout and stderr
-    /// apart; on cancel SIGTERM, then SIGKILL once the step's grace has passed.
+    /// apart, its memory and CPU sampled until it exits; on cancel SIGTERM, then SIGKILL once
+    /// the step's grace has passed.
     pub async fn run(&self, step: &StepRequest, ctx: &StepContext) -> Result<Ended, StepError> {
         let docker = &self.docker;
         let id = self.id.as_str();
@@ -135,6 +144,9 @@ impl Container {
             .start_container(id, None)
             .await
             .map_err(|e| failed("start the container", &e))?;
+        // Sampled from the start until the exit; the daemon's samples of a stopped container
+        // are zeros.
+        let mut sampler = Sampler::start(docker, id);
         let wait = async {
             let until = WaitContainerOptions {
                 condition: "not-running".to_owned(),
@@ -183,6 +195,9 @@ impl Container {
                     exited = true;
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 }
+                // Before the output: a sample comes about once a second, and must not wait
+                // behind output that pours in.
+                () = sampler.sample(), if !exited => {}
                 chunk = output.next(), if streaming => match chunk {
                     Some(Ok(LogOutput::StdOut { message })) => {
                         stdout.feed(&message, ctx).await?;
@@ -207,7 +222,10 @@ impl Container {
         stdout.finish(ctx).await?;
         stderr.finish(ctx).await?;
         ctx.flush().await?;
-        let mut ended = self.inspect(cancelled).await?;
+        let usage = sampler.usage();
+        // The daemon keeps sending samples until the stream is closed.
+        drop(sampler);
+        let mut ended = self.inspect(cancelled, usage).await?;
         // The daemon learns of an OOM kill from an event of its own, which can come a moment
         // after the exit: a SIGKILLed main process gets that moment before it counts as a
         // plain SIGKILL.
@@ -218,12 +236,12 @@ impl Container {
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            ended = self.inspect(cancelled).await?;
+            ended = self.inspect(cancelled, usage).await?;
         }
         Ok(ended)
     }
 
-    async fn inspect(&self, cancelled: bool) -> Result<Ended, StepError> {
+    async fn inspect(&self, cancelled: bool, usage: Usage) -> Result<Ended, StepError> {
         let state = self
             .docker
             .inspect_container(&self.id, None)
@@ -235,6 +253,7 @@ impl Container {
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
             cancelled,
+            usage,
         })
     }
 }
@@ -263,6 +282,8 @@ pub struct Ended {
     /// main process).
     pub oom_killed: bool,
     pub cancelled: bool,
+    /// Its peak memory and CPU time, from the daemon's samples while it ran.
+    pub usage: Usage,
 }
 
 /// Removes container `id` by force with its anonymous volumes; one the daemon does not have
@@ -313,6 +334,7 @@ mod tests {
             artifacts: Vec::new(),
             artifact_limits: Default::default(),
             caches: Vec::new(),
+            services: Vec::new(),
         }
     }
 

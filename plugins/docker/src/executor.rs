@@ -13,19 +13,22 @@ use crate::config::{PluginConfig, StepOptions};
 use crate::container::{self, Container, Ended};
 use crate::daemon::{self, Address};
 use crate::owner::Owner;
-use crate::{artifacts, image, outputs, sweep, workspace};
+use crate::{artifacts, image, outputs, service, sweep, workspace};
 
-/// What the plugin knows once it has started: its configuration, then the daemon and the run.
+/// What the plugin knows once it has started: its configuration, then the daemon and the run;
+/// and what its steps and services share in the run: the images pulled, the services running.
 #[derive(Default)]
 pub(crate) struct State {
     config: OnceLock<PluginConfig>,
     ready: tokio::sync::OnceCell<Ready>,
+    pub(crate) pulls: image::Pulls,
+    pub(crate) services: service::Registry,
 }
 
 /// A daemon that answered, and the run this plugin serves.
-struct Ready {
-    docker: Docker,
-    owner: Owner,
+pub(crate) struct Ready {
+    pub(crate) docker: Docker,
+    pub(crate) owner: Owner,
 }
 
 impl State {
@@ -61,9 +64,9 @@ impl State {
                 .map_err(|_| "the connection to Docker panicked".to_owned())?
         })?;
         match swept {
-            Ok(0) => {}
+            Ok(swept) if swept.is_empty() => {}
             // The plugin's stderr is hm's diagnostics, never step output.
-            Ok(n) => eprintln!("docker: removed {n} container(s) left by runs that died"),
+            Ok(swept) => eprintln!("docker: removed {swept} left by runs that died"),
             Err(e) => eprintln!("docker: {e}"),
         }
         let _ = self.ready.set(Ready { docker, owner });
@@ -75,7 +78,7 @@ impl State {
     }
 
     /// The daemon, connected at `Init`; or now, for a kernel that sends no `Init` (protocol 1).
-    async fn ready(&self) -> Result<&Ready, StepError> {
+    pub(crate) async fn ready(&self) -> Result<&Ready, StepError> {
         self.ready
             .get_or_try_init(|| async {
                 let docker = daemon::connect(&self.address())
@@ -87,6 +90,11 @@ impl State {
                 })
             })
             .await
+    }
+
+    /// The daemon, if the plugin has reached it.
+    pub(crate) fn connected(&self) -> Option<&Ready> {
+        self.ready.get()
     }
 }
 
@@ -106,13 +114,15 @@ impl Executor for DockerExecutor {
         let ready = self.state.ready().await?;
         let docker = &ready.docker;
         // A pull can take minutes: a cancel does not wait for it.
+        let pull = image::ensure(docker, &self.state.pulls, &image, options.pull, Some(&ctx));
         tokio::select! {
-            pulled = image::ensure(docker, &image, options.pull, &ctx) => pulled?,
+            pulled = pull => pulled?,
             () = ctx.cancelled() => return Ok(result(Ended::before_start())),
         }
         crate::caches::ensure(docker, &step).await?;
-        let definition =
+        let mut definition =
             container::definition(&step, &image, &ready.owner, &workspace::working_dir(&step));
+        service::join(&self.state, &step, &mut definition).await?;
         let name = (!ready.owner.run_id.is_empty())
             .then(|| format!("hm-{}-{}-{}", ready.owner.run_id, step.step, step.attempt));
         let container = Container::create(docker, name, definition).await?;
@@ -179,6 +189,7 @@ impl Ended {
             exit_code: None,
             oom_killed: false,
             cancelled: true,
+            usage: Default::default(),
         }
     }
 
@@ -191,29 +202,36 @@ impl Ended {
 }
 
 fn result(ended: Ended) -> StepResult {
+    let measured = StepResult {
+        peak_memory_bytes: ended.usage.peak_memory_bytes,
+        cpu_ms: ended.usage.cpu_ms,
+        ..StepResult::default()
+    };
     if ended.out_of_memory() {
         // Killed by the OOM killer's SIGKILL, as a shell step's process would be.
         return StepResult {
             signal: Some(9),
-            ..StepResult::default()
+            ..measured
         };
     }
     StepResult {
         exit_code: ended.exit_code.map(|c| c as i32),
         cancelled: ended.cancelled,
-        ..StepResult::default()
+        ..measured
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Usage;
 
     fn ended(exit_code: i64, oom_killed: bool, cancelled: bool) -> Ended {
         Ended {
             exit_code: Some(exit_code),
             oom_killed,
             cancelled,
+            usage: Usage::default(),
         }
     }
 
@@ -227,5 +245,23 @@ mod tests {
         assert_eq!(result(ended(137, true, false)).signal, Some(9));
         assert_eq!(result(ended(3, false, false)).exit_code, Some(3));
         assert!(result(ended(137, false, true)).cancelled);
+    }
+
+    #[test]
+    fn the_containers_usage_is_the_steps_also_when_out_of_memory() {
+        let usage = Usage {
+            peak_memory_bytes: Some(64 << 20),
+            cpu_ms: Some(1500),
+        };
+        for (exit_code, oom_killed) in [(0, false), (137, true)] {
+            let result = result(Ended {
+                usage,
+                ..ended(exit_code, oom_killed, false)
+            });
+            assert_eq!(
+                (result.peak_memory_bytes, result.cpu_ms),
+                (Some(64 << 20), Some(1500))
+            );
+        }
     }
 }

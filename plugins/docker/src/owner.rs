@@ -1,6 +1,7 @@
-//! Who owns a container: the labels every container of a step carries (run, step, attempt, and
-//! the kernel and plugin processes behind them), and the test that tells a container whose
-//! owners are gone, which the sweep at plugin start removes.
+//! Who owns a container or a network: the labels every container of a step or a service
+//! carries (run; step and attempt, or service; the kernel and plugin processes behind them),
+//! which the run's network carries too, and the test that tells one whose owners are gone,
+//! which the sweep at plugin start removes.
 //!
 //! A process is named by its pid *and* its start time (`/proc/<pid>/stat`, field 22), so a pid
 //! reused by another process never passes for the owner. Containers are also labelled with the
@@ -20,6 +21,8 @@ pub const KERNEL: &str = "hm.kernel";
 pub const PLUGIN: &str = "hm.plugin";
 /// `<boot id>:<pid namespace>`: where the pids of the two labels above mean something.
 pub const HOST: &str = "hm.host";
+/// The name of the service (`[services.NAME]`) a container runs, instead of a step and attempt.
+pub const SERVICE: &str = "hm.service";
 
 /// One process, by pid and start time (clock ticks since boot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +82,24 @@ impl Owner {
 
     /// The labels of the container running `attempt` of `step`.
     pub fn labels(&self, step: &str, attempt: u32) -> HashMap<String, String> {
+        let mut labels = self.run_labels();
+        labels.insert(STEP.to_owned(), step.to_owned());
+        labels.insert(ATTEMPT.to_owned(), attempt.to_string());
+        labels
+    }
+
+    /// The labels of the container running service `name`.
+    pub fn service_labels(&self, name: &str) -> HashMap<String, String> {
+        let mut labels = self.run_labels();
+        labels.insert(SERVICE.to_owned(), name.to_owned());
+        labels
+    }
+
+    /// The labels of what belongs to the run as a whole (its services' network), which every
+    /// container's labels start from: enough for the sweep to tell when its owners are gone.
+    pub fn run_labels(&self) -> HashMap<String, String> {
         let mut labels = HashMap::from([
             (RUN.to_owned(), self.run_id.clone()),
-            (STEP.to_owned(), step.to_owned()),
-            (ATTEMPT.to_owned(), attempt.to_string()),
             (HOST.to_owned(), self.host.clone()),
         ]);
         if let Some(kernel) = self.kernel {
@@ -156,6 +173,11 @@ mod tests {
         assert_eq!(labels[STEP], "build");
         assert_eq!(labels[ATTEMPT], "2");
         assert_eq!(labels[HOST], host_scope());
+        let service = owner.service_labels("db");
+        assert_eq!(service[SERVICE], "db");
+        assert_eq!(service[RUN], owner.run_id);
+        assert!(!service.contains_key(STEP) && !service.contains_key(ATTEMPT));
+        assert_eq!(service[PLUGIN], labels[PLUGIN]);
     }
 
     #[test]

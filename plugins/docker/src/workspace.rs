@@ -118,6 +118,7 @@ mod tests {
             artifacts: Vec::new(),
             artifact_limits: Default::default(),
             caches: Vec::new(),
+            services: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! What a valid `hm.toml` means: defaults, merging, executors, environment.
 
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn the_design_example_means_what_the_design_says() {
@@ -335,5 +336,78 @@ image = "alpine"
 step s at hm.toml:17:1 executor=docker run="from base"
   needs=[] dir=. env={A=step,B=base,D=defaults} timeout=10m allow_failure=false limits=memory:1048576,pids:10,cpu:2 retry=3x[Oom] image=alpine with={"x":1,"y":{"other":true},"z":3}
 "#,
+    );
+}
+
+#[test]
+fn services_take_defaults_and_steps_inherit_them_from_defaults() {
+    let pipeline = parse_str(
+        r#"
+[services.pg]
+image = "postgres:16"
+env = { POSTGRES_PASSWORD = { secret = "PG" } }
+ports = [5432, 5432, 8080]
+health = { run = "pg_isready" }
+
+[services.web]
+image = "busybox"
+command = ["httpd", "-f"]
+health = { run = "true", interval = "200ms", timeout = "2s", retries = 5 }
+
+[defaults]
+services = ["pg"]
+
+[steps.unit]
+run = "make unit"
+services = []
+
+[steps.it]
+run = "make it"
+
+[steps.e2e]
+run = "make e2e"
+services = ["pg", "web"]
+"#,
+        Path::new("/p/hm.toml"),
+    )
+    .expect("valid");
+    let pg = &pipeline.services["pg"];
+    assert_eq!(pg.executor, "docker");
+    assert_eq!(
+        pg.ports,
+        [5432, 8080],
+        "a port listed twice is published once"
+    );
+    assert_eq!(
+        pg.health,
+        Some(Health {
+            run: "pg_isready".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            retries: 30,
+        })
+    );
+    assert_eq!(referenced_secret(&pg.env["POSTGRES_PASSWORD"]), Some("PG"));
+    let web = &pipeline.services["web"];
+    assert_eq!(web.command, Some(vec!["httpd".to_owned(), "-f".to_owned()]));
+    assert_eq!(web.entrypoint, None);
+    assert_eq!(
+        web.health
+            .as_ref()
+            .map(|h| (h.interval, h.timeout, h.retries)),
+        Some((Duration::from_millis(200), Duration::from_secs(2), 5))
+    );
+    let services: Vec<(&str, Vec<String>)> = pipeline
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.services.clone()))
+        .collect();
+    assert_eq!(
+        services,
+        [
+            ("unit", vec![]),
+            ("it", vec!["pg".to_owned()]),
+            ("e2e", vec!["pg".to_owned(), "web".to_owned()]),
+        ]
     );
 }

@@ -84,7 +84,7 @@ hm.toml:5:1: error: unknown key `run` in [defaults]
 hm.toml:7:1: error: unknown key `excutor` in [defaults]
   hint: did you mean `executor`?
 hm.toml:8:1: error: unknown key `colour` in [defaults]
-  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `artifacts`, `inputs`, `cache`, `limits`, `retry`, `executor`, `image`, `with`, `if` or `when`
+  hint: expected one of `dir`, `env`, `timeout`, `allow_failure`, `shell`, `artifacts`, `inputs`, `cache`, `limits`, `retry`, `executor`, `image`, `with`, `if`, `when` or `services`
 hm.toml:11:12: error: unknown key `memroy` in [steps.a.limits]
   hint: did you mean `memory`?
 hm.toml:12:25: error: unknown key `onn` in [steps.a.retry]
@@ -94,7 +94,7 @@ hm.toml:14:13: error: unknown key `mx` in [plugins.p.restart]
 hm.toml:15:1: error: unknown key `foo` in [plugins.p]
   hint: expected one of `limits`, `restart`, `config`, `required` or `handshake_timeout`
 hm.toml:16:2: error: unknown table `[extra]`
-  hint: the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]` and `[plugins.<name>]`, and `include`
+  hint: the file has the tables `[pipeline]`, `[cache]`, `[defaults]`, `[templates.<name>]`, `[steps.<name>]`, `[services.<name>]` and `[plugins.<name>]`, and `include`
 ",
     );
 }
@@ -158,7 +158,7 @@ hm.toml:20:18: error: `cpu` in [steps.b.limits] must be a number of cores, found
 hm.toml:20:32: error: `memory` in [steps.b.limits] must not be negative
   hint: sizes look like "512MiB", "1GiB", "1G" or a number of bytes
 hm.toml:21:30: error: `on` in [steps.b.retry] must be an array of retry classes, found a string `"oom"`
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
 hm.toml:23:7: error: `run` in [steps.c] must not be empty
 hm.toml:24:18: error: `cpu` in [steps.c.limits] must be a number of cores above 0
   hint: leave `cpu` out for no limit
@@ -422,9 +422,9 @@ hm.toml:9:23: error: `exit:0` needs an exit code from 1 to 255 in `on` in [steps
 hm.toml:9:33: error: unknown retry class `exit` in `on` in [steps.c.retry]
   hint: write `exit:N` with the exit code, e.g. `exit:101`
 hm.toml:9:41: error: unknown retry class `bogus` in `on` in [steps.c.retry]
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
 hm.toml:9:50: error: `on` in [steps.c.retry] must list retry classes as strings, found an integer `5`
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
 "#,
     );
     check(
@@ -563,5 +563,40 @@ fn long_values_are_shortened_in_messages() {
         r#"hm.toml:3:9: error: `needs` in [steps.a] must be an array of step names, found an inline table `{ a = "012345678901234567890123456789012…`
   hint: write `needs = ["step", ...]`
 "#,
+    );
+}
+
+#[test]
+fn services_and_the_steps_that_list_them_are_checked() {
+    check(
+        r#"[services.db]
+env = { PASSWORD = 1 }
+ports = [5432, 70000]
+health = { interval = "1s" }
+command = "postgres"
+
+[services.cache]
+image = "redis:7"
+colour = "red"
+
+[steps.test]
+run = "make test"
+services = ["cahce", "db"]
+"#,
+        "hm.toml:1:1: error: [services.db] has no `image`
+  hint: add the image it runs: `image = \"postgres:16\"` in [services.db]
+hm.toml:2:20: error: `PASSWORD` in [services.db.env] must be a string, found an integer `1`
+  hint: quote it: `PASSWORD = \"1\"`
+hm.toml:3:16: error: `ports` in [services.db] must hold port numbers from 1 to 65535, found an integer `70000`
+  hint: write `ports = [5432]`: the ports the service listens on
+hm.toml:4:10: error: `health` in [services.db] has no `run`
+  hint: write `health = { run = \"pg_isready -U postgres\", interval = \"1s\", retries = 30 }`
+hm.toml:5:11: error: `command` in [services.db] must be an array of strings, found a string `\"postgres\"`
+  hint: write `command = [\"program\", \"arg\"]`
+hm.toml:9:1: error: unknown key `colour` in [services.cache]
+  hint: expected one of `image`, `executor`, `env`, `entrypoint`, `command`, `ports`, `health`, `with` or `limits`
+hm.toml:13:13: error: step `test` lists service `cahce`, which is not defined
+  hint: did you mean `cache`?
+",
     );
 }

@@ -417,7 +417,7 @@ pub fn check_capability(text: &str) -> Result<(), (String, Option<String>)> {
     if !CAPABILITY_KINDS.contains(&kind) {
         let hint = did_you_mean(kind, CAPABILITY_KINDS.iter().copied())
             .map(|s| format!("did you mean `{s}`?"))
-            .unwrap_or_else(|| "kinds: `executor`, `hook`, `subcommand`".to_owned());
+            .unwrap_or_else(|| "kinds: `executor`, `service`, `hook`, `subcommand`".to_owned());
         return Err((
             format!("unknown capability kind `{}`", kind.escape_default()),
             Some(hint),
@@ -436,7 +436,7 @@ pub fn check_capability(text: &str) -> Result<(), (String, Option<String>)> {
             Some(hint),
         ));
     }
-    let named = matches!(kind, "executor" | "subcommand");
+    let named = matches!(kind, "executor" | "service" | "subcommand");
     if value.is_empty() || (named && !valid_name(value)) {
         return Err((
             format!(

@@ -43,7 +43,7 @@ pub(super) const SUBCOMMAND_KEYS: &[&str] = &["verb", "about", "args"];
 pub(super) const ARG_KEYS: &[&str] = &["name", "long", "takes_value", "help"];
 pub(super) const PROTOCOL_KEYS: &[&str] = &["min", "max"];
 /// The kinds of capability a manifest may declare.
-pub(super) const CAPABILITY_KINDS: &[&str] = &["executor", "hook", "subcommand"];
+pub(super) const CAPABILITY_KINDS: &[&str] = &["executor", "service", "hook", "subcommand"];
 
 /// What a bundle says about its plugin.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +124,14 @@ impl Manifest {
         self.capabilities
             .iter()
             .filter_map(|c| c.strip_prefix("executor:"))
+    }
+
+    /// The executors whose services this plugin runs (`service:NAME`).
+    pub fn runs_services_for(&self, executor: &str) -> bool {
+        self.capabilities
+            .iter()
+            .filter_map(|c| c.strip_prefix("service:"))
+            .any(|e| e == executor)
     }
 
     /// Everything this plugin claims exclusively.
