@@ -188,6 +188,8 @@ pub trait Services: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<hm_ipc::messages::PublishedPort>, ServiceError>> + Send;
 
     /// Stops and removes service `name` (and what the run's services share once none is left).
+    /// hm also sends it for a service that is still starting, when the run ends: the start
+    /// should then give up, clean up after itself and answer, and the stop answer after it.
     fn stop(&self, name: String) -> impl Future<Output = Result<(), String>> + Send;
 }
 

@@ -496,16 +496,13 @@ impl Dispatcher {
             limits: call.limits,
             grace: std::time::Duration::from_millis(call.grace_ms),
         };
-        // A cancel (the run is ending) drops the start where it is; hm removes what it left.
-        self.spawn_reply(id, |cancelled| async move {
-            let start = AssertUnwindSafe(services.start(request)).catch_unwind();
-            let started = tokio::select! {
-                started = start => started,
-                () = cancelled.cancelled() => {
-                    return failed("the start was cancelled: the run is ending".to_owned());
-                }
-            };
-            match started {
+        // hm gives a start up with `StopService`, which the plugin's `stop` sees: the start is
+        // never dropped half-way, so it always cleans up after itself.
+        self.spawn_reply(id, async move {
+            match AssertUnwindSafe(services.start(request))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(ports)) => PluginReply::ServiceUp(Box::new(ServiceUp { ports })),
                 Ok(Err(ServiceError::Image(message))) => {
                     PluginReply::ServiceFailed(Box::new(ServiceFailure {
@@ -535,7 +532,7 @@ impl Dispatcher {
             self.reply(id, &failed(message));
             return;
         };
-        self.spawn_reply(id, |_| async move {
+        self.spawn_reply(id, async move {
             match AssertUnwindSafe(services.stop(name)).catch_unwind().await {
                 Ok(Ok(())) => PluginReply::ServiceStopped,
                 Ok(Err(message)) => failed(message),
@@ -547,15 +544,13 @@ impl Dispatcher {
         });
     }
 
-    /// Runs call `id` on a task of its own and sends what it answers; the answer gets the
-    /// call's cancel.
-    fn spawn_reply<F>(&mut self, id: u64, answer: impl FnOnce(CancellationToken) -> F)
-    where
-        F: std::future::Future<Output = PluginReply> + Send + 'static,
-    {
-        let token = CancellationToken::new();
-        self.calls.insert(id, token.clone());
-        let answer = answer(token);
+    /// Runs call `id` on a task of its own and sends what it answers.
+    fn spawn_reply(
+        &mut self,
+        id: u64,
+        answer: impl std::future::Future<Output = PluginReply> + Send + 'static,
+    ) {
+        self.calls.insert(id, CancellationToken::new());
         let link = self.link.clone();
         self.tasks.spawn(async move {
             let reply = answer.await;

@@ -1,5 +1,7 @@
 //! What the Docker tests need: a daemon that answers (or a clear skip, and a failure under
-//! `HM_REQUIRE_DOCKER=1`), a tiny local image, and cleanup of everything they create.
+//! `HM_REQUIRE_DOCKER=1`), a tiny local image, and cleanup of everything they create. The
+//! end-to-end tests use it, and so do the docker plugin's own tests against the daemon (a
+//! dev-dependency of `hm-plugin-docker`, so this crate must never depend on that plugin).
 //!
 //! Images cannot be pulled on the project's machines, so each test builds its own: a root
 //! filesystem holding a static busybox (Debian's `busybox-static`) and a link for each of its
@@ -9,29 +11,35 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 /// Where Debian's `busybox-static` installs the binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// The `docker` command line, for what the tests check and clean up (hm itself uses the API).
-pub fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
+pub fn docker(args: &[&str]) -> Output {
+    docker_command(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
+}
+
+/// [`docker`] for cleanup, which may run while a failing test unwinds and so never panics:
+/// `None` when the command cannot be run.
+pub fn docker_quiet(args: &[&str]) -> Option<Output> {
+    docker_command(args).output().ok()
+}
+
+fn docker_command(args: &[&str]) -> Command {
+    let mut command = Command::new("docker");
+    command.args(args).stdin(Stdio::null());
+    command
 }
 
 /// Why Docker tests cannot run here, if they cannot: no daemon answering, or no static busybox
 /// to build the image from.
 pub fn unavailable_reason() -> Option<String> {
-    let version = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output();
-    match version {
+    match docker_command(&["version", "--format", "{{.Server.Version}}"]).output() {
         Err(e) => return Some(format!("the docker command line cannot be run ({e})")),
         Ok(out) if !out.status.success() => {
             return Some(format!(
@@ -82,6 +90,71 @@ fn is_static_elf(elf: &[u8]) -> bool {
     })
 }
 
+/// Says that Docker test `test` is skipped and why; under `HM_REQUIRE_DOCKER=1` fails it
+/// instead.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        std::env::var_os("HM_REQUIRE_DOCKER").is_none_or(|v| v != "1"),
+        "{test}: {reason}, and HM_REQUIRE_DOCKER=1"
+    );
+    eprintln!("{test}: skipped: {reason}");
+}
+
+/// `docker import` of a root filesystem holding busybox, a link for each of its applets and a
+/// file `/generation` holding `generation`, under the reference `image`. Another generation
+/// makes another image (another ID) whatever the clock says.
+pub fn import_busybox(image: &str, generation: &str) {
+    let busybox = std::fs::read(BUSYBOX).expect("read busybox");
+    let mut rootfs = tar::Builder::new(Vec::new());
+    for (path, mode, content) in [
+        ("bin/busybox", 0o755, &busybox[..]),
+        ("generation", 0o644, generation.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(mode);
+        rootfs
+            .append_data(&mut header, path, content)
+            .expect("add a file to the root filesystem");
+    }
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines().map(str::trim) {
+        if applet.is_empty() || applet == "busybox" {
+            continue;
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        rootfs
+            .append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .expect("add an applet");
+    }
+    let rootfs = rootfs.into_inner().expect("the root filesystem's tar");
+    let mut import = Command::new("docker")
+        .args(["import", "-", image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run docker import");
+    import
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(&rootfs)
+        .expect("stream the root filesystem into docker import");
+    let out = import.wait_with_output().expect("wait for docker import");
+    assert!(
+        out.status.success(),
+        "docker import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A Docker test's image and cleanup. Dropping it removes the containers and networks of every
 /// run it watched (by their `hm.run` label) and then the image.
 pub struct DockerFixture {
@@ -94,11 +167,7 @@ impl DockerFixture {
     /// run here; with `HM_REQUIRE_DOCKER=1` that fails the test instead.
     pub fn new(test: &str) -> Option<Self> {
         if let Some(reason) = unavailable_reason() {
-            assert!(
-                std::env::var_os("HM_REQUIRE_DOCKER").is_none_or(|v| v != "1"),
-                "{test}: {reason}, and HM_REQUIRE_DOCKER=1"
-            );
-            eprintln!("{test}: skipped: {reason}");
+            skip(test, &reason);
             return None;
         }
         let image = format!("hm-e2e-busybox:{}", crate::marker(test).to_lowercase());
@@ -106,7 +175,7 @@ impl DockerFixture {
             image,
             runs: Mutex::new(Vec::new()),
         };
-        fixture.import("first");
+        import_busybox(&fixture.image, "first");
         Some(fixture)
     }
 
@@ -132,58 +201,9 @@ impl DockerFixture {
         };
         let old = id(&self.image);
         // Another file in it: another image, whatever the clock says.
-        self.import("rebuilt");
+        import_busybox(&self.image, "rebuilt");
         assert_ne!(id(&self.image), old, "the image was imported anew");
         let _ = docker(&["rmi", "-f", &old]);
-    }
-
-    /// `docker import` of a root filesystem holding busybox and its applets, from a tar
-    /// streamed into its stdin.
-    fn import(&self, generation: &str) {
-        let dir = tempfile::Builder::new()
-            .prefix("hm-e2e-rootfs-")
-            .tempdir()
-            .expect("create a temp dir for the image's root filesystem");
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).expect("create bin/");
-        std::fs::write(dir.path().join("generation"), generation).expect("write generation");
-        std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        let list = Command::new(BUSYBOX)
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let applet = applet.trim();
-            if !applet.is_empty() && applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-            }
-        }
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(dir.path())
-            .args(["-c", "."])
-            .output()
-            .expect("run tar");
-        assert!(tar.status.success(), "tar failed: {tar:?}");
-        let mut import = Command::new("docker")
-            .args(["import", "-", &self.image])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run docker import");
-        import
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(&tar.stdout)
-            .expect("stream the root filesystem into docker import");
-        let out = import.wait_with_output().expect("wait for docker import");
-        assert!(
-            out.status.success(),
-            "docker import failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
@@ -196,14 +216,14 @@ impl Drop for DockerFixture {
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f", "-v"];
                 args.extend(ids.iter().map(String::as_str));
-                let _ = docker(&args);
+                let _ = docker_quiet(&args);
             }
             // After the containers: a network with one on it cannot go.
             for network in list_run(&["network", "ls"], &run).unwrap_or_default() {
-                let _ = docker(&["network", "rm", &network]);
+                let _ = docker_quiet(&["network", "rm", &network]);
             }
         }
-        let _ = docker(&["rmi", "-f", &self.image]);
+        let _ = docker_quiet(&["rmi", "-f", &self.image]);
     }
 }
 
@@ -222,10 +242,8 @@ pub fn networks_of_run(run_id: &str) -> Vec<String> {
 /// `docker LIST -q --no-trunc --filter label=hm.run=RUN_ID`.
 fn list_run(list: &[&str], run_id: &str) -> Result<Vec<String>, String> {
     let label = format!("label=hm.run={run_id}");
-    let out = Command::new("docker")
-        .args(list)
+    let out = docker_command(list)
         .args(["-q", "--no-trunc", "--filter", &label])
-        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run docker {}: {e}", list.join(" ")))?;
     if !out.status.success() {

@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 pub mod docker;
+pub mod registry;
 pub mod schema;
 pub mod vm;
 

@@ -710,3 +710,58 @@ echo held ${{#x}} bytes
     assert!(cpu.is_some_and(|ms| ms >= 300), "cpu_ms {cpu:?}; {run}");
     assert_no_container_of(&run_id(&run.events));
 }
+
+#[test]
+fn each_image_is_pulled_once_per_run_and_its_progress_shown_once() {
+    let Some(docker) = DockerFixture::new("pull-once") else {
+        return;
+    };
+    let Some(registry) = hm_tests::registry::Registry::start("pull-once") else {
+        return;
+    };
+    let image = registry.publish(docker.image(), &marker("pulled").to_lowercase());
+    let project = Project::new(&format!(
+        r#"
+[steps.a]
+image = "{image}"
+run = "echo a"
+
+[steps.b]
+image = "{image}"
+run = "echo b"
+
+[steps.after]
+image = "{image}"
+run = "echo after"
+needs = ["a", "b"]
+"#
+    ));
+    let pulling = |run: &Run| -> Vec<String> {
+        run.events
+            .iter()
+            .filter(|e| e["kind"] == "step_log")
+            .filter(|e| {
+                e["line"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("hm: pulling"))
+            })
+            .map(|e| {
+                let text = |key: &str| e[key].as_str().unwrap_or_default().to_owned();
+                format!("{}: {}", text("step"), text("line"))
+            })
+            .collect()
+    };
+    // `a` and `b` start together and need the image at once: one pull, shown in one log.
+    let first = run(&project, &docker, &["-j", "2"]);
+    assert_eq!(first.code(), 0, "{first}");
+    let pulls = pulling(&first);
+    assert_eq!(pulls.len(), 1, "{pulls:?}; {first}");
+    assert!(
+        pulls[0].ends_with(&format!("hm: pulling {image}")),
+        "{pulls:?}"
+    );
+    // The next run finds it present: nothing is pulled.
+    let second = run(&project, &docker, &["-j", "2"]);
+    assert_eq!(second.code(), 0, "{second}");
+    assert_eq!(pulling(&second), Vec::<String>::new(), "{second}");
+}

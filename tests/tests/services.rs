@@ -194,6 +194,52 @@ run = "echo started; exec sleep 1000"
 }
 
 #[test]
+fn ctrl_c_while_a_service_is_starting_gives_it_up_and_leaves_nothing() {
+    let Some(docker) = DockerFixture::new("service-ctrl-c") else {
+        return;
+    };
+    let project = Project::new(&format!(
+        r#"
+[services.slow]
+image = "{image}"
+command = ["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"]
+health = {{ run = "exit 1", interval = "100ms", retries = 100000 }}
+with = {{ pull = "never" }}
+
+[steps.waits]
+services = ["slow"]
+run = "echo should-not-run"
+"#,
+        image = docker.image()
+    ));
+    let mut hm = project.spawn_run(&[]);
+    let started = hm.wait_for_event("the run's start", WAIT, |e: &Value| {
+        e["kind"] == "build_start"
+    });
+    let id = started["run_id"].as_str().expect("run_id").to_owned();
+    docker.watch(&id);
+    // The service's container exists: its start is waiting for a health check that never
+    // passes.
+    let deadline = Instant::now() + WAIT;
+    while containers_of_run(&id).is_empty() {
+        assert!(Instant::now() < deadline, "the service was never created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hm.signal(Signal::SIGINT);
+    let run = hm.finish(WAIT).into_run();
+    assert_eq!(run.code(), 130, "{run}");
+    assert_eq!(run.status("waits"), "cancelled", "{run}");
+    assert!(!run.lines("waits").contains(&"should-not-run"), "{run}");
+    // The plugin gave the start up and removed it itself: hm found nothing left to remove.
+    assert!(
+        !run.stderr()
+            .contains("of this run that its docker plugin left"),
+        "{run}"
+    );
+    assert_nothing_left_of(&run);
+}
+
+#[test]
 fn a_missing_image_is_cause_image_for_a_service_and_for_a_docker_step() {
     let Some(docker) = DockerFixture::new("service-noimage") else {
         return;

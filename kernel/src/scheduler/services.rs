@@ -39,8 +39,8 @@ pub(super) enum ServiceState {
     Waiting,
     Starting {
         call: u64,
-        /// The run is ending and hm asked the plugin to give the start up.
-        cancelled: bool,
+        /// The run is ending and hm asked the plugin to give the start up (`StopService`).
+        given_up: bool,
     },
     /// Up and healthy; `env` is what steps on the host get to reach it.
     Up {
@@ -257,7 +257,7 @@ impl Scheduler<'_> {
                 self.services.calls.insert(call, s);
                 self.services.slots[s].state = ServiceState::Starting {
                     call,
-                    cancelled: false,
+                    given_up: false,
                 };
             }
             Err(e) => {
@@ -378,18 +378,27 @@ impl Scheduler<'_> {
             return;
         };
         match self.services.slots[s].state {
-            ServiceState::Starting { .. } => {
+            ServiceState::Starting { call: start, .. } if start == call => {
                 self.on_service_failed(s, Cause::Service, message, Vec::new());
             }
             _ => {
-                tracing::warn!(service = %self.services.slots[s].name, "cannot stop the service: {message}");
-                self.services.slots[s].state = ServiceState::Idle;
+                let name = &self.services.slots[s].name;
+                tracing::warn!(service = %name, "cannot stop the service: {message}");
+                self.on_service_stopped(call);
             }
         }
     }
 
+    /// A stop is done. The service is idle again, unless this was the stop that gave up its
+    /// start (which answered for itself).
     pub(super) fn on_service_stopped(&mut self, call: u64) {
-        if let Some(s) = self.services.calls.remove(&call) {
+        self.services.calls.remove(&call);
+        if let Some(s) = self
+            .services
+            .slots
+            .iter()
+            .position(|slot| slot.state == ServiceState::Stopping { call })
+        {
             self.services.slots[s].state = ServiceState::Idle;
             // A retry may have come for it meanwhile.
             self.wake_awaiting();
@@ -424,22 +433,21 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Stops every service that is up and that no step still to end lists; with `all`, every
-    /// service that is up, and the starts still in flight are cancelled (the run is ending).
+    /// Stops every service that is up and that no step still to end lists; with `all` (the
+    /// run is ending), every service that is up, and those still starting are given up.
     pub(super) fn release_services(&mut self, all: bool) {
         if self.services.slots.is_empty() {
             return;
         }
         for s in 0..self.services.slots.len() {
-            if let ServiceState::Starting { call, cancelled } = &mut self.services.slots[s].state
+            if let ServiceState::Starting { given_up, .. } = &mut self.services.slots[s].state
                 && all
-                && !*cancelled
+                && !*given_up
             {
-                *cancelled = true;
-                let (call, p) = (*call, self.services.slots[s].plugin);
-                if let PluginState::Ready { link, .. } = &self.plugins[p].state {
-                    link.cancel(call);
-                }
+                // The start answers (`ServiceFailed`) once it has cleaned up; so does the stop.
+                *given_up = true;
+                self.send_stop(s);
+                continue;
             }
             if !matches!(self.services.slots[s].state, ServiceState::Up { .. }) {
                 continue;
@@ -457,23 +465,26 @@ impl Scheduler<'_> {
     }
 
     fn stop_service(&mut self, s: usize) {
+        self.services.slots[s].state = match self.send_stop(s) {
+            Some(call) => ServiceState::Stopping { call },
+            None => ServiceState::Idle,
+        };
+    }
+
+    /// Sends `StopService` for slot `s`; the call's id, unless its plugin is gone.
+    fn send_stop(&mut self, s: usize) -> Option<u64> {
         let p = self.services.slots[s].plugin;
         let PluginState::Ready { link, .. } = &self.plugins[p].state else {
-            self.services.slots[s].state = ServiceState::Idle;
-            return;
+            return None;
         };
         let call = self.next_call;
         self.next_call += 1;
         let request = KernelCall::StopService(Box::new(ServiceStop {
             name: self.services.slots[s].name.clone(),
         }));
-        match link.call(call, CallKind::StopService, &request) {
-            Ok(()) => {
-                self.services.calls.insert(call, s);
-                self.services.slots[s].state = ServiceState::Stopping { call };
-            }
-            Err(_) => self.services.slots[s].state = ServiceState::Idle,
-        }
+        link.call(call, CallKind::StopService, &request).ok()?;
+        self.services.calls.insert(call, s);
+        Some(call)
     }
 }
 

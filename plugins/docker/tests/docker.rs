@@ -6,26 +6,27 @@
 //! match nothing give an empty tar.
 //!
 //! Images cannot be pulled here: each test imports its own from a static busybox (Debian's
-//! `busybox-static`), and removes it and its containers when done. Without a daemon or busybox
-//! the tests say they were skipped, and fail instead under `HM_REQUIRE_DOCKER=1` (as in CI).
+//! `busybox-static`, with `hm_tests::docker`), and removes it and its containers when done.
+//! Without a daemon or busybox the tests say they were skipped, and fail instead under
+//! `HM_REQUIRE_DOCKER=1` (as in CI).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use hm_sdk::testing::{EnvVar, ExecuteStep, Harness, StepOptions, StepRun, step};
 use hm_sdk::{ArtifactLimits, SealedBuffer};
+use hm_tests::docker::{DockerFixture, docker_quiet};
 
-/// Where Debian's `busybox-static` installs the binary.
-const BUSYBOX: &str = "/bin/busybox";
 /// Where the steps pretend the project is; the container sees it at `/workspace`.
 const PROJECT: &str = "/hm-test-project";
 
 /// A test's image, and the containers its steps may leave if the test fails midway; dropping
 /// it removes both.
 struct Fixture {
-    image: String,
+    /// The image, removed after the containers. It watches no run: the harness gives every
+    /// test the same run id, so removing a run's containers would take another test's.
+    docker: DockerFixture,
     steps: Vec<String>,
 }
 
@@ -33,21 +34,10 @@ impl Fixture {
     /// Imports the test's image, or returns `None` (after saying why) when Docker tests cannot
     /// run here; with `HM_REQUIRE_DOCKER=1` that fails the test instead.
     fn new(test: &str) -> Option<Self> {
-        if let Some(reason) = unavailable() {
-            assert!(
-                std::env::var_os("HM_REQUIRE_DOCKER").is_none_or(|v| v != "1"),
-                "{test}: {reason}, and HM_REQUIRE_DOCKER=1"
-            );
-            eprintln!("{test}: skipped: {reason}");
-            return None;
-        }
-        let image = format!("hm-docker-plugin-test:{test}-{}", std::process::id());
-        let fixture = Self {
-            image,
+        Some(Self {
+            docker: DockerFixture::new(test)?,
             steps: Vec::new(),
-        };
-        fixture.import();
-        Some(fixture)
+        })
     }
 
     /// A step named uniquely for this process (containers are named after the run id, which
@@ -69,59 +59,10 @@ impl Fixture {
             step: name,
             dir: PROJECT.into(),
             env,
-            image: Some(self.image.clone()),
+            image: Some(self.docker.image().to_owned()),
             with_json: r#"{"pull": "never"}"#.into(),
             ..step(run)
         }
-    }
-
-    /// `docker import` of a root filesystem holding busybox and a link for each applet.
-    fn import(&self) {
-        let mut rootfs = tar::Builder::new(Vec::new());
-        let busybox = std::fs::read(BUSYBOX).expect("read busybox");
-        let mut header = tar::Header::new_gnu();
-        header.set_size(busybox.len() as u64);
-        header.set_mode(0o755);
-        rootfs
-            .append_data(&mut header, "bin/busybox", &busybox[..])
-            .expect("add busybox");
-        let list = Command::new(BUSYBOX)
-            .arg("--list")
-            .output()
-            .expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            let applet = applet.trim();
-            if applet.is_empty() || applet == "busybox" {
-                continue;
-            }
-            let mut link = tar::Header::new_gnu();
-            link.set_entry_type(tar::EntryType::Symlink);
-            link.set_size(0);
-            link.set_mode(0o777);
-            rootfs
-                .append_link(&mut link, format!("bin/{applet}"), "busybox")
-                .expect("add an applet");
-        }
-        let rootfs = rootfs.into_inner().expect("rootfs tar");
-        let mut import = Command::new("docker")
-            .args(["import", "-", &self.image])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run docker import");
-        import
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(&rootfs)
-            .expect("stream the root filesystem into docker import");
-        let out = import.wait_with_output().expect("wait for docker import");
-        assert!(
-            out.status.success(),
-            "docker import failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 }
 
@@ -130,38 +71,9 @@ impl Drop for Fixture {
         // The plugin removes its containers; these are only what a failing test left.
         for step in &self.steps {
             let name = format!("hm-{}-{step}-1", hm_sdk::testing::RUN_ID);
-            let _ = docker(&["rm", "-f", "-v", &name]);
+            let _ = docker_quiet(&["rm", "-f", "-v", &name]);
         }
-        let _ = docker(&["rmi", "-f", &self.image]);
     }
-}
-
-fn docker(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    match docker(&["version", "--format", "{{.Server.Version}}"]) {
-        Err(e) => return Some(format!("the docker command line cannot be run ({e})")),
-        Ok(out) if !out.status.success() => {
-            return Some(format!(
-                "no Docker daemon answers ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(_) => {}
-    }
-    let linked = Command::new(BUSYBOX).arg("true").status();
-    if !linked.is_ok_and(|s| s.success()) {
-        return Some(format!(
-            "{BUSYBOX} is missing: apt-get install busybox-static"
-        ));
-    }
-    None
 }
 
 /// A tar of `files` (path, content), as hm's workspace and artifact archives are.

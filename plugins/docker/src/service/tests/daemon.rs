@@ -7,45 +7,36 @@
 //! Each test imports its own image from a static busybox (nothing can be pulled here) and runs
 //! as a run of its own, whose id ends in this process's pid so that the sweep of another test
 //! never takes its containers for orphans. Without a daemon or busybox the tests say they were
-//! skipped, and fail instead under `HM_REQUIRE_DOCKER=1`.
+//! skipped, and fail instead under `HM_REQUIRE_DOCKER=1` (all of which `hm_tests::docker` does).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hm_sdk::{HealthCheck, InitInfo, ServiceError, ServiceRequest, Services};
+use hm_tests::docker::{DockerFixture, containers_of_run, docker, networks_of_run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::executor::State;
 use crate::service::DockerServices;
 
-const BUSYBOX: &str = "/bin/busybox";
 /// How long a test waits for what should take a moment.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A test's image, plugin state and run; dropping it removes whatever the run left.
+/// A test's image, plugin state and run; dropping it removes whatever the run left, then the
+/// image.
 struct Fixture {
-    image: String,
+    docker: DockerFixture,
     run_id: String,
     services: DockerServices,
 }
 
 impl Fixture {
     fn new(test: &str) -> Option<Self> {
-        if let Some(reason) = unavailable() {
-            assert!(
-                std::env::var_os("HM_REQUIRE_DOCKER").is_none_or(|v| v != "1"),
-                "{test}: {reason}, and HM_REQUIRE_DOCKER=1"
-            );
-            eprintln!("{test}: skipped: {reason}");
-            return None;
-        }
+        let docker = DockerFixture::new(test)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let run_id = format!("{test}{nanos:x}-{:x}", std::process::id());
-        let image = format!("hm-docker-service-test:{}", run_id.to_lowercase());
-        import(&image);
+        docker.watch(&run_id);
         let state = std::sync::Arc::new(State::default());
         let info = InitInfo {
             config: serde_json::Value::Null,
@@ -53,7 +44,7 @@ impl Fixture {
             run_id: run_id.clone(),
         };
         let fixture = Self {
-            image,
+            docker,
             run_id,
             services: DockerServices {
                 state: state.clone(),
@@ -66,7 +57,7 @@ impl Fixture {
     fn service(&self, name: &str, script: &str) -> ServiceRequest {
         ServiceRequest {
             name: name.to_owned(),
-            image: self.image.clone(),
+            image: self.image().to_owned(),
             env: vec![("GREETING".into(), format!("hello-from-{name}"))],
             entrypoint: None,
             command: Some(vec!["sh".into(), "-c".into(), script.into()]),
@@ -78,24 +69,16 @@ impl Fixture {
         }
     }
 
-    /// `docker ps -a` / `docker network ls` of this run: what it left.
-    fn left(&self, what: &[&str]) -> Vec<String> {
-        let label = format!("label=hm.run={}", self.run_id);
-        let mut args = what.to_vec();
-        args.extend(["-q", "--filter", &label]);
-        let out = docker(&args).expect("docker runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+    fn image(&self) -> &str {
+        self.docker.image()
     }
 
     fn containers(&self) -> Vec<String> {
-        self.left(&["ps", "-a"])
+        containers_of_run(&self.run_id)
     }
 
     fn networks(&self) -> Vec<String> {
-        self.left(&["network", "ls"])
+        networks_of_run(&self.run_id)
     }
 
     fn assert_nothing_left(&self) {
@@ -106,97 +89,6 @@ impl Fixture {
     async fn network(&self) -> Option<String> {
         self.services.state.services.network().await
     }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let containers = self.containers();
-        if !containers.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(containers.iter().map(String::as_str));
-            let _ = docker(&args);
-        }
-        for network in self.networks() {
-            let _ = docker(&["network", "rm", &network]);
-        }
-        let _ = docker(&["rmi", "-f", &self.image]);
-    }
-}
-
-fn docker(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-}
-
-fn unavailable() -> Option<String> {
-    match docker(&["version", "--format", "{{.Server.Version}}"]) {
-        Err(e) => return Some(format!("the docker command line cannot be run ({e})")),
-        Ok(out) if !out.status.success() => {
-            return Some(format!(
-                "no Docker daemon answers ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(_) => {}
-    }
-    let runs = Command::new(BUSYBOX).arg("true").status();
-    if !runs.is_ok_and(|s| s.success()) {
-        return Some(format!(
-            "{BUSYBOX} is missing: apt-get install busybox-static"
-        ));
-    }
-    None
-}
-
-/// `docker import` of a root filesystem holding busybox and a link for each applet.
-fn import(image: &str) {
-    let mut rootfs = tar::Builder::new(Vec::new());
-    let busybox = std::fs::read(BUSYBOX).expect("read busybox");
-    let mut header = tar::Header::new_gnu();
-    header.set_size(busybox.len() as u64);
-    header.set_mode(0o755);
-    rootfs
-        .append_data(&mut header, "bin/busybox", &busybox[..])
-        .expect("add busybox");
-    let list = Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" {
-            continue;
-        }
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(tar::EntryType::Symlink);
-        link.set_size(0);
-        link.set_mode(0o777);
-        rootfs
-            .append_link(&mut link, format!("bin/{applet}"), "busybox")
-            .expect("add an applet");
-    }
-    let rootfs = rootfs.into_inner().expect("rootfs tar");
-    let mut import = Command::new("docker")
-        .args(["import", "-", image])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run docker import");
-    import
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(&rootfs)
-        .expect("stream the root filesystem into docker import");
-    let out = import.wait_with_output().expect("wait for docker import");
-    assert!(
-        out.status.success(),
-        "docker import failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// httpd serving `$GREETING` on 8080, healthy once it answers.
@@ -271,21 +163,19 @@ async fn a_healthy_service_is_reachable_by_name_and_on_the_loopback_until_stoppe
         "--rm",
         "--network",
         &network,
-        &fixture.image,
+        fixture.image(),
         "wget",
         "-q",
         "-O-",
         "http://web:8080/",
-    ])
-    .expect("docker run");
+    ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello-from-web",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let labels = docker(&["network", "inspect", "-f", "{{json .Labels}}", &network])
-        .expect("docker network inspect");
+    let labels = docker(&["network", "inspect", "-f", "{{json .Labels}}", &network]);
     let labels = String::from_utf8_lossy(&labels.stdout);
     assert!(
         labels.contains(&fixture.run_id) && labels.contains("hm.host"),
@@ -356,7 +246,7 @@ async fn a_missing_image_that_may_not_be_pulled_is_an_image_failure() {
         return;
     };
     let service = ServiceRequest {
-        image: format!("{}-missing", fixture.image),
+        image: format!("{}-missing", fixture.image()),
         ..fixture.service("db", "true")
     };
     match fixture.services.start(service).await {
@@ -448,7 +338,7 @@ async fn the_sweep_removes_the_network_of_a_dead_run() {
     }
     args.push(format!("hm-{}-dead", fixture.run_id));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let created = docker(&args).expect("docker network create");
+    let created = docker(&args);
     assert!(created.status.success(), "{created:?}");
     assert_eq!(fixture.networks().len(), 1);
 
