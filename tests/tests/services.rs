@@ -99,6 +99,80 @@ run = "echo $HM_SERVICE_WEB_HOST; {BUSYBOX} wget -q -O- http://$HM_SERVICE_WEB_H
 }
 
 #[test]
+fn a_service_goes_with_its_volumes_after_its_last_step() {
+    let Some(docker) = DockerFixture::new("service-volume") else {
+        return;
+    };
+    // The image declares a volume, as database images do: each container gets its own.
+    let image = format!("{}-volume", docker.image());
+    let dockerfile = format!("FROM {}\nVOLUME /data\n", docker.image());
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &image, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut build| {
+            use std::io::Write;
+            build
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(dockerfile.as_bytes())?;
+            build.wait_with_output()
+        })
+        .expect("run docker build");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = hm_tests::docker::docker_quiet(&["rmi", "-f", &self.0]);
+        }
+    }
+    let _image = Remove(image.clone());
+    assert!(built.status.success(), "docker build: {built:?}");
+    let project = Project::new(&format!(
+        r#"
+[services.db]
+image = "{image}"
+command = ["sh", "-c", "trap 'exit 0' TERM; echo kept > /data/file; sleep 1000 & wait"]
+with = {{ pull = "never" }}
+
+[steps.uses]
+services = ["db"]
+run = "echo started; while [ ! -e go ]; do sleep 0.05; done"
+"#
+    ));
+    let mut hm = project.spawn_run(&[]);
+    let started = hm.wait_for_event("the step's first line", WAIT, |e: &Value| {
+        e["kind"] == "step_log" && e["line"] == "started"
+    });
+    let id = started["run_id"].as_str().expect("run_id").to_owned();
+    docker.watch(&id);
+    let service = format!("hm-{id}-svc-db");
+    let mounts = hm_tests::docker::docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Name}} {{end}}",
+        &service,
+    ]);
+    let volumes: Vec<String> = String::from_utf8_lossy(&mounts.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(volumes.len(), 1, "the service's /data volume: {mounts:?}");
+    std::fs::write(project.path("go"), "").expect("let the step end");
+    let run = hm.finish(WAIT).into_run();
+    assert_eq!(run.code(), 0, "{run}");
+    assert_nothing_left_of(&run);
+    let volume = hm_tests::docker::docker(&["volume", "inspect", &volumes[0]]);
+    assert!(
+        !volume.status.success(),
+        "volume {} of the service is left",
+        volumes[0]
+    );
+}
+
+#[test]
 fn a_service_that_never_gets_healthy_fails_its_steps_with_its_last_lines() {
     let Some(docker) = DockerFixture::new("service-unhealthy") else {
         return;
