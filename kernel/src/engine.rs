@@ -31,8 +31,10 @@ pub fn socket_of(config_json: Option<&str>) -> Option<PathBuf> {
     }
 }
 
-/// Force-removes every container (with its anonymous volumes) and then every network that
-/// carries the label `hm.run=<run_id>`; returns how many of each were removed.
+/// Removes every swarm service, then force-removes every container (with its anonymous
+/// volumes) and every network that carries the label `hm.run=<run_id>`; returns how many
+/// containers and networks were removed (services take their tasks' containers with them). A
+/// daemon that is no swarm manager has no services to remove.
 pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String> {
     let filter = percent_encode(&format!(r#"{{"label":["hm.run={run_id}"]}}"#));
     let ids = |target: &str| -> Result<Vec<String>, String> {
@@ -44,6 +46,23 @@ pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String>
             .filter_map(|item| item.get("Id")?.as_str().map(str::to_owned))
             .collect())
     };
+    // 503: not a swarm manager, so no services.
+    if let Ok(body) = request(
+        socket,
+        "GET",
+        &format!("/services?filters={filter}"),
+        &["200"],
+    ) {
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+        for id in listed.iter().filter_map(|s| s.get("ID")?.as_str()) {
+            request(
+                socket,
+                "DELETE",
+                &format!("/services/{id}"),
+                &["200", "404"],
+            )?;
+        }
+    }
     let mut containers = 0;
     for id in ids(&format!("/containers/json?all=1&filters={filter}"))? {
         request(

@@ -114,7 +114,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut own: Option<(PathBuf, crate::cgroup::OwnChanges)> = None;
-    let mut docker: Option<(String, PathBuf)> = None;
+    let mut dockers: Vec<(String, PathBuf)> = Vec::new();
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -136,7 +136,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
             .strip_prefix("docker ")
             .and_then(|rest| rest.split_once(' '))
         {
-            docker = Some((run_id.to_owned(), PathBuf::from(socket)));
+            dockers.push((run_id.to_owned(), PathBuf::from(socket)));
         } else if let Some(rest) = line.strip_prefix("own ") {
             let mut fields = rest.splitn(3, ' ');
             if let (Some(moved), Some(enabled), Some(path)) =
@@ -163,7 +163,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     }
     // With the plugins dead, nothing creates containers any more: the run's go, and then
     // the network its services shared.
-    if let Some((run_id, socket)) = &docker {
+    for (run_id, socket) in &dockers {
         let _ = crate::engine::remove_run(socket, run_id);
     }
     // The kernel's `hm/kernel` holds only this guardian now: it takes hm's place going back.

@@ -21,8 +21,10 @@ use crate::render::Renderer;
 use crate::scheduler::{RunOptions, Scheduler};
 use crate::supervisor::attach::{AttachError, AttachPoint};
 
-/// The plugin (and executor) whose containers hm and its guardian know how to remove.
+/// The plugins (and executors) whose containers and services hm and its guardian know how to
+/// remove, by the run's label.
 const DOCKER: &str = "docker";
+const SWARM: &str = "swarm";
 
 /// Something hm itself has to tell the user during a run, outside the event stream (that it
 /// waits for an attached plugin, say). The binary prints it on stderr.
@@ -215,21 +217,28 @@ pub fn run(
             "cannot become a child subreaper ({e}); daemonised step processes may escape"
         );
     }
-    // The daemon of the run's containers (docker steps, services): if hm dies, the guardian
-    // removes them; when the run ends, hm removes what its plugin could not.
-    let docker = (plan.executors.values().any(|p| p.name == DOCKER) || !plan.services.is_empty())
-        .then(|| {
-            let config = plan
-                .pipeline
-                .plugins
-                .get(DOCKER)
-                .map(|s| s.config_json.as_str());
-            crate::engine::socket_of(config)
-        })
-        .flatten();
+    // The daemons of the run's containers (docker steps, services) and swarm services: if hm
+    // dies, the guardian removes them; when the run ends, hm removes what a plugin could not.
+    let uses = |plugin: &str| plan.executors.values().any(|p| p.name == plugin);
+    let mut daemons: Vec<PathBuf> = Vec::new();
+    for (plugin, used) in [
+        (DOCKER, uses(DOCKER) || !plan.services.is_empty()),
+        (SWARM, uses(SWARM)),
+    ] {
+        let config = plan
+            .pipeline
+            .plugins
+            .get(plugin)
+            .map(|s| s.config_json.as_str());
+        if let Some(socket) = used.then(|| crate::engine::socket_of(config)).flatten()
+            && !daemons.contains(&socket)
+        {
+            daemons.push(socket);
+        }
+    }
     let guardian = match Guardian::start() {
         Ok(mut guardian) => {
-            if let Some(socket) = &docker {
+            for socket in &daemons {
                 guardian.watch_docker(socket, &run_id);
             }
             for path in run_cgroup.iter().flat_map(|run| run.paths()) {
@@ -289,12 +298,12 @@ pub fn run(
             .run()
             .instrument(span),
     );
-    if let Some(socket) = docker {
+    for socket in daemons {
         match crate::engine::remove_run(&socket, &run_id_copy) {
             Ok((0, 0)) => {}
             Ok((containers, networks)) => tracing::warn!(
                 "removed {containers} container(s) and {networks} network(s) of this run that \
-                 its docker plugin left"
+                 its plugins left"
             ),
             Err(e) => tracing::debug!("cannot check for containers left by this run: {e}"),
         }

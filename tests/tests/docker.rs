@@ -362,9 +362,9 @@ fn hm_removes_the_container_of_a_killed_docker_plugin_when_the_run_ends() {
     // The plugin could not remove it; hm did, by the run's label, before it exited.
     assert_no_container_of(&first);
     assert!(
-        killed.stderr().contains(
-            "removed 1 container(s) and 0 network(s) of this run that its docker plugin left"
-        ),
+        killed
+            .stderr()
+            .contains("removed 1 container(s) and 0 network(s) of this run that its plugins left"),
         "{killed}"
     );
 }

@@ -306,8 +306,7 @@ run = "echo should-not-run"
     assert!(!run.lines("waits").contains(&"should-not-run"), "{run}");
     // The plugin gave the start up and removed it itself: hm found nothing left to remove.
     assert!(
-        !run.stderr()
-            .contains("of this run that its docker plugin left"),
+        !run.stderr().contains("of this run that its plugins left"),
         "{run}"
     );
     assert_nothing_left_of(&run);
