@@ -12,6 +12,7 @@ pub mod cgroups;
 pub mod docker;
 pub mod registry;
 pub mod schema;
+pub mod swarm;
 pub mod vm;
 
 use std::fmt;
