@@ -37,12 +37,14 @@ pub fn socket_of(config_json: Option<&str>) -> Option<PathBuf> {
 /// daemon that is no swarm manager has no services to remove.
 pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String> {
     let filter = percent_encode(&format!(r#"{{"label":["hm.run={run_id}"]}}"#));
+    // A swarm task's container goes with its service, by the swarm's own stop.
     let ids = |target: &str| -> Result<Vec<String>, String> {
         let body = request(socket, "GET", target, &["200"])?;
         let listed: Vec<serde_json::Value> =
             serde_json::from_str(&body).map_err(|e| format!("unreadable answer: {e}"))?;
         Ok(listed
             .iter()
+            .filter(|item| item["Labels"].get(SWARM_TASK_LABEL).is_none())
             .filter_map(|item| item.get("Id")?.as_str().map(str::to_owned))
             .collect())
     };
@@ -85,6 +87,9 @@ pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String>
     }
     Ok((containers, networks))
 }
+
+/// The label Docker puts on the container of a swarm service's task.
+const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
 
 /// `text` with every byte outside the URL-safe set as `%XX`.
 fn percent_encode(text: &str) -> String {

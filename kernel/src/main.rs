@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         match name.to_str() {
             Some(hm_plugin_shell::NAME) => hm_sdk::serve(hm_plugin_shell::plugin()),
             Some(hm_plugin_docker::NAME) => hm_sdk::serve(hm_plugin_docker::plugin()),
+            Some(hm_plugin_swarm::NAME) => hm_sdk::serve(hm_plugin_swarm::plugin()),
             _ => {
                 eprintln!("hm: no built-in plugin called {name:?}");
                 return ExitCode::from(hm_kernel::exit::PLUGIN as u8);
@@ -38,6 +39,11 @@ fn main() -> ExitCode {
             name: hm_plugin_docker::NAME,
             version: env!("CARGO_PKG_VERSION"),
             capabilities: hm_plugin_docker::plugin().capabilities(),
+        },
+        Builtin {
+            name: hm_plugin_swarm::NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            capabilities: hm_plugin_swarm::plugin().capabilities(),
         },
     ];
     ExitCode::from(cli::main(&builtins) as u8)

@@ -14,6 +14,7 @@ const PRODUCT_SRC: &[&str] = &[
     "kernel/src",
     "plugins/shell/src",
     "plugins/docker/src",
+    "plugins/swarm/src",
     "plugins/graph/src",
     "plugins/junit/src",
 ];
@@ -123,6 +124,9 @@ fn crates_depend_only_on_what_the_architecture_allows() {
                 })
                 .map(|(d, _)| d.to_string())
                 .collect(),
+            // The swarm executor reaches its manager and labels its services with the docker
+            // plugin's `daemon` and `owner` modules.
+            "hm-plugin-swarm" => ours(&["hm-sdk", "hm-ipc", "hm-plugin-docker"]),
             _ if is_plugin => ours(&["hm-sdk", "hm-ipc"]),
             _ => Vec::new(),
         };

@@ -36,7 +36,7 @@ pub const NAME_RULE: &str =
     "use at most 64 lowercase ASCII letters, digits and `-`, starting with a letter";
 
 /// The plugins built into `hm`: an installed plugin of the same name would shadow them.
-const BUILT_IN: &[&str] = &["shell", "docker"];
+const BUILT_IN: &[&str] = &["shell", "docker", "swarm"];
 
 /// The commands of `hm` itself, which no plugin verb may take (kernel `cli/verb.rs`).
 const HM_COMMANDS: &[&str] = &["run", "validate", "version", "doctor", "plugin", "help"];

@@ -1,7 +1,8 @@
 //! Finding and reaching the Docker daemon: its address (`[plugins.docker].config.host`, else
 //! `DOCKER_HOST`, else the default socket), the connection with the API version negotiated
 //! down to what the daemon speaks, and errors that say which address was tried, where it came
-//! from and what to do.
+//! from and what to do. The swarm plugin reaches its manager through this module too, with
+//! its own plugin name in the messages ([`Address::resolve_for`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -26,17 +27,28 @@ pub enum Source {
     Default,
 }
 
-/// The daemon's address and where it came from.
+/// The daemon's address, where it came from, and the plugin whose `[plugins.NAME].config.host`
+/// the messages name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
     pub url: String,
     pub source: Source,
+    pub plugin: &'static str,
 }
 
 impl Address {
     /// `[plugins.docker].config.host` if set, else `DOCKER_HOST`, else the default socket.
     pub fn resolve(config_host: Option<&str>) -> Self {
-        Self::resolve_with(config_host, std::env::var("DOCKER_HOST").ok().as_deref())
+        Self::resolve_for(crate::NAME, config_host)
+    }
+
+    /// [`Address::resolve`] for plugin `plugin`: `[plugins.<plugin>].config.host` if set, else
+    /// `DOCKER_HOST`, else the default socket.
+    pub fn resolve_for(plugin: &'static str, config_host: Option<&str>) -> Self {
+        Self {
+            plugin,
+            ..Self::resolve_with(config_host, std::env::var("DOCKER_HOST").ok().as_deref())
+        }
     }
 
     fn resolve_with(config_host: Option<&str>, env: Option<&str>) -> Self {
@@ -51,18 +63,25 @@ impl Address {
         } else {
             url.to_owned()
         };
-        Self { url, source }
+        Self {
+            url,
+            source,
+            plugin: crate::NAME,
+        }
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let from = match self.source {
-            Source::Config => "from [plugins.docker].config.host",
-            Source::Env => "from DOCKER_HOST",
-            Source::Default => "the default",
-        };
-        write!(f, "{} ({from})", self.url)
+        match self.source {
+            Source::Config => write!(
+                f,
+                "{} (from [plugins.{}].config.host)",
+                self.url, self.plugin
+            ),
+            Source::Env => write!(f, "{} (from DOCKER_HOST)", self.url),
+            Source::Default => write!(f, "{} (the default)", self.url),
+        }
     }
 }
 
@@ -102,8 +121,8 @@ impl fmt::Display for Unreachable {
             f,
             "cannot reach the Docker daemon at {}: {}\n  hint: start the Docker daemon (or \
              check that this user may use its socket), or point DOCKER_HOST or \
-             [plugins.docker].config.host at a daemon that is running",
-            self.address, self.cause
+             [plugins.{}].config.host at a daemon that is running",
+            self.address, self.cause, self.address.plugin
         )
     }
 }
@@ -184,7 +203,8 @@ mod tests {
             r(Some("tcp://a:1"), Some("unix:///b")),
             Address {
                 url: "tcp://a:1".into(),
-                source: Source::Config
+                source: Source::Config,
+                plugin: "docker",
             }
         );
         assert_eq!(r(None, Some("unix:///b")).source, Source::Env);

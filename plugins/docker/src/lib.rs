@@ -18,18 +18,22 @@
 //! 127.0.0.1, up once its health command passes inside it, and stopped and removed with its
 //! volumes when hm says (the network with the last one). A docker step that lists services
 //! joins that network and reaches each at `<name>:<port>`.
+//!
+//! [`daemon`] (reaching the daemon) and [`owner`] (the labels of what hm creates, and the test
+//! for what dead runs left) are public: the swarm plugin reaches its manager and labels its
+//! services with them.
 
 mod artifacts;
 mod caches;
 mod config;
 mod container;
-mod daemon;
+pub mod daemon;
 mod download;
 mod executor;
 mod image;
 mod network;
 mod outputs;
-mod owner;
+pub mod owner;
 mod service;
 mod stats;
 mod sweep;

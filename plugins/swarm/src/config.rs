@@ -1,0 +1,149 @@
+//! What users write for the swarm executor: `[plugins.swarm].config` (checked at `Init`, so a
+//! mistake fails the run at its start) and a step's `with = { ... }` (checked when the step
+//! runs). Unknown keys are errors, as everywhere in `hm.toml`.
+
+use serde_json::Value;
+
+/// `[plugins.swarm].config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// A manager's address (`unix:///path`, `tcp://host:port`); wins over `DOCKER_HOST`.
+    pub host: Option<String>,
+}
+
+impl PluginConfig {
+    pub fn parse(config: &Value) -> Result<Self, String> {
+        let map = match config {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(map) => map,
+            other => {
+                return Err(format!(
+                    "[plugins.swarm].config must be a table, not {other}"
+                ));
+            }
+        };
+        let mut parsed = Self::default();
+        for (key, value) in map {
+            match (key.as_str(), value) {
+                ("host", Value::String(host)) => {
+                    hm_plugin_docker::daemon::check_scheme(host)
+                        .map_err(|e| format!("[plugins.swarm].config.host: {e}"))?;
+                    parsed.host = Some(host.clone());
+                }
+                ("host", other) => {
+                    return Err(format!(
+                        "[plugins.swarm].config.host must be a string such as \
+                         \"unix:///var/run/docker.sock\" (a swarm manager's socket), not {other}"
+                    ));
+                }
+                (other, _) => {
+                    return Err(format!(
+                        "unknown key `{other}` in [plugins.swarm].config (known keys: host)"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// A swarm step's `with = { ... }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Placement constraints, as `docker service create --constraint` takes them
+    /// (`node.labels.disk==ssd`, `node.hostname!=ci-3`): every one must hold on the node.
+    pub constraints: Vec<String>,
+}
+
+impl StepOptions {
+    pub fn parse(with: &Value) -> Result<Self, String> {
+        let map = match with {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(map) => map,
+            other => return Err(format!("`with` must be a table, not {other}")),
+        };
+        let mut parsed = Self::default();
+        for (key, value) in map {
+            match key.as_str() {
+                "constraints" => parsed.constraints = constraints(value)?,
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` in `with` for the swarm executor (known keys: \
+                         constraints)"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// `with.constraints`: strings that compare a node attribute with `==` or `!=`. The manager
+/// checks them fully when the service is created; this catches what is plainly not one.
+fn constraints(value: &Value) -> Result<Vec<String>, String> {
+    let shape = || {
+        format!(
+            "with.constraints must be an array of strings such as \
+             [\"node.labels.disk==ssd\", \"node.hostname!=ci-3\"], not {value}"
+        )
+    };
+    let items = value.as_array().ok_or_else(shape)?;
+    items
+        .iter()
+        .map(|item| {
+            let text = item.as_str().ok_or_else(shape)?;
+            if !text.contains("==") && !text.contains("!=") {
+                return Err(format!(
+                    "with.constraints: {text:?} is not a constraint (expected ATTRIBUTE==VALUE \
+                     or ATTRIBUTE!=VALUE, such as \"node.labels.disk==ssd\")"
+                ));
+            }
+            Ok(text.to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plugin_config() {
+        let ok = |v: Value| PluginConfig::parse(&v);
+        assert_eq!(ok(json!({})), Ok(PluginConfig::default()));
+        assert_eq!(ok(Value::Null), Ok(PluginConfig::default()));
+        assert_eq!(
+            ok(json!({"host": "tcp://manager:2375"})),
+            Ok(PluginConfig {
+                host: Some("tcp://manager:2375".into())
+            })
+        );
+        let err = |v: Value| PluginConfig::parse(&v).unwrap_err();
+        let unknown = err(json!({"hots": "x"}));
+        assert!(unknown.contains("unknown key `hots` in [plugins.swarm].config"));
+        assert!(unknown.contains("known keys: host"), "{unknown}");
+        assert!(err(json!({"host": 1})).contains("must be a string"));
+        assert!(err(json!({"host": "ssh://me@box"})).contains("ssh://"));
+        assert!(err(json!([])).contains("must be a table"));
+    }
+
+    #[test]
+    fn step_options() {
+        let parse = |v: Value| StepOptions::parse(&v).map(|o| o.constraints);
+        assert_eq!(parse(Value::Null), Ok(vec![]));
+        assert_eq!(parse(json!({})), Ok(vec![]));
+        assert_eq!(
+            parse(json!({"constraints": ["node.labels.x==y", "node.hostname!=a"]})),
+            Ok(vec!["node.labels.x==y".into(), "node.hostname!=a".into()])
+        );
+        let err = |v: Value| StepOptions::parse(&v).unwrap_err();
+        let unknown = err(json!({"constraint": ["a==b"]}));
+        assert!(unknown.contains("unknown key `constraint`"), "{unknown}");
+        assert!(unknown.contains("known keys: constraints"), "{unknown}");
+        assert!(err(json!({"constraints": "a==b"})).contains("array of strings"));
+        assert!(err(json!({"constraints": [1]})).contains("array of strings"));
+        assert!(err(json!({"constraints": ["node.labels.x"]})).contains("is not a constraint"));
+        assert!(err(json!("x")).contains("must be a table"));
+    }
+}

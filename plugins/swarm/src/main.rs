@@ -1,0 +1,3 @@
+fn main() {
+    hm_sdk::serve(hm_plugin_swarm::plugin())
+}

@@ -1,0 +1,400 @@
+//! The swarm executor through `hm`, against a real multi-node swarm on this machine (the
+//! swarm fixture, `hm_tests::swarm`): steps placed on several nodes with their logs complete
+//! and in order, exit codes, the OOM judgement, a step waiting for a node until its timeout,
+//! and no service left after a Ctrl-C. hm reaches the manager through
+//! `[plugins.swarm].config.host`. Without root, Docker or namespaces the tests say they were
+//! skipped, and fail instead under `HM_REQUIRE_SWARM=1` / `HM_REQUIRE_DOCKER=1`; the swarm and
+//! the image are removed however a test ends.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hm_tests::docker::DockerFixture;
+use hm_tests::swarm::Swarm;
+use hm_tests::{Project, Run, Signal, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+/// The line the executor writes on a step's stderr once its task runs.
+const RUNNING_ON: &str = "hm: running on node ";
+
+/// A swarm of `nodes` nodes with the test's image on every node; `None` when this machine
+/// cannot have one (the fixtures said why). The image goes after the swarm (fields drop in
+/// order).
+struct Cluster {
+    swarm: Swarm,
+    image: DockerFixture,
+}
+
+impl Cluster {
+    fn start(test: &str, nodes: usize) -> Option<Self> {
+        let image = DockerFixture::new(test)?;
+        let swarm = Swarm::start(test, nodes)?;
+        swarm.load_image(image.image());
+        Some(Self { swarm, image })
+    }
+
+    /// A project whose steps (`steps`, TOML with `{image}` for the image) run on this swarm.
+    fn project(&self, steps: &str) -> Project {
+        Project::new(&format!(
+            "[plugins.swarm]\nconfig = {{ host = \"{host}\" }}\n\n{steps}",
+            host = self.swarm.docker_host(),
+            steps = steps.replace("{image}", self.image.image()),
+        ))
+    }
+
+    /// The IDs of run `run_id`'s services on the manager.
+    fn services_of(&self, run_id: &str) -> Vec<String> {
+        let listed = self.swarm.docker_ok(&[
+            "service",
+            "ls",
+            "--quiet",
+            "--filter",
+            &format!("label=hm.run={run_id}"),
+        ]);
+        listed.lines().map(str::to_owned).collect()
+    }
+
+    /// The containers of run `run_id` on any node, as `node: id` lines.
+    fn containers_of(&self, run_id: &str) -> Vec<String> {
+        self.swarm
+            .nodes()
+            .iter()
+            .flat_map(|node| {
+                let listed = node.docker_ok(&[
+                    "ps",
+                    "--all",
+                    "--quiet",
+                    "--filter",
+                    &format!("label=hm.run={run_id}"),
+                ]);
+                listed
+                    .lines()
+                    .map(|id| format!("{}: {id}", node.name()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Waits until no node has a container of run `run_id`: removing a service stops and
+    /// removes its task's container on its node a moment later.
+    fn assert_no_container_of(&self, run_id: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = self.containers_of(run_id);
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containers of run {run_id} are still on the nodes after {WAIT:?}: {left:?}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn assert_no_service_of(&self, run_id: &str) {
+        let left = self.services_of(run_id);
+        assert!(
+            left.is_empty(),
+            "services of run {run_id} are left on the manager: {left:?}"
+        );
+    }
+}
+
+fn run_id(events: &[Value]) -> String {
+    events
+        .first()
+        .and_then(|e| e["run_id"].as_str())
+        .expect("every event has a run_id")
+        .to_owned()
+}
+
+/// The node a step's stderr says it ran on.
+fn node_of<'a>(run: &'a Run, step: &str) -> &'a str {
+    let lines = run.stream_lines(step, "stderr");
+    let nodes: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(RUNNING_ON))
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        1,
+        "one `{RUNNING_ON}` line for {step}: {lines:?}"
+    );
+    nodes[0]
+}
+
+/// `count` numbered lines, `<prefix> line <n>`, as a step prints them.
+fn numbered(prefix: &str, count: usize) -> Vec<String> {
+    (1..=count).map(|i| format!("{prefix} line {i}")).collect()
+}
+
+#[test]
+fn steps_spread_over_the_nodes_pass_with_every_line_in_order() {
+    let test = "steps_spread_over_the_nodes_pass_with_every_line_in_order";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    // Each instance on a node of its own; the last step wherever the manager puts it.
+    let project = cluster.project(
+        r#"
+[steps.count]
+executor = "swarm"
+image = "{image}"
+run = 'for i in $(seq 1 200); do echo "${{ matrix.node }} line $i"; done; echo done >&2'
+with = { constraints = ["node.hostname==${{ matrix.node }}"] }
+matrix = { node = ["node-0", "node-1", "node-2"] }
+
+[steps.after]
+executor = "swarm"
+image = "{image}"
+run = 'for i in $(seq 1 200); do echo "after line $i"; done'
+needs = ["count"]
+"#,
+    );
+    let mut hm = project.spawn_run(&[]);
+    // How long a swarm step takes from its start to its first line.
+    let started = hm.wait_for_event("a step_start", WAIT, |e| e["kind"] == "step_start");
+    let start = Instant::now();
+    hm.wait_for_event("a step's first line", WAIT, |e| {
+        e["kind"] == "step_log" && e["stream"] == "stdout"
+    });
+    eprintln!(
+        "{test}: first line {:.1?} after the first step_start ({})",
+        start.elapsed(),
+        started["step"]
+    );
+    let run = hm.finish(WAIT * 2).into_run();
+    let id = run_id(&run.events);
+    assert_eq!(run.code(), 0, "{run}");
+    let mut nodes = BTreeSet::new();
+    for node in ["node-0", "node-1", "node-2"] {
+        let step = format!("count[node={node}]");
+        assert_eq!(run.status(&step), "passed", "{step}; {run}");
+        assert_eq!(run.of_step("step_start", &step)[0]["executor"], "swarm");
+        assert_eq!(
+            run.stream_lines(&step, "stdout"),
+            numbered(node, 200),
+            "{step}; {run}"
+        );
+        assert!(
+            run.stream_lines(&step, "stderr").contains(&"done"),
+            "{step}; {run}"
+        );
+        assert_eq!(node_of(&run, &step), node, "{run}");
+        nodes.insert(node_of(&run, &step).to_owned());
+        eprintln!(
+            "{test}: {step} took {} ms",
+            run.step_end(&step)["duration_ms"]
+        );
+    }
+    assert_eq!(run.status("after"), "passed", "{run}");
+    assert_eq!(run.stream_lines("after", "stdout"), numbered("after", 200));
+    nodes.insert(node_of(&run, "after").to_owned());
+    assert!(nodes.len() >= 2, "the steps ran on {nodes:?}");
+    run.assert_one_final_step_end_each();
+    cluster.assert_no_service_of(&id);
+    cluster.assert_no_container_of(&id);
+}
+
+#[test]
+fn a_swarm_step_that_exits_3_fails_with_exit_code_3_and_cause_exit() {
+    let test = "a_swarm_step_that_exits_3_fails_with_exit_code_3_and_cause_exit";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let project = cluster.project(
+        r#"
+[steps.fail]
+executor = "swarm"
+image = "{image}"
+run = "echo about to fail; exit 3"
+"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("fail"), "failed", "{run}");
+    assert_eq!(run.cause("fail"), Some("exit"), "{run}");
+    assert_eq!(run.step_end("fail")["exit_code"], 3, "{run}");
+    assert_eq!(
+        run.stream_lines("fail", "stdout"),
+        ["about to fail"],
+        "{run}"
+    );
+    cluster.assert_no_service_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_swarm_step_over_its_memory_limit_fails_with_cause_oom() {
+    let test = "a_swarm_step_over_its_memory_limit_fails_with_cause_oom";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    // Doubles a shell variable until the 32 MiB limit stops it.
+    let project = cluster.project(
+        r#"
+[steps.hog]
+executor = "swarm"
+image = "{image}"
+run = 'echo hogging; x=0123456789abcdef; while true; do x="$x$x"; done'
+limits = { memory = "32MiB" }
+"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("hog"), "failed", "{run}");
+    assert_eq!(run.cause("hog"), Some("oom"), "{run}");
+    assert_eq!(run.stream_lines("hog", "stdout"), ["hogging"], "{run}");
+    cluster.assert_no_service_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_step_no_node_can_take_waits_with_the_reason_until_its_timeout() {
+    let test = "a_step_no_node_can_take_waits_with_the_reason_until_its_timeout";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let project = cluster.project(
+        r#"
+[steps.nowhere]
+executor = "swarm"
+image = "{image}"
+run = "echo never"
+with = { constraints = ["node.labels.hm-test-absent==yes"] }
+timeout = "3s"
+"#,
+    );
+    let run = project.run(&["--grace", "1s"]);
+    assert_eq!(run.code(), 124, "{run}");
+    assert_eq!(run.status("nowhere"), "timed_out", "{run}");
+    assert_eq!(run.cause("nowhere"), Some("timeout"), "{run}");
+    let stderr = run.stream_lines("nowhere", "stderr");
+    let waiting: Vec<&&str> = stderr
+        .iter()
+        .filter(|l| l.starts_with("hm: waiting for a node: "))
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one line while the reason stays: {stderr:?}"
+    );
+    // The scheduler's own words.
+    assert!(
+        waiting[0].contains("no suitable node") && waiting[0].contains("constraint"),
+        "{stderr:?}"
+    );
+    assert!(run.stream_lines("nowhere", "stdout").is_empty(), "{run}");
+    cluster.assert_no_service_of(&run_id(&run.events));
+}
+
+#[test]
+fn ctrl_c_during_a_swarm_step_exits_130_and_leaves_no_service() {
+    let test = "ctrl_c_during_a_swarm_step_exits_130_and_leaves_no_service";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let project = cluster.project(
+        r#"
+[steps.long]
+executor = "swarm"
+image = "{image}"
+run = "echo started; exec sleep 1000"
+"#,
+    );
+    let mut hm = project.spawn_run(&["--grace", "1s"]);
+    hm.wait_for_event("the step's first line", WAIT, |e| {
+        e["kind"] == "step_log" && e["step"] == "long" && e["line"] == "started"
+    });
+    let id = run_id(hm.events());
+    assert_eq!(cluster.services_of(&id).len(), 1, "the step's service runs");
+    let signalled = Instant::now();
+    hm.signal(Signal::SIGINT);
+    let run = hm.finish(WAIT).into_run();
+    eprintln!("{test}: hm exited {:.1?} after SIGINT", signalled.elapsed());
+    assert_eq!(run.code(), 130, "{run}");
+    assert_eq!(run.status("long"), "cancelled", "{run}");
+    assert_eq!(run.cause("long"), Some("cancelled"), "{run}");
+    cluster.assert_no_service_of(&id);
+    cluster.assert_no_container_of(&id);
+}
+
+#[test]
+fn a_daemon_that_is_no_swarm_manager_exits_4_saying_how_to_fix_it() {
+    // The host's own daemon, which is in no swarm (the swarm fixture never touches it).
+    let Some(image) = DockerFixture::new("swarm-not-manager") else {
+        return;
+    };
+    let host = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+    let project = Project::new(&format!(
+        r#"
+[plugins.swarm]
+config = {{ host = "{host}" }}
+
+[steps.somewhere]
+executor = "swarm"
+image = "{}"
+run = "true"
+"#,
+        image.image()
+    ));
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 4, "{run}");
+    assert!(
+        run.stderr().contains(&format!(
+            "{host} (from [plugins.swarm].config.host) is not a swarm manager"
+        )),
+        "{run}"
+    );
+    assert!(run.stderr().contains("docker swarm init"), "{run}");
+}
+
+#[test]
+fn the_next_start_removes_services_whose_hm_is_gone() {
+    let test = "the_next_start_removes_services_whose_hm_is_gone";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    // A service as a run leaves it when hm, its plugin and its guardian all died: labelled for
+    // this machine, its kernel a process that is gone (pid 1 with another start time).
+    let dead_run = format!("dead-{}", hm_tests::marker("swarm-orphan").to_lowercase());
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let ns = std::fs::read_link("/proc/self/ns/pid").expect("pid namespace");
+    let ns = ns.to_string_lossy();
+    let ns = ns.trim_start_matches("pid:[").trim_end_matches(']');
+    cluster.swarm.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--label",
+        &format!("hm.run={dead_run}"),
+        "--label",
+        &format!("hm.host={}:{ns}", boot.trim()),
+        "--label",
+        "hm.kernel=1:0",
+        "--restart-condition",
+        "none",
+        "--endpoint-mode",
+        "dnsrr",
+        cluster.image.image(),
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(cluster.services_of(&dead_run).len(), 1);
+
+    let project = cluster.project(
+        r#"
+[steps.quick]
+executor = "swarm"
+image = "{image}"
+run = "true"
+"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 0, "{run}");
+    cluster.assert_no_service_of(&dead_run);
+}
