@@ -326,7 +326,11 @@ fn fits(kind: CallKind, reply: &PluginReply) -> bool {
         CallKind::Init => matches!(reply, R::Ready | R::Failed(_) | R::Unavailable(_)),
         CallKind::Execute => matches!(
             reply,
-            R::StepDone(_) | R::StepOutOfMemory(_) | R::ImageUnavailable(_) | R::Failed(_)
+            R::StepDone(_)
+                | R::StepOutOfMemory(_)
+                | R::ImageUnavailable(_)
+                | R::NodeLost(_)
+                | R::Failed(_)
         ),
         CallKind::Hook => matches!(reply, R::HookDone(_) | R::Failed(_)),
         CallKind::Subcommand => matches!(reply, R::SubcommandDone(_) | R::Failed(_)),
@@ -344,9 +348,11 @@ fn added_in(reply: &PluginReply) -> Option<u32> {
         R::Unavailable(_) | R::StepOutOfMemory(_) => Some(VERDICTS_SINCE),
         R::SubcommandDone(_) => Some(SUBCOMMANDS_SINCE),
         R::HookDone(_) => Some(HOOKS_SINCE),
-        R::ImageUnavailable(_) | R::ServiceUp(_) | R::ServiceFailed(_) | R::ServiceStopped => {
-            Some(SERVICES_SINCE)
-        }
+        R::ImageUnavailable(_)
+        | R::ServiceUp(_)
+        | R::ServiceFailed(_)
+        | R::ServiceStopped
+        | R::NodeLost(_) => Some(SERVICES_SINCE),
         R::StepDone(_) | R::Ready | R::Failed(_) => None,
     }
 }
@@ -365,6 +371,7 @@ fn reply_name(reply: &PluginReply) -> &'static str {
         R::ServiceUp(_) => "ServiceUp",
         R::ServiceFailed(_) => "ServiceFailed",
         R::ServiceStopped => "ServiceStopped",
+        R::NodeLost(_) => "NodeLost",
     }
 }
 

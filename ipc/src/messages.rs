@@ -332,6 +332,9 @@ pub enum PluginReply {
     ServiceFailed(Box<ServiceFailure>),
     /// The service of a `StopService` call is stopped and removed. v8.
     ServiceStopped,
+    /// The step's node (a cluster's machine) went down under it: hm reports cause
+    /// `node_lost`, which `retry.on` may list. v8.
+    NodeLost(Box<CallFailure>),
 }
 
 /// How a step's process ended. v1.

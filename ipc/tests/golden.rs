@@ -213,6 +213,16 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             frame(K::Reply, 12, &PluginReply::ServiceStopped),
         ),
         (
+            "reply_node_lost",
+            frame(
+                K::Reply,
+                7,
+                &PluginReply::NodeLost(Box::new(CallFailure {
+                    message: "node ci-2 went down while the step ran on it".into(),
+                })),
+            ),
+        ),
+        (
             "reply_image_unavailable",
             frame(
                 K::Reply,

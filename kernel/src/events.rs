@@ -269,6 +269,8 @@ pub enum Cause {
     Image,
     /// A service it lists could not be started or never became healthy.
     Service,
+    /// The cluster node it ran on went down under it.
+    NodeLost,
 }
 
 impl Cause {
@@ -291,6 +293,7 @@ impl Cause {
             Cause::Artifact => "its artifacts could not be taken",
             Cause::Image => "its image could not be found or pulled",
             Cause::Service => "a service it needs is not up",
+            Cause::NodeLost => "the node it ran on was lost",
         }
     }
 
@@ -312,6 +315,7 @@ impl Cause {
             Cause::Artifact => "artifact",
             Cause::Image => "image",
             Cause::Service => "service",
+            Cause::NodeLost => "node_lost",
         }
     }
 }

@@ -131,6 +131,11 @@ pub enum StepError {
     /// reports cause `image`, which `retry.on` may list (protocol 8; older hm: a failure).
     #[error("{0}")]
     Image(String),
+    /// The machine the step ran on (a cluster's node) went down under it (what is known of
+    /// it): hm reports cause `node_lost`, which `retry.on` may list (protocol 8; older hm: a
+    /// failure).
+    #[error("{0}")]
+    NodeLost(String),
 }
 
 /// A service to start (`[services.NAME]` in `hm.toml`, protocol 8).

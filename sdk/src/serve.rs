@@ -456,6 +456,9 @@ impl Dispatcher {
                 (Err(StepError::Image(message)), Ok(())) if images => {
                     PluginReply::ImageUnavailable(Box::new(CallFailure { message }))
                 }
+                (Err(StepError::NodeLost(message)), Ok(())) if images => {
+                    PluginReply::NodeLost(Box::new(CallFailure { message }))
+                }
                 (Err(e), _) => failed(e.to_string()),
                 (Ok(_), Err(e)) => failed(e.to_string()),
             };

@@ -370,9 +370,9 @@ impl Harness {
             .map_err(|e| e.to_string())?;
         match call.reply().await.map_err(|e| e.to_string())? {
             PluginReply::Ready => Ok(()),
-            PluginReply::Failed(failure) | PluginReply::ImageUnavailable(failure) => {
-                Err(failure.message)
-            }
+            PluginReply::Failed(failure)
+            | PluginReply::ImageUnavailable(failure)
+            | PluginReply::NodeLost(failure) => Err(failure.message),
             // The pump only routes replies that fit the call.
             other => Err(format!("the plugin answered Init with {other:?}")),
         }

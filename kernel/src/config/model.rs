@@ -298,6 +298,8 @@ pub enum RetryClass {
     Image,
     /// Cause `service`: a service the step lists is not up.
     Service,
+    /// Cause `node_lost`: the cluster node the step ran on went down.
+    NodeLost,
 }
 
 /// `[plugins.<name>]`.

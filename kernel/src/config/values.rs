@@ -98,11 +98,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The retry class names, for messages and suggestions; `exit:N` stands for the
 /// family.
 pub(crate) const RETRY_CLASS_NAMES: &[&str] = &[
-    "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash", "image", "service",
+    "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash", "image", "service", "node_lost",
 ];
 
 /// Parses one retry class: `failed`, `exit:N` (N in 1..=255), `signal`, `oom`, `pids`,
-/// `timeout`, `crash`, `image`, `service`.
+/// `timeout`, `crash`, `image`, `service`, `node_lost`.
 pub fn parse_retry_class(text: &str) -> Result<RetryClass, String> {
     Ok(match text {
         "failed" => RetryClass::Failed,
@@ -113,6 +113,7 @@ pub fn parse_retry_class(text: &str) -> Result<RetryClass, String> {
         "crash" => RetryClass::Crash,
         "image" => RetryClass::Image,
         "service" => RetryClass::Service,
+        "node_lost" => RetryClass::NodeLost,
         _ => {
             let Some(code) = text.strip_prefix("exit:") else {
                 return Err(format!("unknown retry class `{text}`"));
@@ -290,6 +291,7 @@ mod tests {
         check("crash", Ok(RetryClass::Crash));
         check("image", Ok(RetryClass::Image));
         check("service", Ok(RetryClass::Service));
+        check("node_lost", Ok(RetryClass::NodeLost));
         check("exit:101", Ok(RetryClass::Exit(101)));
         check("exit:1", Ok(RetryClass::Exit(1)));
         check("exit:255", Ok(RetryClass::Exit(255)));

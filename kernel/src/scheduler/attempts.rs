@@ -437,14 +437,20 @@ impl Scheduler<'_> {
     }
 
     /// The executor could not run the step running as `call` at all.
-    /// The executor could not run the step of `call`; `image`: because its image could not be
-    /// found or pulled.
-    pub(super) fn on_step_refused(&mut self, p: usize, call: u64, message: String, image: bool) {
+    /// The executor could not run the step of `call`, or lost it; `cause` when the executor
+    /// said why (`image`, `node_lost`), else cause `exit`.
+    pub(super) fn on_step_refused(
+        &mut self,
+        p: usize,
+        call: u64,
+        message: String,
+        cause: Option<Cause>,
+    ) {
         if let Some(i) = self.plugins[p].in_flight.remove(&call) {
-            let verdict = match self.steps[i].stop {
-                Some(reason) => Verdict::stopped(reason, Some(message)),
-                None if image => Verdict::failed(Cause::Image, message),
-                None => Verdict::failed(
+            let verdict = match (self.steps[i].stop, cause) {
+                (Some(reason), _) => Verdict::stopped(reason, Some(message)),
+                (None, Some(cause)) => Verdict::failed(cause, message),
+                (None, None) => Verdict::failed(
                     Cause::Exit,
                     format!(
                         "the {} executor could not run it: {message}",

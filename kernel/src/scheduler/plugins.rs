@@ -341,10 +341,13 @@ impl Scheduler<'_> {
                 self.on_service_call_failed(call, message);
             }
             PluginEventKind::CallFailed { call, message } => {
-                self.on_step_refused(p, call, message, false);
+                self.on_step_refused(p, call, message, None);
             }
             PluginEventKind::ImageUnavailable { call, message } => {
-                self.on_step_refused(p, call, message, true);
+                self.on_step_refused(p, call, message, Some(Cause::Image));
+            }
+            PluginEventKind::NodeLost { call, message } => {
+                self.on_step_refused(p, call, message, Some(Cause::NodeLost));
             }
             PluginEventKind::ServiceUp { call, ports } => self.on_service_up(call, ports),
             PluginEventKind::ServiceFailed { call, failure } => {

@@ -243,6 +243,7 @@ pub fn retry_matches(class: RetryClass, verdict: &Verdict) -> bool {
         RetryClass::Crash => verdict.cause == Some(Cause::ExecutorCrash),
         RetryClass::Image => verdict.cause == Some(Cause::Image),
         RetryClass::Service => verdict.cause == Some(Cause::Service),
+        RetryClass::NodeLost => verdict.cause == Some(Cause::NodeLost),
     }
 }
 

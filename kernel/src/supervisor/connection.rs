@@ -462,6 +462,10 @@ fn dispatch(
                     failure: *failure,
                 },
                 PluginReply::ServiceStopped => PluginEventKind::ServiceStopped { call },
+                PluginReply::NodeLost(f) => PluginEventKind::NodeLost {
+                    call,
+                    message: f.message,
+                },
                 // A run makes no Init call after the handshake and no RunSubcommand at all,
                 // so the policy lets none of their answers through.
                 other => {

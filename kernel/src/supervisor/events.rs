@@ -67,6 +67,11 @@ pub enum PluginEventKind {
         call: u64,
         message: String,
     },
+    /// The node the step of `call` ran on went down under it (v8).
+    NodeLost {
+        call: u64,
+        message: String,
+    },
     /// The service of `call` (`StartService`) is up, with its published ports (v8).
     ServiceUp {
         call: u64,

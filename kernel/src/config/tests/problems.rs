@@ -158,7 +158,7 @@ hm.toml:20:18: error: `cpu` in [steps.b.limits] must be a number of cores, found
 hm.toml:20:32: error: `memory` in [steps.b.limits] must not be negative
   hint: sizes look like "512MiB", "1GiB", "1G" or a number of bytes
 hm.toml:21:30: error: `on` in [steps.b.retry] must be an array of retry classes, found a string `"oom"`
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service, node_lost
 hm.toml:23:7: error: `run` in [steps.c] must not be empty
 hm.toml:24:18: error: `cpu` in [steps.c.limits] must be a number of cores above 0
   hint: leave `cpu` out for no limit
@@ -422,9 +422,9 @@ hm.toml:9:23: error: `exit:0` needs an exit code from 1 to 255 in `on` in [steps
 hm.toml:9:33: error: unknown retry class `exit` in `on` in [steps.c.retry]
   hint: write `exit:N` with the exit code, e.g. `exit:101`
 hm.toml:9:41: error: unknown retry class `bogus` in `on` in [steps.c.retry]
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service, node_lost
 hm.toml:9:50: error: `on` in [steps.c.retry] must list retry classes as strings, found an integer `5`
-  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service
+  hint: retry classes: failed, exit:N, signal, oom, pids, timeout, crash, image, service, node_lost
 "#,
     );
     check(
