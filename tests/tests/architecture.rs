@@ -124,8 +124,8 @@ fn crates_depend_only_on_what_the_architecture_allows() {
                 })
                 .map(|(d, _)| d.to_string())
                 .collect(),
-            // The swarm executor reaches its manager and labels its services with the docker
-            // plugin's `daemon` and `owner` modules.
+            // The swarm executor reads its config, reaches its manager and labels its services
+            // with the docker plugin's `config`, `daemon` and `owner` modules.
             "hm-plugin-swarm" => ours(&["hm-sdk", "hm-ipc", "hm-plugin-docker"]),
             _ if is_plugin => ours(&["hm-sdk", "hm-ipc"]),
             _ => Vec::new(),

@@ -1,6 +1,7 @@
 //! What users write for the docker executor: `[plugins.docker].config` (checked at `Init`, so a
 //! mistake fails the run at its start) and a step's `with = { ... }` (checked when the step
-//! runs). Unknown keys are errors, as everywhere in `hm.toml`.
+//! runs). Unknown keys are errors, as everywhere in `hm.toml`. Public for the swarm plugin,
+//! whose `[plugins.swarm].config` is this one under its own name ([`PluginConfig::parse_for`]).
 
 use serde_json::Value;
 
@@ -12,13 +13,22 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
+    /// `[plugins.docker].config`.
     pub fn parse(config: &Value) -> Result<Self, String> {
+        Self::parse_for(crate::NAME, "", config)
+    }
+
+    /// [`PluginConfig::parse`] for plugin `plugin`, its messages naming
+    /// `[plugins.<plugin>].config`. `example_note` follows the example address in the message
+    /// for a `host` that is not a string: `""`, or what the address must be, as the swarm
+    /// plugin's `" (a swarm manager's socket)"`.
+    pub fn parse_for(plugin: &str, example_note: &str, config: &Value) -> Result<Self, String> {
         let map = match config {
             Value::Null => return Ok(Self::default()),
             Value::Object(map) => map,
             other => {
                 return Err(format!(
-                    "[plugins.docker].config must be a table, not {other}"
+                    "[plugins.{plugin}].config must be a table, not {other}"
                 ));
             }
         };
@@ -27,18 +37,18 @@ impl PluginConfig {
             match (key.as_str(), value) {
                 ("host", Value::String(host)) => {
                     crate::daemon::check_scheme(host)
-                        .map_err(|e| format!("[plugins.docker].config.host: {e}"))?;
+                        .map_err(|e| format!("[plugins.{plugin}].config.host: {e}"))?;
                     parsed.host = Some(host.clone());
                 }
                 ("host", other) => {
                     return Err(format!(
-                        "[plugins.docker].config.host must be a string such as \
-                         \"unix:///var/run/docker.sock\", not {other}"
+                        "[plugins.{plugin}].config.host must be a string such as \
+                         \"unix:///var/run/docker.sock\"{example_note}, not {other}"
                     ));
                 }
                 (other, _) => {
                     return Err(format!(
-                        "unknown key `{other}` in [plugins.docker].config (known keys: host)"
+                        "unknown key `{other}` in [plugins.{plugin}].config (known keys: host)"
                     ));
                 }
             }

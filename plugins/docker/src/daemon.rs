@@ -1,8 +1,9 @@
 //! Finding and reaching the Docker daemon: its address (`[plugins.docker].config.host`, else
 //! `DOCKER_HOST`, else the default socket), the connection with the API version negotiated
 //! down to what the daemon speaks, and errors that say which address was tried, where it came
-//! from and what to do. The swarm plugin reaches its manager through this module too, with
-//! its own plugin name in the messages ([`Address::resolve_for`]).
+//! from and what to do, and reaching it during `Init` ([`block_on_fresh_runtime`]). The swarm
+//! plugin reaches its manager through this module too, with its own plugin name in the
+//! messages ([`Address::resolve_for`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -166,6 +167,31 @@ pub async fn connect(address: &Address) -> Result<Docker, Unreachable> {
     Ok(docker)
 }
 
+/// Runs `future` (connecting, sweeping) to its end during `Init` and returns its result.
+/// `Init` is answered synchronously, on the plugin's only runtime thread, which can neither
+/// drive a future it waits for nor start a runtime of its own: the future runs on a
+/// current-thread runtime of its own, on a thread of its own. That runtime is gone when this
+/// returns; a bollard client made on it still works on the plugin's runtime, as it keeps no
+/// connection open (bollard pools none). `what` is what the future reaches, for the messages:
+/// "Docker", "the swarm manager".
+pub fn block_on_fresh_runtime<T: Send>(
+    what: &str,
+    future: impl Future<Output = Result<T, String>> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime to reach {what}: {e}"))?;
+                runtime.block_on(future)
+            })
+            .join()
+            .map_err(|_| format!("the connection to {what} panicked"))?
+    })
+}
+
 /// A bollard error in words: the daemon's own message, or the innermost cause of a transport
 /// failure ("Connection refused (os error 111)") rather than the client's wrapping of it.
 pub fn describe(error: &bollard::errors::Error) -> String {
@@ -225,6 +251,18 @@ mod tests {
                 .unwrap_err()
                 .contains("not a Docker daemon")
         );
+    }
+
+    /// As `Init` calls it: on a runtime's only thread, which the future cannot use.
+    #[tokio::test]
+    async fn init_work_runs_beside_the_plugins_runtime() {
+        let slept = block_on_fresh_runtime("a timer", async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(7)
+        });
+        assert_eq!(slept, Ok(7));
+        let failed = block_on_fresh_runtime::<()>("Docker", async { Err("refused".into()) });
+        assert_eq!(failed, Err("refused".to_owned()));
     }
 
     #[tokio::test]

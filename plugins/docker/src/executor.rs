@@ -44,24 +44,10 @@ impl State {
     pub(crate) fn start(&self, info: &InitInfo) -> Result<(), String> {
         let address = self.address();
         let owner = Owner::current(&info.run_id);
-        // `Init` is answered synchronously, on the plugin's only runtime thread: the daemon is
-        // asked from a runtime of our own. The client keeps no connection open (bollard pools
-        // none), so it works on the plugin's runtime afterwards.
-        let (docker, swept) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("cannot start a runtime to reach Docker: {e}"))?;
-                    runtime.block_on(async {
-                        let docker = daemon::connect(&address).await.map_err(|e| e.to_string())?;
-                        let swept = sweep::orphans(&docker, &owner.host).await;
-                        Ok::<_, String>((docker, swept))
-                    })
-                })
-                .join()
-                .map_err(|_| "the connection to Docker panicked".to_owned())?
+        let (docker, swept) = daemon::block_on_fresh_runtime("Docker", async {
+            let docker = daemon::connect(&address).await.map_err(|e| e.to_string())?;
+            let swept = sweep::orphans(&docker, &owner.host).await;
+            Ok((docker, swept))
         })?;
         match swept {
             Ok(swept) if swept.is_empty() => {}

@@ -19,13 +19,13 @@
 //! volumes when hm says (the network with the last one). A docker step that lists services
 //! joins that network and reaches each at `<name>:<port>`.
 //!
-//! [`daemon`] (reaching the daemon) and [`owner`] (the labels of what hm creates, and the test
-//! for what dead runs left) are public: the swarm plugin reaches its manager and labels its
-//! services with them.
+//! [`config`] (`[plugins.NAME].config`), [`daemon`] (reaching the daemon) and [`owner`] (the
+//! labels of what hm creates, and the test for what dead runs left) are public: the swarm
+//! plugin checks its configuration, reaches its manager and labels its services with them.
 
 mod artifacts;
 mod caches;
-mod config;
+pub mod config;
 mod container;
 pub mod daemon;
 mod download;

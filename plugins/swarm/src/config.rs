@@ -2,9 +2,10 @@
 //! mistake fails the run at its start) and a step's `with = { ... }` (checked when the step
 //! runs). Unknown keys are errors, as everywhere in `hm.toml`.
 
+use hm_plugin_docker::config as docker;
 use serde_json::Value;
 
-/// `[plugins.swarm].config`.
+/// `[plugins.swarm].config`: the docker plugin's, under the swarm's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PluginConfig {
     /// A manager's address (`unix:///path`, `tcp://host:port`); wins over `DOCKER_HOST`.
@@ -13,37 +14,9 @@ pub struct PluginConfig {
 
 impl PluginConfig {
     pub fn parse(config: &Value) -> Result<Self, String> {
-        let map = match config {
-            Value::Null => return Ok(Self::default()),
-            Value::Object(map) => map,
-            other => {
-                return Err(format!(
-                    "[plugins.swarm].config must be a table, not {other}"
-                ));
-            }
-        };
-        let mut parsed = Self::default();
-        for (key, value) in map {
-            match (key.as_str(), value) {
-                ("host", Value::String(host)) => {
-                    hm_plugin_docker::daemon::check_scheme(host)
-                        .map_err(|e| format!("[plugins.swarm].config.host: {e}"))?;
-                    parsed.host = Some(host.clone());
-                }
-                ("host", other) => {
-                    return Err(format!(
-                        "[plugins.swarm].config.host must be a string such as \
-                         \"unix:///var/run/docker.sock\" (a swarm manager's socket), not {other}"
-                    ));
-                }
-                (other, _) => {
-                    return Err(format!(
-                        "unknown key `{other}` in [plugins.swarm].config (known keys: host)"
-                    ));
-                }
-            }
-        }
-        Ok(parsed)
+        let docker::PluginConfig { host } =
+            docker::PluginConfig::parse_for(crate::NAME, " (a swarm manager's socket)", config)?;
+        Ok(Self { host })
     }
 }
 
