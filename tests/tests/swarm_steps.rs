@@ -1,7 +1,8 @@
 //! The swarm executor through `hm`, against a real multi-node swarm on this machine (the
 //! swarm fixture, `hm_tests::swarm`): steps placed on several nodes with their logs complete
 //! and in order, exit codes, the OOM judgement, a step waiting for a node until its timeout,
-//! and no service left after a Ctrl-C. hm reaches the manager through
+//! a node lost under a step (cause `node_lost`, retried elsewhere), and no service or task
+//! container left after a Ctrl-C or a SIGKILL of hm. hm reaches the manager through
 //! `[plugins.swarm].config.host`. Without root, Docker or namespaces the tests say they were
 //! skipped, and fail instead under `HM_REQUIRE_SWARM=1` / `HM_REQUIRE_DOCKER=1`; the swarm and
 //! the image are removed however a test ends.
@@ -11,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use hm_tests::docker::DockerFixture;
 use hm_tests::swarm::Swarm;
-use hm_tests::{Project, Run, Signal, Value};
+use hm_tests::{Hm, Project, Run, Signal, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+/// How soon after hm is stopped (Ctrl-C) or killed (SIGKILL) a run's services and task
+/// containers must be gone from the whole swarm.
+const CLEANUP: Duration = Duration::from_secs(10);
 
 /// The line the executor writes on a step's stderr once its task runs.
 const RUNNING_ON: &str = "hm: running on node ";
@@ -94,6 +98,42 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `within` until the manager has no service of run `run_id` and no node a
+    /// container of it; how long that took.
+    fn wait_until_run_gone(&self, run_id: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let services = self.services_of(run_id);
+            let containers = self.containers_of(run_id);
+            if services.is_empty() && containers.is_empty() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{within:?} on, run {run_id} still has services {services:?} on the manager \
+                 and containers {containers:?} on the nodes"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Sets `node`'s availability (`active`, `drain`) on the manager.
+    fn set_availability(&self, node: &str, availability: &str) {
+        self.swarm
+            .docker_ok(&["node", "update", "--availability", availability, node]);
+    }
+
+    /// The manager's state for `node` (`ready`, `down`, ...).
+    fn node_state(&self, node: &str) -> String {
+        self.swarm
+            .node_list()
+            .iter()
+            .find(|n| n["Description"]["Hostname"] == node)
+            .and_then(|n| n["Status"]["State"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn assert_no_service_of(&self, run_id: &str) {
         let left = self.services_of(run_id);
         assert!(
@@ -124,6 +164,21 @@ fn node_of<'a>(run: &'a Run, step: &str) -> &'a str {
         "one `{RUNNING_ON}` line for {step}: {lines:?}"
     );
     nodes[0]
+}
+
+/// Reads hm's events until each `(step, line)` of `wanted` has been logged, in any order.
+fn wait_for_lines(hm: &mut Hm, wanted: &[(&str, &str)]) {
+    let logged = |e: &Value, step: &str, line: &str| {
+        e["kind"] == "step_log" && e["step"] == step && e["line"] == line
+    };
+    while let Some(&(step, line)) = wanted
+        .iter()
+        .find(|(step, line)| !hm.events().iter().any(|e| logged(e, step, line)))
+    {
+        hm.wait_for_event(&format!("{step}'s line {line:?}"), WAIT, |e| {
+            logged(e, step, line)
+        });
+    }
 }
 
 /// `count` numbered lines, `<prefix> line <n>`, as a step prints them.
@@ -397,4 +452,180 @@ run = "true"
     let run = project.run(&[]);
     assert_eq!(run.code(), 0, "{run}");
     cluster.assert_no_service_of(&dead_run);
+}
+
+#[test]
+fn a_lost_node_fails_its_step_with_node_lost_and_the_retry_runs_elsewhere() {
+    let test = "a_lost_node_fails_its_step_with_node_lost_and_the_retry_runs_elsewhere";
+    let Some(cluster) = Cluster::start(test, 3) else {
+        return;
+    };
+    let (manager, spare, lost) = (
+        cluster.swarm.node(0).name().to_owned(),
+        cluster.swarm.node(1).name().to_owned(),
+        cluster.swarm.node(2),
+    );
+    // The first attempt can only go to node-2; once it runs there, the manager takes new
+    // tasks again, and it is the only ready node left for the retry when node-2 is cut off.
+    cluster.set_availability(&manager, "drain");
+    cluster.set_availability(&spare, "drain");
+    let project = cluster.project(
+        r#"
+[steps.fragile]
+executor = "swarm"
+image = "{image}"
+run = 'echo "attempt $HM_ATTEMPT started"; if [ "$HM_ATTEMPT" = 1 ]; then exec sleep 1000; fi; echo "attempt $HM_ATTEMPT done"'
+retry = { attempts = 2, on = ["node_lost"] }
+"#,
+    );
+    let mut hm = project.spawn_run(&["--grace", "1s"]);
+    let on_lost = format!("{RUNNING_ON}{}", lost.name());
+    wait_for_lines(
+        &mut hm,
+        &[("fragile", &on_lost), ("fragile", "attempt 1 started")],
+    );
+    cluster.set_availability(&manager, "active");
+
+    let cut = Instant::now();
+    cluster.swarm.cut_link(lost);
+    let first_end = hm.wait_for_event("the first attempt's step_end", WAIT, |e| {
+        e["kind"] == "step_end" && e["step"] == "fragile" && e["attempt"] == 1
+    });
+    eprintln!(
+        "{test}: the first attempt ended {:.1?} after {}'s link was cut",
+        cut.elapsed(),
+        lost.name()
+    );
+    let run = hm.finish(WAIT).into_run();
+    let id = run_id(&run.events);
+    assert_eq!(first_end["status"], "failed", "{run}");
+    assert_eq!(first_end["cause"], "node_lost", "{run}");
+    let message = first_end["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("the node {} (id ", lost.name()))
+            && message.contains("went down"),
+        "{message}"
+    );
+    assert_eq!(run.of_step("step_retry", "fragile").len(), 1, "{run}");
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(run.status("fragile"), "passed", "{run}");
+    assert_eq!(run.step_end("fragile")["attempt"], 2, "{run}");
+    // Each attempt says where it ran: the lost node, then the manager.
+    let stderr = run.stream_lines("fragile", "stderr");
+    let nodes: Vec<&str> = stderr
+        .iter()
+        .filter_map(|l| l.strip_prefix(RUNNING_ON))
+        .collect();
+    assert_eq!(nodes, [lost.name(), manager.as_str()], "{stderr:?}");
+    // The lost attempt's output up to the loss, then the retry's.
+    assert_eq!(
+        run.stream_lines("fragile", "stdout"),
+        ["attempt 1 started", "attempt 2 started", "attempt 2 done"],
+        "{run}"
+    );
+    run.assert_one_final_step_end_each();
+    cluster.assert_no_service_of(&id);
+
+    // The cut node still runs the lost attempt's task; once it is back, it learns that the
+    // service is gone and removes the task's container.
+    cluster.swarm.restore_link(lost);
+    let restored = Instant::now();
+    while cluster.node_state(lost.name()) != "ready" {
+        assert!(
+            restored.elapsed() < WAIT,
+            "{} is not ready {WAIT:?} after its link was restored",
+            lost.name()
+        );
+        std::thread::sleep(POLL);
+    }
+    cluster.assert_no_container_of(&id);
+}
+
+/// A run of two long steps, one on node-0 and one on node-1, and hm once both print their
+/// first line.
+fn two_long_steps(cluster: &Cluster) -> (Project, Hm) {
+    let project = cluster.project(
+        r#"
+[steps.first]
+executor = "swarm"
+image = "{image}"
+run = "echo started; exec sleep 1000"
+with = { constraints = ["node.hostname==node-0"] }
+
+[steps.second]
+executor = "swarm"
+image = "{image}"
+run = "echo started; exec sleep 1000"
+with = { constraints = ["node.hostname==node-1"] }
+"#,
+    );
+    // The tasks' `sleep` is PID 1 and ignores SIGTERM: each stops at the SIGKILL after the
+    // grace.
+    let mut hm = project.spawn_run(&["--grace", "1s"]);
+    wait_for_lines(&mut hm, &[("first", "started"), ("second", "started")]);
+    (project, hm)
+}
+
+#[test]
+fn kill_9_of_hm_mid_run_leaves_no_service_and_no_task_container_within_10_s() {
+    let test = "kill_9_of_hm_mid_run_leaves_no_service_and_no_task_container_within_10_s";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let (_project, mut hm) = two_long_steps(&cluster);
+    let id = run_id(hm.events());
+    assert_eq!(
+        cluster.services_of(&id).len(),
+        2,
+        "both steps' services run"
+    );
+    assert_eq!(cluster.containers_of(&id).len(), 2, "both steps' tasks run");
+    let killed = Instant::now();
+    hm.signal(Signal::SIGKILL);
+    // What the guardian does is the test: hm's own end says nothing.
+    let _ = hm.finish(WAIT);
+    let services_gone = {
+        while !cluster.services_of(&id).is_empty() {
+            assert!(
+                killed.elapsed() < CLEANUP,
+                "services of run {id} are still on the manager {CLEANUP:?} after SIGKILL"
+            );
+            std::thread::sleep(POLL);
+        }
+        killed.elapsed()
+    };
+    let left = CLEANUP.saturating_sub(killed.elapsed());
+    cluster.wait_until_run_gone(&id, left);
+    eprintln!(
+        "{test}: after SIGKILL of hm, no service of the run in {services_gone:.1?}, no task \
+         container in {:.1?}",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn ctrl_c_with_steps_on_two_nodes_exits_130_and_leaves_no_service_and_no_task_container() {
+    let test =
+        "ctrl_c_with_steps_on_two_nodes_exits_130_and_leaves_no_service_and_no_task_container";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let (_project, mut hm) = two_long_steps(&cluster);
+    let id = run_id(hm.events());
+    assert_eq!(cluster.containers_of(&id).len(), 2, "both steps' tasks run");
+    let signalled = Instant::now();
+    hm.signal(Signal::SIGINT);
+    let run = hm.finish(WAIT).into_run();
+    let exited = signalled.elapsed();
+    assert_eq!(run.code(), 130, "{run}");
+    for step in ["first", "second"] {
+        assert_eq!(run.status(step), "cancelled", "{step}: {run}");
+    }
+    cluster.assert_no_service_of(&id);
+    cluster.wait_until_run_gone(&id, CLEANUP.saturating_sub(signalled.elapsed()));
+    eprintln!(
+        "{test}: hm exited {exited:.1?} after SIGINT, no task container of the run {:.1?} \
+         after it",
+        signalled.elapsed()
+    );
 }

@@ -98,7 +98,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The retry class names, for messages and suggestions; `exit:N` stands for the
 /// family.
 pub(crate) const RETRY_CLASS_NAMES: &[&str] = &[
-    "failed", "exit:N", "signal", "oom", "pids", "timeout", "crash", "image", "service", "node_lost",
+    "failed",
+    "exit:N",
+    "signal",
+    "oom",
+    "pids",
+    "timeout",
+    "crash",
+    "image",
+    "service",
+    "node_lost",
 ];
 
 /// Parses one retry class: `failed`, `exit:N` (N in 1..=255), `signal`, `oom`, `pids`,

@@ -116,6 +116,9 @@ impl Executor for SwarmExecutor {
         }
         match ran? {
             Ran::Cancelled => Ok(cancelled()),
+            // How the step ended is unknown; `retry.on = ["node_lost"]` runs it again wherever
+            // the manager places the new attempt.
+            Ran::NodeLost { message } => Err(StepError::NodeLost(message)),
             Ran::Ended { ending, node } => task::verdict(
                 &ending,
                 &image,

@@ -1,7 +1,8 @@
 //! One step attempt's service on the swarm: created, watched to its end (its task's state
-//! polled, its logs followed live and completed by a final read), removed on cancel (its task
-//! gets SIGTERM, then SIGKILL once the grace has passed), and removed in any case before the
-//! step answers; an abandoned one is removed in the background.
+//! polled, its logs followed live and completed by a final read, the node it is on watched
+//! for going down), removed on cancel (its task gets SIGTERM, then SIGKILL once the grace has
+//! passed), and removed in any case before the step answers; an abandoned one is removed in
+//! the background.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -30,6 +31,14 @@ const FINAL_READ_IDLE: Duration = Duration::from_secs(10);
 /// 20.10), and hm kills a plugin that has not answered a cancel 2 s after the grace (then 2 s
 /// more): this answers before that, the service being gone either way.
 const CANCEL_SLACK: Duration = Duration::from_millis(1500);
+/// How often the node the task is on is asked about, while the task is on its way or running.
+/// The manager marks a node that missed three heartbeats `down` (~3 s with a 1 s heartbeat,
+/// ~15 s with Docker's default 5 s): checking every second adds at most a second to that.
+const NODE_CHECK: Duration = Duration::from_secs(1);
+/// How long the read of a lost node's log may take in all. The manager asks the node's agent
+/// for a service's log, and a node that is down does not answer: what the live read had is
+/// what there is, and the step must not wait for a node that may never come back.
+const LOST_NODE_READ: Duration = Duration::from_secs(2);
 /// How many polls in a row may fail (the manager busy electing a leader, say) before the
 /// step fails.
 const MAX_POLL_ERRORS: u32 = 40;
@@ -46,6 +55,9 @@ pub enum Ran {
     },
     /// hm cancelled the step: the service was removed and its task stopped.
     Cancelled,
+    /// The node the task was on went down under it, so how it ends cannot be known; `message`
+    /// names the node and what the manager says of it.
+    NodeLost { message: String },
 }
 
 /// A created service. It is removed by [`StepService::remove`]; if it is dropped without that
@@ -82,9 +94,10 @@ impl StepService {
         remove(&self.docker, &self.id).await
     }
 
-    /// Watches the service until its task has ended, or hm cancels the step: the task's state
-    /// every [`POLL`] (a line on stderr when it waits for a node, and why; one when it runs,
-    /// and where), its output as it comes, completed once it has ended.
+    /// Watches the service until its task has ended, its node is lost, or hm cancels the step:
+    /// the task's state every [`POLL`] (a line on stderr when it waits for a node, and why; one
+    /// when it runs, and where), its node's every [`NODE_CHECK`] once it is on one, its output
+    /// as it comes, completed once it has ended (or as far as can be read from a lost node).
     pub async fn run(&self, step: &StepRequest, ctx: &StepContext) -> Result<Ran, StepError> {
         let mut logs = Logs::new(ctx);
         let mut follow = Some(self.logs(true));
@@ -95,6 +108,7 @@ impl StepService {
         let mut running_on: Option<String> = None;
         let mut task_id: Option<String> = None;
         let mut poll_errors = 0;
+        let mut node_checked: Option<Instant> = None;
         let mut unflushed = false;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let ending = loop {
@@ -133,7 +147,12 @@ impl StepService {
                     if let Some(id) = current.and_then(|t| t.id.clone()) {
                         task_id = Some(id);
                     }
-                    match task::phase(current) {
+                    let phase = task::phase(current);
+                    let on_node = match &phase {
+                        Phase::Starting { node } | Phase::Running { node } => Some(node.clone()),
+                        Phase::Waiting { .. } | Phase::Ended(_) => None,
+                    };
+                    match phase {
                         Phase::Waiting { reason: Some(reason) } if waiting_for.as_ref() != Some(&reason) => {
                             ctx.line(OutputStream::Stderr, format!("hm: waiting for a node: {reason}")).await?;
                             unflushed = true;
@@ -145,6 +164,25 @@ impl StepService {
                         }
                         Phase::Waiting { .. } | Phase::Starting { .. } | Phase::Running { .. } => {}
                         Phase::Ended(ending) => break ending,
+                    }
+                    // Only while the task is not over: an ended task's verdict stands, whatever
+                    // became of its node since.
+                    if let Some(node) = on_node
+                        && node_checked.is_none_or(|at| at.elapsed() >= NODE_CHECK)
+                    {
+                        node_checked = Some(Instant::now());
+                        if let Some(loss) = self.node_loss(&node).await {
+                            drop(follow.take());
+                            self.read_to_end(&mut logs, ctx, Some(LOST_NODE_READ)).await?;
+                            let hostname = running_on.unwrap_or(loss.hostname);
+                            return Ok(Ran::NodeLost {
+                                message: format!(
+                                    "the node {hostname} (id {node}) the step ran on went down: \
+                                     the swarm manager reports it {}",
+                                    loss.state
+                                ),
+                            });
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(follow_again.unwrap_or(far)), if follow.is_none() && follow_again.is_some() => {
@@ -189,7 +227,7 @@ impl StepService {
             (None, Some(id)) => Some(self.hostname(&id).await),
             (None, None) => None,
         };
-        self.read_to_end(&mut logs, ctx).await?;
+        self.read_to_end(&mut logs, ctx, None).await?;
         Ok(Ran::Ended {
             ending,
             node: ran_on,
@@ -207,6 +245,25 @@ impl StepService {
         Ok(hostname)
     }
 
+    /// Whether the manager has lost node `id` (see [`task::node_loss`]); a node it no longer
+    /// knows has left the swarm. An unanswered question is no news: the next check asks again.
+    async fn node_loss(&self, id: &str) -> Option<NodeLoss> {
+        match self.docker.inspect_node(id).await {
+            Ok(node) => task::node_loss(&node).map(|state| NodeLoss {
+                hostname: node
+                    .description
+                    .and_then(|d| d.hostname)
+                    .unwrap_or_else(|| id.to_owned()),
+                state,
+            }),
+            Err(e) if is_status(&e, 404) => Some(NodeLoss {
+                hostname: id.to_owned(),
+                state: "gone: the node left the swarm".into(),
+            }),
+            Err(_) => None,
+        }
+    }
+
     /// The hostname of node `id`, or its ID if the manager does not say.
     async fn hostname(&self, id: &str) -> String {
         self.docker
@@ -219,15 +276,28 @@ impl StepService {
     }
 
     /// The final read: the whole log from its start, each stream's lines past those already
-    /// sent; then a last line without a newline, and everything flushed.
-    async fn read_to_end(&self, logs: &mut Logs, ctx: &StepContext) -> Result<(), StepError> {
+    /// sent; then a last line without a newline, and everything flushed. `within` bounds the
+    /// whole read (a lost node's log), else only the wait for each chunk is.
+    async fn read_to_end(
+        &self,
+        logs: &mut Logs,
+        ctx: &StepContext,
+        within: Option<Duration>,
+    ) -> Result<(), StepError> {
         logs.restart();
         let mut read = self.logs(false);
+        let deadline = within.map(|within| Instant::now() + within);
         let problem = loop {
             let chunk = tokio::select! {
                 biased;
                 // The step has ended: a cancel now only cuts the reading short.
                 () = ctx.cancelled() => break None,
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    break Some(format!(
+                        "its node did not answer within {}s",
+                        within.unwrap_or_default().as_secs()
+                    ));
+                }
                 chunk = tokio::time::timeout(FINAL_READ_IDLE, read.next()) => chunk,
             };
             match chunk {
@@ -337,6 +407,12 @@ impl StepService {
         };
         Box::pin(self.docker.service_logs(&self.id, Some(options)))
     }
+}
+
+/// A node the manager has lost: its hostname, and its state in the manager's words.
+struct NodeLoss {
+    hostname: String,
+    state: String,
 }
 
 impl Drop for StepService {

@@ -1,8 +1,9 @@
 //! What the service's task says, as the step sees it: waiting for a node (a queue, not a
-//! failure), on its way on a node, running, or ended; and how an ended task ends the step.
-//! Plain functions of the manager's answers, tested without a swarm.
+//! failure), on its way on a node, running, or ended; whether the node it is on was lost; and
+//! how an ended task ends the step. Plain functions of the manager's answers, tested without a
+//! swarm.
 
-use bollard::models::{Task, TaskState};
+use bollard::models::{Node, NodeState, Task, TaskState};
 use hm_sdk::{StepError, StepResult};
 
 /// Where the step's task is.
@@ -105,6 +106,28 @@ pub fn phase(task: Option<&Task>) -> Phase {
             Phase::Ended(Ending::Stopped {
                 state: state.to_string(),
                 reason: reason(),
+            })
+        }
+    }
+}
+
+/// Whether the manager has lost `node`, the one the step's task is on, and in its words how
+/// (`"down: heartbeat failure"`); `None` while the node is `ready`.
+///
+/// A node that misses its heartbeats is marked `down` while its task still reads `running`:
+/// the manager cannot hear from it, so the task's state never changes (until it is orphaned,
+/// a day later). The node's own state is the only news that it is gone. `unknown` and
+/// `disconnected` count too: a node in them runs nothing the manager can follow. A node
+/// without a state (an answer missing the field) is not judged lost.
+pub fn node_loss(node: &Node) -> Option<String> {
+    let status = node.status.clone().unwrap_or_default();
+    let state = status.state?;
+    match state {
+        NodeState::READY => None,
+        NodeState::DOWN | NodeState::UNKNOWN | NodeState::DISCONNECTED => {
+            Some(match status.message.filter(|m| !m.trim().is_empty()) {
+                Some(message) => format!("{state}: {}", message.trim()),
+                None => state.to_string(),
             })
         }
     }
@@ -347,6 +370,44 @@ mod tests {
             }
             other => panic!("not a message: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_node_down_unknown_or_disconnected_is_lost_and_a_ready_one_is_not() {
+        use bollard::models::NodeStatus;
+        let node = |state: Option<NodeState>, message: &str| Node {
+            id: Some("n2".into()),
+            status: Some(NodeStatus {
+                state,
+                message: Some(message.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = |state, message: &str, expected: Option<&str>| {
+            assert_eq!(
+                node_loss(&node(state, message)).as_deref(),
+                expected,
+                "{state:?} {message:?}"
+            );
+        };
+        check(Some(NodeState::READY), "", None);
+        // A ready node's message says nothing of a loss.
+        check(Some(NodeState::READY), "heartbeat failure", None);
+        check(
+            Some(NodeState::DOWN),
+            "heartbeat failure",
+            Some("down: heartbeat failure"),
+        );
+        check(Some(NodeState::DOWN), "", Some("down"));
+        check(Some(NodeState::UNKNOWN), " ", Some("unknown"));
+        check(
+            Some(NodeState::DISCONNECTED),
+            "node is disconnected",
+            Some("disconnected: node is disconnected"),
+        );
+        check(None, "heartbeat failure", None);
+        assert_eq!(node_loss(&Node::default()), None);
     }
 
     #[test]
