@@ -13,7 +13,7 @@
 //! of `Execute`), `HostCall::OpenArtifacts` and `HostCall::PutArtifacts` (a tar next to the call). Version 8
 //! adds services and the `image` verdict: `KernelCall::Attempt` (sent instead of `Step`),
 //! `KernelCall::StartService` and `KernelCall::StopService`, and `PluginReply::ImageUnavailable`,
-//! `ServiceUp`, `ServiceFailed`, `ServiceStopped` and `NodeLost`.
+//! `ServiceUp`, `ServiceFailed`, `ServiceStopped` and `NodeLost`; `HostCall::Placed`.
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u32 = 1;

@@ -184,6 +184,7 @@ impl HostPolicy {
                     HostCall::OpenArchive => ("OpenArchive", SHM_SINCE),
                     HostCall::OpenArtifacts(_) => ("OpenArtifacts", ARTIFACTS_SINCE),
                     HostCall::PutArtifacts(_) => ("PutArtifacts", ARTIFACTS_SINCE),
+                    HostCall::Placed(_) => ("Placed", SERVICES_SINCE),
                     _ => ("", 0),
                 };
                 if self.protocol < since {
@@ -196,6 +197,14 @@ impl HostPolicy {
                 check_buffer(&request, buffer.as_ref())?;
                 if let HostCall::PutArtifacts(upload) = &request {
                     self.check_upload(upload.step_call)?;
+                }
+                if let HostCall::Placed(placement) = &request
+                    && self.calls.get(&placement.step_call) != Some(&CallKind::Execute)
+                {
+                    return Err(Violation(format!(
+                        "sent Placed for call {}, which is not a running step",
+                        placement.step_call
+                    )));
                 }
                 Ok(Inbound::HostCall {
                     call,
@@ -414,5 +423,6 @@ fn host_call_name(call: &HostCall) -> &'static str {
         HostCall::OpenArchive => "OpenArchive",
         HostCall::OpenArtifacts(_) => "OpenArtifacts",
         HostCall::PutArtifacts(_) => "PutArtifacts",
+        HostCall::Placed(_) => "Placed",
     }
 }

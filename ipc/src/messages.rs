@@ -382,6 +382,17 @@ pub enum HostCall {
     /// next to the frame, or without a buffer a `problem` that fails the step with cause
     /// `artifact`. Sent before the step's reply; answered with `HostReply::Ok`. v7.
     PutArtifacts(Box<ArtifactUpload>),
+    /// Where the step of `step_call` runs, for an executor that places steps on a cluster's
+    /// nodes: shown in its `step_end` and the summary. Answered with `HostReply::Ok`. v8.
+    Placed(Box<Placement>),
+}
+
+/// The node a running step was placed on. v8.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub step_call: u64,
+    /// The node's name, as the cluster knows it (its host name).
+    pub node: String,
 }
 
 /// Names a running step by the id of its `Step` call. v7.

@@ -213,6 +213,17 @@ fn cases() -> Vec<(&'static str, OutFrame)> {
             frame(K::Reply, 12, &PluginReply::ServiceStopped),
         ),
         (
+            "host_call_placed",
+            frame(
+                K::Call,
+                3,
+                &HostCall::Placed(Box::new(Placement {
+                    step_call: 7,
+                    node: "node-2".into(),
+                })),
+            ),
+        ),
+        (
             "reply_node_lost",
             frame(
                 K::Reply,

@@ -409,3 +409,39 @@ fn a_steps_artifacts_come_once_while_it_runs_with_a_buffer_or_a_problem() {
         vec![Send(log, Violation("a Log host call, which has none"))],
     );
 }
+
+fn placed(id: u64, step_call: u64) -> Frame {
+    let call = HostCall::Placed(Box::new(hm_ipc::messages::Placement {
+        step_call,
+        node: "node-2".into(),
+    }));
+    frame(OutFrame::message(FrameKind::Call, id, &call).unwrap())
+}
+
+#[test]
+fn a_step_is_placed_only_while_it_runs_and_only_on_protocol_8() {
+    check(
+        8,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(placed(1, 7), Host),
+            Send(reply(7, done()), Reply),
+            Send(placed(2, 7), Violation("not a running step")),
+            Send(placed(3, 9), Violation("not a running step")),
+        ],
+    );
+    check(
+        7,
+        8,
+        1024,
+        vec![
+            Call(7, CallKind::Execute),
+            Send(
+                placed(1, 7),
+                Violation("does not have it (added in version 8)"),
+            ),
+        ],
+    );
+}

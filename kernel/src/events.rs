@@ -149,6 +149,9 @@ pub struct StepEnd {
     /// What it wrote to `$HM_OUTPUT` (when it passed), as a JSON object in its order.
     #[serde(serialize_with = "ordered_pairs")]
     pub outputs: Vec<(String, String)>,
+    /// The cluster node the attempt ran on, when its executor said (the swarm executor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn ordered_pairs<S: serde::Serializer>(
@@ -358,6 +361,7 @@ mod tests {
             saved_ms: None,
             artifacts: Vec::new(),
             outputs: vec![("v".into(), "1".into())],
+            node: None,
         };
         let json = serde_json::to_string(&end).expect("serialises");
         assert!(

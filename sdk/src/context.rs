@@ -312,6 +312,23 @@ impl StepContext {
         artifacts_sent(reply)
     }
 
+    /// Tells hm which node of a cluster the step runs on (its name, as the cluster knows it):
+    /// shown in the step's `step_end` and in the summary. A no-op from an hm older than
+    /// protocol 8.
+    pub async fn placed_on(&self, node: impl Into<String>) -> Result<(), StepError> {
+        if self.inner.link.protocol < hm_ipc::SERVICES_SINCE {
+            return Ok(());
+        }
+        let call = HostCall::Placed(Box::new(hm_ipc::messages::Placement {
+            step_call: self.inner.call_id,
+            node: node.into(),
+        }));
+        match self.inner.link.call(&call).await? {
+            HostReply::Error(e) => Err(StepError::Message(e.message)),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes (or with `None`, deletes) a value in hm's key-value store.
     pub async fn kv_set(
         &self,

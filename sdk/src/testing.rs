@@ -155,6 +155,8 @@ pub struct StepRun {
     /// What the plugin sent with `PutArtifacts` (v7) before it answered: the tar's bytes, or
     /// the problem it reported instead. `None` when it sent nothing.
     pub artifacts: Option<Result<Vec<u8>, String>>,
+    /// The node the plugin said the step runs on (`Placed`, v8), the last it said.
+    pub node: Option<String>,
 }
 
 impl StepRun {
@@ -631,6 +633,7 @@ impl Harness {
             logs: Vec::new(),
             process_groups: Vec::new(),
             artifacts: None,
+            node: None,
             reply: None,
         })
     }
@@ -664,6 +667,7 @@ pub struct CallHandle {
     logs: Vec<(LogLevel, String)>,
     process_groups: Vec<i32>,
     artifacts: Option<Result<Vec<u8>, String>>,
+    node: Option<String>,
     reply: Option<PluginReply>,
 }
 
@@ -723,6 +727,7 @@ impl CallHandle {
             result,
             logs: self.logs,
             process_groups: self.process_groups,
+            node: self.node,
             artifacts: self.artifacts,
         })
     }
@@ -756,6 +761,7 @@ impl CallHandle {
                     Some(CallEvent::Lines(lines)) => self.lines.extend(lines),
                     Some(CallEvent::Log(level, message)) => self.logs.push((level, message)),
                     Some(CallEvent::ProcessGroup(pgid)) => self.process_groups.push(pgid),
+                    Some(CallEvent::Placed(node)) => self.node = Some(node),
                     Some(CallEvent::Artifacts(upload)) => self.artifacts = Some(upload),
                     Some(CallEvent::Reply(reply)) => self.reply = Some(reply),
                 }
@@ -856,6 +862,7 @@ enum CallEvent {
     Lines(Vec<(OutputStream, String)>),
     Log(LogLevel, String),
     ProcessGroup(i32),
+    Placed(String),
     Artifacts(Result<Vec<u8>, String>),
     Reply(PluginReply),
 }
@@ -1070,6 +1077,13 @@ impl Kernel {
                 };
                 call.process_groups.push(process.pgid);
                 let _ = call.events.send(CallEvent::ProcessGroup(process.pgid));
+                HostReply::Ok
+            }
+            HostCall::Placed(placement) => {
+                // The policy checked that the call is a running step.
+                if let Some(call) = state.calls.get(&placement.step_call) {
+                    let _ = call.events.send(CallEvent::Placed(placement.node));
+                }
                 HostReply::Ok
             }
             HostCall::OpenArchive => return open_archive(&mut state),

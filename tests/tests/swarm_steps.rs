@@ -239,6 +239,8 @@ needs = ["count"]
             "{step}; {run}"
         );
         assert_eq!(node_of(&run, &step), node, "{run}");
+        // The step's end says where it ran, as the summary does.
+        assert_eq!(run.step_end(&step)["node"], node, "{run}");
         nodes.insert(node_of(&run, &step).to_owned());
         eprintln!(
             "{test}: {step} took {} ms",

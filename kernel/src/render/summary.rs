@@ -72,10 +72,13 @@ const HEADER: [&str; COLUMNS] = [
     "duration",
     "peak memory",
     "cpu time",
+    "node",
 ];
-const COLUMNS: usize = 7;
+const COLUMNS: usize = 8;
+/// The last column, shown only when a step ran on a cluster's node.
+const NODE: usize = 7;
 /// Names, words and causes read best left-aligned; numbers right-aligned so units line up.
-const RIGHT_ALIGNED: [bool; COLUMNS] = [false, false, false, true, true, true, true];
+const RIGHT_ALIGNED: [bool; COLUMNS] = [false, false, false, true, true, true, true, false];
 const STATUS: usize = 1;
 
 impl Summary {
@@ -215,6 +218,11 @@ impl Summary {
         let mut cells: Vec<([String; COLUMNS], Tone)> = Vec::with_capacity(self.rows.len() + 1);
         cells.push((HEADER.map(str::to_owned), Tone::Plain));
         cells.extend(self.rows.iter().map(Row::cells));
+        let placed = self
+            .rows
+            .iter()
+            .any(|row| row.last.as_ref().is_some_and(|end| end.node.is_some()));
+        let shown = if placed { COLUMNS } else { NODE };
         let mut widths = [0; COLUMNS];
         for (row, _) in &cells {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -223,7 +231,7 @@ impl Summary {
         }
         for (row, tone) in &cells {
             let mut line = String::new();
-            for (col, cell) in row.iter().enumerate() {
+            for (col, cell) in row.iter().enumerate().take(shown) {
                 if col > 0 {
                     line.push_str("  ");
                 }
@@ -259,6 +267,7 @@ impl Row {
                     dash(),
                     dash(),
                     dash(),
+                    dash(),
                 ],
                 Tone::Plain,
             );
@@ -284,6 +293,7 @@ impl Row {
             },
             end.peak_memory_bytes.map_or_else(dash, text::bytes),
             end.cpu_ms.map_or_else(dash, text::duration),
+            end.node.clone().unwrap_or_else(dash),
         ];
         (cells, Tone::of(end.status, end.allowed_failure))
     }
@@ -370,6 +380,35 @@ mod tests {
             run failed (exit code 1)
         "#]]
         .assert_eq(&render(&run(), false));
+    }
+
+    #[test]
+    fn a_node_column_shows_where_steps_ran_when_one_ran_on_a_cluster() {
+        let on = |step: &str, node: Option<&str>| {
+            BuildEvent::StepEnd(StepEnd {
+                duration_ms: 900,
+                node: node.map(str::to_owned),
+                ..end(step, StepStatus::Passed, None)
+            })
+        };
+        let events = vec![
+            queued("remote"),
+            queued("local"),
+            start("remote", 1),
+            start("local", 1),
+            on("remote", Some("node-2")),
+            on("local", None),
+            build_end(StepStatus::Passed, 0, [2, 0, 0, 0]),
+        ];
+        expect![[r#"
+            step    status  cause  attempts  duration  peak memory  cpu time  node
+            remote  passed  -             1     900ms            -         -  node-2
+            local   passed  -             1     900ms            -         -  -
+
+            2 passed, 0 failed, 0 skipped, 0 cancelled in 3.4s
+            run passed (exit code 0)
+        "#]]
+        .assert_eq(&render(&events, false));
     }
 
     #[test]

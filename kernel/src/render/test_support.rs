@@ -151,6 +151,7 @@ pub(crate) fn end(step: &str, status: StepStatus, cause: Option<Cause>) -> StepE
         saved_ms: None,
         artifacts: Vec::new(),
         outputs: Vec::new(),
+        node: None,
     }
 }
 

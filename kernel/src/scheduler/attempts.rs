@@ -315,6 +315,7 @@ impl Scheduler<'_> {
         step.started = Some(now);
         step.deadline = def.timeout.map(|t| now + t);
         step.pgid = None;
+        step.node = None;
         self.plugins[p].in_flight.insert(call, i);
         self.emit(BuildEvent::StepStart {
             step: def.name.clone(),
@@ -588,6 +589,7 @@ impl Scheduler<'_> {
             saved_ms: self.steps[i].saved_ms,
             artifacts: self.steps[i].artifacts.clone(),
             outputs: self.steps[i].outputs.clone(),
+            node: self.steps[i].node.clone(),
         }));
         let step = &mut self.steps[i];
         step.started = None;
@@ -651,6 +653,7 @@ impl Scheduler<'_> {
             saved_ms: None,
             artifacts: Vec::new(),
             outputs: Vec::new(),
+            node: None,
         }));
     }
 

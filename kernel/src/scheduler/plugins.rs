@@ -346,6 +346,11 @@ impl Scheduler<'_> {
             PluginEventKind::ImageUnavailable { call, message } => {
                 self.on_step_refused(p, call, message, Some(Cause::Image));
             }
+            PluginEventKind::Placed { call, node } => {
+                if let Some(&i) = self.plugins[p].in_flight.get(&call) {
+                    self.steps[i].node = Some(node);
+                }
+            }
             PluginEventKind::NodeLost { call, message } => {
                 self.on_step_refused(p, call, message, Some(Cause::NodeLost));
             }

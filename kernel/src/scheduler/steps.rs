@@ -98,6 +98,8 @@ pub(super) struct StepRun {
     pub(super) saved_ms: Option<u64>,
     /// The log of the running attempt as the cache stores it, while it may be stored.
     pub(super) cache_log: Option<Vec<u8>>,
+    /// The cluster node the running attempt is on, when its executor said (`Placed`).
+    pub(super) node: Option<String>,
 }
 
 impl StepRun {
@@ -132,6 +134,7 @@ impl StepRun {
             cache_status: None,
             saved_ms: None,
             cache_log: None,
+            node: None,
         }
     }
 

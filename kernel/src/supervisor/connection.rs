@@ -527,6 +527,13 @@ fn dispatch(
                     });
                     HostReply::Ok
                 }
+                HostCall::Placed(placement) => {
+                    send(PluginEventKind::Placed {
+                        call: placement.step_call,
+                        node: placement.node,
+                    });
+                    HostReply::Ok
+                }
                 HostCall::OpenArtifacts(step) => {
                     send(PluginEventKind::OpenArtifacts {
                         host_call: call,

@@ -67,6 +67,11 @@ pub enum PluginEventKind {
         call: u64,
         message: String,
     },
+    /// The step of `call` runs on cluster node `node` (`Placed`, v8).
+    Placed {
+        call: u64,
+        node: String,
+    },
     /// The node the step of `call` ran on went down under it (v8).
     NodeLost {
         call: u64,

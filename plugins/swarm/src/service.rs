@@ -234,7 +234,8 @@ impl StepService {
         })
     }
 
-    /// Writes `hm: running on node <hostname>` on the step's stderr; returns the hostname.
+    /// Writes `hm: running on node <hostname>` on the step's stderr and tells hm (the step's
+    /// `step_end` and the summary show it); returns the hostname.
     async fn announce(&self, node: &str, ctx: &StepContext) -> Result<String, StepError> {
         let hostname = self.hostname(node).await;
         ctx.line(
@@ -242,6 +243,7 @@ impl StepService {
             format!("hm: running on node {hostname}"),
         )
         .await?;
+        ctx.placed_on(hostname.clone()).await?;
         Ok(hostname)
     }
 
