@@ -116,8 +116,8 @@ pub struct Step {
     pub shell: Shell,
     pub limits: Limits,
     pub retry: Retry,
-    /// The executor name: explicit `executor`, else "docker" when `image` is set, else the
-    /// `[defaults]` executor, else "shell".
+    /// The executor name: explicit `executor`, else a `[defaults]` executor other than
+    /// "shell", else "docker" when `image` is set, else "shell".
     pub executor: String,
     pub image: Option<String>,
     /// `with = { ... }` as JSON text, opaque to the kernel, handed to the executor.

@@ -397,12 +397,15 @@ impl Checker<'_> {
             env.extend(values.iter().map(|(k, v)| (matrix::variable(k), v.clone())));
         }
         env.extend(draft.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let executor = draft
-            .executor
-            .clone()
-            .or_else(|| draft.image.as_ref().map(|_| "docker".to_owned()))
-            .or_else(|| defaults_executor.map(str::to_owned))
-            .unwrap_or_else(|| "shell".to_owned());
+        // `image` means docker unless the step says otherwise, or `[defaults]` names another
+        // executor than `shell` (which runs no images): `[defaults] executor = "swarm"` takes
+        // the steps with images too.
+        let executor = match (&draft.executor, &draft.image, defaults_executor) {
+            (Some(own), _, _) => own.clone(),
+            (None, _, Some(default)) if default != "shell" => default.to_owned(),
+            (None, Some(_), _) => "docker".to_owned(),
+            (None, None, default) => default.unwrap_or("shell").to_owned(),
+        };
         Step {
             location: self.report.location(draft.header.clone()),
             name: values

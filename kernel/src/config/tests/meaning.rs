@@ -159,9 +159,15 @@ run = "x"
             .join(" ")
     };
     assert_eq!(executors(steps), "explicit=podman image=docker plain=shell");
+    // A default executor other than `shell` takes the steps with images too (`swarm`).
     assert_eq!(
         executors(&format!("[defaults]\nexecutor = \"remote\"\n{steps}")),
-        "explicit=podman image=docker plain=remote"
+        "explicit=podman image=remote plain=remote"
+    );
+    // `shell` runs no images: there `image` still means docker.
+    assert_eq!(
+        executors(&format!("[defaults]\nexecutor = \"shell\"\n{steps}")),
+        "explicit=podman image=docker plain=shell"
     );
 }
 
@@ -333,7 +339,7 @@ env = { A = "step" }
 image = "alpine"
 "#,
         r#"pipeline proj timeout=- parallelism=- keep_going=false env={}
-step s at hm.toml:17:1 executor=docker run="from base"
+step s at hm.toml:17:1 executor=remote run="from base"
   needs=[] dir=. env={A=step,B=base,D=defaults} timeout=10m allow_failure=false limits=memory:1048576,pids:10,cpu:2 retry=3x[Oom] image=alpine with={"x":1,"y":{"other":true},"z":3}
 "#,
     );
