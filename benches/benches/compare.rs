@@ -1,13 +1,14 @@
 //! The command line of the comparisons: `cargo bench -p hm-benches --bench compare -- [--quick]
 //! [--hm PATH] [NAME...]`, normally started by `cargo xtask bench`. Prints one line per bench
 //! as it finishes; exits 1 if a bench could not run, 2 on a bad argument. A missed target is
-//! reported, not an error: the figures are what this is for.
+//! reported, not an error: the figures are what this is for; nor is a bench skipped because this
+//! machine cannot run it (`swarm-first-line` without a swarm), which says why.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hm_benches::{BENCHES, Outcome, Settings};
+use hm_benches::{BENCHES, BenchError, Outcome, Settings};
 
 const USAGE: &str = "\
 usage: compare [--quick] [--no-pin] [--hm PATH] [NAME...]
@@ -17,7 +18,7 @@ usage: compare [--quick] [--no-pin] [--hm PATH] [NAME...]
   --hm PATH   the release hm binary (default: target/release/hm of this workspace)
   NAME        run only these benches: call-round-trip, shm-handoff, shm-handoff-map,
               shm-vs-socket, cold-start, run-200-steps, cached-step, cached-20-steps,
-              log-throughput, kernel-rss-1000,
+              log-throughput, swarm-first-line, kernel-rss-1000,
               ctrl-c (default: all)
 ";
 
@@ -89,6 +90,10 @@ fn main() -> ExitCode {
                     missed += 1;
                 }
                 units.push(format!("  {}: {}", outcome.name, outcome.unit));
+            }
+            // A bench this machine cannot run (no swarm here) says so; it is not a failure.
+            Err(BenchError::Skipped { reason }) => {
+                println!("{:<16} SKIPPED: {reason}", bench.name);
             }
             Err(e) => {
                 println!("{:<16} ERROR: {e}", bench.name);

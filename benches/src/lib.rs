@@ -18,6 +18,7 @@ pub mod measure;
 pub mod procfs;
 pub mod run_steps;
 pub mod shm_handoff;
+pub mod swarm_first_line;
 
 use std::path::PathBuf;
 
@@ -90,6 +91,11 @@ pub const BENCHES: &[Bench] = &[
         name: log_throughput::NAME,
         needs_hm: true,
         run: log_throughput::run,
+    },
+    Bench {
+        name: swarm_first_line::NAME,
+        needs_hm: true,
+        run: swarm_first_line::run,
     },
     Bench {
         name: kernel_rss::NAME,

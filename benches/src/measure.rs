@@ -25,6 +25,9 @@ pub enum BenchError {
     TimedOut { what: String, limit: Duration },
     #[error("{what}: {detail}")]
     Failed { what: String, detail: String },
+    /// The bench cannot run on this machine (no swarm, no Docker): reported, not an error.
+    #[error("skipped: {reason}")]
+    Skipped { reason: String },
 }
 
 impl BenchError {
@@ -37,6 +40,12 @@ impl BenchError {
         Self::Failed {
             what: what.into(),
             detail: detail.into(),
+        }
+    }
+
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Self::Skipped {
+            reason: reason.into(),
         }
     }
 }
