@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use crate::events::{BuildEvent, Envelope, StepEnd, StepStatus};
+use crate::events::{BuildEvent, Envelope, StepEnd, StepStatus, Stream};
 
 use super::Renderer;
 use super::log_tail::LogTail;
@@ -57,7 +57,13 @@ struct Running {
     step: String,
     attempt: u32,
     since: Instant,
+    /// What its executor last said about it (`hm: waiting for a node: ...`, `hm: pulling
+    /// ...`), shown beside its time.
+    note: Option<String>,
 }
+
+/// The longest note shown beside a running step; the rest is cut.
+const MAX_NOTE: usize = 72;
 
 impl LiveRenderer {
     pub(crate) fn new(stderr: Box<dyn Write + Send>, color: bool) -> Self {
@@ -132,7 +138,7 @@ impl LiveRenderer {
 
     fn draw_block(&mut self) {
         let now = (self.clock)();
-        let rows: Vec<(String, String)> = self
+        let rows: Vec<(String, String, Option<&str>)> = self
             .running
             .iter()
             .take(MAX_ROWS)
@@ -144,18 +150,23 @@ impl LiveRenderer {
                 if r.attempt > 1 {
                     let _ = write!(label, " (attempt {})", r.attempt);
                 }
-                (label, elapsed(now.saturating_duration_since(r.since)))
+                let time = elapsed(now.saturating_duration_since(r.since));
+                (label, time, r.note.as_deref())
             })
             .collect();
         let width = rows
             .iter()
-            .map(|(l, _)| l.chars().count())
+            .map(|(l, _, _)| l.chars().count())
             .max()
             .unwrap_or(0);
-        let time_width = rows.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
-        for (label, time) in &rows {
+        let time_width = rows.iter().map(|(_, t, _)| t.len()).max().unwrap_or(0);
+        for (label, time, note) in &rows {
             let pad = width - label.chars().count();
-            let _ = writeln!(self.block, "  {label}{:pad$}  {time:>time_width$}", "");
+            let _ = write!(self.block, "  {label}{:pad$}  {time:>time_width$}", "");
+            if let Some(note) = note {
+                let _ = write!(self.block, "  {note}");
+            }
+            self.block.push('\n');
         }
         if self.running.len() > MAX_ROWS {
             let _ = writeln!(self.block, "  … and {} more", self.running.len() - MAX_ROWS);
@@ -185,7 +196,20 @@ impl Renderer for LiveRenderer {
         if self.out.is_closed() {
             return Ok(());
         }
-        if let BuildEvent::StepLog { step, line, .. } = &ev.event {
+        if let BuildEvent::StepLog {
+            step, line, stream, ..
+        } = &ev.event
+        {
+            // An executor's word on a running step (`hm: ...` on stderr) is its note.
+            if let (Stream::Stderr, Some(note)) = (stream, line.strip_prefix("hm: "))
+                && let Some(running) = self.running.iter_mut().find(|r| &r.step == step)
+            {
+                let mut shown: String = note.chars().take(MAX_NOTE).collect();
+                if note.chars().count() > MAX_NOTE {
+                    shown.push('…');
+                }
+                running.note = Some(shown);
+            }
             match self.logs.get_mut(step.as_str()) {
                 Some(log) => log.push(line),
                 None => {
@@ -211,6 +235,7 @@ impl Renderer for LiveRenderer {
                     step: step.clone(),
                     attempt: *attempt,
                     since: (self.clock)(),
+                    note: None,
                 });
                 // Each attempt's log stands alone: the last one's was shown when it failed.
                 self.logs.remove(step.as_str());
@@ -268,8 +293,8 @@ mod tests {
 
     use super::*;
     use crate::render::test_support::{
-        BrokenPipe, SharedBuf, build_end, build_start, failed_exit, feed, has_sgr, log, passed,
-        queued, start,
+        BrokenPipe, SharedBuf, build_end, build_start, failed_exit, feed, has_sgr, log, log_err,
+        passed, queued, start,
     };
 
     /// A clock the test moves by hand.
@@ -296,6 +321,48 @@ mod tests {
     /// Escape sequences made visible, so the snapshot shows where the block is redrawn.
     fn visible(s: &str) -> String {
         s.replace('\x1b', "⎋")
+    }
+
+    #[test]
+    fn a_running_step_shows_what_its_executor_last_said_about_it() {
+        let (err, clock) = (SharedBuf::default(), FakeClock::new());
+        let mut r = live(&err, &clock);
+        feed(
+            &mut r,
+            &[
+                build_start(2),
+                queued("remote"),
+                queued("local"),
+                start("remote", 1),
+                start("local", 1),
+                log_err(
+                    "remote",
+                    "hm: waiting for a node: no suitable node (insufficient resources on 3 nodes)",
+                ),
+                // Only hm's own words on stderr are notes, not the step's output.
+                log("local", "hm: not a note, the step's stdout"),
+            ],
+        );
+        r.tick().unwrap();
+        let block = err.text();
+        let last = block.rsplit("⎋[J").next().unwrap_or(&block).to_owned();
+        let last = visible(&last);
+        assert!(
+            last.contains(
+                "  remote  0s  waiting for a node: no suitable node (insufficient resources on 3 \
+                 nodes)\n"
+            ),
+            "{last}"
+        );
+        assert!(last.contains("  local   0s\n"), "{last}");
+        feed(&mut r, &[log_err("remote", "hm: running on node node-2")]);
+        r.tick().unwrap();
+        let block = visible(&err.text());
+        let last = block.rsplit("⎋[J").next().unwrap_or(&block);
+        assert!(
+            last.contains("  remote  0s  running on node node-2\n"),
+            "{last}"
+        );
     }
 
     #[test]
