@@ -26,7 +26,7 @@ pub const WORKSPACE: &str = "/workspace";
 /// lost track of the stream takes that long.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// How long after a SIGKILL exit the daemon's OOM event may still arrive.
-const OOM_EVENT_DELAY: Duration = Duration::from_secs(1);
+const OOM_EVENT_DELAY: Duration = Duration::from_secs(3);
 
 /// The container's definition: the step's command line (`sh -e -c RUN` by default; the image's
 /// entrypoint is replaced, as the step says what runs), the step's environment and working directory, the owner's labels, the
@@ -225,23 +225,30 @@ impl Container {
         let usage = sampler.usage();
         // The daemon keeps sending samples until the stream is closed.
         drop(sampler);
-        let mut ended = self.inspect(cancelled, usage).await?;
-        // The daemon learns of an OOM kill from an event of its own, which can come a moment
-        // after the exit: a SIGKILLed main process gets that moment before it counts as a
-        // plain SIGKILL.
+        let limit = step.limits.memory_bytes;
+        let mut ended = self.inspect(cancelled, usage, limit).await?;
+        // The daemon learns of an OOM kill from an event of its own, which can come a while
+        // after the exit on a busy machine: a SIGKILLed main process gets that while before it
+        // counts as a plain SIGKILL, unless its memory use already says so.
         let deadline = tokio::time::Instant::now() + OOM_EVENT_DELAY;
         while ended.exit_code == Some(137)
             && !ended.oom_killed
+            && !ended.filled_its_memory()
             && !cancelled
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            ended = self.inspect(cancelled, usage).await?;
+            ended = self.inspect(cancelled, usage, limit).await?;
         }
         Ok(ended)
     }
 
-    async fn inspect(&self, cancelled: bool, usage: Usage) -> Result<Ended, StepError> {
+    async fn inspect(
+        &self,
+        cancelled: bool,
+        usage: Usage,
+        memory_limit: Option<u64>,
+    ) -> Result<Ended, StepError> {
         let state = self
             .docker
             .inspect_container(&self.id, None)
@@ -254,6 +261,7 @@ impl Container {
             oom_killed: state.oom_killed.unwrap_or(false),
             cancelled,
             usage,
+            memory_limit,
         })
     }
 }
@@ -284,6 +292,19 @@ pub struct Ended {
     pub cancelled: bool,
     /// Its peak memory and CPU time, from the daemon's samples while it ran.
     pub usage: Usage,
+    /// The step's memory limit, the container's.
+    pub memory_limit: Option<u64>,
+}
+
+impl Ended {
+    /// Its memory use reached its limit (cgroup v1 keeps that high-water mark exactly): with a
+    /// SIGKILLed main process, the OOM killer's doing even before the daemon has said so.
+    pub fn filled_its_memory(&self) -> bool {
+        matches!(
+            (self.usage.peak_memory_bytes, self.memory_limit),
+            (Some(peak), Some(limit)) if peak >= limit
+        )
+    }
 }
 
 /// Removes container `id` by force with its anonymous volumes; one the daemon does not have

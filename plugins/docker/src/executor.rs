@@ -176,14 +176,18 @@ impl Ended {
             oom_killed: false,
             cancelled: true,
             usage: Default::default(),
+            memory_limit: None,
         }
     }
 
-    /// Out of memory only when the main process was killed (137) *and* the
-    /// daemon says the OOM killer acted. A step whose child was OOM-killed but which went on
-    /// and exited on its own ended by its own exit code.
+    /// Out of memory only when the main process was killed (137) *and* the OOM killer
+    /// acted: the daemon says so, or the container's memory use reached its limit. A step
+    /// whose child was OOM-killed but which went on and exited on its own ended by its own
+    /// exit code.
     fn out_of_memory(&self) -> bool {
-        self.exit_code == Some(137) && self.oom_killed && !self.cancelled
+        self.exit_code == Some(137)
+            && (self.oom_killed || self.filled_its_memory())
+            && !self.cancelled
     }
 }
 
@@ -218,6 +222,7 @@ mod tests {
             oom_killed,
             cancelled,
             usage: Usage::default(),
+            memory_limit: None,
         }
     }
 
@@ -228,6 +233,24 @@ mod tests {
         assert!(!ended(0, true, false).out_of_memory());
         assert!(!ended(1, true, false).out_of_memory());
         assert!(!ended(137, true, true).out_of_memory());
+        // Memory use at the limit is the OOM killer's doing before the daemon says so.
+        let filled = |peak: u64| Ended {
+            usage: Usage {
+                peak_memory_bytes: Some(peak),
+                cpu_ms: None,
+            },
+            memory_limit: Some(32 << 20),
+            ..ended(137, false, false)
+        };
+        assert!(filled(32 << 20).out_of_memory());
+        assert!(!filled(31 << 20).out_of_memory());
+        assert!(
+            !Ended {
+                exit_code: Some(0),
+                ..filled(32 << 20)
+            }
+            .out_of_memory()
+        );
         assert_eq!(result(ended(137, true, false)).signal, Some(9));
         assert_eq!(result(ended(3, false, false)).exit_code, Some(3));
         assert!(result(ended(137, false, true)).cancelled);
