@@ -1,5 +1,6 @@
 //! Bench `swarm-first-line`: how long a swarm step takes from its start to its first log line,
-//! against `docker run` of the same image printing the same line (DESIGN §11, §15).
+//! against `docker run` of the same image printing the same line (target ≤ 2×, benches/README.md;
+//! the swarm executor is described in docs/cluster.md).
 //!
 //! The swarm is the test suite's fixture (`hm_tests::swarm::Swarm`): two nodes, each a private
 //! dockerd in a network namespace of its own, node 0 the manager. The image is the suite's

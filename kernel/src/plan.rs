@@ -337,19 +337,7 @@ fn resolve_executors(
             }
         }
     }
-    match (missing.is_empty(), incompatible.is_empty()) {
-        (true, true) => Ok(found),
-        (true, false) => Err(PlanError::Incompatible(incompatible)),
-        (false, _) => Err(PlanError::NoExecutor {
-            steps: missing,
-            available: registry
-                .executor_names()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-            incompatible,
-        }),
-    }
+    resolved(found, missing, incompatible, registry)
 }
 
 /// The plugin running each service the selected steps list: the one providing the service's
@@ -385,7 +373,8 @@ fn resolve_services(
                 found.insert(name.clone(), plugin.spec());
             }
             Some(plugin) => missing.push(format!(
-                "{}: error: service {name:?} runs on executor {:?}, whose plugin {} runs no                  services",
+                "{}: error: service {name:?} runs on executor {:?}, whose plugin {} runs no \
+                 services",
                 service.location, service.executor, plugin.manifest.name
             )),
             None => missing.push(format!(
@@ -395,6 +384,17 @@ fn resolve_services(
         }
     }
     incompatible.dedup();
+    resolved(found, missing, incompatible, registry)
+}
+
+/// What was found, unless something was missing (exit 7, naming the executors there are) or a
+/// plugin cannot talk to this hm (exit 5).
+fn resolved<T>(
+    found: T,
+    missing: Vec<String>,
+    incompatible: Vec<String>,
+    registry: &Registry,
+) -> Result<T, PlanError> {
     match (missing.is_empty(), incompatible.is_empty()) {
         (true, true) => Ok(found),
         (true, false) => Err(PlanError::Incompatible(incompatible)),
