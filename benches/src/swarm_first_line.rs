@@ -79,7 +79,8 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
         .tempdir()
         .map_err(BenchError::io("failed to create a temporary directory"))?;
     let path = dir.path().join("hm.toml");
-    std::fs::write(&path, pipeline(&image.reference)).map_err(BenchError::io(format!(
+    let pipeline = pipeline(&image.reference, &swarm.host_address().to_string());
+    std::fs::write(&path, pipeline).map_err(BenchError::io(format!(
         "failed to write {}",
         path.display()
     )))?;
@@ -251,10 +252,13 @@ fn docker_run_round(swarm: &Swarm, image: &str) -> Result<Duration, BenchError> 
     }
 }
 
-fn pipeline(image: &str) -> String {
+/// The one-step pipeline; the plugin serves the task its workspace on `serve`, the host's
+/// address on the swarm's bridge.
+fn pipeline(image: &str, serve: &str) -> String {
     format!(
-        "[pipeline]\nname = \"bench-swarm-first-line\"\n\n[steps.{STEP}]\nexecutor = \
-         \"swarm\"\nimage = \"{image}\"\nrun = \"{SCRIPT}\"\n"
+        "[pipeline]\nname = \"bench-swarm-first-line\"\n\n[plugins.swarm]\nconfig = {{ \
+         serve = \"{serve}\" }}\n\n[steps.{STEP}]\nexecutor = \"swarm\"\nimage = \
+         \"{image}\"\nrun = \"{SCRIPT}\"\n"
     )
 }
 

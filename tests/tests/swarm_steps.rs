@@ -42,8 +42,9 @@ impl Cluster {
     /// A project whose steps (`steps`, TOML with `{image}` for the image) run on this swarm.
     fn project(&self, steps: &str) -> Project {
         Project::new(&format!(
-            "[plugins.swarm]\nconfig = {{ host = \"{host}\" }}\n\n{steps}",
+            "[plugins.swarm]\nconfig = {{ host = \"{host}\", serve = \"{serve}\" }}\n\n{steps}",
             host = self.swarm.docker_host(),
+            serve = self.swarm.host_address(),
             steps = steps.replace("{image}", self.image.image()),
         ))
     }
@@ -186,29 +187,59 @@ fn numbered(prefix: &str, count: usize) -> Vec<String> {
     (1..=count).map(|i| format!("{prefix} line {i}")).collect()
 }
 
+/// Which node each matrix instance of the six-step pipeline is constrained to, by a node label
+/// of its own: two on node 0, one each on nodes 1 and 2.
+const PARTS: [(&str, usize); 4] = [("a", 0), ("b", 1), ("c", 2), ("d", 0)];
+
 #[test]
-fn steps_spread_over_the_nodes_pass_with_every_line_in_order() {
-    let test = "steps_spread_over_the_nodes_pass_with_every_line_in_order";
+fn six_steps_spread_over_the_nodes_pass_files_and_outputs_with_every_line_in_order() {
+    let test = "six_steps_spread_over_the_nodes_pass_files_and_outputs_with_every_line_in_order";
     let Some(cluster) = Cluster::start(test, 3) else {
         return;
     };
-    // Each instance on a node of its own; the last step wherever the manager puts it.
+    for (part, node) in PARTS {
+        cluster
+            .swarm
+            .label_node(cluster.swarm.node(node), &format!("hm_{part}"), "1");
+    }
+    // `prepare` makes a file and an output for the four `part`s, each on the node its label
+    // says; `join` gathers what they made, wherever the manager puts it.
     let project = cluster.project(
         r#"
-[steps.count]
+[defaults]
 executor = "swarm"
 image = "{image}"
-run = 'for i in $(seq 1 200); do echo "${{ matrix.node }} line $i"; done; echo done >&2'
-with = { constraints = ["node.hostname==${{ matrix.node }}"] }
-matrix = { node = ["node-0", "node-1", "node-2"] }
 
-[steps.after]
-executor = "swarm"
-image = "{image}"
-run = 'for i in $(seq 1 200); do echo "after line $i"; done'
-needs = ["count"]
+[steps.prepare]
+run = '''
+mkdir -p gen
+echo "from prepare, over $(cat src/seed.txt)" > gen/input.txt
+echo "version=1.2.3" >> "$HM_OUTPUT"
+'''
+artifacts = ["gen/input.txt"]
+
+[steps.part]
+run = '''
+mkdir -p out
+for i in $(seq 1 200); do echo "${{ matrix.part }} line $i"; done
+echo "${{ matrix.part }}: $(cat gen/input.txt), version ${{ steps.prepare.outputs.version }}" > out/${{ matrix.part }}.txt
+echo done >&2
+'''
+needs = ["prepare"]
+matrix = { part = ["a", "b", "c", "d"] }
+artifacts = ["out/*.txt"]
+with = { constraints = ["node.labels.hm_${{ matrix.part }}==1"] }
+
+[steps.join]
+run = '''
+cat out/a.txt out/b.txt out/c.txt out/d.txt > joined.txt
+for i in $(seq 1 200); do echo "join line $i"; done
+'''
+needs = ["part"]
+artifacts = ["joined.txt"]
 "#,
     );
+    project.write("src/seed.txt", "the seed");
     let mut hm = project.spawn_run(&[]);
     // How long a swarm step takes from its start to its first line.
     let started = hm.wait_for_event("a step_start", WAIT, |e| e["kind"] == "step_start");
@@ -224,14 +255,20 @@ needs = ["count"]
     let run = hm.finish(WAIT * 2).into_run();
     let id = run_id(&run.events);
     assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        run.step_end("prepare")["outputs"]["version"],
+        "1.2.3",
+        "{run}"
+    );
     let mut nodes = BTreeSet::new();
-    for node in ["node-0", "node-1", "node-2"] {
-        let step = format!("count[node={node}]");
+    for (part, node) in PARTS {
+        let step = format!("part[part={part}]");
+        let node = format!("node-{node}");
         assert_eq!(run.status(&step), "passed", "{step}; {run}");
         assert_eq!(run.of_step("step_start", &step)[0]["executor"], "swarm");
         assert_eq!(
             run.stream_lines(&step, "stdout"),
-            numbered(node, 200),
+            numbered(part, 200),
             "{step}; {run}"
         );
         assert!(
@@ -240,17 +277,25 @@ needs = ["count"]
         );
         assert_eq!(node_of(&run, &step), node, "{run}");
         // The step's end says where it ran, as the summary does.
-        assert_eq!(run.step_end(&step)["node"], node, "{run}");
-        nodes.insert(node_of(&run, &step).to_owned());
-        eprintln!(
-            "{test}: {step} took {} ms",
-            run.step_end(&step)["duration_ms"]
-        );
+        assert_eq!(run.step_end(&step)["node"], node.as_str(), "{run}");
+        let artifacts = &run.step_end(&step)["artifacts"];
+        assert_eq!(artifacts[0]["path"], format!("out/{part}.txt"), "{run}");
+        nodes.insert(node);
     }
-    assert_eq!(run.status("after"), "passed", "{run}");
-    assert_eq!(run.stream_lines("after", "stdout"), numbered("after", 200));
-    nodes.insert(node_of(&run, "after").to_owned());
-    assert!(nodes.len() >= 2, "the steps ran on {nodes:?}");
+    assert_eq!(run.status("join"), "passed", "{run}");
+    assert_eq!(run.stream_lines("join", "stdout"), numbered("join", 200));
+    nodes.insert(node_of(&run, "join").to_owned());
+    assert_eq!(nodes.len(), 3, "the steps ran on {nodes:?}");
+    // Every part's file reached `join`, and `join`'s came back into the project.
+    let joined: Vec<String> = PARTS
+        .iter()
+        .map(|(part, _)| format!("{part}: from prepare, over the seed, version 1.2.3"))
+        .collect();
+    assert_eq!(
+        project.read("joined.txt").lines().collect::<Vec<_>>(),
+        joined
+    );
+    assert_eq!(run.step_end("join")["artifacts"][0]["path"], "joined.txt");
     run.assert_one_final_step_end_each();
     cluster.assert_no_service_of(&id);
     cluster.assert_no_container_of(&id);
@@ -281,6 +326,144 @@ run = "echo about to fail; exit 3"
         "{run}"
     );
     cluster.assert_no_service_of(&run_id(&run.events));
+}
+
+#[test]
+fn a_dependency_cache_stays_on_its_node_and_artifact_limits_hold() {
+    let test = "a_dependency_cache_stays_on_its_node_and_artifact_limits_hold";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    let project = cluster.project(
+        r#"
+[pipeline]
+artifacts_max = { files = 2 }
+
+[steps.fill]
+executor = "swarm"
+image = "{image}"
+run = '''
+if [ -e deps/runs ]; then echo "runs before: $(wc -l < deps/runs)"; else echo "deps: empty"; fi
+echo x >> deps/runs
+'''
+cache = [{ key = ["lock.txt"], paths = ["deps"] }]
+with = { constraints = ["node.hostname==node-1"] }
+
+[steps.many]
+executor = "swarm"
+image = "{image}"
+run = "mkdir -p out && touch out/1 out/2 out/3"
+artifacts = ["out/*"]
+"#,
+    );
+    project.write("lock.txt", "v1");
+    let first = project.run(&[]);
+    assert_eq!(first.status("fill"), "passed", "{first}");
+    assert_eq!(
+        first.stream_lines("fill", "stdout"),
+        ["deps: empty"],
+        "{first}"
+    );
+    assert_eq!(first.status("many"), "failed", "{first}");
+    assert_eq!(first.cause("many"), Some("artifact"), "{first}");
+    let message = first.step_end("many")["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("more than 2 files"), "{first}");
+    // The second run finds what the first left in the cache, on the node it ran on.
+    let second = project.run(&[]);
+    assert_eq!(
+        second.stream_lines("fill", "stdout"),
+        ["runs before: 1"],
+        "{second}"
+    );
+    let volumes = |node: usize| {
+        cluster.swarm.node(node).docker_ok(&[
+            "volume",
+            "ls",
+            "--quiet",
+            "--filter",
+            "label=hm.cache.path=deps",
+        ])
+    };
+    assert_eq!(volumes(1).lines().count(), 1, "node-1's cache volumes");
+    assert_eq!(
+        volumes(0).lines().count(),
+        0,
+        "node-0 ran no step with a cache"
+    );
+    for run in [&first, &second] {
+        cluster.assert_no_service_of(&run_id(&run.events));
+    }
+}
+
+#[test]
+fn swarm_steps_reach_swarm_services_by_name_and_a_sick_one_fails_its_steps() {
+    let test = "swarm_steps_reach_swarm_services_by_name_and_a_sick_one_fails_its_steps";
+    let Some(cluster) = Cluster::start(test, 2) else {
+        return;
+    };
+    // `web` is constrained away from the steps' node: they reach it across the overlay.
+    let project = cluster.project(
+        r#"
+[defaults]
+executor = "swarm"
+image = "{image}"
+
+[services.web]
+image = "{image}"
+command = ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+ports = [8080]
+health = { run = "wget -q -O /dev/null http://127.0.0.1:8080/", interval = "1s" }
+with = { constraints = ["node.hostname==node-1"] }
+
+[services.sick]
+image = "{image}"
+command = ["sh", "-c", "trap 'exit 1' TERM; echo sick is starting; sleep 600 & wait"]
+health = { run = "false", interval = "1s", retries = 2 }
+
+[steps.fetch]
+run = 'wget -q -O - "http://$HM_SERVICE_WEB_HOST:$HM_SERVICE_WEB_PORT_8080/"'
+services = ["web"]
+with = { constraints = ["node.hostname==node-0"] }
+
+[steps.needs_sick]
+run = "echo never"
+services = ["sick"]
+"#,
+    );
+    let run = project.run(&[]);
+    let id = run_id(&run.events);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("fetch"), "passed", "{run}");
+    assert_eq!(
+        run.stream_lines("fetch", "stdout"),
+        ["hello from web"],
+        "{run}"
+    );
+    assert_eq!(node_of(&run, "fetch"), "node-0", "{run}");
+    assert_eq!(run.status("needs_sick"), "failed", "{run}");
+    assert_eq!(run.cause("needs_sick"), Some("service"), "{run}");
+    let message = run.step_end("needs_sick")["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("sick never became healthy"), "{run}");
+    assert!(
+        run.stream_lines("needs_sick", "stderr")
+            .iter()
+            .any(|line| line.contains("sick is starting")),
+        "{run}"
+    );
+    cluster.assert_no_service_of(&id);
+    cluster.assert_no_container_of(&id);
+    let networks = cluster.swarm.docker_ok(&[
+        "network",
+        "ls",
+        "--quiet",
+        "--filter",
+        &format!("label=hm.run={id}"),
+    ]);
+    assert_eq!(networks.trim(), "", "the run's network is left");
 }
 
 #[test]

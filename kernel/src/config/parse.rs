@@ -9,6 +9,7 @@ use toml_edit::{Document, Item};
 
 use super::draft::{NO_TIMEOUT_HINT, StepDraft, UseKey};
 use super::model::{ArtifactLimits, CacheSettings, Pipeline, PluginSettings, RestartBudget};
+use super::resolve::step_executor;
 use super::sources::Sources;
 use crate::suggest::did_you_mean;
 use crate::toml_check::Diagnostics;
@@ -206,7 +207,7 @@ impl Checker<'_> {
             pipeline.plugins = self.plugins(&field);
         }
         if let Some(field) = top_field(top, "services") {
-            pipeline.services = self.services(&field);
+            pipeline.services = self.services(&field, defaults_executor.as_deref());
         }
         // The templates and steps of every file, a file's includes before the file itself.
         let mut templates = Vec::new();
@@ -250,8 +251,16 @@ impl Checker<'_> {
             .map(|t| t.iter().map(|(name, _)| name).collect())
             .unwrap_or_default();
         for (name, draft) in &steps {
-            if let Some(names) = draft.as_ref().and_then(|d| d.services.as_ref()) {
-                self.check_service_names(name, names, &defined);
+            let Some(draft) = draft else {
+                continue;
+            };
+            if let Some(names) = &draft.services {
+                let executor = step_executor(
+                    draft.executor.as_deref(),
+                    draft.image.is_some(),
+                    defaults_executor.as_deref(),
+                );
+                self.check_service_names(name, &executor, names, &defined, &pipeline.services);
             }
         }
         pipeline.steps = self.resolve(steps, defaults_executor.as_deref(), &pipeline.env)?;

@@ -400,12 +400,11 @@ impl Checker<'_> {
         // `image` means docker unless the step says otherwise, or `[defaults]` names another
         // executor than `shell` (which runs no images): `[defaults] executor = "swarm"` takes
         // the steps with images too.
-        let executor = match (&draft.executor, &draft.image, defaults_executor) {
-            (Some(own), _, _) => own.clone(),
-            (None, _, Some(default)) if default != "shell" => default.to_owned(),
-            (None, Some(_), _) => "docker".to_owned(),
-            (None, None, default) => default.unwrap_or("shell").to_owned(),
-        };
+        let executor = step_executor(
+            draft.executor.as_deref(),
+            draft.image.is_some(),
+            defaults_executor,
+        );
         Step {
             location: self.report.location(draft.header.clone()),
             name: values
@@ -472,4 +471,20 @@ fn upstream(d: usize, needs: &[Vec<usize>]) -> Vec<usize> {
         }
     }
     seen
+}
+
+/// A step's executor: its own `executor`, else a `[defaults]` executor other than `shell`
+/// (which runs no images: `[defaults] executor = "swarm"` takes the steps with images too),
+/// else `docker` for a step with an `image`, else `[defaults]`'s or `shell`.
+pub(super) fn step_executor(
+    own: Option<&str>,
+    has_image: bool,
+    defaults_executor: Option<&str>,
+) -> String {
+    match (own, has_image, defaults_executor) {
+        (Some(own), _, _) => own.to_owned(),
+        (None, _, Some(default)) if default != "shell" => default.to_owned(),
+        (None, true, _) => "docker".to_owned(),
+        (None, false, default) => default.unwrap_or("shell").to_owned(),
+    }
 }

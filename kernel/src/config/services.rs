@@ -32,7 +32,16 @@ const DEFAULT_RETRIES: u32 = 30;
 
 impl Checker<'_> {
     /// `[services]`: every `[services.NAME]` table.
-    pub(super) fn services(&mut self, field: &Field<'_>) -> BTreeMap<String, Service> {
+    /// `[services]`. `defaults_executor` (`[defaults].executor`) runs the services that name
+    /// no executor, unless it is `shell` (which runs no containers): then `docker` does.
+    pub(super) fn services(
+        &mut self,
+        field: &Field<'_>,
+        defaults_executor: Option<&str>,
+    ) -> BTreeMap<String, Service> {
+        let default_executor = defaults_executor
+            .filter(|e| *e != "shell")
+            .unwrap_or("docker");
         let mut services = BTreeMap::new();
         let Some(table) = field.item.as_table_like() else {
             let found = self.found(field.item);
@@ -54,14 +63,20 @@ impl Checker<'_> {
                 item,
                 label: format!("[{path}]"),
             };
-            if let Some(service) = self.service(name, &entry, &path) {
+            if let Some(service) = self.service(name, &entry, &path, default_executor) {
                 services.insert(name.to_owned(), service);
             }
         }
         services
     }
 
-    fn service(&mut self, name: &str, entry: &Field<'_>, path: &str) -> Option<Service> {
+    fn service(
+        &mut self,
+        name: &str,
+        entry: &Field<'_>,
+        path: &str,
+        default_executor: &str,
+    ) -> Option<Service> {
         let shape = format!("write `[{path}]` on its own line, followed by `image = \"...\"`");
         let section = self.open(entry, path.to_owned(), SERVICE_KEYS, &shape)?;
         let location = self.report.location(self.report.global(entry.span()));
@@ -80,7 +95,7 @@ impl Checker<'_> {
         };
         let mut service = Service {
             name: name.to_owned(),
-            executor: "docker".to_owned(),
+            executor: default_executor.to_owned(),
             image: String::new(),
             env: BTreeMap::new(),
             entrypoint: None,
@@ -268,15 +283,42 @@ impl Checker<'_> {
         Some(names)
     }
 
-    /// Every name a step's `services` lists must be a `[services.NAME]`.
+    /// Every name a step's `services` lists must be a `[services.NAME]` that a step on
+    /// `executor` can reach ([`reaches`]).
     pub(super) fn check_service_names(
         &mut self,
         step: &str,
+        executor: &str,
         names: &[(String, Option<Range<usize>>)],
         services: &[&str],
+        parsed: &BTreeMap<String, Service>,
     ) {
         for (name, span) in names {
             if services.contains(&name.as_str()) {
+                if let Some(service) = parsed.get(name)
+                    && !reaches(executor, &service.executor)
+                {
+                    self.report.error_at(
+                        span.clone(),
+                        format!(
+                            "step `{step}` runs on executor `{executor}` and lists service \
+                             `{name}`, which runs on executor `{}`, out of its reach",
+                            service.executor
+                        ),
+                        Some(if executor == "shell" {
+                            format!(
+                                "a step on this machine reaches the services docker runs: \
+                                 `executor = \"docker\"` in [services.{name}]"
+                            )
+                        } else {
+                            format!(
+                                "run the service where the step runs: `executor = \
+                                 \"{executor}\"` in [services.{name}] (or `[defaults] executor \
+                                 = \"{executor}\"` for every step and service)"
+                            )
+                        }),
+                    );
+                }
                 continue;
             }
             let hint = match did_you_mean(name, services.iter().copied()) {
@@ -300,4 +342,12 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// Whether a step on `step_executor` reaches a service on `service_executor`: one on its own
+/// executor (its network), and a step on the host one that docker runs (its ports published
+/// on the host's loopback). A service on a cluster is not reachable from this machine, nor
+/// one on this machine from a cluster's node.
+fn reaches(step_executor: &str, service_executor: &str) -> bool {
+    step_executor == service_executor || (step_executor == "shell" && service_executor == "docker")
 }

@@ -45,24 +45,15 @@ enum Collected {
 /// Reads each root of the globs out of the container (one download each: the roots never
 /// contain each other) into one tar.
 async fn collect(docker: &Docker, id: &str, step: &StepRequest) -> Result<Collected, StepError> {
-    let globs = match ArtifactGlobs::new(&step.artifacts) {
-        Ok(globs) => globs,
+    let mut collector = match Collector::new(step)? {
+        Ok(collector) => collector,
         Err(problem) => return Ok(Collected::Problem(problem)),
     };
-    let writer = BufferWriter::new(MEMFD_NAME)
-        .map_err(|e| StepError::Message(format!("cannot collect the step's artifacts: {e}")))?;
-    let mut collector = Collector {
-        tar: tar::Builder::new(writer),
-        tally: step.artifact_limits.tally(),
-        dirs: BTreeSet::new(),
-        globs: globs.clone(),
-    };
-    for root in globs.roots() {
-        let path = container_path(root);
-        let root = root.clone();
+    for root in collector.roots().to_vec() {
+        let path = container_path(&root);
         let (back, taken) =
             read_archive(docker, id, &path, collector, move |collector, archive| {
-                collector.take(&root, archive)
+                collector.take(archive, |entry| workspace_path(&root, entry))
             })
             .await
             .map_err(|e| {
@@ -82,13 +73,7 @@ async fn collect(docker: &Docker, id: &str, step: &StepRequest) -> Result<Collec
             }
         }
     }
-    collector
-        .tar
-        .into_inner()
-        .map_err(|e| e.to_string())
-        .and_then(|writer| writer.seal().map_err(|e| e.to_string()))
-        .map(Collected::Tar)
-        .map_err(|e| StepError::Message(format!("cannot collect the step's artifacts: {e}")))
+    collector.finish().map(Collected::Tar)
 }
 
 /// Where a glob root is in the container.
@@ -127,7 +112,7 @@ fn workspace_path(root: &str, entry: &Path) -> Option<String> {
 }
 
 /// Why reading an archive stopped early.
-enum Stop {
+pub enum Stop {
     /// The artifacts passed a limit: [`Tally::add`]'s message.
     Limit(String),
     Io(io::Error),
@@ -139,8 +124,9 @@ impl From<io::Error> for Stop {
     }
 }
 
-/// The tar for hm being written, and what it holds so far.
-struct Collector {
+/// The tar for hm being written from the archives a step's files come in, and what it holds
+/// so far. Public for the swarm plugin, whose tasks send theirs over HTTP.
+pub struct Collector {
     tar: tar::Builder<BufferWriter>,
     tally: Tally,
     /// The directories already in the tar.
@@ -149,19 +135,47 @@ struct Collector {
 }
 
 impl Collector {
-    /// Copies the matching regular files of Docker's archive of `root` into the tar, with
-    /// their directories. Everything else is skipped: directories of their own (an artifact
-    /// is a file), symlinks (which could point out of the workspace), devices, and hard
-    /// links (Docker sends a file's second name as a link to its first, which hm's tar of
-    /// regular files cannot carry).
-    fn take(&mut self, root: &str, archive: &mut dyn Read) -> Result<(), Stop> {
+    /// A collector for `step`'s artifacts, or the problem with its globs (for hm to fail the
+    /// step with, cause `artifact`).
+    pub fn new(step: &StepRequest) -> Result<Result<Self, String>, StepError> {
+        let globs = match ArtifactGlobs::new(&step.artifacts) {
+            Ok(globs) => globs,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let writer = BufferWriter::new(MEMFD_NAME)
+            .map_err(|e| StepError::Message(format!("cannot collect the step's artifacts: {e}")))?;
+        Ok(Ok(Self {
+            tar: tar::Builder::new(writer),
+            tally: step.artifact_limits.tally(),
+            dirs: BTreeSet::new(),
+            globs,
+        }))
+    }
+
+    /// The roots of the step's globs, relative to the workspace (`""` for the workspace
+    /// itself): the directories and files that hold every match, none inside another.
+    pub fn roots(&self) -> &[String] {
+        self.globs.roots()
+    }
+
+    /// Copies the matching regular files of `archive` into the tar, with their directories;
+    /// `path_of` says where below the workspace an entry is (`None`: nowhere, skipped).
+    /// Everything else is skipped: directories of their own (an artifact is a file),
+    /// symlinks (which could point out of the workspace), devices, and hard links (Docker and
+    /// tar send a file's second name as a link to its first, which hm's tar of regular files
+    /// cannot carry).
+    pub fn take(
+        &mut self,
+        archive: &mut dyn Read,
+        path_of: impl Fn(&Path) -> Option<String>,
+    ) -> Result<(), Stop> {
         let mut archive = tar::Archive::new(archive);
         for entry in archive.entries()? {
             let mut entry = entry?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let Some(path) = workspace_path(root, &entry.path()?) else {
+            let Some(path) = path_of(&entry.path()?) else {
                 continue;
             };
             if !self.globs.matches(&path) {
@@ -177,6 +191,15 @@ impl Collector {
             self.tar.append_data(&mut header, &path, &mut entry)?;
         }
         Ok(())
+    }
+
+    /// The sealed tar, for [`StepContext::put_artifacts`].
+    pub fn finish(self) -> Result<SealedBuffer, StepError> {
+        self.tar
+            .into_inner()
+            .map_err(|e| e.to_string())
+            .and_then(|writer| writer.seal().map_err(|e| e.to_string()))
+            .map_err(|e| StepError::Message(format!("cannot collect the step's artifacts: {e}")))
     }
 
     /// Adds the directories above `path` that the tar does not hold yet, outermost first.
@@ -262,7 +285,7 @@ mod tests {
             dirs: BTreeSet::new(),
             globs,
         };
-        match collector.take("dist", &mut &archive[..]) {
+        match collector.take(&mut &archive[..], |entry| workspace_path("dist", entry)) {
             Ok(()) => {}
             Err(Stop::Limit(problem)) => return Err(problem),
             Err(Stop::Io(e)) => panic!("{e}"),

@@ -21,10 +21,7 @@ pub async fn ensure(docker: &Docker, step: &StepRequest) -> Result<(), StepError
     for cache in &step.caches {
         let request = VolumeCreateRequest {
             name: Some(cache.volume.clone()),
-            labels: Some(HashMap::from([
-                (LABEL.to_owned(), "1".to_owned()),
-                (PATH_LABEL.to_owned(), cache.path.clone()),
-            ])),
+            labels: Some(labels(&cache.path)),
             ..Default::default()
         };
         docker.create_volume(request).await.map_err(|e| {
@@ -36,6 +33,14 @@ pub async fn ensure(docker: &Docker, step: &StepRequest) -> Result<(), StepError
         })?;
     }
     Ok(())
+}
+
+/// The labels of the cache volume for `path`.
+pub fn labels(path: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL.to_owned(), "1".to_owned()),
+        (PATH_LABEL.to_owned(), path.to_owned()),
+    ])
 }
 
 /// `volume:/path` bindings for the container.

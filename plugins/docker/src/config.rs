@@ -15,14 +15,20 @@ pub struct PluginConfig {
 impl PluginConfig {
     /// `[plugins.docker].config`.
     pub fn parse(config: &Value) -> Result<Self, String> {
-        Self::parse_for(crate::NAME, "", config)
+        Self::parse_for(crate::NAME, "", config, &[])
     }
 
     /// [`PluginConfig::parse`] for plugin `plugin`, its messages naming
     /// `[plugins.<plugin>].config`. `example_note` follows the example address in the message
     /// for a `host` that is not a string: `""`, or what the address must be, as the swarm
-    /// plugin's `" (a swarm manager's socket)"`.
-    pub fn parse_for(plugin: &str, example_note: &str, config: &Value) -> Result<Self, String> {
+    /// plugin's `" (a swarm manager's socket)"`. Keys in `others` are the caller's to read:
+    /// they are skipped here, and named among the known keys.
+    pub fn parse_for(
+        plugin: &str,
+        example_note: &str,
+        config: &Value,
+        others: &[&str],
+    ) -> Result<Self, String> {
         let map = match config {
             Value::Null => return Ok(Self::default()),
             Value::Object(map) => map,
@@ -46,9 +52,12 @@ impl PluginConfig {
                          \"unix:///var/run/docker.sock\"{example_note}, not {other}"
                     ));
                 }
+                (other, _) if others.contains(&other) => {}
                 (other, _) => {
+                    let known: Vec<&str> = ["host"].iter().chain(others).copied().collect();
                     return Err(format!(
-                        "unknown key `{other}` in [plugins.{plugin}].config (known keys: host)"
+                        "unknown key `{other}` in [plugins.{plugin}].config (known keys: {})",
+                        known.join(", ")
                     ));
                 }
             }

@@ -23,21 +23,23 @@
 //! labels of what hm creates, and the test for what dead runs left) are public: the swarm
 //! plugin checks its configuration, reaches its manager and labels its services with them.
 
-mod artifacts;
-mod caches;
+pub mod artifacts;
+pub mod caches;
 pub mod config;
 mod container;
 pub mod daemon;
 mod download;
 mod executor;
 mod image;
-mod network;
-mod outputs;
+pub mod network;
+pub mod outputs;
 pub mod owner;
-mod service;
+pub mod service;
 mod stats;
 mod sweep;
-mod workspace;
+pub mod workspace;
+
+pub use container::WORKSPACE;
 
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@ use crate::download::{header, read_archive};
 pub const OUTPUT_FILE: &str = "/hm/output";
 /// hm reads at most 1 MiB of outputs and reports a step that wrote more; one byte more than
 /// that is enough for it to tell, and all this plugin ever reads.
-const READ_CAP: u64 = 1024 * 1024 + 1;
+pub const READ_CAP: u64 = 1024 * 1024 + 1;
 
 /// The tar that makes [`OUTPUT_FILE`] when unpacked at `/`: directory `hm/` (0777) holding an
 /// empty `hm/output` (0666), so that whatever user the image runs as can append to it.

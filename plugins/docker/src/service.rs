@@ -39,7 +39,7 @@ use crate::{container, image, network};
 /// beyond the machine does.
 pub const LOOPBACK: &str = "127.0.0.1";
 /// How many of a failed service's last lines of output hm shows.
-const LOG_LINES: usize = 20;
+pub const LOG_LINES: usize = 20;
 /// The longest line of a failed service's output shown; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 /// How often to ask whether a health command whose output has ended has also exited.
@@ -577,7 +577,7 @@ async fn last_lines(docker: &Docker, id: &str) -> Vec<String> {
 }
 
 /// `output` as at most its last [`LOG_LINES`] lines, each cut at [`MAX_LOG_LINE`] bytes.
-fn lines(output: &[u8]) -> Vec<String> {
+pub fn lines(output: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(output);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(LOG_LINES)..]

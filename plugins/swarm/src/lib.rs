@@ -13,15 +13,23 @@
 //! refuses to run without a daemon that answers and is a swarm manager ([`manager`]: hm exits
 //! 4) and removes the services of runs that died ([`sweep`]).
 //!
-//! Not yet: the workspace (the task runs in its image's working directory), artifacts,
-//! outputs, dependency caches, services, and peak memory and CPU time (the node's daemon is not
-//! reachable in general). A step that asks for one of them fails saying so.
+//! A node cannot reach hm's files, so the plugin serves them ([`files`]: HTTP on an address
+//! every node reaches, a random token per run and key per attempt): the task's prelude
+//! ([`prelude`]) fetches the workspace and the artifacts of the steps it needs into
+//! `/workspace`, runs the step, and once it has passed sends back its outputs and artifacts.
+//! Dependency caches are volumes on the node ([`spec`]). Services with `executor = "swarm"`
+//! are swarm services on the run's overlay network, reached by name ([`services`]).
+//!
+//! Not yet: peak memory and CPU time (the node's daemon is not reachable in general).
 
 mod config;
 mod executor;
+mod files;
 mod logs;
 mod manager;
+mod prelude;
 mod service;
+mod services;
 mod spec;
 mod sweep;
 mod task;
@@ -31,6 +39,7 @@ use std::sync::Arc;
 use hm_sdk::Plugin;
 
 pub use executor::SwarmExecutor;
+pub use services::SwarmServices;
 
 /// The executor name steps use: `executor = "swarm"`.
 pub const NAME: &str = "swarm";
@@ -40,9 +49,13 @@ pub const NAME: &str = "swarm";
 pub fn plugin() -> Plugin {
     let state = Arc::new(executor::State::default());
     let (configure, start) = (state.clone(), state.clone());
+    let services = SwarmServices {
+        state: state.clone(),
+    };
     Plugin::new(NAME, env!("CARGO_PKG_VERSION"))
-        .description("runs steps as Docker Swarm services on the nodes of a swarm")
+        .description("runs steps and services as Docker Swarm services on the nodes of a swarm")
         .executor(NAME, SwarmExecutor { state })
+        .services(services)
         .on_init(move |info| configure.configure(info))
         .check_environment(move |info| start.start(info))
 }

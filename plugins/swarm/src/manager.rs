@@ -7,8 +7,9 @@ use bollard::Docker;
 use bollard::models::{LocalNodeState, SwarmInfo};
 use hm_plugin_docker::daemon::{self, Address};
 
-/// A client for the manager at `address`, its API version negotiated down to the daemon's.
-pub async fn connect(address: &Address) -> Result<Docker, String> {
+/// A client for the manager at `address`, its API version negotiated down to the daemon's, and
+/// the address the manager's node gives the other nodes of the swarm (if it says).
+pub async fn connect(address: &Address) -> Result<(Docker, Option<String>), String> {
     let docker = daemon::connect(address).await.map_err(|e| e.to_string())?;
     let info = tokio::time::timeout(daemon::PING_TIMEOUT, docker.info())
         .await
@@ -24,7 +25,7 @@ pub async fn connect(address: &Address) -> Result<Docker, String> {
             )
         })?;
     match not_a_manager(info.swarm.as_ref()) {
-        None => Ok(docker),
+        None => Ok((docker, info.swarm.and_then(|swarm| swarm.node_addr))),
         Some(why) => Err(format!(
             "the Docker daemon at {address} is not a swarm manager ({why})\n  hint: run `docker \
              swarm init` there to make it the manager of a new swarm, or point \

@@ -2,14 +2,18 @@
 //! environment, image, labels, limits, grace and placement; one replica that is never
 //! restarted, reached by DNS round robin).
 
+use std::collections::HashMap;
+
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, Limit, ResourceObject, ServiceSpec, ServiceSpecMode,
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, MountVolumeOptions,
+    NetworkAttachmentConfig, ResourceObject, ServiceSpec, ServiceSpecMode,
     ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
     TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use hm_ipc::messages::StepLimits;
 use hm_plugin_docker::owner::Owner;
-use hm_sdk::{OUTPUT_ENV, PROJECT_DIR_ENV, StepRequest};
+use hm_plugin_docker::{WORKSPACE, caches};
+use hm_sdk::StepRequest;
 
 use crate::config::StepOptions;
 
@@ -52,17 +56,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Environment variables whose values are paths on hm's machine, meaningless on a node.
-const HOST_PATHS: &[&str] = &[PROJECT_DIR_ENV, OUTPUT_ENV];
+/// What the task runs, besides what the step says: the command and environment the prelude
+/// makes ([`crate::prelude`]) and the overlay networks of the services the step lists.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub networks: Vec<String>,
+}
 
 /// The service for one attempt of `step` in `image`:
 /// - replicated with one replica and restart condition `none`: the task runs once, and a
 ///   failed one is not started again (hm decides retries). Not job mode: on Docker 20.10 the
 ///   task of a removed job runs on.
 /// - endpoint mode `dnsrr`: no virtual IP, which needs IPVS on every node.
-/// - the step's shell and `run` as the command (the image's entrypoint is replaced, as the step
-///   says what runs), its environment without hm's host paths, the owner's labels on the
-///   service and its container.
+/// - `launch`'s command (the prelude, then the step's shell and `run`; the image's entrypoint
+///   is replaced, as the step says what runs) and environment, the owner's labels on the
+///   service and its container, its dependency caches as node-local volumes, and the
+///   networks of its services.
 /// - the step's limits as the task's limits, and its memory and CPU also as reservations, so
 ///   the manager places the task on a node that has them.
 /// - SIGKILL `grace` after the SIGTERM a removal sends.
@@ -72,18 +83,43 @@ pub fn definition(
     owner: &Owner,
     options: &StepOptions,
     name: String,
+    launch: Launch,
 ) -> ServiceSpec {
     let labels = owner.labels(&step.step, step.attempt);
+    let mounts = caches(step);
     let container = TaskSpecContainerSpec {
         image: Some(image.to_owned()),
-        command: Some(step.command_line()),
-        env: Some(env(step)),
+        command: Some(launch.command),
+        env: Some(launch.env),
         labels: Some(labels.clone()),
+        mounts: (!mounts.is_empty()).then_some(mounts),
         stop_grace_period: Some(i64::try_from(step.grace.as_nanos()).unwrap_or(i64::MAX)),
         tty: Some(false),
         open_stdin: Some(false),
         ..Default::default()
     };
+    let networks = launch
+        .networks
+        .into_iter()
+        .map(|target| NetworkAttachmentConfig {
+            target: Some(target),
+            ..Default::default()
+        })
+        .collect();
+    one_task(name, labels, container, &step.limits, options, networks)
+}
+
+/// A service of one task, never restarted (hm decides retries), reached by DNS round robin (no
+/// virtual IP: that needs IPVS on every node), with `limits` as its task's limits and
+/// reservations and `options.constraints` as its placement: a step's, or a pipeline service's.
+pub(crate) fn one_task(
+    name: String,
+    labels: HashMap<String, String>,
+    container: TaskSpecContainerSpec,
+    limits: &StepLimits,
+    options: &StepOptions,
+    networks: Vec<NetworkAttachmentConfig>,
+) -> ServiceSpec {
     let placement = (!options.constraints.is_empty()).then(|| TaskSpecPlacement {
         constraints: Some(options.constraints.clone()),
         ..Default::default()
@@ -93,13 +129,14 @@ pub fn definition(
         labels: Some(labels),
         task_template: Some(TaskSpec {
             container_spec: Some(container),
-            resources: Some(resources(&step.limits)),
+            resources: Some(resources(limits)),
             restart_policy: Some(TaskSpecRestartPolicy {
                 condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
                 max_attempts: Some(0),
                 ..Default::default()
             }),
             placement,
+            networks: (!networks.is_empty()).then_some(networks),
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {
@@ -114,12 +151,26 @@ pub fn definition(
     }
 }
 
-/// The step's environment as `NAME=value`, without hm's host paths.
-fn env(step: &StepRequest) -> Vec<String> {
-    step.env
+/// The step's dependency caches: each a volume on whichever node the task runs on, made there
+/// with hm's labels if missing, at its path (a relative one below `/workspace`). A cache is
+/// the node's own: a step placed on another node starts with that node's.
+fn caches(step: &StepRequest) -> Vec<Mount> {
+    step.caches
         .iter()
-        .filter(|(name, _)| !HOST_PATHS.contains(&name.as_str()))
-        .map(|(name, value)| format!("{name}={value}"))
+        .map(|cache| Mount {
+            target: Some(if cache.path.starts_with('/') {
+                cache.path.clone()
+            } else {
+                format!("{WORKSPACE}/{}", cache.path)
+            }),
+            source: Some(cache.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(caches::labels(&cache.path)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
         .collect()
 }
 
@@ -152,7 +203,9 @@ fn resources(limits: &StepLimits) -> TaskSpecResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hm_ipc::messages::CacheMount;
     use hm_plugin_docker::owner::{ATTEMPT, RUN, STEP};
+    use hm_sdk::{OUTPUT_ENV, PROJECT_DIR_ENV};
     use std::time::Duration;
 
     fn step() -> StepRequest {
@@ -182,7 +235,19 @@ mod tests {
 
     fn spec_of(step: &StepRequest, options: &StepOptions) -> ServiceSpec {
         let owner = Owner::current("19abc-1f");
-        definition(step, "busybox:1", &owner, options, "hm-x-build-2".into())
+        let launch = Launch {
+            command: vec!["sh".into(), "-c".into(), "prelude".into()],
+            env: vec!["CI=true".into()],
+            networks: Vec::new(),
+        };
+        definition(
+            step,
+            "busybox:1",
+            &owner,
+            options,
+            "hm-x-build-2".into(),
+            launch,
+        )
     }
 
     #[test]
@@ -205,35 +270,101 @@ mod tests {
     }
 
     #[test]
-    fn the_task_runs_the_steps_command_and_env_without_host_paths() {
+    fn the_task_runs_what_it_is_launched_with_labelled() {
         let spec = spec_of(&step(), &StepOptions::default());
         let labels = spec.labels.clone().unwrap_or_default();
-        let container = spec
-            .task_template
-            .and_then(|t| t.container_spec)
-            .unwrap_or_default();
+        let task = spec.task_template.unwrap_or_default();
+        let container = task.container_spec.unwrap_or_default();
         assert_eq!(container.image.as_deref(), Some("busybox:1"));
         assert_eq!(
             container.command,
-            Some(vec![
-                "sh".into(),
-                "-e".into(),
-                "-c".into(),
-                "make all".into()
-            ])
+            Some(vec!["sh".into(), "-c".into(), "prelude".into()])
         );
         assert_eq!(container.args, None);
-        assert_eq!(
-            container.env,
-            Some(vec!["CI=true".into(), "HM_STEP=build".into()])
-        );
-        // The image's working directory: there is no workspace on the node.
+        assert_eq!(container.env, Some(vec!["CI=true".into()]));
+        // The prelude goes to the step's directory once the workspace is there.
         assert_eq!(container.dir, None);
+        assert_eq!(container.mounts, None);
+        assert_eq!(task.networks, None);
         assert_eq!(container.stop_grace_period, Some(1_500_000_000));
         assert_eq!(labels[RUN], "19abc-1f");
         assert_eq!(labels[STEP], "build");
         assert_eq!(labels[ATTEMPT], "2");
         assert_eq!(container.labels, Some(labels));
+    }
+
+    #[test]
+    fn caches_are_node_volumes_and_services_networks() {
+        let mut step = step();
+        step.caches = vec![
+            CacheMount {
+                volume: "hm-cache-a".into(),
+                path: "/root/.cargo/registry".into(),
+            },
+            CacheMount {
+                volume: "hm-cache-b".into(),
+                path: "target".into(),
+            },
+        ];
+        let owner = Owner::current("19abc-1f");
+        let launch = Launch {
+            networks: vec!["hm-19abc-1f".into()],
+            ..Launch::default()
+        };
+        let task = definition(
+            &step,
+            "busybox:1",
+            &owner,
+            &StepOptions::default(),
+            "n".into(),
+            launch,
+        )
+        .task_template
+        .unwrap_or_default();
+        let mounts = task
+            .container_spec
+            .and_then(|c| c.mounts)
+            .unwrap_or_default();
+        let described: Vec<_> = mounts
+            .iter()
+            .map(|m| {
+                let labels = m
+                    .volume_options
+                    .as_ref()
+                    .and_then(|o| o.labels.clone())
+                    .unwrap_or_default();
+                (
+                    m.typ,
+                    m.source.as_deref().unwrap_or_default(),
+                    m.target.as_deref().unwrap_or_default(),
+                    labels.get("hm.cache.path").cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                (
+                    Some(MountType::VOLUME),
+                    "hm-cache-a",
+                    "/root/.cargo/registry",
+                    "/root/.cargo/registry".to_owned()
+                ),
+                (
+                    Some(MountType::VOLUME),
+                    "hm-cache-b",
+                    "/workspace/target",
+                    "target".to_owned()
+                ),
+            ]
+        );
+        let networks: Vec<_> = task
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.target.unwrap_or_default())
+            .collect();
+        assert_eq!(networks, ["hm-19abc-1f"]);
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub fn verdict(
 }
 
 /// Whether a rejection says the node has no such image and could not pull it.
-fn image_missing(reason: &str) -> bool {
+pub fn image_missing(reason: &str) -> bool {
     let reason = reason.to_lowercase();
     [
         "no such image",

@@ -600,3 +600,31 @@ hm.toml:13:13: error: step `test` lists service `cahce`, which is not defined
 ",
     );
 }
+
+#[test]
+fn a_step_cannot_list_a_service_out_of_its_executors_reach() {
+    check(
+        r#"[services.db]
+image = "postgres:16"
+
+[services.remote]
+image = "redis:7"
+executor = "swarm"
+
+[steps.local]
+run = "make test"
+services = ["db", "remote"]
+
+[steps.cluster]
+executor = "swarm"
+image = "rust:1"
+run = "make test"
+services = ["remote", "db"]
+"#,
+        "hm.toml:10:19: error: step `local` runs on executor `shell` and lists service `remote`, which runs on executor `swarm`, out of its reach
+  hint: a step on this machine reaches the services docker runs: `executor = \"docker\"` in [services.remote]
+hm.toml:16:23: error: step `cluster` runs on executor `swarm` and lists service `db`, which runs on executor `docker`, out of its reach
+  hint: run the service where the step runs: `executor = \"swarm\"` in [services.db] (or `[defaults] executor = \"swarm\"` for every step and service)
+",
+    );
+}
