@@ -220,7 +220,8 @@ fn fix(level: Isolation) -> Option<String> {
 /// Asks the Docker daemon on the unix socket `path` for its version (`GET /version`, the
 /// Engine API's unversioned endpoint).
 fn docker_version(path: &Path) -> Result<String, String> {
-    let body = crate::engine::request(path, "GET", "/version", &["200"])?;
+    let daemon = crate::engine::Daemon::Unix(path.to_owned());
+    let body = crate::engine::request(&daemon, "GET", "/version", &["200"])?;
     let json: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| format!("its version is not JSON: {e}"))?;
     let field = |name: &str| json[name].as_str().unwrap_or("?").to_owned();

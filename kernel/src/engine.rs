@@ -1,13 +1,52 @@
 //! The few Docker Engine requests the kernel makes itself (`hm doctor`'s version check, `hm
 //! cache prune`'s volume removal, the removal of a run's containers and networks by hm at its
-//! exit and by the guardian when hm was killed), in plain HTTP/1.0 on the daemon's unix socket:
-//! the kernel links no Docker client, and requests with a two-second deadline are all these
-//! need.
+//! exit and by the guardian when hm was killed), in plain HTTP/1.0 on the daemon's unix socket
+//! or plain TCP address: the kernel links no Docker client, and requests with a two-second
+//! deadline are all these need.
 
+use std::fmt;
 use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A Docker daemon the kernel talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Daemon {
+    /// Its unix socket.
+    Unix(PathBuf),
+    /// `host:port` of its plain-TCP API (`tcp://` or `http://`).
+    Tcp(String),
+}
+
+impl Daemon {
+    /// A daemon address as `DOCKER_HOST` and `[plugins.*].config.host` take it
+    /// (`unix:///path`, a bare absolute path, `tcp://host:port`, `http://host:port`); `None`
+    /// for anything else (TLS, SSH).
+    pub fn parse(host: &str) -> Option<Self> {
+        if host.starts_with('/') {
+            return Some(Self::Unix(PathBuf::from(host)));
+        }
+        if let Some(path) = host.strip_prefix("unix://") {
+            return Some(Self::Unix(PathBuf::from(path)));
+        }
+        let remote = host
+            .strip_prefix("tcp://")
+            .or_else(|| host.strip_prefix("http://"))?
+            .trim_end_matches('/');
+        (!remote.is_empty()).then(|| Self::Tcp(remote.to_owned()))
+    }
+}
+
+impl fmt::Display for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+            Self::Tcp(remote) => write!(f, "tcp://{remote}"),
+        }
+    }
+}
 
 /// The daemon's socket: `DOCKER_HOST` when it is `unix://...`, else the default socket;
 /// `None` for a `DOCKER_HOST` that is no unix socket.
@@ -17,29 +56,29 @@ pub fn socket() -> Option<PathBuf> {
     host.strip_prefix("unix://").map(PathBuf::from)
 }
 
-/// The socket of the daemon a project's docker steps use: `[plugins.docker].config.host`
-/// (given as `config_json`) when it sets one, else [`socket`]. `None` for a daemon that is no
-/// unix socket.
-pub fn socket_of(config_json: Option<&str>) -> Option<PathBuf> {
+/// The daemon a project's docker (or swarm) steps use: `[plugins.NAME].config.host` (given as
+/// `config_json`) when it sets one, else `DOCKER_HOST`, else the default socket. `None` for an
+/// address the kernel cannot reach (TLS, SSH).
+pub fn daemon_of(config_json: Option<&str>) -> Option<Daemon> {
     let host = config_json
         .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-        .and_then(|config| config.get("host")?.as_str().map(str::to_owned));
-    match host {
-        Some(host) if host.starts_with('/') => Some(PathBuf::from(host)),
-        Some(host) => host.strip_prefix("unix://").map(PathBuf::from),
-        None => socket(),
-    }
+        .and_then(|config| config.get("host")?.as_str().map(str::to_owned))
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    Daemon::parse(&host)
 }
 
 /// Removes every swarm service, then force-removes every container (with its anonymous
 /// volumes) and every network that carries the label `hm.run=<run_id>`; returns how many
 /// containers and networks were removed (services take their tasks' containers with them). A
-/// daemon that is no swarm manager has no services to remove.
-pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String> {
+/// daemon that is no swarm manager has no services to remove. A swarm's overlay network
+/// cannot go until the nodes have stopped the removed services' tasks: its removal is tried
+/// again for up to [`SWARM_NETWORK_WAIT`].
+pub fn remove_run(daemon: &Daemon, run_id: &str) -> Result<(usize, usize), String> {
     let filter = percent_encode(&format!(r#"{{"label":["hm.run={run_id}"]}}"#));
     // A swarm task's container goes with its service, by the swarm's own stop.
     let ids = |target: &str| -> Result<Vec<String>, String> {
-        let body = request(socket, "GET", target, &["200"])?;
+        let body = request(daemon, "GET", target, &["200"])?;
         let listed: Vec<serde_json::Value> =
             serde_json::from_str(&body).map_err(|e| format!("unreadable answer: {e}"))?;
         Ok(listed
@@ -49,8 +88,9 @@ pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String>
             .collect())
     };
     // 503: not a swarm manager, so no services.
+    let mut services = 0;
     if let Ok(body) = request(
-        socket,
+        daemon,
         "GET",
         &format!("/services?filters={filter}"),
         &["200"],
@@ -58,17 +98,18 @@ pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String>
         let listed: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
         for id in listed.iter().filter_map(|s| s.get("ID")?.as_str()) {
             request(
-                socket,
+                daemon,
                 "DELETE",
                 &format!("/services/{id}"),
                 &["200", "404"],
             )?;
+            services += 1;
         }
     }
     let mut containers = 0;
     for id in ids(&format!("/containers/json?all=1&filters={filter}"))? {
         request(
-            socket,
+            daemon,
             "DELETE",
             &format!("/containers/{id}?force=1&v=1"),
             &["204", "404", "409"],
@@ -76,17 +117,31 @@ pub fn remove_run(socket: &Path, run_id: &str) -> Result<(usize, usize), String>
         containers += 1;
     }
     let mut networks = 0;
+    let deadline = Instant::now() + SWARM_NETWORK_WAIT;
     for id in ids(&format!("/networks?filters={filter}"))? {
-        request(
-            socket,
-            "DELETE",
-            &format!("/networks/{id}"),
-            &["204", "404"],
-        )?;
+        loop {
+            match request(
+                daemon,
+                "DELETE",
+                &format!("/networks/{id}"),
+                &["204", "404"],
+            ) {
+                Ok(_) => break,
+                // Still in use by the tasks of services just removed.
+                Err(_) if services > 0 && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         networks += 1;
     }
     Ok((containers, networks))
 }
+
+/// How long the removal of a run's networks waits for the nodes to stop the tasks of the
+/// services just removed (their grace, 10 s by default, and a second or two more).
+pub const SWARM_NETWORK_WAIT: Duration = Duration::from_secs(20);
 
 /// The label Docker puts on the container of a swarm service's task.
 const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
@@ -103,25 +158,35 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// `METHOD target` on the daemon at `socket`; the body when the status is one of `ok`,
-/// else what the daemon answered.
-pub fn request(socket: &Path, method: &str, target: &str, ok: &[&str]) -> Result<String, String> {
-    let timeout = Some(Duration::from_secs(2));
-    let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(timeout)
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(timeout)
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("{method} {target} HTTP/1.0\r\nHost: docker\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .take(1024 * 1024)
-        .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
+/// `METHOD target` on `daemon`; the body when the status is one of `ok`, else what the
+/// daemon answered.
+pub fn request(daemon: &Daemon, method: &str, target: &str, ok: &[&str]) -> Result<String, String> {
+    let timeout = Duration::from_secs(2);
+    let request = format!("{method} {target} HTTP/1.0\r\nHost: docker\r\n\r\n");
+    let response = match daemon {
+        Daemon::Unix(path) => {
+            let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| stream.set_write_timeout(Some(timeout)))
+                .map_err(|e| e.to_string())?;
+            exchange(stream, &request)?
+        }
+        Daemon::Tcp(remote) => {
+            let address = remote
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| format!("{remote} has no address"))?;
+            let stream =
+                TcpStream::connect_timeout(&address, timeout).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| stream.set_write_timeout(Some(timeout)))
+                .map_err(|e| e.to_string())?;
+            exchange(stream, &request)?
+        }
+    };
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response
         .split_once("\r\n\r\n")
@@ -132,6 +197,19 @@ pub fn request(socket: &Path, method: &str, target: &str, ok: &[&str]) -> Result
         _ if body.trim().is_empty() => Err(format!("it answered `{status}`")),
         _ => Err(format!("it answered `{status}`: {}", body.trim())),
     }
+}
+
+/// Writes `request` and reads the answer (1 MiB at most: a list of a run's objects is far less).
+fn exchange(mut stream: impl Read + Write, request: &str) -> Result<Vec<u8>, String> {
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(1024 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -147,16 +225,37 @@ mod tests {
     }
 
     #[test]
-    fn the_projects_host_wins_when_it_is_a_unix_socket() {
+    fn daemon_addresses_the_kernel_can_reach() {
+        let unix = |p: &str| Some(Daemon::Unix(PathBuf::from(p)));
+        assert_eq!(Daemon::parse("unix:///run/x.sock"), unix("/run/x.sock"));
+        assert_eq!(Daemon::parse("/run/y.sock"), unix("/run/y.sock"));
+        assert_eq!(
+            Daemon::parse("tcp://10.0.0.1:2375"),
+            Some(Daemon::Tcp("10.0.0.1:2375".into()))
+        );
+        assert_eq!(
+            Daemon::parse("http://manager:2375/"),
+            Some(Daemon::Tcp("manager:2375".into()))
+        );
+        assert_eq!(Daemon::parse("ssh://me@box"), None);
+        assert_eq!(Daemon::parse("tcp://"), None);
+        // The guardian reads back what it was told.
+        for daemon in [unix("/run/x.sock"), Daemon::parse("tcp://10.0.0.1:2375")] {
+            let daemon = daemon.expect("parsed");
+            assert_eq!(Daemon::parse(&daemon.to_string()), Some(daemon));
+        }
+    }
+
+    #[test]
+    fn the_projects_host_wins() {
         let config = |host: &str| format!(r#"{{"host":"{host}"}}"#);
         assert_eq!(
-            socket_of(Some(&config("unix:///run/x.sock"))),
-            Some(PathBuf::from("/run/x.sock"))
+            daemon_of(Some(&config("unix:///run/x.sock"))),
+            Some(Daemon::Unix(PathBuf::from("/run/x.sock")))
         );
         assert_eq!(
-            socket_of(Some(&config("/run/y.sock"))),
-            Some(PathBuf::from("/run/y.sock"))
+            daemon_of(Some(&config("tcp://10.0.0.1:2375"))),
+            Some(Daemon::Tcp("10.0.0.1:2375".into()))
         );
-        assert_eq!(socket_of(Some(&config("tcp://10.0.0.1:2375"))), None);
     }
 }

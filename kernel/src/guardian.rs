@@ -83,8 +83,8 @@ impl Guardian {
 
     /// Records the Docker daemon whose containers and networks labelled with `run_id` (step
     /// containers, services, their network) to remove if the kernel dies.
-    pub fn watch_docker(&mut self, socket: &std::path::Path, run_id: &str) {
-        self.say(&format!("docker {run_id} {}", socket.display()));
+    pub fn watch_docker(&mut self, daemon: &crate::engine::Daemon, run_id: &str) {
+        self.say(&format!("docker {run_id} {daemon}"));
     }
 
     /// Records the run's own directory (`hm-RUN`) to remove if the kernel dies.
@@ -114,7 +114,7 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut own: Option<(PathBuf, crate::cgroup::OwnChanges)> = None;
-    let mut dockers: Vec<(String, PathBuf)> = Vec::new();
+    let mut dockers: Vec<(String, crate::engine::Daemon)> = Vec::new();
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -132,11 +132,12 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
             cgroups.push(PathBuf::from(path));
         } else if let Some(path) = line.strip_prefix("dir ") {
             dirs.push(PathBuf::from(path));
-        } else if let Some((run_id, socket)) = line
+        } else if let Some((run_id, daemon)) = line
             .strip_prefix("docker ")
             .and_then(|rest| rest.split_once(' '))
+            .and_then(|(run_id, address)| Some((run_id, crate::engine::Daemon::parse(address)?)))
         {
-            dockers.push((run_id.to_owned(), PathBuf::from(socket)));
+            dockers.push((run_id.to_owned(), daemon));
         } else if let Some(rest) = line.strip_prefix("own ") {
             let mut fields = rest.splitn(3, ' ');
             if let (Some(moved), Some(enabled), Some(path)) =
@@ -163,8 +164,8 @@ pub fn guardian_main(cleanup_cgroup: impl Fn(&std::path::Path)) -> i32 {
     }
     // With the plugins dead, nothing creates containers any more: the run's go, and then
     // the network its services shared.
-    for (run_id, socket) in &dockers {
-        let _ = crate::engine::remove_run(socket, run_id);
+    for (run_id, daemon) in &dockers {
+        let _ = crate::engine::remove_run(daemon, run_id);
     }
     // The kernel's `hm/kernel` holds only this guardian now: it takes hm's place going back.
     if let Some((path, changes)) = &own {

@@ -220,7 +220,7 @@ pub fn run(
     // The daemons of the run's containers (docker steps, services) and swarm services: if hm
     // dies, the guardian removes them; when the run ends, hm removes what a plugin could not.
     let uses = |plugin: &str| plan.executors.values().any(|p| p.name == plugin);
-    let mut daemons: Vec<PathBuf> = Vec::new();
+    let mut daemons: Vec<crate::engine::Daemon> = Vec::new();
     for (plugin, used) in [
         (DOCKER, uses(DOCKER) || !plan.services.is_empty()),
         (SWARM, uses(SWARM)),
@@ -230,16 +230,16 @@ pub fn run(
             .plugins
             .get(plugin)
             .map(|s| s.config_json.as_str());
-        if let Some(socket) = used.then(|| crate::engine::socket_of(config)).flatten()
-            && !daemons.contains(&socket)
+        if let Some(daemon) = used.then(|| crate::engine::daemon_of(config)).flatten()
+            && !daemons.contains(&daemon)
         {
-            daemons.push(socket);
+            daemons.push(daemon);
         }
     }
     let guardian = match Guardian::start() {
         Ok(mut guardian) => {
-            for socket in &daemons {
-                guardian.watch_docker(socket, &run_id);
+            for daemon in &daemons {
+                guardian.watch_docker(daemon, &run_id);
             }
             for path in run_cgroup.iter().flat_map(|run| run.paths()) {
                 guardian.watch_cgroup(&path);
@@ -298,8 +298,8 @@ pub fn run(
             .run()
             .instrument(span),
     );
-    for socket in daemons {
-        match crate::engine::remove_run(&socket, &run_id_copy) {
+    for daemon in daemons {
+        match crate::engine::remove_run(&daemon, &run_id_copy) {
             Ok((0, 0)) => {}
             Ok((containers, networks)) => tracing::warn!(
                 "removed {containers} container(s) and {networks} network(s) of this run that \

@@ -41,9 +41,13 @@ impl Cluster {
 
     /// A project whose steps (`steps`, TOML with `{image}` for the image) run on this swarm.
     fn project(&self, steps: &str) -> Project {
+        self.project_through(&self.swarm.docker_host(), steps)
+    }
+
+    /// [`Cluster::project`] with the manager reached at `host`.
+    fn project_through(&self, host: &str, steps: &str) -> Project {
         Project::new(&format!(
             "[plugins.swarm]\nconfig = {{ host = \"{host}\", serve = \"{serve}\" }}\n\n{steps}",
-            host = self.swarm.docker_host(),
             serve = self.swarm.host_address(),
             steps = steps.replace("{image}", self.image.image()),
         ))
@@ -133,6 +137,18 @@ impl Cluster {
             .and_then(|n| n["Status"]["State"].as_str())
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The IDs of run `run_id`'s networks on the manager.
+    fn networks_of(&self, run_id: &str) -> Vec<String> {
+        let listed = self.swarm.docker_ok(&[
+            "network",
+            "ls",
+            "--quiet",
+            "--filter",
+            &format!("label=hm.run={run_id}"),
+        ]);
+        listed.lines().map(str::to_owned).collect()
     }
 
     fn assert_no_service_of(&self, run_id: &str) {
@@ -728,43 +744,65 @@ retry = { attempts = 2, on = ["node_lost"] }
 
 /// A run of two long steps, one on node-0 and one on node-1, and hm once both print their
 /// first line.
-fn two_long_steps(cluster: &Cluster) -> (Project, Hm) {
-    let project = cluster.project(
-        r#"
+/// Two steps that run until stopped, one on each node, reaching the manager at `host`; with
+/// `service`, both list a swarm service (so the run has an overlay network too).
+fn two_long_steps(cluster: &Cluster, host: &str, service: bool) -> (Project, Hm) {
+    let services = if service {
+        "[services.web]\nexecutor = \"swarm\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \
+         \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n\n"
+    } else {
+        ""
+    };
+    let listed = if service { "services = [\"web\"]" } else { "" };
+    let project = cluster.project_through(
+        host,
+        &format!(
+            r#"{services}
 [steps.first]
 executor = "swarm"
-image = "{image}"
+image = "{{image}}"
 run = "echo started; exec sleep 1000"
-with = { constraints = ["node.hostname==node-0"] }
+with = {{ constraints = ["node.hostname==node-0"] }}
+{listed}
 
 [steps.second]
 executor = "swarm"
-image = "{image}"
+image = "{{image}}"
 run = "echo started; exec sleep 1000"
-with = { constraints = ["node.hostname==node-1"] }
-"#,
+with = {{ constraints = ["node.hostname==node-1"] }}
+{listed}
+"#
+        ),
     );
-    // The tasks' `sleep` is PID 1 and ignores SIGTERM: each stops at the SIGKILL after the
-    // grace.
+    // The steps' `sleep` gets the SIGTERM from the prelude, and the service ends on it.
     let mut hm = project.spawn_run(&["--grace", "1s"]);
     wait_for_lines(&mut hm, &[("first", "started"), ("second", "started")]);
     (project, hm)
 }
 
 #[test]
-fn kill_9_of_hm_mid_run_leaves_no_service_and_no_task_container_within_10_s() {
-    let test = "kill_9_of_hm_mid_run_leaves_no_service_and_no_task_container_within_10_s";
+fn kill_9_of_hm_mid_run_leaves_no_service_task_container_or_network_within_10_s() {
+    let test = "kill_9_of_hm_mid_run_leaves_no_service_task_container_or_network_within_10_s";
     let Some(cluster) = Cluster::start(test, 2) else {
         return;
     };
-    let (_project, mut hm) = two_long_steps(&cluster);
+    // A manager reached over TCP, as a remote one is, and a service: the guardian removes
+    // the services through that address, and the run's overlay network once the nodes have
+    // let go of it.
+    let host = cluster.swarm.manager().tcp_host();
+    let (_project, mut hm) = two_long_steps(&cluster, &host, true);
     let id = run_id(hm.events());
     assert_eq!(
         cluster.services_of(&id).len(),
-        2,
-        "both steps' services run"
+        3,
+        "both steps' services and the pipeline's service run"
     );
-    assert_eq!(cluster.containers_of(&id).len(), 2, "both steps' tasks run");
+    assert_eq!(
+        cluster.containers_of(&id).len(),
+        3,
+        "the steps' and the service's tasks run"
+    );
+    assert_eq!(cluster.networks_of(&id).len(), 1, "the run's network");
     let killed = Instant::now();
     hm.signal(Signal::SIGKILL);
     // What the guardian does is the test: hm's own end says nothing.
@@ -781,9 +819,17 @@ fn kill_9_of_hm_mid_run_leaves_no_service_and_no_task_container_within_10_s() {
     };
     let left = CLEANUP.saturating_sub(killed.elapsed());
     cluster.wait_until_run_gone(&id, left);
+    let containers_gone = killed.elapsed();
+    while !cluster.networks_of(&id).is_empty() {
+        assert!(
+            killed.elapsed() < CLEANUP,
+            "the network of run {id} is still on the manager {CLEANUP:?} after SIGKILL"
+        );
+        std::thread::sleep(POLL);
+    }
     eprintln!(
         "{test}: after SIGKILL of hm, no service of the run in {services_gone:.1?}, no task \
-         container in {:.1?}",
+         container in {containers_gone:.1?}, no network in {:.1?}",
         killed.elapsed()
     );
 }
@@ -795,7 +841,7 @@ fn ctrl_c_with_steps_on_two_nodes_exits_130_and_leaves_no_service_and_no_task_co
     let Some(cluster) = Cluster::start(test, 2) else {
         return;
     };
-    let (_project, mut hm) = two_long_steps(&cluster);
+    let (_project, mut hm) = two_long_steps(&cluster, &cluster.swarm.docker_host(), false);
     let id = run_id(hm.events());
     assert_eq!(cluster.containers_of(&id).len(), 2, "both steps' tasks run");
     let signalled = Instant::now();

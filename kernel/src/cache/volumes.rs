@@ -69,12 +69,14 @@ impl super::Store {
             if now.duration_since(used).unwrap_or_default() < unused_for {
                 continue;
             }
-            let Some(socket) = crate::engine::socket() else {
-                problems.push(format!("{name}: DOCKER_HOST is not a unix socket"));
+            let Some(daemon) = crate::engine::daemon_of(None) else {
+                problems.push(format!(
+                    "{name}: DOCKER_HOST is neither a unix socket nor a tcp:// address"
+                ));
                 continue;
             };
             match crate::engine::request(
-                &socket,
+                &daemon,
                 "DELETE",
                 &format!("/volumes/{name}"),
                 &["204", "404"],

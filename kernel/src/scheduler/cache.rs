@@ -260,9 +260,9 @@ pub(super) fn record(step: &mut super::steps::StepRun, stream: Stream, text: &st
 /// The ID the Docker daemon (`DOCKER_HOST`, else the default socket) gives `image`; `None`
 /// when it does not answer or does not have it, which only makes the key another one.
 fn image_id(image: &str) -> Option<String> {
-    let socket = crate::engine::socket()?;
+    let daemon = crate::engine::daemon_of(None)?;
     let body =
-        crate::engine::request(&socket, "GET", &format!("/images/{image}/json"), &["200"]).ok()?;
+        crate::engine::request(&daemon, "GET", &format!("/images/{image}/json"), &["200"]).ok()?;
     let json: serde_json::Value = serde_json::from_str(&body).ok()?;
     json["Id"].as_str().map(str::to_owned)
 }

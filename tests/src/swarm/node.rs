@@ -36,6 +36,10 @@ pub struct SwarmNode {
     pub(super) dockerd: Option<Child>,
 }
 
+/// The port every node's daemon also listens on, on its own address, without TLS (the
+/// namespaces' network is private to this machine).
+const TCP_PORT: u16 = 2375;
+
 impl SwarmNode {
     /// Starts node `index`'s dockerd in its namespace (already made by
     /// [`super::network::create_node`]); it answers some time later
@@ -86,6 +90,8 @@ impl SwarmNode {
             .args(["--exec-root", &path(&dir.join("exec"))])
             .args(["--pidfile", &path(&dir.join("docker.pid"))])
             .args(["-H", &format!("unix://{}", socket.display())])
+            .args(["-H", &format!("tcp://{}:{TCP_PORT}", subnet.node(index))])
+            .arg("--tls=false")
             .args(["--cgroup-parent", &format!("/{netns}")])
             .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
             .env("PATH", search_path())
@@ -120,6 +126,12 @@ impl SwarmNode {
     /// Its network namespace (`ip -n NETNS ...`, `nsenter --net=/run/netns/NETNS`).
     pub fn netns(&self) -> &str {
         &self.netns
+    }
+
+    /// Its daemon's plain-TCP address, on the swarm's network (which the host reaches):
+    /// `tcp://<address>:2375`, as a remote manager is usually reached.
+    pub fn tcp_host(&self) -> String {
+        format!("tcp://{}:{TCP_PORT}", self.address)
     }
 
     /// Its address on the swarm's network, which it advertises to the swarm.
