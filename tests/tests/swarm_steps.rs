@@ -1,11 +1,14 @@
 //! The swarm executor through `hm`, against a real multi-node swarm on this machine (the
-//! swarm fixture, `hm_tests::swarm`): steps placed on several nodes with their logs complete
-//! and in order, exit codes, the OOM judgement, a step waiting for a node until its timeout,
-//! a node lost under a step (cause `node_lost`, retried elsewhere), and no service or task
-//! container left after a Ctrl-C or a SIGKILL of hm. hm reaches the manager through
-//! `[plugins.swarm].config.host`. Without root, Docker or namespaces the tests say they were
-//! skipped, and fail instead under `HM_REQUIRE_SWARM=1` / `HM_REQUIRE_DOCKER=1`; the swarm and
-//! the image are removed however a test ends.
+//! swarm fixture, `hm_tests::swarm`): a six-step pipeline placed on every node with its logs
+//! complete and in order and its files and outputs carried between the steps over the plugin's
+//! file server, dependency caches on a node, artifact limits, services on the run's overlay
+//! network, exit codes, the OOM judgement, a step waiting for a node until its timeout, a node
+//! lost under a step (cause `node_lost`, retried elsewhere), serve addresses that cannot work,
+//! and no service, task container or network left after a Ctrl-C or a SIGKILL of hm. hm reaches
+//! the manager through `[plugins.swarm].config.host` (its unix socket, or `tcp://`), and the
+//! tasks reach hm at the host's address on the swarm's bridge (`serve`). Without root, Docker
+//! or namespaces the tests say they were skipped, and fail instead under `HM_REQUIRE_SWARM=1` /
+//! `HM_REQUIRE_DOCKER=1`; the swarm and the image are removed however a test ends.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -480,6 +483,60 @@ services = ["sick"]
         &format!("label=hm.run={id}"),
     ]);
     assert_eq!(networks.trim(), "", "the run's network is left");
+}
+
+#[test]
+fn serve_addresses_hm_cannot_use_exit_4_and_those_nodes_cannot_reach_fail_the_step() {
+    let test = "serve_addresses_hm_cannot_use_exit_4_and_those_nodes_cannot_reach_fail_the_step";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let project = |serve: &str| {
+        Project::new(&format!(
+            "[plugins.swarm]\nconfig = {{ host = \"{}\", serve = \"{serve}\" }}\n\n\
+             [steps.remote]\nexecutor = \"swarm\"\nimage = \"{}\"\nrun = \"echo the step \
+             ran\"\n",
+            cluster.swarm.docker_host(),
+            cluster.image.image()
+        ))
+    };
+    // An address of no interface here (TEST-NET-1): the run ends at its start.
+    let run = project("192.0.2.1").run(&[]);
+    assert_eq!(run.code(), 4, "{run}");
+    assert!(
+        run.stderr().contains(
+            "cannot serve the swarm tasks their files on 192.0.2.1:0 \
+             ([plugins.swarm].config.serve)"
+        ),
+        "{run}"
+    );
+    assert!(
+        run.stderr()
+            .contains("hint: set [plugins.swarm].config.serve"),
+        "{run}"
+    );
+    // hm's loopback: the plugin can listen there, and a node's own loopback answers nothing.
+    let run = project("127.0.0.1").run(&[]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("remote"), "failed", "{run}");
+    let message = run.step_end("remote")["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("could not start the step"), "{run}");
+    assert_eq!(
+        run.stream_lines("remote", "stdout"),
+        Vec::<&str>::new(),
+        "{run}"
+    );
+    let stderr = run.stream_lines("remote", "stderr");
+    assert!(
+        stderr
+            .iter()
+            .any(|line| line
+                .starts_with("hm: cannot fetch the workspace from hm at http://127.0.0.1:")),
+        "{run}"
+    );
+    cluster.assert_no_service_of(&run_id(&run.events));
 }
 
 #[test]
