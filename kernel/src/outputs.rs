@@ -20,8 +20,11 @@ pub const MAX_BYTES: u64 = 1024 * 1024;
 /// in its first place).
 pub type Outputs = Vec<(String, String)>;
 
-/// The directory of a run's output files: `$XDG_RUNTIME_DIR/hm-RUN` (else the temp
-/// directory), private to the user, removed with everything in it when dropped.
+/// The directory of a run's output files: `$XDG_RUNTIME_DIR/hm-RUN`, else `/dev/shm/hm-RUN`,
+/// else in the temp directory; private to the user, removed with everything in it when
+/// dropped. Memory rather than disk where there is a choice: every step attempt makes, reads
+/// and removes a file here, which costs several times more on a disk's file system (ext4's
+/// inode allocation) than on tmpfs.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
@@ -30,11 +33,19 @@ pub struct RunDir {
 impl RunDir {
     pub fn create(run_id: &str) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|dir| dir.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let path = base.join(format!("hm-{run_id}"));
+            .filter(|dir| dir.is_dir());
+        let shm = Some(PathBuf::from("/dev/shm")).filter(|dir| dir.is_dir());
+        let name = format!("hm-{run_id}");
+        // A base that refuses (read-only, full) is passed over for the next.
+        for base in runtime.into_iter().chain(shm) {
+            let path = base.join(&name);
+            if std::fs::DirBuilder::new().mode(0o700).create(&path).is_ok() {
+                return Ok(Self { path });
+            }
+        }
+        let path = std::env::temp_dir().join(&name);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self { path })
     }
