@@ -63,7 +63,7 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     Ok(Outcome::new(
         NAME,
         &samples,
-        Target::ThroughputAtLeast(0.5),
+        Target::ThroughputAtLeast(0.8),
         format!("per {} MiB of {LINE}-byte lines", bytes / MIB),
     ))
 }
