@@ -373,6 +373,8 @@ executor = "swarm"
 image = "{image}"
 run = "mkdir -p out && touch out/1 out/2 out/3"
 artifacts = ["out/*"]
+# After `fill`: its failure would otherwise cancel `fill` (fail-fast) if that were slower.
+needs = ["fill"]
 "#,
     );
     project.write("lock.txt", "v1");
@@ -449,9 +451,12 @@ with = { constraints = ["node.hostname==node-0"] }
 [steps.needs_sick]
 run = "echo never"
 services = ["sick"]
+# After `fetch`: its failure would otherwise cancel `fetch` (fail-fast) if that were slower.
+needs = ["fetch"]
 "#,
     );
-    let run = project.run(&[]);
+    // Services stop with the grace: `httpd` ignores SIGTERM.
+    let run = project.run(&["--grace", "1s"]);
     let id = run_id(&run.events);
     assert_eq!(run.code(), 1, "{run}");
     assert_eq!(run.status("fetch"), "passed", "{run}");
@@ -466,7 +471,10 @@ services = ["sick"]
     let message = run.step_end("needs_sick")["message"]
         .as_str()
         .unwrap_or_default();
-    assert!(message.contains("sick never became healthy"), "{run}");
+    assert!(
+        message.contains("sick never became healthy"),
+        "{message}; {run}"
+    );
     assert!(
         run.stream_lines("needs_sick", "stderr")
             .iter()

@@ -1,7 +1,7 @@
 //! Services on the swarm (`[services.NAME]` with `executor = "swarm"`): each a swarm service
-//! of one replica on the run's overlay network (`hm-<run id>`, made by the first service and
-//! removed after the last), reached there under the service's name by the swarm steps that
-//! list it. Up once its task runs, which for a service with a health command is once the
+//! of one replica on the run's overlay network (`hm-<run id>-<n>`, made by the first service
+//! and removed after the last; a later service makes the next), reached there under the
+//! service's name by the swarm steps that list it. Up once its task runs, which for a service with a health command is once the
 //! command has passed inside it: the node's agent holds the task in `starting` until the
 //! container's health check says healthy, and fails it when the check says unhealthy.
 //!
@@ -52,6 +52,10 @@ pub(crate) struct Registry {
 struct RunServices {
     /// The network's ID, from the first start until the last service has gone.
     network: Option<String>,
+    /// How many networks the run has made: each is `hm-<run id>-<n>`, as the last one may
+    /// still be on its way out (the nodes let go of it seconds after its services are gone)
+    /// when a later service makes the next, and a swarm refuses two of one name.
+    networks_made: u32,
     services: HashMap<String, Entry>,
 }
 
@@ -86,7 +90,8 @@ impl Registry {
         let network = match &run.network {
             Some(id) => id.clone(),
             None => {
-                let id = create_network(&ready.docker, &ready.owner)
+                run.networks_made += 1;
+                let id = create_network(&ready.docker, &ready.owner, run.networks_made)
                     .await
                     .map_err(failed)?;
                 run.network = Some(id.clone());
@@ -357,9 +362,10 @@ fn definition(
     )
 }
 
-/// The run's overlay network, `hm-<run id>`, labelled like everything of the run; its ID.
-async fn create_network(docker: &Docker, owner: &Owner) -> Result<String, String> {
-    let name = format!("hm-{}", owner.run_id);
+/// The run's `n`th overlay network, `hm-<run id>-<n>`, labelled like everything of the run;
+/// its ID.
+async fn create_network(docker: &Docker, owner: &Owner, n: u32) -> Result<String, String> {
+    let name = format!("hm-{}-{n}", owner.run_id);
     let request = NetworkCreateRequest {
         name: name.clone(),
         driver: Some("overlay".to_owned()),
