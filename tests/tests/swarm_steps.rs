@@ -548,6 +548,41 @@ fn serve_addresses_hm_cannot_use_exit_4_and_those_nodes_cannot_reach_fail_the_st
 }
 
 #[test]
+fn a_step_whose_service_no_node_can_take_times_out_with_it() {
+    let test = "a_step_whose_service_no_node_can_take_times_out_with_it";
+    let Some(cluster) = Cluster::start(test, 1) else {
+        return;
+    };
+    let project = cluster.project(
+        r#"
+[defaults]
+executor = "swarm"
+image = "{image}"
+
+[services.nowhere]
+image = "{image}"
+command = ["sleep", "1000"]
+with = { constraints = ["node.labels.no_such_label==1"] }
+
+[steps.waits]
+run = "echo never"
+services = ["nowhere"]
+timeout = "3s"
+"#,
+    );
+    let started = Instant::now();
+    let run = project.run(&["--grace", "1s"]);
+    // hm's exit code when a step timed out.
+    assert_eq!(run.code(), 124, "{run}");
+    assert_eq!(run.status("waits"), "timed_out", "{run}");
+    assert_eq!(run.cause("waits"), Some("timeout"), "{run}");
+    assert!(started.elapsed() < WAIT, "{run}");
+    let id = run_id(&run.events);
+    cluster.assert_no_service_of(&id);
+    assert_eq!(cluster.networks_of(&id), Vec::<String>::new(), "{run}");
+}
+
+#[test]
 fn a_swarm_step_over_its_memory_limit_fails_with_cause_oom() {
     let test = "a_swarm_step_over_its_memory_limit_fails_with_cause_oom";
     let Some(cluster) = Cluster::start(test, 1) else {

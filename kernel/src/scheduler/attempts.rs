@@ -313,7 +313,8 @@ impl Scheduler<'_> {
         step.state = StepState::Running;
         step.call = call;
         step.started = Some(now);
-        step.deadline = def.timeout.map(|t| now + t);
+        // Counted from the wait for its services, if it waited.
+        step.deadline = step.deadline.or_else(|| def.timeout.map(|t| now + t));
         step.pgid = None;
         step.node = None;
         self.plugins[p].in_flight.insert(call, i);

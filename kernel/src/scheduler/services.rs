@@ -164,7 +164,14 @@ impl Scheduler<'_> {
             }
         }
         if waiting {
-            self.steps[i].state = StepState::AwaitingServices;
+            // The step's timeout counts from here: a service that never comes up (one no node
+            // of a cluster can take) must not hold the step, and the run, for ever.
+            let timeout = self.pipeline.steps[self.steps[i].index].timeout;
+            let step = &mut self.steps[i];
+            step.state = StepState::AwaitingServices;
+            if step.deadline.is_none() {
+                step.deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            }
         }
         waiting
     }

@@ -188,6 +188,12 @@ impl Scheduler<'_> {
         }
         for i in 0..self.steps.len() {
             let step = &mut self.steps[i];
+            if step.state == StepState::AwaitingServices && step.deadline.is_some_and(|d| now >= d)
+            {
+                step.deadline = None;
+                self.stop_step(i, StopReason::StepTimeout);
+                continue;
+            }
             if step.state != StepState::Running {
                 continue;
             }
@@ -251,7 +257,7 @@ impl Scheduler<'_> {
         let steps = self
             .steps
             .iter()
-            .filter(|s| s.state == StepState::Running)
+            .filter(|s| matches!(s.state, StepState::Running | StepState::AwaitingServices))
             .flat_map(|s| [s.deadline, s.ladder.and_then(|l| l.next_at())]);
         let hooks = self
             .plugins
