@@ -483,14 +483,11 @@ needs = ["fetch"]
     );
     cluster.assert_no_service_of(&id);
     cluster.assert_no_container_of(&id);
-    let networks = cluster.swarm.docker_ok(&[
-        "network",
-        "ls",
-        "--quiet",
-        "--filter",
-        &format!("label=hm.run={id}"),
-    ]);
-    assert_eq!(networks.trim(), "", "the run's network is left");
+    assert_eq!(
+        cluster.networks_of(&id),
+        Vec::<String>::new(),
+        "the run's network is left"
+    );
 }
 
 #[test]

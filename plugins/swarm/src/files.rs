@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdListener, UdpSocket};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::read::DecoderReader;
@@ -102,8 +102,7 @@ pub struct FileServer {
     /// The address the tasks are given (the bound one, with the port the system chose).
     address: SocketAddr,
     token: String,
-    listener: Mutex<Option<StdListener>>,
-    serving: OnceLock<()>,
+    serving: Mutex<Serving>,
     attempts: Arc<Mutex<HashMap<String, Arc<Exchange>>>>,
 }
 
@@ -126,8 +125,7 @@ impl FileServer {
         Ok(Self {
             address,
             token,
-            listener: Mutex::new(Some(listener)),
-            serving: OnceLock::new(),
+            serving: Mutex::new(Serving::NotYet(listener)),
             attempts: Arc::default(),
         })
     }
@@ -187,21 +185,24 @@ impl FileServer {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the accept loop, once.
-    fn serve(&self) -> io::Result<()> {
-        if self.serving.get().is_some() {
-            return Ok(());
-        }
-        let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return Ok(());
+    /// Starts the accept loop, once; a listener that could not be taken over stays an error.
+    fn serve(&self) -> Result<(), String> {
+        let mut serving = lock(&self.serving);
+        let listener = match std::mem::replace(&mut *serving, Serving::Started) {
+            Serving::NotYet(listener) => listener,
+            Serving::Started => return Ok(()),
+            Serving::Failed(e) => {
+                *serving = Serving::Failed(e.clone());
+                return Err(e);
+            }
         };
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let _ = self.serving.set(());
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                *serving = Serving::Failed(e.to_string());
+                return Err(e.to_string());
+            }
+        };
         let routes = Routes {
             token: self.token.clone(),
             attempts: self.attempts.clone(),
@@ -227,6 +228,14 @@ impl FileServer {
         });
         Ok(())
     }
+}
+
+/// Whether the accept loop runs.
+enum Serving {
+    /// Bound at `Init`; taken over by the first step.
+    NotYet(StdListener),
+    Started,
+    Failed(String),
 }
 
 /// One attempt's files.
