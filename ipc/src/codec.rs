@@ -143,6 +143,26 @@ impl OutFrame {
         Self::inline(kind, call_id, payload)
     }
 
+    /// Like [`Self::message`], archiving into a buffer of `capacity` bytes from the start: for
+    /// a payload whose size is known ahead (a log batch), it is written once instead of
+    /// copied as the buffer grows.
+    pub fn message_sized<T>(
+        kind: FrameKind,
+        call_id: u64,
+        value: &T,
+        capacity: usize,
+    ) -> Result<Self, EncodeError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let payload = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+            value,
+            AlignedVec::with_capacity(capacity),
+        )
+        .map_err(|e| EncodeError(e.to_string()))?;
+        Self::inline(kind, call_id, payload)
+    }
+
     /// Archives `value` for a connection that negotiated `protocol`: a payload above
     /// [`SHM_THRESHOLD`] travels in a sealed shared buffer from protocol
     /// [`crate::handshake::SHM_SINCE`] on (and up to the inline cap through the socket before).
@@ -336,6 +356,16 @@ impl Encoder<OutFrame> for FrameCodec {
 /// Appends the frame's header and padded payload to `dst` (its descriptor, if any, is the
 /// caller's to send).
 pub(crate) fn write_frame(frame: &OutFrame, dst: &mut BytesMut) {
+    let (header, padding) = frame_head(frame);
+    dst.reserve(HEADER_LEN + frame.payload.len() + padding);
+    dst.put_slice(&header);
+    dst.put_slice(&frame.payload);
+    dst.put_bytes(0, padding);
+}
+
+/// The frame's encoded header, and how many zero bytes pad its payload: on the wire the frame
+/// is the header, the payload, then the padding.
+pub(crate) fn frame_head(frame: &OutFrame) -> ([u8; HEADER_LEN], usize) {
     let len = frame.payload.len();
     let header = FrameHeader {
         kind: frame.kind,
@@ -344,11 +374,7 @@ pub(crate) fn write_frame(frame: &OutFrame, dst: &mut BytesMut) {
         len: len as u32,
         call_id: frame.call_id,
     };
-    let wire_len = padded(len);
-    dst.reserve(HEADER_LEN + wire_len);
-    dst.put_slice(&header.encode());
-    dst.put_slice(&frame.payload);
-    dst.put_bytes(0, wire_len - len);
+    (header.encode(), padded(len) - len)
 }
 
 /// Decodes every whole frame in `bytes`, for tests and fuzzing: stops at the first error.

@@ -9,6 +9,7 @@
 //! grants credit *before* it sends the `Credit` frame, so the plugin can never act on a frame
 //! the policy has not heard of yet.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
@@ -18,7 +19,7 @@ use crate::frame::FrameKind;
 use crate::handshake::{
     ARTIFACTS_SINCE, HOOKS_SINCE, SERVICES_SINCE, SHM_SINCE, SUBCOMMANDS_SINCE, VERDICTS_SINCE,
 };
-use crate::messages::{ArchivedLogBatch, HostCall, LogBatch, LogChunk, PluginReply};
+use crate::messages::{ArchivedLogBatch, HostCall, PluginReply};
 use crate::shm::SharedBuffer;
 
 /// The largest host call hm decodes: a key and a value at their limits (1 KiB and 1 MiB),
@@ -68,7 +69,7 @@ pub enum Inbound {
     /// Output of the running step of call `call`; its streams are 0 (stdout) and 1 (stderr).
     /// The batch has used one unit of credit, which the host grants back
     /// ([`HostPolicy::grant`]) once it has taken the lines in.
-    Log { call: u64, batch: LogBatch },
+    Log { call: u64, batch: LogFrame },
     /// The answer to the host's call `call`, of a kind that fits it.
     Reply {
         call: u64,
@@ -87,6 +88,43 @@ pub enum Inbound {
     OversizedCall { call: u64, bytes: usize },
     /// The answer to the ping with this nonce.
     Pong { nonce: u64 },
+}
+
+/// A `LogBatch` frame the policy accepted: its chunks are read where they arrived, never
+/// copied out. Only [`HostPolicy::check`] makes one, after validating the whole archive; it
+/// keeps where each chunk's text lies in the payload.
+#[derive(Debug)]
+pub struct LogFrame {
+    frame: Frame,
+    /// Each chunk's stream and the bytes of its text in the payload.
+    chunks: Vec<(u8, std::ops::Range<usize>)>,
+}
+
+impl LogFrame {
+    /// The batch's chunks in order: stream (0 stdout, 1 stderr) and text, lines joined by `\n`.
+    pub fn chunks(&self) -> impl Iterator<Item = (u8, Cow<'_, str>)> {
+        let payload = self.frame.payload.as_slice();
+        self.chunks.iter().map(move |(stream, range)| {
+            // Checked as UTF-8 when the archive was validated; the check again (a fast pass
+            // over ASCII) costs less than an `unsafe` would be worth here.
+            let bytes = &payload[range.clone()];
+            let text = match std::str::from_utf8(bytes) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(bytes),
+            };
+            (*stream, text)
+        })
+    }
+
+    /// How many chunks the batch has.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Whether the batch has no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
 }
 
 /// What a plugin may send, once the handshake is over.
@@ -168,7 +206,7 @@ impl HostPolicy {
             )));
         }
         match frame.kind() {
-            FrameKind::LogBatch => self.log_batch(&frame),
+            FrameKind::LogBatch => self.log_batch(frame),
             FrameKind::Reply => self.reply(&frame),
             FrameKind::Call if frame.payload.len() > self.max_call_bytes => {
                 Ok(Inbound::OversizedCall {
@@ -223,7 +261,7 @@ impl HostPolicy {
         }
     }
 
-    fn log_batch(&mut self, frame: &Frame) -> Result<Inbound, Violation> {
+    fn log_batch(&mut self, frame: Frame) -> Result<Inbound, Violation> {
         let call = frame.call_id();
         match self.calls.get(&call) {
             Some(CallKind::Execute) => {}
@@ -265,17 +303,16 @@ impl HostPolicy {
                 self.max_batch_bytes
             )));
         }
-        // Validated once, above: the owned batch is copied from the archive, not decoded anew.
-        let batch = LogBatch {
-            chunks: archived
-                .chunks
-                .iter()
-                .map(|chunk| LogChunk {
-                    stream: chunk.stream,
-                    text: chunk.text.as_str().to_owned(),
-                })
-                .collect(),
-        };
+        let base = frame.payload.as_slice().as_ptr() as usize;
+        let chunks = archived
+            .chunks
+            .iter()
+            .map(|chunk| {
+                let start = chunk.text.as_str().as_ptr() as usize - base;
+                (chunk.stream, start..start + chunk.text.len())
+            })
+            .collect();
+        let batch = LogFrame { frame, chunks };
         self.credit -= 1;
         Ok(Inbound::Log { call, batch })
     }

@@ -164,6 +164,10 @@ pub fn spawn_writer(
                     None => break,
                 },
             };
+            if frame.attachment.is_none() && frame.payload.len() >= DIRECT_WRITE_BYTES {
+                write_direct(&mut writer, &frame).await?;
+                continue;
+            }
             crate::codec::write_frame(&frame, &mut bytes);
             if let Some(attachment) = frame.attachment.take() {
                 let sent = send_with_fd(&writer, &bytes, &attachment.fd).await?;
@@ -176,7 +180,10 @@ pub fn spawn_writer(
             // Drain whatever else is queued so a burst becomes one write.
             while bytes.len() < 1024 * 1024 {
                 match rx.try_recv() {
-                    Ok(frame) if frame.attachment.is_some() => {
+                    Ok(frame)
+                        if frame.attachment.is_some()
+                            || frame.payload.len() >= DIRECT_WRITE_BYTES =>
+                    {
                         next = Some(frame);
                         break;
                     }
@@ -191,6 +198,41 @@ pub fn spawn_writer(
         Ok(())
     });
     (tx, task)
+}
+
+/// A frame with at least this much payload is written straight from its payload rather than
+/// copied into the writer's buffer first (a full log batch is 256 KiB).
+const DIRECT_WRITE_BYTES: usize = 32 * 1024;
+
+/// Writes one frame without a descriptor as header, payload and padding in vectored writes, so
+/// its payload is not copied on this side.
+async fn write_direct(
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    frame: &crate::OutFrame,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (header, padding) = crate::codec::frame_head(frame);
+    let zeros = [0u8; crate::frame::PAYLOAD_ALIGN];
+    let parts: [&[u8]; 3] = [&header, &frame.payload, &zeros[..padding]];
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let mut slices = Vec::with_capacity(parts.len());
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+            } else {
+                slices.push(std::io::IoSlice::new(&part[skip..]));
+                skip = 0;
+            }
+        }
+        match writer.write_vectored(&slices).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => written += n,
+        }
+    }
+    Ok(())
 }
 
 /// Sends a first part of `bytes` (at least one byte) with `fd` attached; returns how much went.

@@ -38,6 +38,9 @@ struct Inner {
 struct Pending {
     chunks: Vec<LogChunk>,
     bytes: usize,
+    /// The text buffer of the last batch sent, emptied: the next batch's first chunk reuses it
+    /// instead of growing a new one.
+    spare: String,
 }
 
 impl Pending {
@@ -51,10 +54,11 @@ impl Pending {
                 last.text.push('\n');
                 last.text.push_str(lines);
             }
-            _ => self.chunks.push(LogChunk {
-                stream,
-                text: lines.to_owned(),
-            }),
+            _ => {
+                let mut text = std::mem::take(&mut self.spare);
+                text.push_str(lines);
+                self.chunks.push(LogChunk { stream, text });
+            }
         }
     }
 }
@@ -150,10 +154,38 @@ impl StepContext {
         if chunks.is_empty() {
             return Ok(());
         }
+        let batch = LogBatch { chunks };
+        let sent = self.inner.link.send_batch(self.inner.call_id, &batch).await;
+        if let Some(chunk) = batch.chunks.into_iter().next() {
+            let mut text = chunk.text;
+            text.clear();
+            self.lock_batch().spare = text;
+        }
+        sent
+    }
+
+    /// The step's output is drained for now: sends what is queued if hm has taken in every
+    /// batch sent before, and otherwise leaves it queued until it has ([`Self::deferred`]).
+    /// Like Nagle's algorithm: while hm is busy with earlier batches, a short batch would not
+    /// be shown any sooner, and waiting lets it fill, so a chatty step costs far fewer frames.
+    pub async fn flush_or_defer(&self) -> Result<(), StepError> {
+        if self.inner.link.is_caught_up() {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resolves when output [`Self::flush_or_defer`] left queued should go out, because hm
+    /// has taken in every earlier batch: call [`Self::flush`] then. Pending while nothing is
+    /// queued; a step's read loop selects on it beside its reads.
+    pub async fn deferred(&self) {
         self.inner
             .link
-            .send_batch(self.inner.call_id, &LogBatch { chunks })
-            .await
+            .until_credit_back(|| {
+                self.inner.link.is_caught_up() && !self.lock_batch().chunks.is_empty()
+            })
+            .await;
     }
 
     /// A diagnostic from the plugin about this step, shown by hm (not step output).

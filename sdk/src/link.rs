@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hm_ipc::messages::{HostCall, HostReply, LogBatch};
 use hm_ipc::{FrameKind, OutFrame, SharedBuffer};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::StepError;
 
@@ -26,6 +26,11 @@ pub(crate) struct Link {
     next_id: AtomicU64,
     /// One permit per log batch the kernel allows in flight (credit-based flow control).
     credit: Semaphore,
+    /// The credit hm granted in `Welcome`: with this many permits free, hm has taken in every
+    /// batch sent.
+    log_credit: usize,
+    /// Woken whenever credit comes back.
+    credit_back: Notify,
     pub(crate) max_batch_bytes: usize,
     pub(crate) protocol: u32,
 }
@@ -42,6 +47,8 @@ impl Link {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             credit: Semaphore::new(log_credit as usize),
+            log_credit: log_credit as usize,
+            credit_back: Notify::new(),
             max_batch_bytes: (max_batch_bytes as usize).max(MIN_BATCH_BYTES),
             protocol,
         }
@@ -113,13 +120,40 @@ impl Link {
             .await
             .map_err(|_| StepError::Disconnected)?;
         permit.forget();
-        let frame = OutFrame::message(FrameKind::LogBatch, step_call, batch)
+        // The archive is the text plus a few words per chunk.
+        let size = batch
+            .chunks
+            .iter()
+            .map(|chunk| chunk.text.len() + 32)
+            .sum::<usize>()
+            + 32;
+        let frame = OutFrame::message_sized(FrameKind::LogBatch, step_call, batch, size)
             .map_err(|e| StepError::Message(e.to_string()))?;
         self.send(frame)
     }
 
     pub(crate) fn add_credit(&self, batches: u32) {
         self.credit.add_permits(batches as usize);
+        self.credit_back.notify_waiters();
+    }
+
+    /// Whether hm has taken in every batch sent on this connection (none is in flight).
+    pub(crate) fn is_caught_up(&self) -> bool {
+        self.credit.available_permits() >= self.log_credit
+    }
+
+    /// Resolves once `ready` holds when hm has just taken a batch in (or holds already).
+    pub(crate) async fn until_credit_back(&self, ready: impl Fn() -> bool) {
+        loop {
+            let notified = self.credit_back.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check: credit that comes back in between still wakes us.
+            notified.as_mut().enable();
+            if ready() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Hands a reply to the call waiting for it. A reply nobody waits for (a `notify`) is

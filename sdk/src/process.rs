@@ -145,8 +145,9 @@ pub async fn run(
                     Some(n) => {
                         out_lines.feed(&out_buf[..n], ctx).await?;
                         // A full read means more is waiting: batch it. Otherwise the pipe is
-                        // drained and what we have goes out now, so output stays live.
-                        if n < READ_CHUNK { ctx.flush().await?; }
+                        // drained and what we have goes out as soon as hm has taken in the
+                        // batches before it, so output stays live.
+                        if n < READ_CHUNK { ctx.flush_or_defer().await?; }
                     }
                     None => { out_lines.finish(ctx).await?; stdout = None; ctx.flush().await?; }
                 }
@@ -155,11 +156,12 @@ pub async fn run(
                 match n {
                     Some(n) => {
                         err_lines.feed(&err_buf[..n], ctx).await?;
-                        if n < READ_CHUNK { ctx.flush().await?; }
+                        if n < READ_CHUNK { ctx.flush_or_defer().await?; }
                     }
                     None => { err_lines.finish(ctx).await?; stderr = None; ctx.flush().await?; }
                 }
             }
+            () = ctx.deferred() => ctx.flush().await?,
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit.map_err(StepError::Spawn)?);
                 // The main process is gone; whatever is left in its group was left behind.
@@ -313,40 +315,48 @@ impl LineSplitter {
     /// Queues the whole lines `bytes` completes; call [`StepContext::flush`] when no more
     /// output is immediately available.
     pub async fn feed(&mut self, mut bytes: &[u8], ctx: &StepContext) -> Result<(), StepError> {
-        // First the end of a line that began in an earlier read.
-        if !self.partial.is_empty() {
-            let Some(pos) = memchr::memchr(b'\n', bytes) else {
+        loop {
+            // First the end of a line that began earlier (in an earlier read, or a line
+            // longer than `max` in this one).
+            if !self.partial.is_empty() {
+                let Some(pos) = memchr::memchr(b'\n', bytes) else {
+                    self.partial.extend_from_slice(bytes);
+                    return self.split_long(ctx).await;
+                };
+                // Its end may still make it too long.
+                self.partial.extend_from_slice(&bytes[..pos]);
+                self.split_long(ctx).await?;
+                let line = text(&self.partial);
+                self.partial.clear();
+                ctx.line(self.stream, line).await?;
+                bytes = &bytes[pos + 1..];
+            }
+            // Then the whole lines of the next `max + 1` bytes as one block (joined by their
+            // newlines, at most `max` bytes): the common case costs one search for the last
+            // newline per block, not one per line, and a read larger than a batch is cut into
+            // blocks that fit one.
+            let window = &bytes[..bytes.len().min(self.max + 1)];
+            if let Some(last) = memchr::memrchr(b'\n', window) {
+                ctx.lines(self.stream, &text_cow(&bytes[..last])).await?;
+                bytes = &bytes[last + 1..];
+                continue;
+            }
+            // No newline in the window: the rest is the start of a line, longer than `max`
+            // when the window is full, and it waits in `partial` for its end.
+            if window.len() <= self.max {
                 self.partial.extend_from_slice(bytes);
                 return self.split_long(ctx).await;
-            };
-            // Its end may still make it too long.
-            self.partial.extend_from_slice(&bytes[..pos]);
-            self.split_long(ctx).await?;
-            let line = text(&self.partial);
-            self.partial.clear();
-            ctx.line(self.stream, line).await?;
-            bytes = &bytes[pos + 1..];
-        }
-        // Then every whole line of this read as one block: the common case costs one search
-        // for the last newline, not one per line.
-        if let Some(last) = memchr::memrchr(b'\n', bytes) {
-            let block = &bytes[..last];
-            if block.len() <= self.max {
-                ctx.lines(self.stream, &text_cow(block)).await?;
-            } else {
-                // Only a block longer than `max` can hold a line longer than `max`.
-                for line in block.split(|&b| b == b'\n') {
-                    self.partial.extend_from_slice(line);
-                    self.split_long(ctx).await?;
-                    let line = text(&self.partial);
-                    self.partial.clear();
-                    ctx.line(self.stream, line).await?;
-                }
             }
-            bytes = &bytes[last + 1..];
+            let end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
+            self.partial.extend_from_slice(&bytes[..end]);
+            self.split_long(ctx).await?;
+            bytes = &bytes[end..];
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            // `partial` is not empty (a piece of exactly `max` waits): the loop's first
+            // branch ends the line at the newline.
         }
-        self.partial.extend_from_slice(bytes);
-        self.split_long(ctx).await
     }
 
     /// Sends the front of a line longer than `max` as pieces of at most `max` bytes. A piece

@@ -44,11 +44,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hm_ipc::codec::{EncodeError, WireError};
 use hm_ipc::handshake::INIT_SINCE;
-use hm_ipc::host::{CallKind, HostPolicy, Inbound, MAX_CALL_BYTES};
+use hm_ipc::host::{CallKind, HostPolicy, Inbound, LogFrame, MAX_CALL_BYTES};
 use hm_ipc::messages::{
     ArchiveBuffer, ArtifactUpload, AttemptCall, CallFailure, Credit, DEFAULT_SHELL, Execute,
-    HookEvent, HookPhase, HostCall, HostReply, Init, KernelCall, KvKey, LogBatch, LogLevel,
-    PluginReply, Reject, RunSubcommand, StepCall, StepResult, Welcome,
+    HookEvent, HookPhase, HostCall, HostReply, Init, KernelCall, KvKey, LogLevel, PluginReply,
+    Reject, RunSubcommand, StepCall, StepResult, Welcome,
 };
 use hm_ipc::{
     ARTIFACTS_SINCE, EXECUTE_SINCE, Frame, FrameKind, FrameReader, HOOKS_SINCE, OutFrame,
@@ -989,18 +989,15 @@ impl Kernel {
 
     /// Routes a batch of step output to its call and grants its credit back, as hm does once
     /// it has taken the lines in.
-    fn log_batch(&self, call: u64, batch: LogBatch) -> Result<(), String> {
+    fn log_batch(&self, call: u64, batch: LogFrame) -> Result<(), String> {
         let lines: Vec<(OutputStream, String)> = batch
-            .chunks
-            .into_iter()
-            .flat_map(|chunk| {
-                let stream = match chunk.stream {
+            .chunks()
+            .flat_map(|(stream, text)| {
+                let stream = match stream {
                     0 => OutputStream::Stdout,
                     _ => OutputStream::Stderr,
                 };
-                chunk
-                    .text
-                    .split('\n')
+                text.split('\n')
                     .map(|line| (stream, line.to_owned()))
                     .collect::<Vec<_>>()
             })

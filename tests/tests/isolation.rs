@@ -63,6 +63,45 @@ run = "sleep 2; echo done"
 }
 
 #[test]
+fn steps_that_wait_for_a_slot_keep_their_limits_and_leave_no_cgroup() {
+    if !cgroups_available("steps_that_wait_for_a_slot_keep_their_limits_and_leave_no_cgroup") {
+        return;
+    }
+    // With -j1, `hog` waits while `first` runs and still gets its own limit; `after` waits
+    // while `hog` runs and never starts: `hog` runs out of memory and fail-fast stops the run.
+    let m = marker("wait");
+    let project = Project::new(&format!(
+        r#"
+[pipeline]
+name = "wait"
+env = {{ {MARKER_VAR} = "{m}" }}
+
+[steps.first]
+run = "sleep 1"
+
+[steps.hog]
+run = "head -c 1073741824 /dev/zero | tail"
+limits = {{ memory = "64MiB" }}
+
+[steps.after]
+run = "echo never"
+"#
+    ));
+    let run = project.run(&["-j1"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(run.status("first"), "passed", "{run}");
+    assert_eq!(run.cause("hog"), Some("oom"), "{run}");
+    assert_ne!(run.status("after"), "passed", "{run}");
+    assert!(run.lines("after").is_empty(), "{run}");
+    assert!(
+        run_cgroup_dirs(&run_id(&run)).is_empty(),
+        "cgroups left: {:?}",
+        run_cgroup_dirs(&run_id(&run))
+    );
+    assert_no_process_left(&m);
+}
+
+#[test]
 fn the_human_summary_says_out_of_memory_in_words() {
     if !cgroups_available("the_human_summary_says_out_of_memory_in_words") {
         return;

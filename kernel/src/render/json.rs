@@ -19,6 +19,8 @@ pub(crate) struct JsonRenderer {
     /// batch of lines shares its timestamp, run and step, so they are escaped once a batch.
     prefix: Vec<u8>,
     prefix_of: (String, String, String, Option<Stream>),
+    /// What goes between two lines of a batch: the end of one event and the start of the next.
+    between: Vec<u8>,
 }
 
 impl JsonRenderer {
@@ -28,7 +30,38 @@ impl JsonRenderer {
             line: Vec::with_capacity(512),
             prefix: Vec::new(),
             prefix_of: Default::default(),
+            between: Vec::new(),
         }
+    }
+
+    /// Makes `prefix` (and `between`) the start of a `step_log` event of these, unless it is.
+    fn set_prefix(&mut self, ts: &str, run_id: &str, step: &str, stream: Stream) {
+        let (p_ts, p_run, p_step, p_stream) = &self.prefix_of;
+        if p_ts == ts && p_run == run_id && p_step == step && *p_stream == Some(stream) {
+            return;
+        }
+        self.prefix.clear();
+        self.prefix.extend_from_slice(b"{\"ts\":");
+        write_json_str(&mut self.prefix, ts, None);
+        self.prefix.extend_from_slice(b",\"run_id\":");
+        write_json_str(&mut self.prefix, run_id, None);
+        self.prefix
+            .extend_from_slice(b",\"kind\":\"step_log\",\"step\":");
+        write_json_str(&mut self.prefix, step, None);
+        self.prefix.extend_from_slice(match stream {
+            Stream::Stdout => b",\"stream\":\"stdout\",\"line\":",
+            Stream::Stderr => b",\"stream\":\"stderr\",\"line\":",
+        });
+        self.between.clear();
+        self.between.extend_from_slice(b"\"}\n");
+        self.between.extend_from_slice(&self.prefix);
+        self.between.push(b'"');
+        self.prefix_of = (
+            ts.to_owned(),
+            run_id.to_owned(),
+            step.to_owned(),
+            Some(stream),
+        );
     }
 }
 
@@ -55,30 +88,31 @@ impl Renderer for JsonRenderer {
             return Ok(());
         }
         // Byte for byte what serde writes for the same `Envelope` (a test holds them equal).
-        let (p_ts, p_run, p_step, p_stream) = &self.prefix_of;
-        if p_ts != ts || p_run != run_id || p_step != step || *p_stream != Some(stream) {
-            self.prefix.clear();
-            self.prefix.extend_from_slice(b"{\"ts\":");
-            write_json_str(&mut self.prefix, ts);
-            self.prefix.extend_from_slice(b",\"run_id\":");
-            write_json_str(&mut self.prefix, run_id);
-            self.prefix
-                .extend_from_slice(b",\"kind\":\"step_log\",\"step\":");
-            write_json_str(&mut self.prefix, step);
-            self.prefix.extend_from_slice(match stream {
-                Stream::Stdout => b",\"stream\":\"stdout\",\"line\":",
-                Stream::Stderr => b",\"stream\":\"stderr\",\"line\":",
-            });
-            self.prefix_of = (
-                ts.to_owned(),
-                run_id.to_owned(),
-                step.to_owned(),
-                Some(stream),
-            );
-        }
+        self.set_prefix(ts, run_id, step, stream);
         self.line.clear();
         self.line.extend_from_slice(&self.prefix);
-        write_json_str(&mut self.line, line);
+        write_json_str(&mut self.line, line, None);
+        self.line.extend_from_slice(b"}\n");
+        self.out.write_all(&self.line)
+    }
+
+    fn step_logs(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        lines: &str,
+    ) -> io::Result<()> {
+        if self.out.is_closed() {
+            return Ok(());
+        }
+        // One pass over the batch: the escaping that finds `"`, `\` and control bytes finds
+        // the newlines too, and ends one event and starts the next there.
+        self.set_prefix(ts, run_id, step, stream);
+        self.line.clear();
+        self.line.extend_from_slice(&self.prefix);
+        write_json_str(&mut self.line, lines, Some(&self.between));
         self.line.extend_from_slice(b"}\n");
         self.out.write_all(&self.line)
     }
@@ -96,17 +130,20 @@ impl Renderer for JsonRenderer {
 ///
 /// Written by hand because this is the hottest loop of a chatty run: most log text needs no
 /// escaping at all, so eight bytes are checked at once (SWAR) and copied in runs.
-fn write_json_str(out: &mut Vec<u8>, text: &str) {
+///
+/// With `newline`, a `\n` in `text` is not escaped: `newline` is written in its place (the
+/// end of one event and the start of the next, for a batch of lines).
+fn write_json_str(out: &mut Vec<u8>, text: &str, newline: Option<&[u8]>) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte of `word` equal to zero sets its high bit in the result (no false negatives; false
-    // positives only above a true zero byte, which the byte loop then sorts out).
+    // positives only above a true zero byte, so the lowest byte flagged is always a true one).
     let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH;
     let needs_escape = |word: u64| {
         zero_byte(word ^ (ONES * u64::from(b'"')))
             | zero_byte(word ^ (ONES * u64::from(b'\\')))
             // Bytes below 0x20: subtracting 0x20 borrows into the high bit of exactly those
-            // whose own high bit was clear.
+            // whose own high bit was clear (and, like above, maybe of bytes above one).
             | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
     };
     let bytes = text.as_bytes();
@@ -117,35 +154,36 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
         if let Some(chunk) = bytes.get(i..i + 8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
-            if needs_escape(u64::from_le_bytes(word)) == 0 {
+            let flagged = needs_escape(u64::from_le_bytes(word));
+            if flagged == 0 {
                 i += 8;
                 continue;
             }
-        }
-        let end = (i + 8).min(bytes.len());
-        while i < end {
-            let b = bytes[i];
-            if b < 0x20 || b == b'"' || b == b'\\' {
-                out.extend_from_slice(&bytes[start..i]);
-                match b {
-                    b'"' => out.extend_from_slice(b"\\\""),
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    0x08 => out.extend_from_slice(b"\\b"),
-                    0x0c => out.extend_from_slice(b"\\f"),
-                    _ => {
-                        const HEX: &[u8; 16] = b"0123456789abcdef";
-                        out.extend_from_slice(b"\\u00");
-                        out.push(HEX[usize::from(b >> 4)]);
-                        out.push(HEX[usize::from(b & 0xf)]);
-                    }
-                }
-                start = i + 1;
-            }
+            // Little-endian: the lowest flagged bit is in the first byte that needs escaping.
+            i += (flagged.trailing_zeros() / 8) as usize;
+        } else if !matches!(bytes[i], 0..0x20 | b'"' | b'\\') {
             i += 1;
+            continue;
         }
+        let b = bytes[i];
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(newline.unwrap_or(b"\\n")),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
@@ -199,6 +237,100 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn escaping_matches_serde_wherever_the_special_bytes_fall_in_a_word() {
+        // Pairs like a control byte before a space or `!` make the word test flag a byte that
+        // needs no escape (a borrow); only the first flagged byte may be taken as true.
+        let specials = [
+            "\"",
+            "\\",
+            "\n",
+            "\u{0}",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "é",
+            "日",
+            " ",
+            "!",
+            "\u{0} ",
+            "\u{1}!",
+            "\"\"",
+            "\\\"",
+            "\u{1f}\u{20}\u{21}",
+        ];
+        for special in specials {
+            for before in 0..17 {
+                for after in [0, 1, 7, 8, 9] {
+                    let text = format!("{}{special}{}", "a".repeat(before), "b".repeat(after));
+                    let mut ours = Vec::new();
+                    write_json_str(&mut ours, &text, None);
+                    let theirs = serde_json::to_string(&text).expect("serialize");
+                    assert_eq!(String::from_utf8(ours).expect("utf8"), theirs, "{text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_lines_writes_what_serde_writes_for_each_line() {
+        let lines = [
+            "",
+            "plain ascii line of some length, long enough for several words",
+            "quotes \" and backslashes \\ and a tab\t and a bell \u{7}",
+            "",
+            "unicode: naïve café — 日本語 \u{2028} emoji 🎉",
+            "\u{1f}\u{0}\r\u{8}\u{c}end",
+            "1234567",
+            "12345678\"1234567\\",
+            "",
+        ];
+        let mut expected = Vec::new();
+        for line in lines {
+            let envelope = Envelope {
+                ts: "2026-01-01T00:00:00.000Z".into(),
+                run_id: "r\"1".into(),
+                event: BuildEvent::StepLog {
+                    step: "b\\uild".into(),
+                    stream: Stream::Stderr,
+                    line: line.into(),
+                    replayed: false,
+                },
+            };
+            serde_json::to_writer(&mut expected, &envelope).expect("serialize");
+            expected.push(b'\n');
+        }
+        let out = SharedBuf::default();
+        let mut r = JsonRenderer::new(Box::new(out.clone()));
+        // The same prefix before and after: the batch must not leave it half made.
+        r.step_log(
+            "2026-01-01T00:00:00.000Z",
+            "r\"1",
+            "b\\uild",
+            Stream::Stderr,
+            lines[0],
+        )
+        .expect("write");
+        r.step_logs(
+            "2026-01-01T00:00:00.000Z",
+            "r\"1",
+            "b\\uild",
+            Stream::Stderr,
+            &lines[1..lines.len() - 1].join("\n"),
+        )
+        .expect("write");
+        r.step_log(
+            "2026-01-01T00:00:00.000Z",
+            "r\"1",
+            "b\\uild",
+            Stream::Stderr,
+            lines[8],
+        )
+        .expect("write");
+        r.flush().expect("flush");
+        assert_eq!(out.text(), String::from_utf8(expected).expect("utf8"));
     }
 
     fn json_renderer(out: &SharedBuf, err: &SharedBuf) -> Box<dyn Renderer + Send> {

@@ -64,6 +64,22 @@ pub trait Renderer {
             },
         })
     }
+    /// Several lines of one step's output, joined by `\n` (a batch as it came from the
+    /// executor): the same as `step_log` for each line, which is what this default does.
+    /// Renderers that can handle a whole batch at once override it.
+    fn step_logs(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        lines: &str,
+    ) -> io::Result<()> {
+        for line in lines.split('\n') {
+            self.step_log(ts, run_id, step, stream, line)?;
+        }
+        Ok(())
+    }
     /// Called every ~100 ms while the run is live (redraw the live view; may do nothing).
     fn tick(&mut self) -> io::Result<()>;
     /// Called after each batch of events and before exit: push buffered output out.

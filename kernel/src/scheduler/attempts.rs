@@ -3,7 +3,7 @@
 //! end of an attempt: its verdict (`verdict.rs` decides), its `step_end`, a retry or the step's
 //! end, and fail fast.
 
-use hm_ipc::host::CallKind;
+use hm_ipc::host::{CallKind, LogFrame};
 use std::path::Path;
 
 use hm_ipc::messages::{
@@ -369,29 +369,34 @@ impl Scheduler<'_> {
     }
 
     /// A batch of output of the step running as `call`: to the renderer, and to the hooks
-    /// that observe `step_log`; then the batch's credit goes back to the plugin.
-    pub(super) fn on_step_output(&mut self, p: usize, call: u64, chunks: Vec<(Stream, String)>) {
+    /// that observe `step_log`; then the batch's credit goes back to the plugin. The batch's
+    /// text is read where the frame brought it; each chunk (lines joined by `\n`) goes to the
+    /// renderer whole.
+    pub(super) fn on_step_output(&mut self, p: usize, call: u64, batch: &LogFrame) {
         if let Some(&i) = self.plugins[p].in_flight.get(&call) {
             let def = &self.pipeline.steps[self.steps[i].index];
             // One timestamp per batch: its lines arrived together.
             let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let stream_of = |s: u8| match s {
+                0 => Stream::Stdout,
+                _ => Stream::Stderr,
+            };
+            let raw: Vec<(Stream, std::borrow::Cow<'_, str>)> =
+                batch.chunks().map(|(s, t)| (stream_of(s), t)).collect();
             let masked: Vec<(Stream, std::borrow::Cow<'_, str>)>;
             let chunks: Vec<(Stream, &str)> = if self.masker.is_active() {
-                masked = chunks
+                masked = raw
                     .iter()
                     .map(|(s, text)| (*s, self.masker.mask(text)))
                     .collect();
                 masked.iter().map(|(s, t)| (*s, t.as_ref())).collect()
             } else {
-                chunks.iter().map(|(s, t)| (*s, t.as_str())).collect()
+                raw.iter().map(|(s, t)| (*s, t.as_ref())).collect()
             };
-            for (stream, line) in chunks
-                .iter()
-                .flat_map(|(s, text)| text.split('\n').map(move |l| (s, l)))
-            {
+            for (stream, text) in &chunks {
                 let _ = self
                     .renderer
-                    .step_log(&ts, &self.opts.run_id, &def.name, *stream, line);
+                    .step_logs(&ts, &self.opts.run_id, &def.name, *stream, text);
             }
             for (stream, text) in &chunks {
                 super::cache::record(&mut self.steps[i], *stream, text);

@@ -326,7 +326,7 @@ impl Scheduler<'_> {
                 violation,
                 process,
             } => self.on_start_failed(p, message, unavailable, violation, process),
-            PluginEventKind::Log { call, chunks } => self.on_step_output(p, call, chunks),
+            PluginEventKind::Log { call, batch } => self.on_step_output(p, call, &batch),
             PluginEventKind::StepDone {
                 call,
                 result,

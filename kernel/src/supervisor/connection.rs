@@ -28,7 +28,7 @@ use super::process::{
 use super::spawn::{describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
 use crate::config::PluginSettings;
-use crate::events::{Cause, Stream};
+use crate::events::Cause;
 use crate::registry::PluginSpec;
 
 /// Log batches a plugin may have in flight; with [`MAX_BATCH_BYTES`] this bounds the memory a
@@ -415,18 +415,7 @@ fn dispatch(
     let inbound = lock(&link.policy).check(frame)?;
     let (call, reply) = match inbound {
         Inbound::Log { call, batch } => {
-            let chunks = batch
-                .chunks
-                .into_iter()
-                .map(|chunk| {
-                    let stream = match chunk.stream {
-                        0 => Stream::Stdout,
-                        _ => Stream::Stderr,
-                    };
-                    (stream, chunk.text)
-                })
-                .collect();
-            send(PluginEventKind::Log { call, chunks });
+            send(PluginEventKind::Log { call, batch });
             return Ok(());
         }
         Inbound::Reply { call, reply, .. } => {

@@ -6,12 +6,12 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 
 use hm_ipc::codec::EncodeError;
-use hm_ipc::host::{CallKind, HostPolicy};
+use hm_ipc::host::{CallKind, HostPolicy, LogFrame};
 use hm_ipc::messages::{Credit, HostReply, KernelCall, StepResult};
 use hm_ipc::{FrameKind, OutFrame};
 use tokio::sync::mpsc;
 
-use crate::events::{Cause, Stream};
+use crate::events::Cause;
 
 /// Identifies one incarnation of one plugin: restarts get a new generation, so late events of
 /// a dead instance are never mistaken for the new one's.
@@ -47,10 +47,11 @@ pub enum PluginEventKind {
         process: Option<FailedProcess>,
     },
     /// Output of the step running as call `call`: runs of whole lines joined by `\n` (see
-    /// `hm_ipc::messages::LogChunk`). The run loop grants credit back.
+    /// `hm_ipc::messages::LogChunk`), read where the frame brought them. The run loop grants
+    /// credit back.
     Log {
         call: u64,
-        chunks: Vec<(Stream, String)>,
+        batch: LogFrame,
     },
     StepDone {
         call: u64,
