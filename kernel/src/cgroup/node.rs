@@ -55,6 +55,29 @@ impl Node {
         }
     }
 
+    /// The same cgroup in only the v1 hierarchies at `keep` (indices into `dirs`, in order),
+    /// its roles renumbered; a role whose hierarchy is left out has none. On v2 (one
+    /// hierarchy) it is the cgroup itself.
+    pub fn only(&self, keep: &[usize]) -> Node {
+        let Flavor::V1(roles) = &self.flavor else {
+            return self.clone();
+        };
+        let at = |role: Option<usize>| role.and_then(|i| keep.iter().position(|&k| k == i));
+        Node {
+            flavor: Flavor::V1(V1Roles {
+                freezer: at(roles.freezer),
+                memory: at(roles.memory),
+                pids: at(roles.pids),
+                cpu: at(roles.cpu),
+                cpuacct: at(roles.cpuacct),
+            }),
+            dirs: keep
+                .iter()
+                .filter_map(|&i| self.dirs.get(i).cloned())
+                .collect(),
+        }
+    }
+
     pub fn dir(&self, index: Option<usize>) -> Option<&Path> {
         index.and_then(|i| self.dirs.get(i)).map(PathBuf::as_path)
     }

@@ -20,6 +20,8 @@ pub struct RunCgroup {
     node: Node,
     /// Plugin directories already created in this run.
     plugins: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The limits of each plugin's own leaf ([`RunCgroup::plugin_leaf`]), by plugin.
+    plugin_limits: std::sync::Mutex<std::collections::HashMap<String, Limits>>,
     /// hm's own v2 cgroup and what making room for this run changed in it.
     own: Option<(PathBuf, v2::OwnChanges)>,
 }
@@ -31,6 +33,7 @@ impl RunCgroup {
             id,
             node,
             plugins: Default::default(),
+            plugin_limits: Default::default(),
             own: None,
         }
     }
@@ -62,6 +65,79 @@ impl RunCgroup {
     /// limits that are configured. Fails if the leaf exists already: a leaf is fresh, so its
     /// counters (OOM kills, limit hits) belong to it alone.
     pub fn leaf(&self, plugin: &str, leaf: &str, limits: &Limits) -> Result<Leaf, CgroupError> {
+        let all: Vec<usize> = (0..self.node.dirs.len()).collect();
+        self.make_leaf(plugin, leaf, limits, &all, Vec::new())
+    }
+
+    /// Creates a plugin instance's own leaf, like [`Self::leaf`], and remembers its limits:
+    /// its steps may stay in it where it has none ([`Self::step_leaf`]).
+    pub fn plugin_leaf(
+        &self,
+        plugin: &str,
+        leaf: &str,
+        limits: &Limits,
+    ) -> Result<Leaf, CgroupError> {
+        let made = self.leaf(plugin, leaf, limits)?;
+        if let Ok(mut known) = self.plugin_limits.lock() {
+            known.insert(plugin.to_owned(), *limits);
+        }
+        Ok(made)
+    }
+
+    /// Creates a step's leaf. On v2 (one hierarchy) it is [`Self::leaf`]. On v1 the leaf is
+    /// made only in the hierarchies the step's limits and accounting need: the freezer (the
+    /// kill of the whole step), memory (peak, OOM kills, limit hits) and cpuacct (CPU time)
+    /// always, pids and cpu only for a pids or cpu limit. A `mkdir`, an `rmdir` and a join
+    /// fewer in each hierarchy left out is most of a small step's cgroup cost. There the step
+    /// stays where its plugin forked it, in the plugin's own leaf, when that has no limit in
+    /// the hierarchy; else (or for a plugin hm did not start) it joins the plugin's directory,
+    /// which never has one, so a plugin's limits never apply to its steps.
+    pub fn step_leaf(
+        &self,
+        plugin: &str,
+        leaf: &str,
+        limits: &Limits,
+    ) -> Result<Leaf, CgroupError> {
+        let Flavor::V1(roles) = &self.node.flavor else {
+            return self.leaf(plugin, leaf, limits);
+        };
+        let plugin_limits = self
+            .plugin_limits
+            .lock()
+            .ok()
+            .and_then(|known| known.get(plugin).copied());
+        let plugin_dir = self.node.child(plugin);
+        let mut keep = Vec::new();
+        let mut joins = Vec::new();
+        for i in 0..self.node.dirs.len() {
+            let is = |role: Option<usize>| role == Some(i);
+            let needed = is(roles.freezer)
+                || is(roles.memory)
+                || is(roles.cpuacct)
+                || (is(roles.pids) && limits.pids.is_some())
+                || (is(roles.cpu) && limits.cpu.is_some());
+            let plugin_limited = plugin_limits.is_none_or(|l| {
+                (is(roles.pids) && l.pids.is_some()) || (is(roles.cpu) && l.cpu.is_some())
+            });
+            if needed {
+                keep.push(i);
+            } else if plugin_limited {
+                joins.extend(plugin_dir.dirs.get(i).map(|d| d.join(cgroupfs::PROCS)));
+            }
+        }
+        self.make_leaf(plugin, leaf, limits, &keep, joins)
+    }
+
+    /// Makes `<plugin>/<leaf>` in the hierarchies at `keep`; `joins` are the `cgroup.procs`
+    /// files elsewhere that a process joining the leaf writes to as well.
+    fn make_leaf(
+        &self,
+        plugin: &str,
+        leaf: &str,
+        limits: &Limits,
+        keep: &[usize],
+        joins: Vec<PathBuf>,
+    ) -> Result<Leaf, CgroupError> {
         name::check(plugin)?;
         name::check(leaf)?;
         let plugin_node = self.node.child(plugin);
@@ -84,7 +160,8 @@ impl RunCgroup {
             }
         }
         let leaf = Leaf {
-            node: plugin_node.child(leaf),
+            node: plugin_node.child(leaf).only(keep),
+            joins,
         };
         leaf.node.create(true)?;
         let limited = match &leaf.node.flavor {
@@ -149,6 +226,9 @@ pub(crate) fn remove_run_node(run: &Node) -> Result<(), CgroupError> {
 #[derive(Debug, Clone)]
 pub struct Leaf {
     node: Node,
+    /// `cgroup.procs` files outside the leaf that a process joining it writes to as well: on
+    /// v1, the plugin's directory in hierarchies where a step has no leaf of its own.
+    joins: Vec<PathBuf>,
 }
 
 /// Accounting of one leaf since it was created; `None` where this kernel or backend does not
@@ -176,13 +256,15 @@ impl Leaf {
         self.node.dirs.clone()
     }
 
-    /// `cgroup.procs` of this leaf in every hierarchy: a process joins by writing its pid (or
-    /// `0` for itself, e.g. between fork and exec) to each of them.
+    /// `cgroup.procs` of this leaf in every hierarchy it is in, then those it joins besides
+    /// ([`RunCgroup::step_leaf`]): a process joins by writing its pid (or `0` for itself, e.g.
+    /// between fork and exec) to each of them.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.node
             .dirs
             .iter()
             .map(|d| d.join(cgroupfs::PROCS))
+            .chain(self.joins.iter().cloned())
             .collect()
     }
 

@@ -365,7 +365,7 @@ impl Scheduler<'_> {
         let def = &self.pipeline.steps[step.index];
         let plugin = &self.plugins[step.plugin].spec.name;
         let name = format!("step-{}-{}", def.file_name(), step.attempt);
-        run.leaf(plugin, &name, &def.limits).map(Some)
+        run.step_leaf(plugin, &name, &def.limits).map(Some)
     }
 
     /// A batch of output of the step running as `call`: to the renderer, and to the hooks

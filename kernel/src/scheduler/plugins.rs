@@ -262,7 +262,7 @@ impl Scheduler<'_> {
             // A process started by hand is not hm's to confine; its steps still are.
             _ if attach.is_some() => {}
             // A restarted instance gets a leaf of its own: the old one may still be emptying.
-            Some(run) => match run.leaf(
+            Some(run) => match run.plugin_leaf(
                 &slot.spec.name,
                 &plugin_leaf_name(slot.generation),
                 &slot.settings.limits,

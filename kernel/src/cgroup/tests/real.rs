@@ -148,6 +148,114 @@ fn limits_are_in_the_kernels_files_and_a_joined_process_is_listed() {
     assert!(leaf.paths().iter().all(|p| !p.exists()));
 }
 
+/// The processes listed in `cgroup.procs` of `dir`.
+fn listed(dir: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_step_leaf_is_made_only_where_its_limits_and_accounting_need_it() {
+    let Some(backend) = real_backend("step_leaf") else {
+        return;
+    };
+    let run = create_run(&backend, "step_leaf");
+    let hierarchies = run.paths();
+    // The plugin's own leaf has a pids limit but no cpu limit.
+    let plugin = run
+        .plugin_leaf(
+            "shell",
+            "plugin",
+            &Limits {
+                pids: Some(64),
+                ..Limits::default()
+            },
+        )
+        .expect("plugin leaf");
+    let plain = run
+        .step_leaf("shell", "step-plain-1", &Limits::default())
+        .expect("step leaf");
+    let limited = run
+        .step_leaf(
+            "shell",
+            "step-limited-1",
+            &Limits {
+                pids: Some(8),
+                cpu: Some(0.5),
+                ..Limits::default()
+            },
+        )
+        .expect("step leaf");
+    let Backend::V1(_) = &backend else {
+        // One hierarchy: a step leaf is a whole leaf.
+        assert_eq!((plain.paths().len(), limited.paths().len()), (1, 1));
+        assert_eq!(plain.procs_files().len(), 1);
+        return;
+    };
+    // Which controllers a directory is of, by its interface files.
+    let kinds = |leaf: &Leaf| {
+        let files = [
+            "freezer.state",
+            "memory.limit_in_bytes",
+            "pids.max",
+            "cpuacct.usage",
+            "cpu.cfs_quota_us",
+        ];
+        leaf.paths()
+            .iter()
+            .flat_map(|dir| files.into_iter().filter(|f| dir.join(f).exists()))
+            .filter_map(|f| f.split('.').next())
+            .collect::<Vec<_>>()
+    };
+    // Without limits: the freezer, memory and cpuacct only (cpuacct may share cpu's directory).
+    let plain_kinds = kinds(&plain);
+    assert!(!plain_kinds.contains(&"pids"), "{plain_kinds:?}");
+    for needed in ["freezer", "memory", "cpuacct"] {
+        assert!(plain_kinds.contains(&needed), "{plain_kinds:?}");
+    }
+    // With a pids and a cpu limit: every hierarchy.
+    assert_eq!(
+        limited.paths().len(),
+        hierarchies.len(),
+        "{:?}",
+        kinds(&limited)
+    );
+    // The plain step joins the plugin's directory where the plugin's leaf has a limit (pids)
+    // and stays in the plugin's leaf where it has none: a process that joins is listed in
+    // the step's own directories and in the plugin's pids directory, not in its leaf.
+    let mut plugin_proc = Proc::start_in(&plugin, "echo ready; exec sleep 1000");
+    assert_eq!(plugin_proc.read_line(), "ready");
+    let mut proc = Proc::start_in(&plain, "echo ready; exec sleep 1000");
+    assert_eq!(proc.read_line(), "ready");
+    for dir in plain.paths() {
+        assert_eq!(listed(&dir), vec![proc.pid()], "{}", dir.display());
+    }
+    let pids_dir = plugin
+        .paths()
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("the plugin's pids leaf");
+    assert_eq!(listed(&pids_dir), vec![plugin_proc.pid()]);
+    assert_eq!(
+        listed(pids_dir.parent().expect("plugin directory")),
+        vec![proc.pid()]
+    );
+    plain.kill().expect("kill");
+    assert_eq!(killed_by(proc.wait()), Some(Signal::SIGKILL));
+    assert_eq!(
+        listed(&pids_dir),
+        vec![plugin_proc.pid()],
+        "the plugin lives on"
+    );
+    for leaf in [&plain, &limited] {
+        leaf.remove().expect("remove leaf");
+        assert!(leaf.paths().iter().all(|p| !p.exists()));
+    }
+}
+
 #[test]
 fn a_process_over_the_memory_limit_is_oom_killed_and_counted() {
     let Some(backend) = real_backend("oom") else {
