@@ -115,16 +115,6 @@ impl LogFrame {
             (*stream, text)
         })
     }
-
-    /// How many chunks the batch has.
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    /// Whether the batch has no chunk.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
 }
 
 /// What a plugin may send, once the handshake is over.

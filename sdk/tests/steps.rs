@@ -77,6 +77,34 @@ async fn every_line_arrives_in_order_with_one_credit_and_small_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_held_while_hm_is_behind_still_arrives_while_the_step_runs() {
+    // One small batch in flight at a time: the burst's last lines are read while hm still
+    // holds an earlier batch, so they wait for its credit rather than for the step's end.
+    let harness = harness_with(HarnessOptions {
+        log_credit: 1,
+        max_batch_bytes: 1024,
+        ..Default::default()
+    })
+    .await;
+    let mut call = harness
+        .start_execute(step("seq 1 20000; echo last; exec sleep 100"))
+        .unwrap();
+    call.wait_for_line(|_, text| text == "last").await.unwrap();
+    harness.cancel(&call).unwrap();
+    let run = call.finish().await.unwrap();
+    let mut expected = numbers(1..=20_000);
+    expected.push("last".to_owned());
+    assert_eq!(run.stdout().len(), expected.len());
+    assert!(
+        run.stdout()
+            .into_iter()
+            .eq(expected.iter().map(String::as_str))
+    );
+    harness.shutdown().await.unwrap();
+    assert_nothing_left(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_steps_keep_their_own_output() {
     let harness = harness_with(HarnessOptions {
         log_credit: 2,

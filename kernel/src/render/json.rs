@@ -34,6 +34,31 @@ impl JsonRenderer {
         }
     }
 
+    /// Writes `text` as `step_log` events, byte for byte what serde writes for the same
+    /// `Envelope` (a test holds them equal): one event, or with `batch` one per line of `text`,
+    /// made in one pass (the escaping that finds `"`, `\` and control bytes finds the newlines
+    /// too, and ends one event and starts the next there).
+    fn write_step_log(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        text: &str,
+        batch: bool,
+    ) -> io::Result<()> {
+        if self.out.is_closed() {
+            return Ok(());
+        }
+        self.set_prefix(ts, run_id, step, stream);
+        self.line.clear();
+        self.line.extend_from_slice(&self.prefix);
+        let newline = batch.then_some(self.between.as_slice());
+        write_json_str(&mut self.line, text, newline);
+        self.line.extend_from_slice(b"}\n");
+        self.out.write_all(&self.line)
+    }
+
     /// Makes `prefix` (and `between`) the start of a `step_log` event of these, unless it is.
     fn set_prefix(&mut self, ts: &str, run_id: &str, step: &str, stream: Stream) {
         let (p_ts, p_run, p_step, p_stream) = &self.prefix_of;
@@ -84,16 +109,7 @@ impl Renderer for JsonRenderer {
         stream: Stream,
         line: &str,
     ) -> io::Result<()> {
-        if self.out.is_closed() {
-            return Ok(());
-        }
-        // Byte for byte what serde writes for the same `Envelope` (a test holds them equal).
-        self.set_prefix(ts, run_id, step, stream);
-        self.line.clear();
-        self.line.extend_from_slice(&self.prefix);
-        write_json_str(&mut self.line, line, None);
-        self.line.extend_from_slice(b"}\n");
-        self.out.write_all(&self.line)
+        self.write_step_log(ts, run_id, step, stream, line, false)
     }
 
     fn step_logs(
@@ -104,17 +120,7 @@ impl Renderer for JsonRenderer {
         stream: Stream,
         lines: &str,
     ) -> io::Result<()> {
-        if self.out.is_closed() {
-            return Ok(());
-        }
-        // One pass over the batch: the escaping that finds `"`, `\` and control bytes finds
-        // the newlines too, and ends one event and starts the next there.
-        self.set_prefix(ts, run_id, step, stream);
-        self.line.clear();
-        self.line.extend_from_slice(&self.prefix);
-        write_json_str(&mut self.line, lines, Some(&self.between));
-        self.line.extend_from_slice(b"}\n");
-        self.out.write_all(&self.line)
+        self.write_step_log(ts, run_id, step, stream, lines, true)
     }
 
     fn tick(&mut self) -> io::Result<()> {
