@@ -17,12 +17,14 @@
 //! [`testing`] drives a plugin through the same protocol in-process, without an `hm` binary.
 
 mod archive;
+mod command;
 mod context;
 mod link;
 mod plugin;
 pub mod process;
 pub mod procfs;
 mod serve;
+mod spawn;
 pub mod testing;
 
 pub use archive::Archive;

@@ -3,19 +3,19 @@
 //! SIGKILL after the grace period). After the main process exits, anything it left running in
 //! its group is killed and reported, so a step never outlives its `step_end`.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use hm_ipc::messages::StepResult;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
+pub use crate::command::StepCommand;
 use crate::context::{OutputStream, StepContext};
 use crate::plugin::{StepError, StepRequest};
+use crate::spawn::{ChildSetup, SpawnError};
 
 /// How long output may keep arriving after the step's process group is gone. Only a process
 /// that escaped the group (setsid) can hold the pipes that long; cgroups catch those.
@@ -27,95 +27,85 @@ const PIPE_SIZE: i32 = 1024 * 1024;
 
 /// The step's command line (`shell` then `run`, `sh -e -c RUN` by default) in the step's
 /// directory with the step's environment. The program is looked up in the step's `PATH`.
-pub fn shell_command(step: &StepRequest) -> Command {
+pub fn shell_command(step: &StepRequest) -> StepCommand {
     let (program, args) = step
         .shell
         .split_first()
         .map_or(("sh", &[][..]), |(p, a)| (p.as_str(), a));
-    let mut cmd = Command::new(program);
+    let mut cmd = StepCommand::new(program);
     cmd.args(args).arg(&step.run).current_dir(&step.dir);
     cmd.envs(step.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
-/// A failed spawn, with the program's name when it was not found (a `shell` the machine lacks).
-fn spawn_error(cmd: &Command, e: std::io::Error) -> StepError {
-    if e.kind() != std::io::ErrorKind::NotFound {
-        return StepError::Spawn(e);
+/// A failed start, said in the step's terms: which program was not found, which directory
+/// or cgroup could not be entered.
+fn spawn_error(cmd: &StepCommand, step: &StepRequest, e: SpawnError) -> StepError {
+    let program = cmd.get_program().to_string_lossy();
+    let io = |kind, message: String| std::io::Error::new(kind, message);
+    match e {
+        SpawnError::Nul(message) => StepError::Spawn(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            message,
+        )),
+        SpawnError::Setup(e) => StepError::Spawn(e),
+        SpawnError::Cgroup(index, e) => {
+            let path = step
+                .cgroup_procs
+                .get(index)
+                .map(|p| p.display().to_string());
+            StepError::Message(format!(
+                "cannot join the step's cgroup {}: {e}",
+                path.unwrap_or_default()
+            ))
+        }
+        SpawnError::Dir(dir, e) => {
+            let message = format!("cannot enter the step's directory {}: {e}", dir.display());
+            StepError::Spawn(io(e.kind(), message))
+        }
+        SpawnError::Exec(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let message = format!("`{program}` is not installed or not on the step's PATH ({e})");
+            StepError::Spawn(io(e.kind(), message))
+        }
+        SpawnError::Exec(e) => {
+            StepError::Spawn(io(e.kind(), format!("cannot run `{program}`: {e}")))
+        }
     }
-    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let message = format!("`{program}` is not installed or not on the step's PATH ({e})");
-    StepError::Spawn(std::io::Error::new(e.kind(), message))
 }
 
-/// Spawns `cmd` as the step's process and runs it to the end, streaming its output to hm.
+/// Starts `cmd` as the step's process and runs it to the end, streaming its output to hm.
 ///
-/// The command gets stdin from /dev/null, stdout and stderr piped, its own process group and
-/// SIGKILL as parent-death signal. On cancel the group gets SIGTERM, then SIGKILL once the
+/// The process gets stdin from /dev/null, stdout and stderr piped, its own process group,
+/// SIGKILL as parent-death signal, default signal handling, and joins the step's cgroup
+/// (`cgroup_procs`) before exec. On cancel the group gets SIGTERM, then SIGKILL once the
 /// step's grace period has passed.
 pub async fn run(
-    mut cmd: Command,
+    cmd: StepCommand,
     step: &StepRequest,
     ctx: &StepContext,
 ) -> Result<StepResult, StepError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.process_group(0).kill_on_drop(true);
-    let parent = std::process::id() as i32;
-    // Opened here, before the fork: between fork and exec only async-signal-safe calls are
-    // allowed, and `write` on an open fd is one.
     let cgroups = open_cgroup_procs(&step.cgroup_procs)?;
-    let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
-    let memory_rlimit = if cgroups.is_empty() {
-        step.limits.memory_bytes
-    } else {
-        None
+    let setup = ChildSetup {
+        cgroup_procs: &cgroups,
+        // Without a cgroup, a memory limit is the best an rlimit can do (address space).
+        memory_rlimit: if cgroups.is_empty() {
+            step.limits.memory_bytes
+        } else {
+            None
+        },
     };
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, getpid, write, setrlimit, _exit) and does not allocate.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The plugin may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            // Join the step's cgroup before exec, so every process of the step is in it from
-            // its first instruction.
-            let mut digits = [0u8; 16];
-            let pid = decimal(libc::getpid() as u64, &mut digits);
-            for &fd in &cgroup_fds {
-                if libc::write(fd, pid.as_ptr().cast(), pid.len()) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Without a cgroup, a memory limit is the best an rlimit can do (address space).
-            if let Some(bytes) = memory_rlimit {
-                let limit = libc::rlimit {
-                    rlim_cur: bytes,
-                    rlim_max: bytes,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| spawn_error(&cmd, e))?;
-    let pgid = child.id().map(|id| id as i32);
+    let spawned = crate::spawn::spawn(&cmd, &setup).map_err(|e| spawn_error(&cmd, step, e))?;
+    drop(cgroups);
+    let mut child = spawned.process;
+    // The child made its own group, numbered after itself, before exec.
+    let pgid = child.id();
     // Until the step has ended and its leftovers are killed, an early return (hm went away) or
-    // the dropping of this future must not leave anything of the group running:
-    // `kill_on_drop` only reaches the main process.
-    let mut group = GroupGuard(pgid);
-    if let Some(pgid) = pgid {
-        ctx.report_process_group(pgid)?;
-    }
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    // the dropping of this future must not leave anything of the group running: dropping
+    // `child` only kills the main process.
+    let mut group = GroupGuard(Some(pgid));
+    ctx.report_process_group(pgid)?;
+    let mut stdout = Some(spawned.stdout);
+    let mut stderr = Some(spawned.stderr);
     if let Some(pipe) = &stdout {
         enlarge_pipe(pipe);
     }
@@ -165,28 +155,22 @@ pub async fn run(
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit.map_err(StepError::Spawn)?);
                 // The main process is gone; whatever is left in its group was left behind.
-                if let Some(pgid) = pgid {
-                    leaked = kill_leftovers(pgid);
-                    if leaked > 0 {
-                        // Said in the step's own log, so every renderer and hook sees it.
-                        ctx.line(OutputStream::Stderr, format!(
-                            "hm: killed {leaked} process(es) the step left running in the background"
-                        )).await?;
-                    }
+                leaked = kill_leftovers(pgid);
+                if leaked > 0 {
+                    // Said in the step's own log, so every renderer and hook sees it.
+                    ctx.line(OutputStream::Stderr, format!(
+                        "hm: killed {leaked} process(es) the step left running in the background"
+                    )).await?;
                 }
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             () = ctx.cancelled(), if !cancelled && status.is_none() => {
                 cancelled = true;
-                if let Some(pgid) = pgid {
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-                }
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + step.grace);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() && status.is_none() => {
-                if let Some(pgid) = pgid {
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                }
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                 kill_at = None;
             }
             () = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
@@ -229,19 +213,6 @@ fn open_cgroup_procs(paths: &[std::path::PathBuf]) -> Result<Vec<std::fs::File>,
                 })
         })
         .collect()
-}
-
-/// Formats `n` in decimal into `buf` without allocating (for use between fork and exec).
-fn decimal(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// Reads once from an open pipe; `None` at end of file (or on a read error, which for a pipe
@@ -410,18 +381,5 @@ fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(valid) => valid.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decimal;
-
-    #[test]
-    fn decimal_formats_without_allocating() {
-        let mut buf = [0u8; 16];
-        for n in [0u64, 7, 10, 4242, 4_194_304, u64::from(u32::MAX)] {
-            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
-        }
     }
 }

@@ -29,7 +29,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "kernel/src/supervisor/attach.rs",
     "kernel/src/supervisor/process.rs",
     "kernel/src/supervisor/spawn.rs",
-    "sdk/src/process.rs",
+    "sdk/src/spawn.rs",
     "sdk/src/testing.rs",
 ];
 
