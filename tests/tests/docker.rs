@@ -185,17 +185,21 @@ fn a_docker_step_past_its_memory_limit_ends_with_cause_oom() {
     let Some(docker) = DockerFixture::new("oom") else {
         return;
     };
-    // dd holds one block of 256 MiB in memory: eight times the limit.
+    // dd holds one block of 256 MiB in memory: eight times the limit. Each waits a second
+    // first: Docker 20.10's containerd starts watching a container for OOM kills only once
+    // its process has started, so an OOM kill in the first moments can go unreported (2 of 48
+    // containers that allocated at once, 4 at a time on a loaded machine; 0 of 48 after a
+    // second), and hm then has no evidence of it (docs/pipeline.md, limits).
     let project = Project::new(&format!(
         r#"
 [steps.hog]
 image = "{image}"
-run = "echo allocating; dd if=/dev/zero of=/dev/null bs=256M count=1"
+run = "echo allocating; sleep 1; dd if=/dev/zero of=/dev/null bs=256M count=1"
 limits = {{ memory = "32MiB" }}
 
 [steps.survivor]
 image = "{image}"
-run = "dd if=/dev/zero of=/dev/null bs=256M count=1 || echo the child died, not me"
+run = "sleep 1; dd if=/dev/zero of=/dev/null bs=256M count=1 || echo the child died, not me"
 limits = {{ memory = "32MiB" }}
 "#,
         image = docker.image()
