@@ -22,6 +22,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::frame::{
     FLAG_FD, FLAG_SHARED_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN, padded,
 };
+use crate::pool::PooledBytes;
 use crate::shm::{SHM_THRESHOLD, SealedBuffer, SharedBuffer};
 
 /// A frame received from a peer: a checked header and an aligned, not yet validated payload.
@@ -38,7 +39,7 @@ pub struct Frame {
 /// A frame's payload bytes: copied out of the socket, or in place in a shared buffer.
 #[derive(Debug)]
 pub enum Payload {
-    Inline(AlignedVec),
+    Inline(PooledBytes),
     Shared(SharedBuffer),
 }
 
@@ -157,7 +158,7 @@ impl OutFrame {
     {
         let payload = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
             value,
-            AlignedVec::with_capacity(capacity),
+            crate::pool::take_empty(capacity),
         )
         .map_err(|e| EncodeError(e.to_string()))?;
         Self::inline(kind, call_id, payload)
@@ -279,6 +280,17 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
+    /// The header of the frame being assembled, taken out: its payload is then the caller's
+    /// to read ([`crate::reader::FrameReader`] reads a large one straight into its buffer).
+    pub(crate) fn take_pending(&mut self) -> Option<FrameHeader> {
+        self.pending.take()
+    }
+
+    /// The header of the frame being assembled, if its header has been read.
+    pub(crate) fn pending(&self) -> Option<&FrameHeader> {
+        self.pending.as_ref()
+    }
+
     /// Whether a frame's header has been read but not yet its whole payload: a connection that
     /// ends now ends in the middle of a frame.
     pub fn is_mid_frame(&self) -> bool {
@@ -315,12 +327,12 @@ impl Decoder for FrameCodec {
         if src[len..wire_len].iter().any(|&b| b != 0) {
             return Err(FrameError::Padding.into());
         }
-        let mut payload = AlignedVec::with_capacity(len);
+        let mut payload = crate::pool::take_empty(len);
         payload.extend_from_slice(&src[..len]);
         src.advance(wire_len);
         Ok(Some(Frame {
             header,
-            payload: Payload::Inline(payload),
+            payload: Payload::Inline(PooledBytes::new(payload)),
             buffer: None,
         }))
     }

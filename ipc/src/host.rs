@@ -9,7 +9,6 @@
 //! grants credit *before* it sends the `Credit` frame, so the plugin can never act on a frame
 //! the policy has not heard of yet.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
@@ -102,17 +101,16 @@ pub struct LogFrame {
 
 impl LogFrame {
     /// The batch's chunks in order: stream (0 stdout, 1 stderr) and text, lines joined by `\n`.
-    pub fn chunks(&self) -> impl Iterator<Item = (u8, Cow<'_, str>)> {
+    pub fn chunks(&self) -> impl Iterator<Item = (u8, &str)> {
         let payload = self.frame.payload.as_slice();
         self.chunks.iter().map(move |(stream, range)| {
-            // Checked as UTF-8 when the archive was validated; the check again (a fast pass
-            // over ASCII) costs less than an `unsafe` would be worth here.
             let bytes = &payload[range.clone()];
-            let text = match std::str::from_utf8(bytes) {
-                Ok(text) => Cow::Borrowed(text),
-                Err(_) => String::from_utf8_lossy(bytes),
-            };
-            (*stream, text)
+            // SAFETY: these bytes are the text of an `ArchivedString` of this payload, which
+            // `HostPolicy::check` validated (rkyv checks every string as UTF-8) before it made
+            // this `LogFrame`; the payload cannot change since: it is owned by the frame, or a
+            // sealed shared buffer mapped read-only. Checking again was about 6% of hm's CPU
+            // for a step streaming its output.
+            (*stream, unsafe { std::str::from_utf8_unchecked(bytes) })
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod host;
 pub mod messages;
+pub mod pool;
 pub mod procfs;
 pub mod reader;
 pub mod shm;

@@ -2,7 +2,10 @@
 //!
 //! [`FrameReader`] reads with `recvmsg` (never `read`, which would silently drop descriptors),
 //! hands the bytes to the [`FrameCodec`] and keeps the descriptors that arrived in a queue,
-//! each with the range of stream bytes it arrived with. A frame whose header carries `FLAG_FD`
+//! each with the range of stream bytes it arrived with. A large frame (a full log batch) is the
+//! exception to going through the codec's buffer: once its header is in, the rest of its payload
+//! is read straight into a buffer of its own from [`crate::pool`], never past the frame's end,
+//! with the same checks (padding, descriptors, the end of the stream inside it). A frame whose header carries `FLAG_FD`
 //! takes the first descriptor of the queue; the descriptor is then checked and mapped
 //! ([`SharedBuffer::receive`]) and closed before the frame is handed out.
 //!
@@ -30,8 +33,11 @@ use tokio::io::Interest;
 use tokio::net::unix::OwnedReadHalf;
 use tokio_util::codec::Decoder;
 
+use rkyv::util::AlignedVec;
+
 use crate::codec::{Frame, FrameCodec, Payload, WireError};
-use crate::frame::FrameError;
+use crate::frame::{FrameError, FrameHeader, HEADER_LEN};
+use crate::pool::PooledBytes;
 use crate::shm::{ReceiveError, SHARED_PAYLOAD_CAP, SharedBuffer};
 
 /// Descriptors that may wait for their frames at once. A conforming peer has at most two in
@@ -40,6 +46,19 @@ use crate::shm::{ReceiveError, SHARED_PAYLOAD_CAP, SharedBuffer};
 pub const MAX_QUEUED_FDS: usize = 4;
 /// How much room each read has at least.
 const READ_CHUNK: usize = 256 * 1024;
+/// A frame with at least this much of its payload still to come is read straight into a
+/// buffer of its own (from [`crate::pool`]) rather than into the shared read buffer and then
+/// copied out: a full log batch is 256 KiB.
+const DIRECT_READ_BYTES: usize = 32 * 1024;
+
+/// A large frame whose payload (and padding) is being read straight into its own buffer.
+#[derive(Debug)]
+struct Filling {
+    header: FrameHeader,
+    /// `header.padded_len()` bytes, of which the first `filled` have arrived.
+    buf: AlignedVec,
+    filled: usize,
+}
 
 /// A descriptor waiting for its frame, with the stream offsets of the bytes it arrived with.
 #[derive(Debug)]
@@ -57,6 +76,9 @@ pub struct FrameReader {
     half: OwnedReadHalf,
     buf: BytesMut,
     codec: FrameCodec,
+    filling: Option<Filling>,
+    /// The last frame was a large one: the next read takes only a header.
+    header_first: bool,
     fds: VecDeque<Pending>,
     /// Stream offset just past the last byte received.
     received: u64,
@@ -74,6 +96,8 @@ impl FrameReader {
             half,
             buf: BytesMut::with_capacity(READ_CHUNK),
             codec: FrameCodec::default(),
+            filling: None,
+            header_first: false,
             fds: VecDeque::new(),
             received: 0,
             frame_start: 0,
@@ -91,7 +115,7 @@ impl FrameReader {
     /// Whether bytes of an incomplete frame are buffered: a connection that ends now ends in
     /// the middle of a frame.
     pub fn is_mid_frame(&self) -> bool {
-        !self.buf.is_empty() || self.codec.is_mid_frame()
+        !self.buf.is_empty() || self.codec.is_mid_frame() || self.filling.is_some()
     }
 
     /// Decodes the next whole frame already buffered, attaching its descriptor.
@@ -112,18 +136,98 @@ impl FrameReader {
             }
             return Ok(None);
         };
+        self.claim_fd(frame).map(Some)
+    }
+
+    /// Gives a whole frame the descriptor its header says it carries, or finds a descriptor
+    /// that came with an earlier frame and was not claimed.
+    fn claim_fd(&mut self, frame: Frame) -> Result<Frame, WireError> {
         let start = self.frame_start;
         if !frame.header.carries_fd() {
             if self.fds.front().is_some_and(|fd| fd.to <= start) {
                 return Err(FrameError::FdUnclaimed.into());
             }
-            return Ok(Some(frame));
+            return Ok(frame);
         }
         let fd = match self.fds.pop_front() {
             Some(fd) if fd.from <= start && start < fd.to => fd.fd,
             _ => return Err(FrameError::FdMissing.into()),
         };
-        attach(frame, fd).map(Some)
+        attach(frame, fd)
+    }
+
+    /// After [`Self::decode_buffered`] found no whole frame: when the frame being assembled
+    /// has much of its payload still to come, its buffered bytes move into a buffer of its own
+    /// and the rest is read straight into it ([`Self::receive_direct`]).
+    fn start_filling(&mut self) {
+        let Some(header) = self.codec.pending() else {
+            return;
+        };
+        let wire_len = header.padded_len();
+        // Not a whole frame buffered, so every buffered byte is this frame's.
+        if wire_len.saturating_sub(self.buf.len()) < DIRECT_READ_BYTES {
+            return;
+        }
+        let Some(header) = self.codec.take_pending() else {
+            return;
+        };
+        let mut buf = crate::pool::take_filled(wire_len);
+        let filled = self.buf.len();
+        buf[..filled].copy_from_slice(&self.buf);
+        self.buf.clear();
+        self.filling = Some(Filling {
+            header,
+            buf,
+            filled,
+        });
+    }
+
+    /// One `recvmsg` straight into the filling frame's buffer, never past its end; the frame
+    /// once it is whole. `Ok(None)` when nothing was waiting or the frame is not whole yet.
+    fn receive_direct(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some(filling) = self.filling.as_mut() else {
+            return Ok(None);
+        };
+        let raw = self.half.as_ref().as_raw_fd();
+        let room = &mut filling.buf[filling.filled..];
+        let got = match self.half.as_ref().try_io(Interest::READABLE, || {
+            crate::shm::recv_into_with_fds(raw, room)
+        }) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if got.bytes == 0 {
+            let buffered = HEADER_LEN + filling.filled;
+            return Err(FrameError::Truncated { buffered }.into());
+        }
+        filling.filled += got.bytes;
+        self.take_fds(got)?;
+        let whole = self
+            .filling
+            .as_ref()
+            .is_some_and(|filling| filling.filled == filling.buf.len());
+        if !whole {
+            return Ok(None);
+        }
+        let Some(Filling {
+            header, mut buf, ..
+        }) = self.filling.take()
+        else {
+            return Ok(None);
+        };
+        let len = header.len as usize;
+        if buf[len..].iter().any(|&b| b != 0) {
+            return Err(FrameError::Padding.into());
+        }
+        buf.resize(len, 0);
+        let frame = Frame {
+            header,
+            payload: Payload::Inline(PooledBytes::new(buf)),
+            buffer: None,
+        };
+        self.claim_fd(frame).map(Some)
     }
 
     /// One `recvmsg` into the buffer: `Ok(Some(0))` at the end of the stream, `Ok(None)` when
@@ -133,17 +237,30 @@ impl FrameReader {
             self.buf.reserve(READ_CHUNK);
         }
         let raw = self.half.as_ref().as_raw_fd();
+        // After a large frame the next one is likely large too: its header alone first, so
+        // that its payload is read straight into a buffer of its own ([`Self::start_filling`])
+        // instead of mostly into this one and then copied.
+        let limit = if self.header_first && self.buf.is_empty() && !self.codec.is_mid_frame() {
+            HEADER_LEN
+        } else {
+            usize::MAX
+        };
         let buf = &mut self.buf;
-        let got = match self
-            .half
-            .as_ref()
-            .try_io(Interest::READABLE, || crate::shm::recv_with_fds(raw, buf))
-        {
+        let got = match self.half.as_ref().try_io(Interest::READABLE, || {
+            crate::shm::recv_with_fds(raw, buf, limit)
+        }) {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let bytes = got.bytes;
+        self.take_fds(got)?;
+        Ok(Some(bytes))
+    }
+
+    /// Counts the bytes of a read and queues the descriptors that came with them.
+    fn take_fds(&mut self, got: crate::shm::Received) -> Result<(), WireError> {
         let from = self.received;
         self.received += got.bytes as u64;
         if got.refused_control {
@@ -169,7 +286,7 @@ impl FrameReader {
                 .into());
             }
         }
-        Ok(Some(got.bytes))
+        Ok(())
     }
 }
 
@@ -201,17 +318,35 @@ impl Stream for FrameReader {
             return Poll::Ready(None);
         }
         loop {
-            match this.decode_buffered(false) {
-                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(None) => {}
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
+            if this.filling.is_none() {
+                match this.decode_buffered(false) {
+                    Ok(Some(frame)) => {
+                        this.header_first = frame.header.padded_len() >= DIRECT_READ_BYTES;
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Ok(None) => this.start_filling(),
+                    Err(e) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
                 }
             }
             if let Err(e) = ready!(this.half.as_ref().poll_read_ready(cx)) {
                 this.done = true;
                 return Poll::Ready(Some(Err(e.into())));
+            }
+            if this.filling.is_some() {
+                match this.receive_direct() {
+                    Ok(Some(frame)) => {
+                        this.header_first = true;
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
             }
             match this.receive() {
                 Ok(Some(0)) => {

@@ -309,19 +309,39 @@ pub struct Received {
 }
 
 /// Receives what is waiting on the non-blocking stream socket `socket` into the spare capacity
-/// of `buf` (reserve first), with any descriptors that come with it. `WouldBlock` when nothing
-/// is waiting.
-pub fn recv_with_fds(socket: RawFd, buf: &mut BytesMut) -> io::Result<Received> {
+/// of `buf` (reserve first), at most `limit` bytes, with any descriptors that come with them.
+/// `WouldBlock` when nothing is waiting.
+pub fn recv_with_fds(socket: RawFd, buf: &mut BytesMut, limit: usize) -> io::Result<Received> {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(limit);
+    // SAFETY: `spare` is the writable (possibly uninitialised) spare capacity of `buf`, and
+    // `len` at most its length.
+    let received = unsafe { recv_raw(socket, spare.as_mut_ptr().cast(), len)? };
+    // SAFETY: the kernel initialised the first `bytes` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + received.bytes) };
+    Ok(received)
+}
+
+/// Like [`recv_with_fds`], into `buf` itself: at most its length, from its start.
+pub fn recv_into_with_fds(socket: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: `buf` is writable for its whole length.
+    unsafe { recv_raw(socket, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// `recvmsg` of at most `len` bytes into `to`, with descriptors.
+///
+/// # Safety
+/// `to` must be valid for writes of `len` bytes.
+unsafe fn recv_raw(socket: RawFd, to: *mut u8, len: usize) -> io::Result<Received> {
     const FD_SIZE: usize = std::mem::size_of::<RawFd>();
     // u64 elements keep the control buffer aligned for `cmsghdr`.
     // SAFETY: CMSG_SPACE is a pure size computation.
     let control_len = unsafe { libc::CMSG_SPACE((MAX_FDS_PER_READ * FD_SIZE) as u32) } as usize;
     let mut control = [0u64; 16];
     debug_assert!(control_len <= std::mem::size_of_val(&control));
-    let spare = buf.spare_capacity_mut();
     let mut iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
+        iov_base: to.cast(),
+        iov_len: len,
     };
     // SAFETY: msghdr is plain data for which all zeroes is a valid (empty) value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -329,8 +349,8 @@ pub fn recv_with_fds(socket: RawFd, buf: &mut BytesMut) -> io::Result<Received> 
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control_len.min(std::mem::size_of_val(&control)) as _;
-    // SAFETY: `iov` describes the spare capacity of `buf` (writable, possibly uninitialised
-    // memory that the kernel only writes), `msg_control` points to `control`, big enough for the
+    // SAFETY: `iov` describes `len` writable bytes at `to` (possibly uninitialised memory that
+    // the kernel only writes; the caller vouches for it), `msg_control` points to `control`, big enough for the
     // length given, and all of it outlives the call. MSG_CMSG_CLOEXEC makes every received
     // descriptor close-on-exec atomically, so none can leak into a process spawned meanwhile.
     let got = unsafe {
@@ -349,8 +369,6 @@ pub fn recv_with_fds(socket: RawFd, buf: &mut BytesMut) -> io::Result<Received> 
         fds: Vec::new(),
         refused_control: msg.msg_flags & libc::MSG_CTRUNC != 0,
     };
-    // SAFETY: the kernel initialised the first `bytes` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + bytes) };
     // SAFETY: `msg` is the header recvmsg just filled; CMSG_FIRSTHDR/CMSG_NXTHDR only return
     // headers inside `msg_control[..msg_controllen]` (or null), and CMSG_DATA of such a header
     // points at its `cmsg_len - CMSG_LEN(0)` data bytes.

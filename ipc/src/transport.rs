@@ -166,6 +166,8 @@ pub fn spawn_writer(
             };
             if frame.attachment.is_none() && frame.payload.len() >= DIRECT_WRITE_BYTES {
                 write_direct(&mut writer, &frame).await?;
+                // The next batch is archived into it, already faulted in.
+                crate::pool::give(frame.payload);
                 continue;
             }
             crate::codec::write_frame(&frame, &mut bytes);

@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
 
 use futures_util::StreamExt;
 use hm_ipc::codec::WireError;
@@ -18,6 +17,9 @@ use hm_ipc::{
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use tokio::net::UnixStream;
+
+mod support;
+use support::raw_pair;
 
 /// A reader that accepts descriptors on one end, the writer task on the other.
 fn connected() -> (
@@ -32,16 +34,6 @@ fn connected() -> (
     reader.allow_fds(true);
     let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
     (reader, out, writer)
-}
-
-/// A reader on one end and the raw other end, for writing what the writer task never would.
-fn raw_pair() -> (FrameReader, StdUnixStream) {
-    let (a, b) = StdUnixStream::pair().expect("socket pair");
-    a.set_nonblocking(true).expect("nonblocking");
-    let (read_half, _) = UnixStream::from_std(a).expect("tokio stream").into_split();
-    let mut reader = FrameReader::new(read_half);
-    reader.allow_fds(true);
-    (reader, b)
 }
 
 fn archive_reply(call: u64, len: usize) -> OutFrame {

@@ -2,6 +2,9 @@
 //! state, the workspace archive, artifacts) and the step's cancellation as a future.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hm_ipc::SealedBuffer;
 use hm_ipc::messages::{
@@ -34,10 +37,17 @@ struct Inner {
     batch: Mutex<Pending>,
 }
 
+/// How long a partial batch may wait for more lines once hm has caught up (see
+/// [`StepContext::flush_or_defer`]).
+const LINGER: Duration = Duration::from_millis(LINGER_MS);
+const LINGER_MS: u64 = 2;
+
 #[derive(Default)]
 struct Pending {
     chunks: Vec<LogChunk>,
     bytes: usize,
+    /// When the first line of this batch was queued.
+    since: Option<Instant>,
     /// The text buffer of the last batch sent, emptied: the next batch's first chunk reuses it
     /// instead of growing a new one.
     spare: String,
@@ -48,6 +58,7 @@ impl Pending {
     /// of the same stream.
     fn push(&mut self, stream: OutputStream, lines: &str) {
         let stream = stream as u8;
+        self.since.get_or_insert_with(Instant::now);
         self.bytes += lines.len() + 1;
         match self.chunks.last_mut() {
             Some(last) if last.stream == stream => {
@@ -149,6 +160,7 @@ impl StepContext {
         let chunks = {
             let mut pending = self.lock_batch();
             pending.bytes = 0;
+            pending.since = None;
             std::mem::take(&mut pending.chunks)
         };
         if chunks.is_empty() {
@@ -165,27 +177,45 @@ impl StepContext {
     }
 
     /// The step's output is drained for now: sends what is queued if hm has taken in every
-    /// batch sent before, and otherwise leaves it queued until it has ([`Self::deferred`]).
-    /// Like Nagle's algorithm: while hm is busy with earlier batches, a short batch would not
-    /// be shown any sooner, and waiting lets it fill, so a chatty step costs far fewer frames.
+    /// batch sent before and the batch's first line has waited [`LINGER`], and otherwise leaves
+    /// it queued until then ([`Self::deferred`]). Like Nagle's algorithm with a short timer:
+    /// while hm is busy with earlier batches, a short batch would not be shown any sooner, and
+    /// a writer faster than the plugin drains its pipe in small reads, one per write of the
+    /// writer; waiting a little lets the batch fill, so a chatty step costs far fewer frames.
     pub async fn flush_or_defer(&self) -> Result<(), StepError> {
-        if self.inner.link.is_caught_up() {
+        if self.inner.link.is_caught_up() && self.lingered(Instant::now()) {
             self.flush().await
         } else {
             Ok(())
         }
     }
 
-    /// Resolves when output [`Self::flush_or_defer`] left queued should go out, because hm
-    /// has taken in every earlier batch: call [`Self::flush`] then. Pending while nothing is
-    /// queued; a step's read loop selects on it beside its reads.
+    /// Whether the queued batch's first line was queued at least [`LINGER`] before `now`.
+    fn lingered(&self, now: Instant) -> bool {
+        self.lock_batch()
+            .since
+            .is_some_and(|since| now.duration_since(since) >= LINGER)
+    }
+
+    /// Resolves when output [`Self::flush_or_defer`] left queued should go out: hm has taken
+    /// in every earlier batch and the first queued line has waited [`LINGER`]. Call
+    /// [`Self::flush`] then. Pending while nothing is queued; a step's read loop selects on it
+    /// beside its reads.
     pub async fn deferred(&self) {
-        self.inner
-            .link
-            .until_credit_back(|| {
-                self.inner.link.is_caught_up() && !self.lock_batch().chunks.is_empty()
-            })
-            .await;
+        loop {
+            self.inner
+                .link
+                .until_credit_back(|| {
+                    self.inner.link.is_caught_up() && !self.lock_batch().chunks.is_empty()
+                })
+                .await;
+            // Every queued line set `since`; should one not have, it waits from now.
+            let since = self.lock_batch().since.unwrap_or_else(Instant::now);
+            tokio::time::sleep_until(since + LINGER).await;
+            if !self.lock_batch().chunks.is_empty() {
+                return;
+            }
+        }
     }
 
     /// A diagnostic from the plugin about this step, shown by hm (not step output).

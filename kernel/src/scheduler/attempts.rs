@@ -381,17 +381,13 @@ impl Scheduler<'_> {
                 0 => Stream::Stdout,
                 _ => Stream::Stderr,
             };
-            let raw: Vec<(Stream, std::borrow::Cow<'_, str>)> =
-                batch.chunks().map(|(s, t)| (stream_of(s), t)).collect();
+            let raw = batch.chunks().map(|(s, t)| (stream_of(s), t));
             let masked: Vec<(Stream, std::borrow::Cow<'_, str>)>;
             let chunks: Vec<(Stream, &str)> = if self.masker.is_active() {
-                masked = raw
-                    .iter()
-                    .map(|(s, text)| (*s, self.masker.mask(text)))
-                    .collect();
+                masked = raw.map(|(s, text)| (s, self.masker.mask(text))).collect();
                 masked.iter().map(|(s, t)| (*s, t.as_ref())).collect()
             } else {
-                raw.iter().map(|(s, t)| (*s, t.as_ref())).collect()
+                raw.collect()
             };
             for (stream, text) in &chunks {
                 let _ = self
