@@ -27,13 +27,14 @@ pub fn take_empty(capacity: usize) -> AlignedVec {
     POOL.take_empty(capacity)
 }
 
-/// A buffer of exactly `len` initialised bytes (their values are whatever was there: the
-/// caller overwrites them).
-pub(crate) fn take_filled(len: usize) -> AlignedVec {
-    POOL.take_filled(len)
+/// A buffer with room for `capacity` bytes whose length is how many of its bytes are already
+/// initialised (by an earlier use; their values are whatever was there): grow it with
+/// `resize` only as far as needed, and only what was never initialised is zeroed.
+pub(crate) fn take_initialised(capacity: usize) -> AlignedVec {
+    POOL.take(capacity)
 }
 
-/// Keeps `buf` for a later [`take_empty`] or [`take_filled`], or frees it.
+/// Keeps `buf` for a later [`take_empty`] or [`take_initialised`], or frees it.
 pub fn give(buf: AlignedVec) {
     POOL.give(buf);
 }
@@ -53,13 +54,6 @@ impl Pool {
     fn take_empty(&self, capacity: usize) -> AlignedVec {
         let mut buf = self.take(capacity);
         buf.clear();
-        buf
-    }
-
-    fn take_filled(&self, len: usize) -> AlignedVec {
-        let mut buf = self.take(len);
-        // Zeroes only what was never initialised: nothing, for a buffer reused at its size.
-        buf.resize(len, 0);
         buf
     }
 
@@ -118,13 +112,14 @@ mod tests {
         buf.extend_from_slice(&[7u8; 1000]);
         let addr = buf.as_ptr() as usize;
         pool.give(buf);
-        let got = pool.take_filled(200 * 1024);
+        let mut got = pool.take(200 * 1024);
         assert_eq!(
             got.as_ptr() as usize,
             addr,
             "the buffer given back was not kept"
         );
-        assert_eq!(got.len(), 200 * 1024);
+        assert_eq!(got.len(), 1000, "its initialised bytes are known");
+        got.resize(200 * 1024, 0);
         assert_eq!(
             &got[..1000],
             &[7u8; 1000][..],
@@ -136,7 +131,7 @@ mod tests {
         assert_eq!(empty.as_ptr() as usize, addr);
         assert!(empty.is_empty());
         // Too big for it: a new one.
-        assert_ne!(pool.take_filled(400 * 1024).as_ptr() as usize, addr);
+        assert_ne!(pool.take(400 * 1024).as_ptr() as usize, addr);
     }
 
     #[test]

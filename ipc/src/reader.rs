@@ -55,7 +55,11 @@ const DIRECT_READ_BYTES: usize = 32 * 1024;
 #[derive(Debug)]
 struct Filling {
     header: FrameHeader,
-    /// `header.padded_len()` bytes, of which the first `filled` have arrived.
+    /// `header.padded_len()`: the payload and its padding.
+    wire_len: usize,
+    /// Room for `wire_len` bytes, of which the first `filled` have arrived. Its length is how
+    /// far it is initialised: grown a read at a time, so a peer that announces a large frame
+    /// and sends little of it costs little memory.
     buf: AlignedVec,
     filled: usize,
 }
@@ -171,12 +175,16 @@ impl FrameReader {
         let Some(header) = self.codec.take_pending() else {
             return;
         };
-        let mut buf = crate::pool::take_filled(wire_len);
+        let mut buf = crate::pool::take_initialised(wire_len);
         let filled = self.buf.len();
+        if buf.len() < filled {
+            buf.resize(filled, 0);
+        }
         buf[..filled].copy_from_slice(&self.buf);
         self.buf.clear();
         self.filling = Some(Filling {
             header,
+            wire_len,
             buf,
             filled,
         });
@@ -189,7 +197,11 @@ impl FrameReader {
             return Ok(None);
         };
         let raw = self.half.as_ref().as_raw_fd();
-        let room = &mut filling.buf[filling.filled..];
+        let until = (filling.filled + READ_CHUNK).min(filling.wire_len);
+        if filling.buf.len() < until {
+            filling.buf.resize(until, 0);
+        }
+        let room = &mut filling.buf[filling.filled..until];
         let got = match self.half.as_ref().try_io(Interest::READABLE, || {
             crate::shm::recv_into_with_fds(raw, room)
         }) {
@@ -207,18 +219,21 @@ impl FrameReader {
         let whole = self
             .filling
             .as_ref()
-            .is_some_and(|filling| filling.filled == filling.buf.len());
+            .is_some_and(|filling| filling.filled == filling.wire_len);
         if !whole {
             return Ok(None);
         }
         let Some(Filling {
-            header, mut buf, ..
+            header,
+            wire_len,
+            mut buf,
+            ..
         }) = self.filling.take()
         else {
             return Ok(None);
         };
         let len = header.len as usize;
-        if buf[len..].iter().any(|&b| b != 0) {
+        if buf[len..wire_len].iter().any(|&b| b != 0) {
             return Err(FrameError::Padding.into());
         }
         buf.resize(len, 0);
@@ -382,5 +397,75 @@ impl Stream for FrameReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::OutFrame;
+    use crate::messages::{LogBatch, LogChunk};
+
+    #[tokio::test]
+    async fn a_large_frame_that_is_announced_but_not_sent_takes_little_memory() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let (read_half, _) = tokio::net::UnixStream::from_std(a)
+            .expect("tokio stream")
+            .into_split();
+        let mut reader = FrameReader::new(read_half);
+        let chunks = vec![LogChunk {
+            stream: 0,
+            text: "x".repeat(8 << 20),
+        }];
+        let wire = OutFrame::message(crate::FrameKind::LogBatch, 1, &LogBatch { chunks })
+            .expect("encode")
+            .to_wire();
+        // The header and 1 MiB of an 8 MiB frame, then nothing until told.
+        let sent = HEADER_LEN + (1 << 20);
+        let (go_on, told) = std::sync::mpsc::channel::<()>();
+        let bytes = wire.clone();
+        let writer = std::thread::spawn(move || {
+            (&b).write_all(&bytes[..sent]).expect("write");
+            if told.recv().is_ok() {
+                (&b).write_all(&bytes[sent..]).expect("write");
+            }
+        });
+        for _ in 0..200 {
+            let early = tokio::time::timeout(Duration::from_millis(10), reader.next()).await;
+            assert!(early.is_err(), "no frame before its bytes are all there");
+            if reader
+                .filling
+                .as_ref()
+                .is_some_and(|f| f.filled == sent - HEADER_LEN)
+            {
+                break;
+            }
+        }
+        let filling = reader
+            .filling
+            .as_ref()
+            .expect("the frame is read into its own buffer");
+        assert_eq!(filling.filled, sent - HEADER_LEN);
+        assert!(
+            filling.buf.len() <= filling.filled + READ_CHUNK,
+            "{} bytes initialised for {} received",
+            filling.buf.len(),
+            filling.filled
+        );
+        // The rest, and the frame is whole.
+        go_on.send(()).expect("writer waits");
+        let frame = reader.next().await.expect("frame").expect("whole");
+        writer.join().expect("writer");
+        let len = frame.header.len as usize;
+        assert_eq!(
+            frame.payload.as_slice(),
+            &wire[HEADER_LEN..HEADER_LEN + len]
+        );
     }
 }
