@@ -8,8 +8,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, KillContainerOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use hm_ipc::messages::StepLimits;
@@ -140,6 +140,12 @@ impl Container {
             .await
             .map_err(|e| failed("attach to the container", &e))?
             .output;
+        // The daemon's clock is not ours, and its event log is searched by this container's id:
+        // a wide margin costs nothing.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_secs(600));
         docker
             .start_container(id, None)
             .await
@@ -229,18 +235,50 @@ impl Container {
         let mut ended = self.inspect(cancelled, usage, limit).await?;
         // The daemon learns of an OOM kill from an event of its own, which can come a while
         // after the exit on a busy machine: a SIGKILLed main process gets that while before it
-        // counts as a plain SIGKILL, unless its memory use already says so.
+        // counts as a plain SIGKILL, unless its memory use already says so. Docker 20.10 sets
+        // `OOMKilled` only when that event is handled before the exit's, and the two race;
+        // the daemon's event log keeps an `oom` event either way, so it is asked too.
         let deadline = tokio::time::Instant::now() + OOM_EVENT_DELAY;
         while ended.exit_code == Some(137)
             && !ended.oom_killed
             && !ended.filled_its_memory()
             && !cancelled
-            && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.oom_event_since(started).await {
+                ended.oom_killed = true;
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
             ended = self.inspect(cancelled, usage, limit).await?;
         }
         Ok(ended)
+    }
+
+    /// Whether the daemon's event log has an `oom` event of this container since `since` (a
+    /// time since the epoch). Best effort: a daemon that cannot say is taken as a no.
+    async fn oom_event_since(&self, since: Duration) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let filters = std::collections::HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("container".to_owned(), vec![self.id.clone()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+        ]);
+        let options = EventsOptions {
+            since: Some(since.as_secs().to_string()),
+            // Up to now: the stream ends once the log is read, instead of waiting for more.
+            until: Some((now.as_secs() + 1).to_string()),
+            filters: Some(filters),
+        };
+        let events = self.docker.events(Some(options));
+        tokio::pin!(events);
+        // A daemon whose clock runs behind ours would hold the stream open: bounded here.
+        let first = tokio::time::timeout(Duration::from_secs(2), events.next()).await;
+        matches!(first, Ok(Some(Ok(_))))
     }
 
     async fn inspect(
