@@ -3,7 +3,7 @@
 //! reruns exactly the steps it concerns and those after them, a damaged entry is a miss, and
 //! two runs at once share the cache safely.
 
-use hm_tests::{Project, Run};
+use hm_tests::{Hm, Project, Run};
 
 const PIPELINE: &str = r#"
 [steps.gen]
@@ -208,9 +208,20 @@ fn a_truncated_blob_is_a_miss_with_a_warning_and_the_entry_is_replaced() {
 
 #[test]
 fn two_runs_at_once_share_the_cache_and_both_are_right() {
+    // Two copies of the project and one cache (keys do not depend on where the project is):
+    // the runs race for the same entries while their steps write into working trees of their
+    // own. Two runs in one tree race on its files too, which is the pipeline's business, not
+    // the cache's: `cp` creates a file that did not exist with O_EXCL, and fails when the
+    // other run's `cp` created it in between.
     let project = project();
+    let twin = project.root().with_file_name("twin");
+    for file in ["hm.toml", "src/a.txt", "other/x", "README"] {
+        let to = twin.join(file);
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("twin directories");
+        std::fs::copy(project.path(file), &to).expect("copy into the twin");
+    }
     let a = project.spawn_run(&[]);
-    let b = project.spawn_run(&[]);
+    let b = Hm::spawn(project.command_in(&twin, &["run", "--format", "json"]));
     let a = a.finish(hm_tests::RUN_DEADLINE).into_run();
     let b = b.finish(hm_tests::RUN_DEADLINE).into_run();
     for run in [&a, &b] {
