@@ -4,15 +4,15 @@
 //! the frame is dropped. On both ends that was about a tenth of the CPU of a step streaming
 //! its output. Buffers from here were touched before.
 //!
-//! The pool is per process and small: at most [`KEPT`] buffers of [`MIN_KEPT`] to
-//! [`MAX_KEPT`] bytes of capacity; anything else is simply freed.
+//! The pool is per process and small: at most 8 buffers of 64 KiB to
+//! 1 MiB of capacity; anything else is simply freed.
 
 use std::sync::Mutex;
 
 use rkyv::util::AlignedVec;
 
 /// Buffers smaller than this come cheaply from the allocator's heap: not worth keeping.
-pub const MIN_KEPT: usize = 64 * 1024;
+const MIN_KEPT: usize = 64 * 1024;
 /// Larger buffers are rare (a host call's big payload) and would pin too much memory.
 const MAX_KEPT: usize = 1024 * 1024;
 /// How many buffers the pool holds at most: a connection has a few batches in flight (the log
@@ -23,7 +23,7 @@ const KEPT: usize = 8;
 static POOL: Pool = Pool::new();
 
 /// A buffer with room for `capacity` bytes, empty.
-pub fn take_empty(capacity: usize) -> AlignedVec {
+pub(crate) fn take_empty(capacity: usize) -> AlignedVec {
     POOL.take_empty(capacity)
 }
 
@@ -35,7 +35,7 @@ pub(crate) fn take_initialised(capacity: usize) -> AlignedVec {
 }
 
 /// Keeps `buf` for a later [`take_empty`] or [`take_initialised`], or frees it.
-pub fn give(buf: AlignedVec) {
+pub(crate) fn give(buf: AlignedVec) {
     POOL.give(buf);
 }
 

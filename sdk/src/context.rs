@@ -4,13 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use hm_ipc::SealedBuffer;
 use hm_ipc::messages::{
     ArtifactUpload, HostCall, HostReply, KvKey, KvScope, KvWrite, LogBatch, LogChunk, LogLevel,
     LogRecord, StepProcess, StepRef,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::StepError;
@@ -39,8 +38,7 @@ struct Inner {
 
 /// How long a partial batch may wait for more lines once hm has caught up (see
 /// [`StepContext::flush_or_defer`]).
-const LINGER: Duration = Duration::from_millis(LINGER_MS);
-const LINGER_MS: u64 = 2;
+const LINGER: Duration = Duration::from_millis(2);
 
 #[derive(Default)]
 struct Pending {

@@ -237,7 +237,7 @@ impl Container {
         // after the exit on a busy machine: a SIGKILLed main process gets that while before it
         // counts as a plain SIGKILL, unless its memory use already says so. Docker 20.10 sets
         // `OOMKilled` only when that event is handled before the exit's, and the two race;
-        // the daemon's event log keeps an `oom` event either way, so it is asked too.
+        // the daemon logs an `oom` event whenever it handles it, so its event log is asked too.
         let deadline = tokio::time::Instant::now() + OOM_EVENT_DELAY;
         while ended.exit_code == Some(137)
             && !ended.oom_killed
