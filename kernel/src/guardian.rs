@@ -93,8 +93,10 @@ impl Guardian {
     }
 
     fn say(&mut self, line: &str) {
-        // A guardian that died early cannot be helped; the run goes on without one.
-        if let Err(e) = writeln!(self.pipe, "{line}") {
+        // One write per line (the pipe is unbuffered: `writeln!` would make two, and wake the
+        // guardian twice). A guardian that died early cannot be helped; the run goes on
+        // without one.
+        if let Err(e) = self.pipe.write_all(format!("{line}\n").as_bytes()) {
             tracing::debug!("guardian pipe: {e}");
         }
     }

@@ -92,6 +92,17 @@ pub fn read(path: &Path) -> Result<Outputs, String> {
     parse(&text)
 }
 
+/// Whether the output file at `path` surely holds no outputs: it is gone (the step removed it)
+/// or is still an empty regular file, as it is after most steps. One `statx`, no `open`, so the
+/// run loop can ask it: anything else (a file with text, or something the step put in its
+/// place, like a FIFO whose `open` would block) is for [`read`], off the run loop.
+pub fn surely_empty(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type().is_file() && meta.len() == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Parses the text of an output file.
 pub fn parse(text: &str) -> Result<Outputs, String> {
     let mut outputs: Outputs = Vec::new();
@@ -219,6 +230,22 @@ mod tests {
         let err = read(&path).expect_err("too big");
         assert!(err.contains("more than 1 MiB"), "{err}");
         assert_eq!(read(&dir.path().join("gone")).expect("absent"), []);
+    }
+
+    #[test]
+    fn only_a_missing_or_empty_regular_file_is_surely_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("empty"), "").expect("write");
+        std::fs::write(path("text"), "k=v\n").expect("write");
+        std::fs::create_dir(path("dir")).expect("mkdir");
+        nix::unistd::mkfifo(&path("fifo"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        std::os::unix::fs::symlink(path("empty"), path("link")).expect("symlink");
+        assert!(surely_empty(&path("gone")));
+        assert!(surely_empty(&path("empty")));
+        for other in ["text", "dir", "fifo", "link"] {
+            assert!(!surely_empty(&path(other)), "{other}");
+        }
     }
 
     #[test]

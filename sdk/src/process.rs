@@ -4,6 +4,7 @@
 //! its group is killed and reported, so a step never outlives its `step_end`.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -195,20 +196,30 @@ pub async fn run(
     })
 }
 
-/// Opens each `cgroup.procs` file for writing, or says which one the step cannot join.
+/// Opens, for each `cgroup.procs` file, what the child writes `0` into to join that cgroup, or
+/// says which one the step cannot join.
+///
+/// On cgroup v1 that is the `tasks` file beside it: the child is a single thread until it
+/// execs, so moving that thread moves the whole process, and a thread that moves itself
+/// (`0` into `tasks`) is the one move the kernel makes without its system-wide lock on every
+/// fork, exit and exec (`cgroup_threadgroup_rwsem`), which a `cgroup.procs` write takes for
+/// writing. A file named otherwise, or a cgroup v2 directory (no `tasks`), gets the file as
+/// given; `0` there means the writing process.
 fn open_cgroup_procs(paths: &[std::path::PathBuf]) -> Result<Vec<std::fs::File>, StepError> {
+    let open = |path: &Path| std::fs::OpenOptions::new().write(true).open(path);
     paths
         .iter()
         .map(|path| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| {
-                    StepError::Message(format!(
-                        "cannot join the step's cgroup {}: {e}",
-                        path.display()
-                    ))
-                })
+            let tasks = match path.file_name() {
+                Some(name) if name == "cgroup.procs" => open(&path.with_file_name("tasks")).ok(),
+                _ => None,
+            };
+            tasks.map_or_else(|| open(path), Ok).map_err(|e| {
+                StepError::Message(format!(
+                    "cannot join the step's cgroup {}: {e}",
+                    path.display()
+                ))
+            })
         })
         .collect()
 }

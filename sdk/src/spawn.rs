@@ -31,8 +31,9 @@ const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
 
 /// What the child does besides exec, fixed before the clone.
 pub(crate) struct ChildSetup<'a> {
-    /// Open `cgroup.procs` files the child writes its pid into, joining the step's cgroup
-    /// before exec so every process of the step is in it from its first instruction.
+    /// Open `cgroup.procs` (or, on cgroup v1, `tasks`) files the child writes `0` into,
+    /// joining the step's cgroup before exec so every process of the step is in it from its
+    /// first instruction.
     pub cgroup_procs: &'a [File],
     /// An address-space limit: the best there is for memory without a cgroup.
     pub memory_rlimit: Option<u64>,
@@ -52,7 +53,7 @@ pub(crate) enum SpawnError {
     Nul(String),
     /// In the plugin or in the child before exec: pipes, the clone, signals, process group.
     Setup(io::Error),
-    /// Writing the child's pid into the `cgroup_procs` file at this index.
+    /// Joining the cgroup of the `cgroup_procs` file at this index.
     Cgroup(usize, io::Error),
     /// Entering the command's directory.
     Dir(PathBuf, io::Error),
@@ -390,10 +391,9 @@ unsafe fn prepare_and_exec(plan: &Plan) -> (u8, usize, c_int) {
         if libc::setpgid(0, 0) == -1 {
             return (STAGE_SETUP, 0, errno());
         }
-        let mut digits = [0u8; 16];
-        let pid = decimal(libc::getpid() as u64, &mut digits);
+        // `0`: the writer itself (see `process::open_cgroup_procs` for why not the pid).
         for (index, &fd) in plan.cgroup_fds.iter().enumerate() {
-            if libc::write(fd, pid.as_ptr().cast(), pid.len()) == -1 {
+            if libc::write(fd, c"0".as_ptr().cast(), 1) == -1 {
                 return (STAGE_CGROUP, index, errno());
             }
         }
@@ -426,19 +426,6 @@ unsafe fn prepare_and_exec(plan: &Plan) -> (u8, usize, c_int) {
         }
         let last = if denied { libc::EACCES } else { libc::ENOENT };
         (STAGE_EXEC, 0, last)
-    }
-}
-
-/// Formats `n` in decimal into `buf` without allocating (for the child before exec).
-fn decimal(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
     }
 }
 
@@ -575,7 +562,7 @@ fn reap(pid: libc::pid_t, flags: c_int) -> io::Result<Option<ExitStatus>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ChildSetup, ExitWatch, SpawnError, decimal, spawn};
+    use super::{ChildSetup, ExitWatch, SpawnError, spawn};
     use crate::command::StepCommand;
     use tokio::io::AsyncReadExt;
 
@@ -590,14 +577,6 @@ mod tests {
         spawned.stdout.read_to_string(&mut out).await.unwrap();
         let status = spawned.process.wait().await.unwrap();
         (out, status)
-    }
-
-    #[test]
-    fn decimal_formats_without_allocating() {
-        let mut buf = [0u8; 16];
-        for n in [0u64, 7, 10, 4242, 4_194_304, u64::from(u32::MAX)] {
-            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
-        }
     }
 
     #[tokio::test]

@@ -147,7 +147,12 @@ impl Scheduler<'_> {
     pub(super) fn end_with_collection(&mut self, i: usize, verdict: Verdict, report: Report) {
         let def = &self.pipeline.steps[self.steps[i].index];
         let upload = self.steps[i].upload.take();
-        let output_file = self.steps[i].output_file.take();
+        // Most steps write no outputs: an empty file needs no read off the run loop, and the
+        // attempt can end at once (one hop to a blocking thread and back less per step).
+        let output_file = self.steps[i]
+            .output_file
+            .take()
+            .filter(|path| !outputs::surely_empty(path));
         let log = self.steps[i].cache_log.take();
         // What passed and may be stored: the store, the key and the recorded log.
         let to_store = match (&self.cache, &self.steps[i].cache_key, log) {
