@@ -18,6 +18,7 @@ pub mod measure;
 pub mod procfs;
 pub mod run_steps;
 pub mod shm_handoff;
+pub mod steps_floor;
 pub mod swarm_first_line;
 
 use std::path::PathBuf;
@@ -76,6 +77,11 @@ pub const BENCHES: &[Bench] = &[
         name: run_steps::NAME,
         needs_hm: true,
         run: run_steps::run,
+    },
+    Bench {
+        name: steps_floor::NAME,
+        needs_hm: false,
+        run: steps_floor::run,
     },
     Bench {
         name: cache_hits::ONE,

@@ -148,6 +148,10 @@ pub enum Target {
     TimeAtMost(f64),
     /// baseline / ours (throughput) must be at least this.
     ThroughputAtLeast(f64),
+    /// Not a target: the least any implementation can reach on this machine for another
+    /// bench's [`Target::TimeAtMost`] of this limit (ours / baseline, time). Shown as `floor`
+    /// and never counted as missed.
+    Floor(f64),
     /// An absolute figure with no baseline (a "—" in the targets table): the median must be at most
     /// `limit`, counted in `unit`s.
     AtMost { limit: f64, unit: Unit },
@@ -250,7 +254,13 @@ impl Outcome {
             Target::TimeAtMost(limit) => self.ratio() <= limit,
             Target::ThroughputAtLeast(limit) => self.ratio() >= limit,
             Target::AtMost { .. } => self.ratio() <= 1.0,
+            Target::Floor(_) => true,
         }
+    }
+
+    /// Whether this is a target at all ([`Target::Floor`] is a reference figure).
+    pub fn is_target(&self) -> bool {
+        !matches!(self.target, Target::Floor(_))
     }
 
     /// The column titles of [`Self::line`].
@@ -265,7 +275,9 @@ impl Outcome {
     /// `baseline`, and the value over the limit as its ratio.
     pub fn line(&self) -> String {
         let (ours, target) = match self.target {
-            Target::TimeAtMost(limit) => (format_secs(self.ours), format!("≤ {limit}×")),
+            Target::TimeAtMost(limit) | Target::Floor(limit) => {
+                (format_secs(self.ours), format!("≤ {limit}×"))
+            }
             Target::ThroughputAtLeast(limit) => (format_secs(self.ours), format!("≥ {limit}×")),
             Target::AtMost { limit, unit } => (
                 unit.format(self.ours),
@@ -280,7 +292,11 @@ impl Outcome {
             baseline,
             self.ratio(),
             target,
-            if self.met() { "PASS" } else { "MISS" },
+            match (self.is_target(), self.met()) {
+                (false, _) => "floor",
+                (true, true) => "PASS",
+                (true, false) => "MISS",
+            },
             self.rounds,
             self.round_ratios.0,
             self.round_ratios.1,
@@ -292,6 +308,9 @@ impl Outcome {
             Target::AtMost { .. } => {
                 let _ = write!(line, " (of the limit)");
             }
+            Target::Floor(_) => {
+                let _ = write!(line, " (a floor, not a target)");
+            }
             Target::TimeAtMost(_) => {}
         }
         line
@@ -302,7 +321,7 @@ impl Outcome {
 /// `ours` is in the target's unit).
 fn ratio(target: Target, ours: f64, baseline: Option<f64>) -> f64 {
     let (num, den) = match (target, baseline) {
-        (Target::TimeAtMost(_), Some(baseline)) => (ours, baseline),
+        (Target::TimeAtMost(_) | Target::Floor(_), Some(baseline)) => (ours, baseline),
         (Target::ThroughputAtLeast(_), Some(baseline)) => (baseline, ours),
         (Target::AtMost { limit, .. }, _) => (ours, limit),
         (_, None) => return f64::NAN,
@@ -398,6 +417,27 @@ mod tests {
         assert!((time.ratio() - 1.3).abs() < 1e-9 && time.met());
         let throughput = Outcome::new("t", &samples, Target::ThroughputAtLeast(0.8), "per run");
         assert!((throughput.ratio() - 10.0 / 13.0).abs() < 1e-9 && !throughput.met());
+    }
+
+    #[test]
+    fn a_floor_is_shown_as_one_and_never_missed() {
+        let samples = Samples {
+            ours: vec![ms(18), ms(15), ms(17)],
+            baseline: vec![ms(10), ms(10), ms(10)],
+        };
+        let floor = Outcome::new("floor", &samples, Target::Floor(1.2), "per run");
+        assert!((floor.ratio() - 1.7).abs() < 1e-9);
+        assert!(floor.met() && !floor.is_target());
+        assert!(
+            floor
+                .line()
+                .contains("17.0 ms    10.0 ms   1.70×    ≤ 1.2×  floor"),
+            "{}",
+            floor.line()
+        );
+        assert!(floor.line().ends_with("(a floor, not a target)"));
+        let target = Outcome::new("t", &samples, Target::TimeAtMost(1.2), "per run");
+        assert!(!target.met() && target.is_target());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::child::time_to_exit;
 use crate::measure::{BenchError, Outcome, Plan, Target, interleave};
 
 pub const NAME: &str = "run-200-steps";
-const STEPS: usize = 200;
+pub(crate) const STEPS: usize = 200;
 const JOBS: &str = "-j2";
 /// One run of either side taking longer than this is stuck.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -83,7 +83,7 @@ fn pipeline() -> String {
     text
 }
 
-fn makefile() -> String {
+pub(crate) fn makefile() -> String {
     let targets: Vec<String> = (0..STEPS).map(step_name).collect();
     let targets = targets.join(" ");
     let mut text = format!(".PHONY: all {targets}\nall: {targets}\n");
