@@ -202,13 +202,9 @@ impl FrameReader {
             filling.buf.resize(until, 0);
         }
         let room = &mut filling.buf[filling.filled..until];
-        let got = match self.half.as_ref().try_io(Interest::READABLE, || {
-            crate::shm::recv_into_with_fds(raw, room)
-        }) {
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(got) = receive_ready(&self.half, || crate::shm::recv_into_with_fds(raw, room))?
+        else {
+            return Ok(None);
         };
         if got.bytes == 0 {
             let buffered = HEADER_LEN + filling.filled;
@@ -261,13 +257,9 @@ impl FrameReader {
             usize::MAX
         };
         let buf = &mut self.buf;
-        let got = match self.half.as_ref().try_io(Interest::READABLE, || {
-            crate::shm::recv_with_fds(raw, buf, limit)
-        }) {
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(got) = receive_ready(&self.half, || crate::shm::recv_with_fds(raw, buf, limit))?
+        else {
+            return Ok(None);
         };
         let bytes = got.bytes;
         self.take_fds(got)?;
@@ -322,6 +314,39 @@ fn attach(mut frame: Frame, fd: OwnedFd) -> Result<Frame, WireError> {
         frame.buffer = Some(buffer);
     }
     Ok(frame)
+}
+
+/// One receive through tokio's readiness of `half`: `Ok(None)` when nothing was waiting after
+/// all. A receive that drained the socket ([`crate::shm::Received::drained`]) also clears the
+/// readiness, so the next poll waits for the peer's next write instead of making one more
+/// `recvmsg` only to hear `EAGAIN`: one system call less per frame on a connection of
+/// requests and replies. (`try_io` clears readiness when its closure says `WouldBlock`, and
+/// only if no new readiness came in the meantime; the bytes are kept aside, not lost.)
+fn receive_ready(
+    half: &OwnedReadHalf,
+    receive: impl FnOnce() -> io::Result<crate::shm::Received>,
+) -> Result<Option<crate::shm::Received>, WireError> {
+    let mut drained = None;
+    let result = half.as_ref().try_io(Interest::READABLE, || {
+        let got = receive()?;
+        if got.drained {
+            drained = Some(got);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match (result, drained) {
+        (_, Some(got)) | (Ok(got), None) => Ok(Some(got)),
+        (Err(e), None)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 impl Stream for FrameReader {

@@ -306,6 +306,14 @@ pub struct Received {
     /// The peer sent more descriptors in one message than [`MAX_FDS_PER_READ`] (the kernel
     /// closed the rest), or ancillary data other than descriptors.
     pub refused_control: bool,
+    /// The read emptied the socket's receive queue: it got fewer bytes than it had room for,
+    /// and no descriptors. Linux's stream `recvmsg` stops short of the room given only when the
+    /// queue runs out, or right after a message that carried descriptors (so a short read
+    /// with descriptors says nothing), or between writers of different credentials, which a
+    /// socket without `SO_PASSCRED` (hm's) does not tell apart. A caller may then wait for the
+    /// peer's next write without first hearing `EAGAIN`, as tokio's own `poll_read` does after
+    /// a short read.
+    pub drained: bool,
 }
 
 /// Receives what is waiting on the non-blocking stream socket `socket` into the spare capacity
@@ -368,6 +376,7 @@ unsafe fn recv_raw(socket: RawFd, to: *mut u8, len: usize) -> io::Result<Receive
         bytes,
         fds: Vec::new(),
         refused_control: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        drained: false,
     };
     // SAFETY: `msg` is the header recvmsg just filled; CMSG_FIRSTHDR/CMSG_NXTHDR only return
     // headers inside `msg_control[..msg_controllen]` (or null), and CMSG_DATA of such a header
@@ -391,5 +400,10 @@ unsafe fn recv_raw(socket: RawFd, to: *mut u8, len: usize) -> io::Result<Receive
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
+    received.drained = bytes > 0
+        && bytes < len
+        && received.fds.is_empty()
+        && msg.msg_controllen == 0
+        && !received.refused_control;
     Ok(received)
 }

@@ -309,3 +309,38 @@ fn a_sealed_buffer_cannot_be_changed_by_its_writer() {
     assert!(file.set_len(100).is_err(), "F_SEAL_GROW holds");
     assert_eq!(buffer.map().expect("map").as_slice(), b"fixed");
 }
+
+#[test]
+fn a_read_says_it_drained_the_socket_only_when_it_surely_did() {
+    use hm_ipc::shm::recv_with_fds;
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let mut buf = bytes::BytesMut::with_capacity(256);
+    let mut read = |limit: usize| {
+        buf.clear();
+        recv_with_fds(ours.as_raw_fd(), &mut buf, limit).expect("recv")
+    };
+    // Less than the room: the queue ran out.
+    theirs.write_all(b"0123456789").expect("write");
+    let got = read(100);
+    assert_eq!((got.bytes, got.drained), (10, true));
+    // Exactly the room: more may be waiting (here it is).
+    theirs.write_all(b"0123456789").expect("write");
+    let got = read(4);
+    assert_eq!((got.bytes, got.drained), (4, false));
+    let got = read(100);
+    assert_eq!((got.bytes, got.drained), (6, true));
+    // A message with a descriptor ends a read early whatever else is queued behind it: no
+    // read that brought descriptors can say the queue is empty.
+    let file = tempfile_fd();
+    send_with_fd(theirs.as_raw_fd(), b"with", file.as_fd()).expect("send with fd");
+    theirs.write_all(b"behind").expect("write");
+    let got = read(100);
+    assert_eq!((got.bytes, got.fds.len(), got.drained), (4, 1, false));
+    let got = read(100);
+    assert_eq!((got.bytes, got.drained), (6, true));
+    // The end of the stream is no drained read either (0 bytes).
+    drop(theirs);
+    let got = read(100);
+    assert_eq!((got.bytes, got.drained), (0, false));
+}
