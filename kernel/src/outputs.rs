@@ -71,12 +71,30 @@ impl Drop for RunDir {
 /// Reads and parses an output file; the error (cause `setup`) names the line.
 pub fn read(path: &Path) -> Result<Outputs, String> {
     use std::io::Read;
-    let file = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a FIFO or a device the step put in the file's place is refused
+    // below instead of holding the step's collection forever.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(file) => file,
         // The step removed it: it wrote nothing.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("cannot read its $HM_OUTPUT file: {e}")),
     };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(
+                "its $HM_OUTPUT is no longer a regular file (the step replaced it): append \
+                 `key=value` lines to the file instead"
+                    .to_owned(),
+            );
+        }
+        Err(e) => return Err(format!("cannot read its $HM_OUTPUT file: {e}")),
+    }
     let mut bytes = Vec::new();
     file.take(MAX_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -246,6 +264,12 @@ mod tests {
         for other in ["text", "dir", "fifo", "link"] {
             assert!(!surely_empty(&path(other)), "{other}");
         }
+        // What is not surely empty is read off the run loop, and what is no file is refused
+        // there without waiting for a writer that never comes.
+        let err = read(&path("fifo")).expect_err("a FIFO is no output file");
+        assert!(err.contains("no longer a regular file"), "{err}");
+        assert!(read(&path("dir")).is_err());
+        assert_eq!(read(&path("link")).expect("a link to an empty file"), []);
     }
 
     #[test]
