@@ -614,7 +614,7 @@ fn a_plugin_that_floods_log_batches_without_credit_is_stopped_and_hm_stays_small
     let lines = run.lines("bad");
     let expected = expected_lines("bad", LINES);
     assert_eq!(lines[..expected.len()], expected[..], "{run}");
-    let flood = "f".repeat(4095);
+    let flood = "f".repeat(1023);
     assert!(
         lines[expected.len()..].iter().all(|l| *l == flood),
         "only whole flood lines follow; {run}"

@@ -12,8 +12,10 @@
 //! - `hello`: a second `Hello`, after the handshake;
 //! - `welcome`: a `Welcome`, which only hm may send;
 //! - `unknown-reply`: a `StepDone` reply to a call hm never made;
-//! - `flood`: `FLOOD_MIB` MiB (default 1024) of log batches of 256 KiB each, as fast as the
-//!   socket takes them, without ever waiting for credit.
+//! - `flood`: `FLOOD_MIB` MiB (default 1024) of log batches, one 1 KiB line each, sixteen to a
+//!   write, as fast as the socket takes them, without ever waiting for credit. Sixteen small
+//!   frames travel in one piece, so whatever hm's pace, one read brings it twice its credit of
+//!   eight (a flood of large batches, one at a time, can be rendered as fast as it comes).
 //!
 //! A kernel that notices kills the plugin. One that does not answers the host call made right
 //! after, and the step then passes, so a test sees the difference without waiting on a clock.
@@ -130,21 +132,23 @@ fn bytes_for(mode: &str, call: u64) -> Result<Vec<u8>, StepError> {
 /// kernel that enforces its credit kills the plugin long before the end; one that does not
 /// gets them all.
 fn flood(fd: RawFd, call: u64, mib: usize) -> Result<(), StepError> {
-    const BATCH: usize = 256 * 1024;
-    // 4 KiB lines, whole batches of them: what a chatty step would send.
-    let line = "f".repeat(4095);
-    let text = vec![line.as_str(); BATCH / 4096].join("\n");
+    const LINE: usize = 1024;
+    const PER_WRITE: usize = 16;
     let frame = OutFrame::message(
         FrameKind::LogBatch,
         call,
         &LogBatch {
-            chunks: vec![LogChunk { stream: 0, text }],
+            chunks: vec![LogChunk {
+                stream: 0,
+                text: "f".repeat(LINE - 1),
+            }],
         },
     )
     .map_err(|e| StepError::Message(e.to_string()))?
     .to_wire();
-    for _ in 0..mib * 1024 * 1024 / BATCH {
-        write_raw(fd, &frame).map_err(|e| StepError::Message(format!("flood: {e}")))?;
+    let burst = frame.repeat(PER_WRITE);
+    for _ in 0..mib * 1024 * 1024 / (LINE * PER_WRITE) {
+        write_raw(fd, &burst).map_err(|e| StepError::Message(format!("flood: {e}")))?;
     }
     Ok(())
 }
