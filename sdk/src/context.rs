@@ -175,8 +175,8 @@ impl StepContext {
     }
 
     /// The step's output is drained for now: sends what is queued if hm has taken in every
-    /// batch sent before and the batch's first line has waited [`LINGER`], and otherwise leaves
-    /// it queued until then ([`Self::deferred`]). Like Nagle's algorithm with a short timer:
+    /// batch sent before and the batch's first line has waited 2 ms (`LINGER`), and otherwise
+    /// leaves it queued until then ([`Self::deferred`]). Like Nagle's algorithm with a short timer:
     /// while hm is busy with earlier batches, a short batch would not be shown any sooner, and
     /// a writer faster than the plugin drains its pipe in small reads, one per write of the
     /// writer; waiting a little lets the batch fill, so a chatty step costs far fewer frames.
@@ -196,7 +196,7 @@ impl StepContext {
     }
 
     /// Resolves when output [`Self::flush_or_defer`] left queued should go out: hm has taken
-    /// in every earlier batch and the first queued line has waited [`LINGER`]. Call
+    /// in every earlier batch and the first queued line has waited 2 ms (`LINGER`). Call
     /// [`Self::flush`] then. Pending while nothing is queued; a step's read loop selects on it
     /// beside its reads.
     pub async fn deferred(&self) {
