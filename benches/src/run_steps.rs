@@ -48,13 +48,7 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
             hm.current_dir(dir.path()).stdout(Stdio::null());
             time_to_exit(&mut hm, RUN_LIMIT, "hm run")
         },
-        || {
-            let mut make = Command::new("make");
-            make.args([JOBS, "-f", "Makefile"])
-                .current_dir(dir.path())
-                .stdout(Stdio::null());
-            time_to_exit(&mut make, RUN_LIMIT, "make (is GNU make installed?)")
-        },
+        || time_make(dir.path()),
     )?;
     Ok(Outcome::new(
         NAME,
@@ -62,6 +56,16 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
         Target::TimeAtMost(1.2),
         "per run of 200 steps",
     ))
+}
+
+/// The baseline of this bench and of `steps-floor`: `make -j2 -f Makefile` in `dir` (written
+/// from [`makefile`]), stdout to /dev/null.
+pub(crate) fn time_make(dir: &Path) -> Result<Duration, BenchError> {
+    let mut make = Command::new("make");
+    make.args([JOBS, "-f", "Makefile"])
+        .current_dir(dir)
+        .stdout(Stdio::null());
+    time_to_exit(&mut make, RUN_LIMIT, "make (is GNU make installed?)")
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BenchError> {

@@ -32,14 +32,12 @@ use std::time::{Duration, Instant};
 use hm_kernel::cgroup::{Backend, RunCgroup};
 
 use crate::Settings;
-use crate::child::time_to_exit;
 use crate::measure::{BenchError, Outcome, Plan, Target, interleave};
 use crate::run_steps;
 
 pub const NAME: &str = "steps-floor";
+/// Threads taking steps, as `make -j2` (`run_steps::time_make`) runs two at a time.
 const JOBS: usize = 2;
-/// One run of make taking longer than this is stuck.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     let (rounds, budget) = if settings.quick {
@@ -80,13 +78,7 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
             round += 1;
             hierarchies.run_steps(round)
         },
-        || {
-            let mut make = Command::new("make");
-            make.args([format!("-j{JOBS}").as_str(), "-f", "Makefile"])
-                .current_dir(dir.path())
-                .stdout(Stdio::null());
-            time_to_exit(&mut make, RUN_LIMIT, "make (is GNU make installed?)")
-        },
+        || run_steps::time_make(dir.path()),
     )?;
     Ok(Outcome::new(
         NAME,
