@@ -523,20 +523,33 @@ impl ExitWatch {
     }
 
     async fn wait(&mut self, pid: libc::pid_t) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = reap(pid, libc::WNOHANG)? {
-                return Ok(status);
-            }
-            match self {
-                // Readable once the process has exited; the reap above then finds it.
-                Self::Pidfd(fd) => fd.readable().await?.clear_ready(),
-                // Any child's exit: look again. A SIGCHLD between the reap above and this
-                // wait is not lost; the stream keeps it from its creation on.
-                Self::Sigchld(signal) => {
-                    signal.recv().await;
+        match self {
+            // Readable once the process has exited, also when it had before the fd was
+            // registered. Nothing is asked of Linux before that: a step's read loop makes a
+            // new wait on every pass, thousands a second for a chatty step, and a `waitpid`
+            // each time was a third of the plugin's system calls.
+            Self::Pidfd(fd) => loop {
+                let mut ready = fd.readable().await?;
+                if let Some(status) = reap(pid, libc::WNOHANG)? {
+                    return Ok(status);
                 }
-                Self::Poll => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
+                ready.clear_ready();
+            },
+            // Any child's exit: look again. A SIGCHLD between a look and the wait is not
+            // lost; the stream keeps it from its creation on. One before that is, so the
+            // first look comes first.
+            Self::Sigchld(signal) => loop {
+                if let Some(status) = reap(pid, libc::WNOHANG)? {
+                    return Ok(status);
+                }
+                signal.recv().await;
+            },
+            Self::Poll => loop {
+                if let Some(status) = reap(pid, libc::WNOHANG)? {
+                    return Ok(status);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            },
         }
     }
 }
@@ -562,7 +575,7 @@ fn reap(pid: libc::pid_t, flags: c_int) -> io::Result<Option<ExitStatus>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ChildSetup, ExitWatch, SpawnError, spawn};
+    use super::{ChildSetup, ExitWatch, SpawnError, StepProcess, spawn};
     use crate::command::StepCommand;
     use tokio::io::AsyncReadExt;
 
@@ -698,6 +711,42 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    /// Whether `pid` has exited and waits to be reaped.
+    fn zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn an_exit_before_the_wait_began_is_seen() {
+        // The pidfd is opened only once the process is a zombie: it must be readable from its
+        // registration on, as nothing else will ever wake the wait.
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut process = StepProcess::new(pid);
+        assert!(matches!(process.exit, Some(ExitWatch::Pidfd(_))));
+        // A wait dropped before the exit is seen, then started again.
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, process.wait()).await;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), process.wait())
+            .await
+            .expect("the exit of a zombie was not seen")
+            .unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(!exists(pid));
+        // `std` never waited: the status was ours to take.
+        drop(child);
     }
 
     #[tokio::test]
