@@ -29,7 +29,19 @@ pub fn stat(pid: i32) -> Option<Stat> {
     if pid <= 0 {
         return None;
     }
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_small(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Reads a small pseudo-file of procfs or cgroupfs whole. Such files say their size is 0, so
+/// `fs::read_to_string` asks for it (`statx`) and then reads 32 bytes, 32 more, 64, 128...:
+/// seven calls for a `/proc/<pid>/stat`, which the kernel reads for every step. A 4 KiB buffer
+/// takes nearly all of them in one read and the read that finds the end; a longer one is
+/// still read whole.
+pub fn read_small(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses the text of `/proc/<pid>/stat`. The command name is in parentheses and may contain
@@ -103,5 +115,22 @@ mod tests {
         assert!(pids().any(|pid| pid == me));
         assert!(comm(me as u32).is_some_and(|c| !c.is_empty()));
         assert_eq!(super::stat(0), None);
+    }
+
+    #[test]
+    fn a_pseudo_file_is_read_whole_however_long() {
+        // /proc/self/smaps of a test binary is tens of KiB, far longer than the first read; it
+        // must come whole, to its last line.
+        let smaps = read_small("/proc/self/smaps").expect("smaps");
+        assert!(smaps.len() > 3 * 4096, "{} bytes", smaps.len());
+        let last = smaps.lines().last().expect("a line");
+        assert!(
+            smaps.ends_with('\n') && last.starts_with("VmFlags:"),
+            "{last}"
+        );
+        let stat = read_small("/proc/self/stat").expect("stat");
+        assert!(parse_stat(&stat).is_some_and(|s| s.ppid > 0), "{stat}");
+        let missing = read_small("/proc/self/hm-no-such-file").expect_err("missing");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -24,7 +24,7 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    hm_ipc::procfs::read_small(path).map_err(|source| CgroupError::Read {
         path: path.to_owned(),
         source,
     })
@@ -32,7 +32,7 @@ pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
 
 /// Reads an interface file whose absence or unreadability only means "not known".
 pub(crate) fn read_optional(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+    hm_ipc::procfs::read_small(path).ok()
 }
 
 /// A number file (`memory.peak`, `cpuacct.usage`); `max` and garbage are `None`.
