@@ -18,8 +18,8 @@ usage: compare [--quick] [--no-pin] [--hm PATH] [NAME...]
   --hm PATH   the release hm binary (default: target/release/hm of this workspace)
   NAME        run only these benches: call-round-trip, shm-handoff, shm-handoff-map,
               shm-vs-socket, cold-start, run-200-steps, steps-floor, cached-step,
-              cached-20-steps, log-throughput, swarm-first-line, kernel-rss-1000,
-              ctrl-c (default: all)
+              cached-20-steps, log-throughput, log-floor, swarm-first-line,
+              kernel-rss-1000, ctrl-c (default: all)
 ";
 
 fn main() -> ExitCode {

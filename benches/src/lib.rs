@@ -13,6 +13,7 @@ pub mod child;
 pub mod cold_start;
 pub mod ctrl_c;
 pub mod kernel_rss;
+pub mod log_floor;
 pub mod log_throughput;
 pub mod measure;
 pub mod procfs;
@@ -97,6 +98,11 @@ pub const BENCHES: &[Bench] = &[
         name: log_throughput::NAME,
         needs_hm: true,
         run: log_throughput::run,
+    },
+    Bench {
+        name: log_floor::NAME,
+        needs_hm: false,
+        run: log_floor::run,
     },
     Bench {
         name: swarm_first_line::NAME,

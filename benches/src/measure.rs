@@ -151,7 +151,11 @@ pub enum Target {
     /// Not a target: the least any implementation can reach on this machine for another
     /// bench's [`Target::TimeAtMost`] of this limit (ours / baseline, time). Shown as `floor`
     /// and never counted as missed.
-    Floor(f64),
+    TimeFloor(f64),
+    /// Not a target: the most any implementation can reach on this machine for another bench's
+    /// [`Target::ThroughputAtLeast`] of this limit (baseline / ours, throughput). Shown as
+    /// `floor` and never counted as missed.
+    ThroughputFloor(f64),
     /// An absolute figure with no baseline (a "—" in the targets table): the median must be at most
     /// `limit`, counted in `unit`s.
     AtMost { limit: f64, unit: Unit },
@@ -254,13 +258,16 @@ impl Outcome {
             Target::TimeAtMost(limit) => self.ratio() <= limit,
             Target::ThroughputAtLeast(limit) => self.ratio() >= limit,
             Target::AtMost { .. } => self.ratio() <= 1.0,
-            Target::Floor(_) => true,
+            Target::TimeFloor(_) | Target::ThroughputFloor(_) => true,
         }
     }
 
-    /// Whether this is a target at all ([`Target::Floor`] is a reference figure).
+    /// Whether this is a target at all (a floor is a reference figure).
     pub fn is_target(&self) -> bool {
-        !matches!(self.target, Target::Floor(_))
+        !matches!(
+            self.target,
+            Target::TimeFloor(_) | Target::ThroughputFloor(_)
+        )
     }
 
     /// The column titles of [`Self::line`].
@@ -275,10 +282,12 @@ impl Outcome {
     /// `baseline`, and the value over the limit as its ratio.
     pub fn line(&self) -> String {
         let (ours, target) = match self.target {
-            Target::TimeAtMost(limit) | Target::Floor(limit) => {
+            Target::TimeAtMost(limit) | Target::TimeFloor(limit) => {
                 (format_secs(self.ours), format!("≤ {limit}×"))
             }
-            Target::ThroughputAtLeast(limit) => (format_secs(self.ours), format!("≥ {limit}×")),
+            Target::ThroughputAtLeast(limit) | Target::ThroughputFloor(limit) => {
+                (format_secs(self.ours), format!("≥ {limit}×"))
+            }
             Target::AtMost { limit, unit } => (
                 unit.format(self.ours),
                 format!("≤ {}", unit.format_limit(limit)),
@@ -308,8 +317,11 @@ impl Outcome {
             Target::AtMost { .. } => {
                 let _ = write!(line, " (of the limit)");
             }
-            Target::Floor(_) => {
+            Target::TimeFloor(_) => {
                 let _ = write!(line, " (a floor, not a target)");
+            }
+            Target::ThroughputFloor(_) => {
+                let _ = write!(line, " (throughput, a floor, not a target)");
             }
             Target::TimeAtMost(_) => {}
         }
@@ -321,8 +333,10 @@ impl Outcome {
 /// `ours` is in the target's unit).
 fn ratio(target: Target, ours: f64, baseline: Option<f64>) -> f64 {
     let (num, den) = match (target, baseline) {
-        (Target::TimeAtMost(_) | Target::Floor(_), Some(baseline)) => (ours, baseline),
-        (Target::ThroughputAtLeast(_), Some(baseline)) => (baseline, ours),
+        (Target::TimeAtMost(_) | Target::TimeFloor(_), Some(baseline)) => (ours, baseline),
+        (Target::ThroughputAtLeast(_) | Target::ThroughputFloor(_), Some(baseline)) => {
+            (baseline, ours)
+        }
         (Target::AtMost { limit, .. }, _) => (ours, limit),
         (_, None) => return f64::NAN,
     };
@@ -425,7 +439,7 @@ mod tests {
             ours: vec![ms(18), ms(15), ms(17)],
             baseline: vec![ms(10), ms(10), ms(10)],
         };
-        let floor = Outcome::new("floor", &samples, Target::Floor(1.2), "per run");
+        let floor = Outcome::new("floor", &samples, Target::TimeFloor(1.2), "per run");
         assert!((floor.ratio() - 1.7).abs() < 1e-9);
         assert!(floor.met() && !floor.is_target());
         assert!(
@@ -438,6 +452,19 @@ mod tests {
         assert!(floor.line().ends_with("(a floor, not a target)"));
         let target = Outcome::new("t", &samples, Target::TimeAtMost(1.2), "per run");
         assert!(!target.met() && target.is_target());
+        let floor = Outcome::new("floor", &samples, Target::ThroughputFloor(0.8), "per run");
+        assert!((floor.ratio() - 10.0 / 17.0).abs() < 1e-9);
+        assert!(floor.met() && !floor.is_target());
+        assert!(
+            floor.line().contains("0.59×    ≥ 0.8×  floor"),
+            "{}",
+            floor.line()
+        );
+        assert!(
+            floor
+                .line()
+                .ends_with("(throughput, a floor, not a target)")
+        );
     }
 
     #[test]

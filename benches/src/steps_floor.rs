@@ -83,21 +83,21 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     Ok(Outcome::new(
         NAME,
         &samples,
-        Target::Floor(1.2),
+        Target::TimeFloor(1.2),
         "per run of 200 steps",
     ))
 }
 
 /// The run cgroup's directory in the three hierarchies a step's leaf needs, and hm's own
 /// cgroup (the run's grandparent) there, where a thread goes back to after a step.
-struct Hierarchies {
+pub(crate) struct Hierarchies {
     /// memory, cpuacct, freezer, in that order.
-    runs: [PathBuf; 3],
+    pub runs: [PathBuf; 3],
     owns: [PathBuf; 3],
 }
 
 impl Hierarchies {
-    fn of(run: &RunCgroup) -> Result<Self, BenchError> {
+    pub(crate) fn of(run: &RunCgroup) -> Result<Self, BenchError> {
         let paths = run.paths();
         // A non-root v1 cgroup has its controller's files: that tells the hierarchies apart
         // whatever their mount points are called.
@@ -218,7 +218,10 @@ fn write_tasks(dir: &Path, tid: &str) -> Result<(), BenchError> {
     fs::write(&tasks, tid).map_err(cgroup_error("write", &tasks))
 }
 
-fn cgroup_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BenchError {
+pub(crate) fn cgroup_error(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> BenchError {
     BenchError::io(format!("failed to {what} {}", path.display()))
 }
 

@@ -33,7 +33,8 @@ commands:
                           them, or the NAMEs given: call-round-trip, shm-handoff,
                           shm-handoff-map, shm-vs-socket, cold-start, run-200-steps,
                           steps-floor, cached-step, cached-20-steps, log-throughput,
-                          swarm-first-line, kernel-rss-1000, ctrl-c); --quick runs fewer
+                          log-floor, swarm-first-line, kernel-rss-1000, ctrl-c); --quick
+                          runs fewer
                           iterations and a smaller log;
                           other flags go to the harness (see benches/README.md)
   plugin new NAME [--kind executor|hook|subcommand] [--dry-run]
