@@ -89,7 +89,7 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
         .map(|dir| c_string(dir.as_os_str().as_bytes().to_vec(), "the directory"))
         .transpose()?;
 
-    let stdin = above_stdio(File::open("/dev/null").map_err(SpawnError::Setup)?.into())?;
+    let stdin = dev_null()?;
     let (stdout, stdout_child) = pipe_pair()?;
     let (stderr, stderr_child) = pipe_pair()?;
 
@@ -98,11 +98,7 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
         argv: pointers(&argv),
         envp: pointers(&envp),
         dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-        stdio: [
-            stdin.as_raw_fd(),
-            stdout_child.as_raw_fd(),
-            stderr_child.as_raw_fd(),
-        ],
+        stdio: [stdin, stdout_child.as_raw_fd(), stderr_child.as_raw_fd()],
         cgroup_fds: setup.cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
         rlimit: setup.memory_rlimit.map(|bytes| libc::rlimit {
             rlim_cur: bytes,
@@ -119,7 +115,7 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
         clone_child(&plan, stack)
     })?;
     // The child's ends: only the child may hold them, or the pipes never reach end of file.
-    drop((stdin, stdout_child, stderr_child));
+    drop((stdout_child, stderr_child));
 
     if let Some(error) = plan.failure.take(cmd.get_current_dir()) {
         // The child has `_exit`ed already (the clone returns only after that, or exec): this
@@ -128,8 +124,8 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
         return Err(error);
     }
     let process = StepProcess::new(pid);
-    let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(SpawnError::Setup)?;
-    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(SpawnError::Setup)?;
+    let stdout = pipe_reader(stdout)?;
+    let stderr = pipe_reader(stderr)?;
     Ok(Spawned {
         process,
         stdout,
@@ -179,6 +175,31 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
 
 /// A close-on-exec pipe: the plugin's read end and the child's write end (above 0, 1 and 2,
 /// so moving it onto 1 or 2 in the child cannot overwrite another of the child's fds).
+/// /dev/null, opened once per plugin: every step's stdin.
+fn dev_null() -> Result<RawFd, SpawnError> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = above_stdio(File::open("/dev/null").map_err(SpawnError::Setup)?.into())?;
+    // Another thread may have won: its descriptor is the one kept, this one is closed.
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
+}
+
+/// The plugin's end of a step's pipe (from [`pipe_pair`]), non-blocking, for tokio. Made
+/// here, not with `Receiver::from_owned_fd`, which asks Linux again what the pipe is and how
+/// it was opened: two system calls per pipe, four per step, for what `pipe_pair` knows.
+fn pipe_reader(read: OwnedFd) -> Result<pipe::Receiver, SpawnError> {
+    nix::fcntl::fcntl(
+        &read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| SpawnError::Setup(e.into()))?;
+    // `read` is the read end of a pipe, open read-only and now non-blocking: what
+    // `from_owned_fd_unchecked` requires.
+    pipe::Receiver::from_owned_fd_unchecked(read).map_err(SpawnError::Setup)
+}
+
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| SpawnError::Setup(e.into()))?;
@@ -676,6 +697,34 @@ mod tests {
         let mut nul = StepCommand::new("true");
         nul.arg("a\0b");
         assert!(matches!(spawn(&nul, &NO_SETUP), Err(SpawnError::Nul(_))));
+    }
+
+    #[tokio::test]
+    async fn every_step_reads_dev_null_and_its_pipes_do_not_block_it() {
+        // Twice: the second step gets the /dev/null the first one opened. The child's ends
+        // are blocking (a step that writes more than the pipe holds waits, it does not fail),
+        // the plugin's are not.
+        for _ in 0..2 {
+            let mut cmd = StepCommand::new("sh");
+            cmd.arg("-c")
+                .arg("readlink /proc/self/fd/0; cat; grep ^flags: /proc/self/fdinfo/1");
+            let mut spawned = spawn(&cmd, &NO_SETUP).unwrap();
+            let flags = nix::fcntl::fcntl(&spawned.stdout, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            assert_ne!(flags & libc::O_NONBLOCK, 0, "the plugin's end blocks");
+            let mut out = String::new();
+            spawned.stdout.read_to_string(&mut out).await.unwrap();
+            assert!(spawned.process.wait().await.unwrap().success());
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[0], "/dev/null", "{out}");
+            // fdinfo flags are octal; O_NONBLOCK is 04000.
+            let child_flags =
+                u32::from_str_radix(lines[1].trim_start_matches("flags:").trim(), 8).unwrap();
+            assert_eq!(
+                child_flags & 0o4000,
+                0,
+                "the step's stdout does not block: {out}"
+            );
+        }
     }
 
     #[tokio::test]
