@@ -79,8 +79,8 @@ fn spawn_error(cmd: &StepCommand, step: &StepRequest, e: SpawnError) -> StepErro
 /// Starts `cmd` as the step's process and runs it to the end, streaming its output to hm.
 ///
 /// The process gets stdin from /dev/null, stdout and stderr piped, its own process group,
-/// SIGKILL as parent-death signal, default signal handling, and joins the step's cgroup
-/// (`cgroup_procs`) before exec. On cancel the group gets SIGTERM, then SIGKILL once the
+/// SIGKILL as parent-death signal, default signal handling, and is in the step's cgroup
+/// (`cgroup_procs`) before exec: started in it on cgroup v2, joined before exec otherwise. On cancel the group gets SIGTERM, then SIGKILL once the
 /// step's grace period has passed.
 pub async fn run(
     cmd: StepCommand,
@@ -88,8 +88,10 @@ pub async fn run(
     ctx: &StepContext,
 ) -> Result<StepResult, StepError> {
     let cgroups = open_cgroup_procs(&step.cgroup_procs)?;
+    let cgroup_dir = cgroup_v2_dir(&step.cgroup_procs);
     let setup = ChildSetup {
         cgroup_procs: &cgroups,
+        cgroup_dir: cgroup_dir.as_ref(),
         // Without a cgroup, a memory limit is the best an rlimit can do (address space).
         memory_rlimit: if cgroups.is_empty() {
             step.limits.memory_bytes
@@ -194,6 +196,24 @@ pub async fn run(
         peak_memory_bytes: None,
         cpu_ms: None,
     })
+}
+
+/// The directory of the step's one `cgroup.procs` when it is a cgroup v2 directory (one
+/// file and no `tasks` beside it: on v1 there is one per hierarchy, each with `tasks`), which
+/// the child can then be started in. Best effort: without it the child joins by writing.
+fn cgroup_v2_dir(paths: &[std::path::PathBuf]) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let [procs] = paths else { return None };
+    if procs.file_name()? != "cgroup.procs" {
+        return None;
+    }
+    let dir = procs.parent()?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .ok()
+        .filter(|_| !dir.join("tasks").exists())
 }
 
 /// Opens, for each `cgroup.procs` file, what the child writes `0` into to join that cgroup, or

@@ -14,7 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
@@ -35,6 +35,10 @@ pub(crate) struct ChildSetup<'a> {
     /// joining the step's cgroup before exec so every process of the step is in it from its
     /// first instruction.
     pub cgroup_procs: &'a [File],
+    /// The step's cgroup v2 directory, when there is one: the child is started in it
+    /// (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7) and writes nothing into
+    /// `cgroup_procs`, which are only the way in where that cannot be done.
+    pub cgroup_dir: Option<&'a File>,
     /// An address-space limit: the best there is for memory without a cgroup.
     pub memory_rlimit: Option<u64>,
 }
@@ -100,6 +104,7 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
         dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
         stdio: [stdin, stdout_child.as_raw_fd(), stderr_child.as_raw_fd()],
         cgroup_fds: setup.cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
+        started_in_cgroup: AtomicBool::new(false),
         rlimit: setup.memory_rlimit.map(|bytes| libc::rlimit {
             rlim_cur: bytes,
             rlim_max: bytes,
@@ -112,7 +117,7 @@ pub(crate) fn spawn(cmd: &StepCommand, setup: &ChildSetup<'_>) -> Result<Spawned
             Some(stack) => stack,
             None => stack.insert(Stack::new().map_err(SpawnError::Setup)?),
         };
-        clone_child(&plan, stack)
+        clone_child(&plan, stack, setup.cgroup_dir)
     })?;
     // The child's ends: only the child may hold them, or the pipes never reach end of file.
     drop((stdout_child, stderr_child));
@@ -227,6 +232,8 @@ struct Plan {
     dir: *const c_char,
     stdio: [RawFd; 3],
     cgroup_fds: Vec<RawFd>,
+    /// Set when the clone put the child in its cgroup: then it writes into no `cgroup_fds`.
+    started_in_cgroup: AtomicBool,
     rlimit: Option<libc::rlimit>,
     parent: libc::pid_t,
     failure: Failure,
@@ -331,7 +338,14 @@ impl Drop for Stack {
 /// Clones the child with every signal blocked, so no handler of the plugin's can run in the
 /// child while it shares the plugin's memory; the child resets the handlers before it
 /// unblocks. Returns the child's pid once it has exec'd or exited.
-fn clone_child(plan: &Plan, stack: &Stack) -> Result<libc::pid_t, SpawnError> {
+///
+/// With `cgroup_dir`, the child starts in that cgroup v2 directory where Linux can do that;
+/// otherwise it is cloned as anywhere else and joins its cgroups itself.
+fn clone_child(
+    plan: &Plan,
+    stack: &Stack,
+    cgroup_dir: Option<&File>,
+) -> Result<libc::pid_t, SpawnError> {
     // SAFETY: sigset_t is plain data; sigfillset initialises it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -340,27 +354,123 @@ fn clone_child(plan: &Plan, stack: &Stack) -> Result<libc::pid_t, SpawnError> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
     }
-    // SAFETY: CLONE_VFORK suspends this thread until the child has exec'd or exited, so
-    // `plan` and `stack`, borrowed for this call, outlive every use the child makes of them.
-    // The child runs `child_main` on `stack`, which makes only async-signal-safe system calls
-    // and ends in exec or `_exit`, never returning into this thread's frames.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            std::ptr::from_ref(plan).cast_mut().cast(),
-        )
-    };
-    // The child shares this thread's errno, but runs only when the clone succeeded, and
-    // then the error is not used.
-    let error = io::Error::last_os_error();
+    let into_cgroup = cgroup_dir.and_then(|dir| clone_into_cgroup(plan, stack, dir));
+    let (pid, error) = into_cgroup.unwrap_or_else(|| {
+        // SAFETY: CLONE_VFORK suspends this thread until the child has exec'd or exited, so
+        // `plan` and `stack`, borrowed for this call, outlive every use the child makes of
+        // them. The child runs `child_main` on `stack`, which makes only async-signal-safe
+        // system calls and ends in exec or `_exit`, never returning into this thread's frames.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(plan).cast_mut().cast(),
+            )
+        };
+        // The child shares this thread's errno, but runs only when the clone succeeded, and
+        // then the error is not used.
+        (pid, io::Error::last_os_error())
+    });
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut()) };
     if pid == -1 {
         return Err(SpawnError::Setup(error));
     }
     Ok(pid)
+}
+
+/// Whether `clone3` with `CLONE_INTO_CGROUP` has failed here as unknown to Linux (before 5.7,
+/// or filtered): then no step tries it again.
+static NO_CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(false);
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
+#[cfg(target_arch = "x86_64")]
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Clones the child straight into the cgroup v2 directory `dir`: no `cgroup.procs` write, so
+/// the start does not take Linux's system-wide lock for moving processes between cgroups for
+/// writing (`cgroup_threadgroup_rwsem`), which made steps wait on each other's starts and
+/// exits. `None` when it could not be done (the caller then clones as anywhere else, and the
+/// child joins by writing, which reports why if it cannot either); otherwise the pid and the
+/// error as [`clone_child`] gives them.
+#[cfg(target_arch = "x86_64")]
+fn clone_into_cgroup(plan: &Plan, stack: &Stack, dir: &File) -> Option<(libc::pid_t, io::Error)> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
+        return None;
+    }
+    plan.started_in_cgroup.store(true, Ordering::Relaxed);
+    let args = CloneArgs {
+        flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.base as u64,
+        stack_size: stack.len as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // SAFETY: clone3 with CLONE_VM | CLONE_VFORK, as `clone_child`'s `libc::clone`: this
+    // thread is suspended until the child has exec'd or exited, and `args`, `plan` and `stack`
+    // outlive that. The child resumes after the `syscall` with its stack pointer at the top of
+    // `stack` (clone3 sets it to `stack + stack_size`, page-aligned, so the `call` leaves it
+    // aligned as the C ABI wants) and calls `child_main(plan)`, which ends in exec or `_exit`
+    // and never returns; it touches no register or stack slot of this thread's. In this
+    // thread the syscall only clobbers rcx and r11, declared; rax is the result.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") std::ptr::from_ref(&args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") std::ptr::from_ref(plan),
+            in("r13") child_main as extern "C" fn(*mut c_void) -> c_int,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if let Ok(pid) = libc::pid_t::try_from(ret)
+        && pid > 0
+    {
+        return Some((pid, io::Error::from_raw_os_error(0)));
+    }
+    plan.started_in_cgroup.store(false, Ordering::Relaxed);
+    let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
+    // No clone3 or no CLONE_INTO_CGROUP (a filter refusing clone3 says ENOSYS): not worth a try per
+    // step. Other errors (the directory is no v2 cgroup, the cgroup refuses processes) are
+    // this step's: its child joins by writing, and says why if it cannot.
+    if matches!(errno, libc::ENOSYS | libc::E2BIG | libc::EINVAL) {
+        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+    }
+    None
+}
+
+/// Only x86-64 has the entry into the child that `clone3` needs; elsewhere the child joins its
+/// cgroup by writing.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone_into_cgroup(_: &Plan, _: &Stack, _: &File) -> Option<(libc::pid_t, io::Error)> {
+    None
 }
 
 /// The child, from the clone to exec. On failure it records where and why in the plan and
@@ -413,7 +523,12 @@ unsafe fn prepare_and_exec(plan: &Plan) -> (u8, usize, c_int) {
             return (STAGE_SETUP, 0, errno());
         }
         // `0`: the writer itself (see `process::open_cgroup_procs` for why not the pid).
-        for (index, &fd) in plan.cgroup_fds.iter().enumerate() {
+        let joins = if plan.started_in_cgroup.load(Ordering::Relaxed) {
+            &[][..]
+        } else {
+            &plan.cgroup_fds[..]
+        };
+        for (index, &fd) in joins.iter().enumerate() {
             if libc::write(fd, c"0".as_ptr().cast(), 1) == -1 {
                 return (STAGE_CGROUP, index, errno());
             }
@@ -596,12 +711,17 @@ fn reap(pid: libc::pid_t, flags: c_int) -> io::Result<Option<ExitStatus>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ChildSetup, ExitWatch, SpawnError, StepProcess, spawn};
+    use std::fs::File;
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
+
+    use super::{ChildSetup, ExitWatch, NO_CLONE_INTO_CGROUP, SpawnError, StepProcess, spawn};
     use crate::command::StepCommand;
     use tokio::io::AsyncReadExt;
 
     const NO_SETUP: ChildSetup<'static> = ChildSetup {
         cgroup_procs: &[],
+        cgroup_dir: None,
         memory_rlimit: None,
     };
 
@@ -725,6 +845,111 @@ mod tests {
                 "the step's stdout does not block: {out}"
             );
         }
+    }
+
+    /// This process's cgroup v2 directory, when the unified hierarchy is mounted.
+    fn own_v2_dir() -> Option<PathBuf> {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4))
+                .flatten()
+        })?;
+        Some(PathBuf::from(mount).join(own.trim_start_matches('/')))
+    }
+
+    /// A cgroup v2 directory of the test's own below this process's, removed when dropped;
+    /// `None` (the test says it skipped) where there is no writable v2 hierarchy.
+    struct TestCgroup(PathBuf);
+
+    impl TestCgroup {
+        fn new(test: &str) -> Option<Self> {
+            let dir = own_v2_dir()?.join(format!("hm-spawn-{test}-{}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(Self(dir)),
+                Err(e) => {
+                    assert!(
+                        std::env::var_os("HM_REQUIRE_CGROUPS").is_none_or(|v| v != "1"),
+                        "{test}: cannot create {}: {e}",
+                        dir.display()
+                    );
+                    eprintln!("{test}: skipped: cannot create {}: {e}", dir.display());
+                    None
+                }
+            }
+        }
+
+        fn file(&self, name: &str, write: bool) -> File {
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(self.0.join(name))
+                .unwrap()
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    /// The cgroup v2 path `cmd`'s child reports for itself.
+    async fn child_cgroup(setup: &ChildSetup<'_>) -> String {
+        let mut cmd = StepCommand::new("cat");
+        cmd.arg("/proc/self/cgroup");
+        let mut spawned = spawn(&cmd, setup).unwrap();
+        let mut out = String::new();
+        spawned.stdout.read_to_string(&mut out).await.unwrap();
+        assert!(spawned.process.wait().await.unwrap().success());
+        out.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_child_starts_in_its_cgroup_v2_directory_without_joining() {
+        let Some(cgroup) = TestCgroup::new("clone-into") else {
+            return;
+        };
+        let dir = std::fs::File::open(&cgroup.0).unwrap();
+        // No file to join by: only the clone can have put it there.
+        let setup = ChildSetup {
+            cgroup_dir: Some(&dir),
+            ..NO_SETUP
+        };
+        let path = child_cgroup(&setup).await;
+        assert!(cgroup.0.ends_with(path.trim_start_matches('/')), "{path}");
+        assert!(!NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_child_that_cannot_start_in_its_cgroup_joins_it_by_writing() {
+        let Some(cgroup) = TestCgroup::new("join") else {
+            return;
+        };
+        // Not a cgroup: the clone refuses it, the child joins through `cgroup.procs`.
+        let not_a_cgroup = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let procs = [cgroup.file("cgroup.procs", true)];
+        let setup = ChildSetup {
+            cgroup_procs: &procs,
+            cgroup_dir: Some(&not_a_cgroup),
+            ..NO_SETUP
+        };
+        let path = child_cgroup(&setup).await;
+        assert!(cgroup.0.ends_with(path.trim_start_matches('/')), "{path}");
+        // That refusal was the directory's, not Linux's: others still try.
+        assert!(!NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed));
+        assert_eq!(
+            std::io::read_to_string(cgroup.file("cgroup.procs", false)).unwrap(),
+            "",
+            "the child was reaped"
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "ipc/src/transport.rs",
     "kernel/src/guardian.rs",
     "kernel/src/registry/bundle_fs.rs",
+    "kernel/src/render/json.rs",
     "kernel/src/supervisor/attach.rs",
     "kernel/src/supervisor/process.rs",
     "kernel/src/supervisor/spawn.rs",
