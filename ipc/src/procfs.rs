@@ -34,13 +34,27 @@ pub fn stat(pid: i32) -> Option<Stat> {
 
 /// Reads a small pseudo-file of procfs or cgroupfs whole. Such files say their size is 0, so
 /// `fs::read_to_string` asks for it (`statx`) and then reads 32 bytes, 32 more, 64, 128...:
-/// seven calls for a `/proc/<pid>/stat`, which the kernel reads for every step. A 4 KiB buffer
-/// takes nearly all of them in one read and the read that finds the end; a longer one is
-/// still read whole.
+/// seven calls for a `/proc/<pid>/stat`, which the kernel reads for every step (and
+/// `Read::read_to_end` of a `File` asks for the size and the position first too). Here a
+/// 4 KiB buffer takes nearly all of them in one read, then the read that finds the end; a
+/// longer one is still read whole.
 pub fn read_small(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
     use std::io::Read;
-    let mut bytes = Vec::with_capacity(4096);
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(len);
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
