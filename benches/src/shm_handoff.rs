@@ -12,7 +12,7 @@
 //!
 //! - `shm-handoff`: the plugin reads every byte (an xor of all 64-bit words) before it
 //!   reports. Baseline: the plugin reading the same bytes from its own memory: the same read
-//!   ([`fold`]) over an ordinary heap buffer of 256 MiB whose pages are already mapped. Reading
+//!   (`fold`) over an ordinary heap buffer of 256 MiB whose pages are already mapped. Reading
 //!   is the floor of any handoff whose plugin reads everything; target ≤ 1.1×.
 //! - `shm-handoff-map`: the plugin reports as soon as it holds the mapped, validated archive:
 //!   what handing it over costs, with nothing read. Baseline: one 256 MiB `memcpy` into a

@@ -6,7 +6,7 @@
 //! dockerd in a network namespace of its own, node 0 the manager. The image is the suite's
 //! busybox image (`hm_tests::docker::import_busybox`), imported into the host's daemon under a
 //! tag unique to this process and copied into every node (`Swarm::load_image`; nodes cannot
-//! pull). Both sides run [`SCRIPT`] and are timed to the moment the bench reads `first`:
+//! pull). Both sides run `SCRIPT` and are timed to the moment the bench reads `first`:
 //!
 //! - **Ours**: `hm run --format json` of a one-step pipeline, `executor = "swarm"`, with
 //!   `DOCKER_HOST` at the manager's socket; the task goes wherever the manager places it. The

@@ -148,7 +148,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Asserts that no process carrying `marker` is alive, allowing [`PROCESS_EXIT_GRACE`] for
+/// Asserts that no process carrying `marker` is alive, allowing `PROCESS_EXIT_GRACE` (3 s) for
 /// killed processes to vanish from /proc. Survivors are killed before the panic, so a failing
 /// test does not leave them behind either.
 pub fn assert_no_process_left(marker: &str) {
@@ -186,7 +186,7 @@ pub fn wait_for_processes(marker: &str, at_least: usize, within: Duration) -> Ve
     }
 }
 
-/// Asserts that process `pid` is gone (or a zombie), allowing [`PROCESS_EXIT_GRACE`] for a
+/// Asserts that process `pid` is gone (or a zombie), allowing `PROCESS_EXIT_GRACE` (3 s) for a
 /// SIGKILL to take effect. Tests use it on the pids `plugin_start` reported.
 pub fn assert_process_gone(pid: u32) {
     let deadline = Instant::now() + PROCESS_EXIT_GRACE;

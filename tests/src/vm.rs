@@ -8,7 +8,7 @@
 //! and as that user). Their images are built from Debian packages and cached outside the clone
 //! ([`image`]); each boot appends hm and the scenario scripts as a second small initramfs
 //! ([`boot`]), so a rebuilt hm rebuilds no image. The guest writes one line per check to its
-//! second serial port, a file on the host ([`report`]).
+//! second serial port, a file on the host (`report`).
 
 mod boot;
 mod cpio;

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use crate::events::StepStatus;
 
 /// Whether human output should be coloured: not with `--no-color`, not when the stream is not a
-/// terminal, and not when `NO_COLOR` is set to a non-empty value (https://no-color.org).
+/// terminal, and not when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
 pub fn color_enabled(no_color_flag: bool, is_tty: bool) -> bool {
     decide(no_color_flag, is_tty, std::env::var_os("NO_COLOR"))
 }

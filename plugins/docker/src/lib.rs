@@ -3,15 +3,15 @@
 //! builds as its own executable.
 //!
 //! Per step attempt: the image is used if present and pulled per `with.pull` otherwise, at most
-//! once per run and image ([`image`]); one container is created with the step's environment, working directory,
-//! limits and labels ([`container`], [`owner`]); `/workspace` is filled from the workspace
+//! once per run and image (`image`); one container is created with the step's environment, working directory,
+//! limits and labels (`container`, [`owner`]); `/workspace` is filled from the workspace
 //! archive and the artifacts of the steps it needs ([`workspace`]); the output is streamed live,
 //! stdout and stderr apart; the exit code is the container's, and an OOM kill is reported as
 //! one; a cancel stops the container (SIGTERM, SIGKILL after the grace); a step that passed has
 //! its `$HM_OUTPUT` ([`outputs`]) and its artifacts ([`artifacts`]) read out of the container
-//! ([`download`]) and handed to hm; and the container is removed with its volumes whatever
+//! (`download`) and handed to hm; and the container is removed with its volumes whatever
 //! happened. At start, the plugin refuses to run without a daemon that answers ([`daemon`]:
-//! hm exits 4) and sweeps the containers and networks of runs that died ([`sweep`]).
+//! hm exits 4) and sweeps the containers and networks of runs that died (`sweep`).
 //!
 //! It also runs the pipeline's services (`[services.NAME]`, [`service`]): a container per
 //! service on the run's network ([`network`]) under the service's name, its ports published on

@@ -4,7 +4,7 @@
 //! volumes when hm says, and the network with the last of them.
 //!
 //! hm starts services concurrently and may stop one while it is still starting (a cancelled
-//! run). The [`Registry`] is what keeps that orderly: it holds every service from the start of
+//! run). The `Registry` is what keeps that orderly: it holds every service from the start of
 //! its start until its container is gone, a stop waits for a start it interrupts, and the
 //! network is made by the first start and removed only once no service is registered and no
 //! container is still being removed (a network with a container on it cannot go).
@@ -45,7 +45,7 @@ const MAX_LOG_LINE: usize = 4096;
 /// How often to ask whether a health command whose output has ended has also exited.
 const EXEC_POLL: Duration = Duration::from_millis(20);
 
-/// The docker plugin's services: the plugin's shared state, whose [`Registry`] the executor
+/// The docker plugin's services: the plugin's shared state, whose `Registry` the executor
 /// also asks for the network.
 pub struct DockerServices {
     pub(crate) state: Arc<State>,
@@ -576,7 +576,7 @@ async fn last_lines(docker: &Docker, id: &str) -> Vec<String> {
     lines(&output)
 }
 
-/// `output` as at most its last [`LOG_LINES`] lines, each cut at [`MAX_LOG_LINE`] bytes.
+/// `output` as at most its last [`LOG_LINES`] lines, each cut at `MAX_LOG_LINE` bytes.
 pub fn lines(output: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(output);
     let all: Vec<&str> = text.lines().collect();

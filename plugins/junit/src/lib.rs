@@ -4,7 +4,7 @@
 //!
 //! It is built on the public SDK only, as any third-party plugin would be: it reads its
 //! settings ([`config`]), folds the events it observes into a [`Report`] ([`report`]), renders
-//! that as XML ([`xml`]) and writes it atomically ([`write`]) when `build_end` arrives
+//! that as XML ([`xml`]) and writes it atomically ([`write`](mod@write)) when `build_end` arrives
 //! ([`hook`]).
 
 pub mod config;

@@ -6,19 +6,19 @@
 //! Per step attempt: one service `hm-<run id>-<step>-<attempt>`, replicated with one replica
 //! and restart condition `none`, labelled like the docker plugin's containers, with the step's
 //! limits as the task's limits and reservations and its `with.constraints` as placement
-//! ([`spec`]); its task's state polled ([`task`]: waiting for a node is a queue, not a failure;
+//! (`spec`); its task's state polled (`task`: waiting for a node is a queue, not a failure;
 //! its exit code is the step's), its logs followed live and completed with a final read once
-//! the task has ended ([`logs`]); a cancel removes the service (SIGTERM, SIGKILL after the
-//! grace); and the service is removed whatever happened ([`service`]). At start, the plugin
-//! refuses to run without a daemon that answers and is a swarm manager ([`manager`]: hm exits
-//! 4) and removes the services of runs that died ([`sweep`]).
+//! the task has ended (`logs`); a cancel removes the service (SIGTERM, SIGKILL after the
+//! grace); and the service is removed whatever happened (`service`). At start, the plugin
+//! refuses to run without a daemon that answers and is a swarm manager (`manager`: hm exits
+//! 4) and removes the services of runs that died (`sweep`).
 //!
-//! A node cannot reach hm's files, so the plugin serves them ([`files`]: HTTP on an address
+//! A node cannot reach hm's files, so the plugin serves them (`files`: HTTP on an address
 //! every node reaches, a random token per run and key per attempt): the task's prelude
-//! ([`prelude`]) fetches the workspace and the artifacts of the steps it needs into
+//! (`prelude`) fetches the workspace and the artifacts of the steps it needs into
 //! `/workspace`, runs the step, and once it has passed sends back its outputs and artifacts.
-//! Dependency caches are volumes on the node ([`spec`]). Services with `executor = "swarm"`
-//! are swarm services on the run's overlay network, reached by name ([`services`]).
+//! Dependency caches are volumes on the node (`spec`). Services with `executor = "swarm"`
+//! are swarm services on the run's overlay network, reached by name (`services`).
 //!
 //! Not yet: peak memory and CPU time (the node's daemon is not reachable in general).
 

@@ -1,7 +1,7 @@
 //! `plugin.toml`, the manifest of a plugin bundle: read and validated without running
 //! anything, with every problem reported at its line:col in the file, as in `hm.toml`.
 //!
-//! [`model`]: what a manifest says; [`read`]: reading it from a bundle; [`check`]: the checks.
+//! `model`: what a manifest says; `read`: reading it from a bundle; `check`: the checks.
 
 mod check;
 mod model;
