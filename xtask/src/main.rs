@@ -1,8 +1,8 @@
 //! `cargo xtask`: the repository's automation, one binary with subcommands (the cargo-xtask
 //! convention; the alias lives in `.cargo/config.toml`).
 //!
-//! - `cargo xtask ci`: format check, clippy with warnings denied, then the tests; stops at the
-//!   first step that fails and names it.
+//! - `cargo xtask ci`: format check, clippy and rustdoc with warnings denied, then the tests;
+//!   stops at the first step that fails and names it.
 //! - `cargo xtask bench [--quick] [NAME...]`: builds `hm` in release and runs the side-by-side
 //!   comparisons of `benches/`, one line per bench.
 //! - `cargo xtask plugin new NAME [--kind executor|hook|subcommand] [--dry-run]`: scaffolds
@@ -27,8 +27,8 @@ const USAGE: &str = "\
 usage: cargo xtask <COMMAND> [ARGS]
 
 commands:
-  ci                      cargo fmt --check, cargo clippy -D warnings, cargo test (stops at the
-                          first failure)
+  ci                      cargo fmt --check, cargo clippy -D warnings, cargo doc with
+                          warnings denied, cargo test (stops at the first failure)
   bench [--quick] [NAME]  build hm in release and run the comparisons of benches/ (all of
                           them, or the NAMEs given: call-round-trip, shm-handoff,
                           shm-handoff-map, shm-vs-socket, cold-start, run-200-steps,
@@ -100,13 +100,24 @@ impl Failure {
     }
 }
 
+/// One check of `cargo xtask ci`: `cargo ARGS`, with one environment variable set if given.
+struct CiStep {
+    name: &'static str,
+    args: &'static [&'static str],
+    env: Option<(&'static str, &'static str)>,
+}
+
 /// `cargo xtask ci`: the checks every commit must pass, in the order that fails fastest.
 fn ci() -> Result<(), Failure> {
-    let steps: [(&str, &[&str]); 3] = [
-        ("fmt", &["fmt", "--all", "--", "--check"]),
-        (
-            "clippy",
-            &[
+    let steps = [
+        CiStep {
+            name: "fmt",
+            args: &["fmt", "--all", "--", "--check"],
+            env: None,
+        },
+        CiStep {
+            name: "clippy",
+            args: &[
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -114,12 +125,36 @@ fn ci() -> Result<(), Failure> {
                 "-D",
                 "warnings",
             ],
-        ),
-        ("test", &["test", "--workspace"]),
+            env: None,
+        },
+        // `cargo doc` takes no `-D warnings` of its own: rustdoc gets it through RUSTDOCFLAGS.
+        CiStep {
+            name: "doc",
+            args: &["doc", "--workspace", "--no-deps"],
+            env: Some(("RUSTDOCFLAGS", "-D warnings")),
+        },
+        CiStep {
+            name: "test",
+            args: &["test", "--workspace"],
+            env: None,
+        },
     ];
-    for (name, args) in steps {
-        eprintln!("xtask ci: {name}: cargo {}", args.join(" "));
-        cargo(args).map_err(|e| Failure::new(format!("ci step `{name}` failed: {}", e.message)))?;
+    for step in steps {
+        let shown_env = step
+            .env
+            .map_or_else(String::new, |(key, value)| format!("{key}='{value}' "));
+        eprintln!(
+            "xtask ci: {}: {shown_env}cargo {}",
+            step.name,
+            step.args.join(" ")
+        );
+        let mut cmd = cargo_command();
+        cmd.args(step.args);
+        if let Some((key, value)) = step.env {
+            cmd.env(key, value);
+        }
+        run(cmd)
+            .map_err(|e| Failure::new(format!("ci step `{}` failed: {}", step.name, e.message)))?;
     }
     eprintln!("xtask ci: all steps passed");
     Ok(())
