@@ -24,8 +24,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hm_kernel::cgroup::Backend;
-
 use crate::Settings;
 use crate::log_throughput::Shape;
 use crate::measure::{BenchError, Outcome, Plan, Target, interleave};
@@ -36,18 +34,7 @@ const READ_BYTES: usize = 256 * 1024;
 
 pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     let shape = Shape::of(settings);
-    let detected = hm_kernel::cgroup::detect();
-    if !matches!(detected.backend, Backend::V1(_)) {
-        return Err(BenchError::skipped(
-            "the floor is measured for cgroup v1, which this machine does not offer",
-        ));
-    }
-    // The last `-` part is not hex, so no `hm run` sweeps this tree as a dead run's.
-    let run = detected
-        .backend
-        .create_run(&format!("bench-logfloor-p{}", std::process::id()))
-        .map_err(|e| BenchError::failed("failed to create the run cgroup", e.to_string()))?;
-    let hierarchies = Hierarchies::of(&run)?;
+    let hierarchies = Hierarchies::create("logfloor")?;
     let dir = tempfile::Builder::new()
         .prefix("hm-bench-log-floor-")
         .tempdir()

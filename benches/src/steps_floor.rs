@@ -45,18 +45,7 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     } else {
         (9, Duration::from_secs(60))
     };
-    let detected = hm_kernel::cgroup::detect();
-    if !matches!(detected.backend, Backend::V1(_)) {
-        return Err(BenchError::skipped(
-            "the floor is measured for cgroup v1, which this machine does not offer",
-        ));
-    }
-    // The last `-` part is not hex, so no `hm run` sweeps this tree as a dead run's.
-    let run = detected
-        .backend
-        .create_run(&format!("bench-floor-p{}", std::process::id()))
-        .map_err(|e| BenchError::failed("failed to create the run cgroup", e.to_string()))?;
-    let hierarchies = Hierarchies::of(&run)?;
+    let hierarchies = Hierarchies::create("floor")?;
     let dir = tempfile::Builder::new()
         .prefix("hm-bench-floor-")
         .tempdir()
@@ -88,16 +77,35 @@ pub fn run(settings: &Settings) -> Result<Outcome, BenchError> {
     ))
 }
 
-/// The run cgroup's directory in the three hierarchies a step's leaf needs, and hm's own
-/// cgroup (the run's grandparent) there, where a thread goes back to after a step.
+/// A run cgroup made the way `hm run` makes one (removed when this is dropped): its directory
+/// in the three hierarchies a step's leaf needs, and hm's own cgroup (the run's grandparent)
+/// there, where a thread goes back to after a step.
 pub(crate) struct Hierarchies {
     /// memory, cpuacct, freezer, in that order.
     pub runs: [PathBuf; 3],
     owns: [PathBuf; 3],
+    _run: RunCgroup,
 }
 
 impl Hierarchies {
-    pub(crate) fn of(run: &RunCgroup) -> Result<Self, BenchError> {
+    /// Creates the run cgroup `bench-<label>-p<pid>`; a machine without cgroup v1 skips the
+    /// bench.
+    pub(crate) fn create(label: &str) -> Result<Self, BenchError> {
+        let detected = hm_kernel::cgroup::detect();
+        if !matches!(detected.backend, Backend::V1(_)) {
+            return Err(BenchError::skipped(
+                "the floor is measured for cgroup v1, which this machine does not offer",
+            ));
+        }
+        // The last `-` part is not hex, so no `hm run` sweeps this tree as a dead run's.
+        let run = detected
+            .backend
+            .create_run(&format!("bench-{label}-p{}", std::process::id()))
+            .map_err(|e| BenchError::failed("failed to create the run cgroup", e.to_string()))?;
+        Self::of(run)
+    }
+
+    fn of(run: RunCgroup) -> Result<Self, BenchError> {
         let paths = run.paths();
         // A non-root v1 cgroup has its controller's files: that tells the hierarchies apart
         // whatever their mount points are called.
@@ -127,6 +135,7 @@ impl Hierarchies {
         Ok(Self {
             owns: [own(&runs[0])?, own(&runs[1])?, own(&runs[2])?],
             runs,
+            _run: run,
         })
     }
 

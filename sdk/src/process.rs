@@ -80,8 +80,8 @@ fn spawn_error(cmd: &StepCommand, step: &StepRequest, e: SpawnError) -> StepErro
 ///
 /// The process gets stdin from /dev/null, stdout and stderr piped, its own process group,
 /// SIGKILL as parent-death signal, default signal handling, and is in the step's cgroup
-/// (`cgroup_procs`) before exec: started in it on cgroup v2, joined before exec otherwise. On cancel the group gets SIGTERM, then SIGKILL once the
-/// step's grace period has passed.
+/// (`cgroup_procs`) before exec: started in it on cgroup v2, joined before exec otherwise. On
+/// cancel the group gets SIGTERM, then SIGKILL once the step's grace period has passed.
 pub async fn run(
     cmd: StepCommand,
     step: &StepRequest,
