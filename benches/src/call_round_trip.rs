@@ -21,12 +21,11 @@ use futures_util::StreamExt;
 use hm_ipc::messages::{
     ExecuteStep, Hello, HostCall, HostReply, KernelCall, KvKey, KvScope, PluginReply, Welcome,
 };
-use hm_ipc::{FrameCodec, FrameKind, OutFrame};
+use hm_ipc::{FrameKind, OutFrame};
 use hm_sdk::{Executor, Plugin, StepContext, StepError, StepRequest, StepResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 use crate::Settings;
 use crate::measure::{BenchError, Outcome, Plan, Samples, Target, interleave};
@@ -290,10 +289,11 @@ async fn kernel_side(
     mut rounds: mpsc::UnboundedReceiver<u32>,
     value: String,
 ) -> Result<(), String> {
-    let stream = UnixStream::from_std(stream).map_err(|e| e.to_string())?;
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
-    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+    let hm_ipc::transport::Connection {
+        mut frames,
+        writer,
+        writer_task,
+    } = hm_ipc::transport::connect_std(stream).map_err(|e| e.to_string())?;
     let send = |frame: Result<OutFrame, hm_ipc::codec::EncodeError>| {
         let frame = frame.map_err(|e| e.to_string())?;
         writer

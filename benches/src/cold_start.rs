@@ -17,14 +17,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use hm_ipc::messages::{Hello, Init, KernelCall, PluginReply, Welcome};
-use hm_ipc::{FrameCodec, FrameKind, OutFrame};
+use hm_ipc::{FrameKind, OutFrame};
 use hm_kernel::cgroup::RunCgroup;
 use hm_kernel::config::Limits;
 use hm_kernel::registry::PluginSpec;
 use hm_kernel::supervisor::spawn::plugin_command;
 use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
-use tokio_util::codec::FramedRead;
 
 use crate::Settings;
 use crate::measure::{BenchError, Outcome, Plan, Target, interleave};
@@ -223,13 +221,11 @@ async fn plugin_start(
 /// Hello → Welcome, Init → Ready, then close: what `connection.rs` does before the first
 /// `ExecuteStep`.
 async fn handshake(kernel_end: std::os::unix::net::UnixStream) -> Result<(), String> {
-    kernel_end
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let stream = UnixStream::from_std(kernel_end).map_err(|e| e.to_string())?;
-    let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read_half, FrameCodec::default(), 256 * 1024);
-    let (writer, writer_task) = hm_ipc::transport::spawn_writer(write_half);
+    let hm_ipc::transport::Connection {
+        mut frames,
+        writer,
+        writer_task,
+    } = hm_ipc::transport::connect_std(kernel_end).map_err(|e| e.to_string())?;
     let send = |frame: Result<OutFrame, hm_ipc::codec::EncodeError>| {
         let frame = frame.map_err(|e| e.to_string())?;
         writer

@@ -234,9 +234,8 @@ impl Handoff {
         let runtime = runtime()?;
         let (out, writer) = {
             let _entered = runtime.enter();
-            let stream = tokio::net::UnixStream::from_std(kernel_end)
+            let (_, write_half) = hm_ipc::socket::split_std(kernel_end)
                 .map_err(BenchError::io("the kernel's end"))?;
-            let (_, write_half) = stream.into_split();
             hm_ipc::transport::spawn_writer(write_half)
         };
         Ok(Self {
@@ -304,8 +303,7 @@ async fn plugin_side(
     consumer: Consumer,
     report: mpsc::UnboundedSender<Result<u64, String>>,
 ) -> Result<(), String> {
-    let stream = tokio::net::UnixStream::from_std(socket).map_err(|e| e.to_string())?;
-    let (read_half, _write_half) = stream.into_split();
+    let (read_half, _write_half) = hm_ipc::socket::split_std(socket).map_err(|e| e.to_string())?;
     let mut frames = FrameReader::new(read_half);
     frames.allow_fds(true);
     while let Some(frame) = frames.next().await {

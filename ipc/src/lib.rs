@@ -4,8 +4,9 @@
 //! payload types, no I/O), [`codec`] (bytes ⇄ frames, validation before any field is read),
 //! [`handshake`] (version negotiation), [`host`] (what a plugin may send the host, and when: one
 //! policy for the kernel and the SDK's test harness), [`shm`] (sealed shared-memory buffers and
-//! descriptor passing: all of their `unsafe`), [`reader`] (frames and their descriptors from a
-//! socket), [`transport`] (the inherited socket pair and the writer task), [`procfs`] (the
+//! descriptor passing: all of their `unsafe`), [`socket`] (a connection's two halves, each
+//! registered with tokio only for what it waits on), [`reader`] (frames and their descriptors
+//! from a socket), [`transport`] (the inherited socket pair and the writer task), [`procfs`] (the
 //! process facts both ends check: `/proc/<pid>/stat`).
 //!
 //! This crate depends on no other workspace crate and is the only one whose types derive rkyv.
@@ -20,6 +21,7 @@ pub mod pool;
 pub mod procfs;
 pub mod reader;
 pub mod shm;
+pub mod socket;
 pub mod transport;
 
 pub use codec::{Attachment, Frame, FrameCodec, OutFrame, Payload};

@@ -23,14 +23,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use futures_util::Stream;
-use tokio::io::Interest;
-use tokio::net::unix::OwnedReadHalf;
 use tokio_util::codec::Decoder;
 
 use rkyv::util::AlignedVec;
@@ -39,6 +37,7 @@ use crate::codec::{Frame, FrameCodec, Payload, WireError};
 use crate::frame::{FrameError, FrameHeader, HEADER_LEN};
 use crate::pool::PooledBytes;
 use crate::shm::{ReceiveError, SHARED_PAYLOAD_CAP, SharedBuffer};
+use crate::socket::ReadHalf;
 
 /// Descriptors that may wait for their frames at once. A conforming peer has at most two in
 /// flight here: the one of the frame being assembled and the one of the next frame, whose
@@ -77,7 +76,7 @@ struct Pending {
 /// frames with no descriptor left over, whether the peer closed it or reset it.
 #[derive(Debug)]
 pub struct FrameReader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     codec: FrameCodec,
     filling: Option<Filling>,
@@ -95,7 +94,7 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// Reads frames from `half`. Descriptors are refused until [`Self::allow_fds`].
-    pub fn new(half: OwnedReadHalf) -> Self {
+    pub fn new(half: ReadHalf) -> Self {
         Self {
             half,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -196,7 +195,7 @@ impl FrameReader {
         let Some(filling) = self.filling.as_mut() else {
             return Ok(None);
         };
-        let raw = self.half.as_ref().as_raw_fd();
+        let raw = self.half.as_raw_fd();
         let until = (filling.filled + READ_CHUNK).min(filling.wire_len);
         if filling.buf.len() < until {
             filling.buf.resize(until, 0);
@@ -247,7 +246,7 @@ impl FrameReader {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        let raw = self.half.as_ref().as_raw_fd();
+        let raw = self.half.as_raw_fd();
         // After a large frame the next one is likely large too: its header alone first, so
         // that its payload is read straight into a buffer of its own ([`Self::start_filling`])
         // instead of mostly into this one and then copied.
@@ -323,11 +322,11 @@ fn attach(mut frame: Frame, fd: OwnedFd) -> Result<Frame, WireError> {
 /// requests and replies. (`try_io` clears readiness when its closure says `WouldBlock`, and
 /// only if no new readiness came in the meantime; the bytes are kept aside, not lost.)
 fn receive_ready(
-    half: &OwnedReadHalf,
+    half: &ReadHalf,
     receive: impl FnOnce() -> io::Result<crate::shm::Received>,
 ) -> Result<Option<crate::shm::Received>, WireError> {
     let mut drained = None;
-    let result = half.as_ref().try_io(Interest::READABLE, || {
+    let result = half.try_io(|| {
         let got = receive()?;
         if got.drained {
             drained = Some(got);
@@ -371,7 +370,7 @@ impl Stream for FrameReader {
                     }
                 }
             }
-            if let Err(e) = ready!(this.half.as_ref().poll_read_ready(cx)) {
+            if let Err(e) = ready!(this.half.poll_read_ready(cx)) {
                 this.done = true;
                 return Poll::Ready(Some(Err(e.into())));
             }
@@ -439,10 +438,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_frame_that_is_announced_but_not_sent_takes_little_memory() {
         let (a, b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-        a.set_nonblocking(true).expect("nonblocking");
-        let (read_half, _) = tokio::net::UnixStream::from_std(a)
-            .expect("tokio stream")
-            .into_split();
+        let (read_half, _) = crate::socket::split_std(a).expect("split");
         let mut reader = FrameReader::new(read_half);
         let chunks = vec![LogChunk {
             stream: 0,

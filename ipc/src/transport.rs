@@ -2,7 +2,7 @@
 //! across exec, its fd number named by `HM_IPC_FD`, or in attach mode a named socket the
 //! kernel listens on, its path named by `HM_IPC_SOCKET` (`docs/protocol.md`).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use thiserror::Error;
@@ -142,13 +142,11 @@ pub fn raw(stream: &StdUnixStream) -> RawFd {
 /// other side knows which frame a descriptor belongs to ([`crate::reader`]). The descriptor is
 /// closed on this side as soon as it is sent (or when the frame is dropped unsent).
 pub fn spawn_writer(
-    write_half: tokio::net::unix::OwnedWriteHalf,
+    write_half: crate::socket::WriteHalf,
 ) -> (
     tokio::sync::mpsc::UnboundedSender<crate::OutFrame>,
     tokio::task::JoinHandle<Result<(), crate::codec::WireError>>,
 ) {
-    use tokio::io::AsyncWriteExt;
-
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::OutFrame>();
     let task = tokio::spawn(async move {
         // No BufWriter: frames are encoded into `bytes` and a burst goes out as one write.
@@ -159,9 +157,16 @@ pub fn spawn_writer(
         loop {
             let mut frame = match next.take() {
                 Some(frame) => frame,
-                None => match rx.recv().await {
-                    Some(frame) => frame,
-                    None => break,
+                None => match rx.try_recv() {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        // Everything queued is written: stop watching for room.
+                        writer.settle();
+                        match rx.recv().await {
+                            Some(frame) => frame,
+                            None => break,
+                        }
+                    }
                 },
             };
             if frame.attachment.is_none() && frame.payload.len() >= DIRECT_WRITE_BYTES {
@@ -172,7 +177,11 @@ pub fn spawn_writer(
             }
             crate::codec::write_frame(&frame, &mut bytes);
             if let Some(attachment) = frame.attachment.take() {
-                let sent = send_with_fd(&writer, &bytes, &attachment.fd).await?;
+                let sent = writer
+                    .write_with(|stream| {
+                        crate::shm::send_with_fd(stream.as_raw_fd(), &bytes, attachment.fd.as_fd())
+                    })
+                    .await?;
                 // The descriptor went with the first byte; the rest is plain bytes.
                 writer.write_all(&bytes[sent..]).await?;
                 drop(attachment);
@@ -196,7 +205,8 @@ pub fn spawn_writer(
             writer.write_all(&bytes).await?;
             bytes.clear();
         }
-        writer.shutdown().await.ok();
+        // Dropping the writer shuts the socket down for writing.
+        drop(writer);
         Ok(())
     });
     (tx, task)
@@ -209,10 +219,10 @@ const DIRECT_WRITE_BYTES: usize = 32 * 1024;
 /// Writes one frame without a descriptor as header, payload and padding in vectored writes, so
 /// its payload is not copied on this side.
 async fn write_direct(
-    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    writer: &mut crate::socket::WriteHalf,
     frame: &crate::OutFrame,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
+    use std::io::Write;
     let (header, padding) = crate::codec::frame_head(frame);
     let zeros = [0u8; crate::frame::PAYLOAD_ALIGN];
     let parts: [&[u8]; 3] = [&header, &frame.payload, &zeros[..padding]];
@@ -229,36 +239,15 @@ async fn write_direct(
                 skip = 0;
             }
         }
-        match writer.write_vectored(&slices).await? {
+        match writer
+            .write_with(|mut stream| stream.write_vectored(&slices))
+            .await?
+        {
             0 => return Err(std::io::ErrorKind::WriteZero.into()),
             n => written += n,
         }
     }
     Ok(())
-}
-
-/// Sends a first part of `bytes` (at least one byte) with `fd` attached; returns how much went.
-async fn send_with_fd(
-    writer: &tokio::net::unix::OwnedWriteHalf,
-    bytes: &[u8],
-    fd: &OwnedFd,
-) -> std::io::Result<usize> {
-    use std::os::fd::AsFd;
-    let stream: &tokio::net::UnixStream = writer.as_ref();
-    loop {
-        stream.writable().await?;
-        match stream.try_io(tokio::io::Interest::WRITABLE, || {
-            crate::shm::send_with_fd(stream.as_raw_fd(), bytes, fd.as_fd())
-        }) {
-            Ok(sent) => return Ok(sent),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// One end of a connection, as both kernel and plugin use it: frames in through a
@@ -269,20 +258,19 @@ pub struct Connection {
     pub writer_task: tokio::task::JoinHandle<Result<(), crate::codec::WireError>>,
 }
 
-/// Splits a connected stream into its reader and its writer task.
-pub fn connect(stream: tokio::net::UnixStream) -> Connection {
-    let (read_half, write_half) = stream.into_split();
+/// Splits a connected stream into its reader and its writer task ([`crate::socket`]). Must be
+/// called inside the runtime.
+pub fn connect_std(stream: StdUnixStream) -> std::io::Result<Connection> {
+    let (read_half, write_half) = crate::socket::split_std(stream)?;
     let (writer, writer_task) = spawn_writer(write_half);
-    Connection {
+    Ok(Connection {
         frames: crate::FrameReader::new(read_half),
         writer,
         writer_task,
-    }
+    })
 }
 
-/// [`connect`] for the kernel's end of a [`socket_pair`]: made non-blocking and handed to
-/// tokio first. Must be called inside the runtime.
-pub fn connect_std(stream: StdUnixStream) -> std::io::Result<Connection> {
-    stream.set_nonblocking(true)?;
-    Ok(connect(tokio::net::UnixStream::from_std(stream)?))
+/// [`connect_std`] for a stream tokio already watches.
+pub fn connect(stream: tokio::net::UnixStream) -> std::io::Result<Connection> {
+    connect_std(stream.into_std()?)
 }

@@ -28,8 +28,8 @@ fn connected() -> (
     tokio::task::JoinHandle<Result<(), WireError>>,
 ) {
     let (a, b) = UnixStream::pair().expect("socket pair");
-    let (read_half, _) = a.into_split();
-    let (_, write_half) = b.into_split();
+    let (read_half, _) = hm_ipc::socket::split(a).expect("split");
+    let (_, write_half) = hm_ipc::socket::split(b).expect("split");
     let mut reader = FrameReader::new(read_half);
     reader.allow_fds(true);
     let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
@@ -264,8 +264,8 @@ async fn a_descriptor_no_frame_claims_is_a_protocol_violation() {
 #[tokio::test]
 async fn descriptors_before_they_are_allowed_are_a_protocol_violation() {
     let (a, b) = UnixStream::pair().expect("socket pair");
-    let (read_half, _) = a.into_split();
-    let (_, write_half) = b.into_split();
+    let (read_half, _) = hm_ipc::socket::split(a).expect("split");
+    let (_, write_half) = hm_ipc::socket::split(b).expect("split");
     let mut reader = FrameReader::new(read_half);
     let (out, _writer) = hm_ipc::transport::spawn_writer(write_half);
     let buffer = sealed("hm-test-early", 8);

@@ -94,7 +94,7 @@ pub async fn serve_on(plugin: Plugin, stream: UnixStream) -> Result<(), ServeErr
         mut frames,
         writer: out,
         writer_task: writer,
-    } = hm_ipc::transport::connect(stream);
+    } = hm_ipc::transport::connect(stream).map_err(WireError::Io)?;
 
     let (protocol_min, protocol_max) = plugin.protocol_range();
     let hello = Hello {

@@ -259,9 +259,11 @@ impl Harness {
     pub async fn start_with(plugin: Plugin, options: HarnessOptions) -> Result<Self, HarnessError> {
         let (kernel_end, plugin_end) = UnixStream::pair()?;
         let serve = tokio::spawn(crate::serve_on(plugin, plugin_end));
-        let (read_half, write_half) = kernel_end.into_split();
-        let (out, writer) = hm_ipc::transport::spawn_writer(write_half);
-        let mut frames = FrameReader::new(read_half);
+        let hm_ipc::transport::Connection {
+            mut frames,
+            writer: out,
+            writer_task: writer,
+        } = hm_ipc::transport::connect(kernel_end)?;
         let agreed = tokio::time::timeout(options.timeout, handshake(&mut frames, &out, &options))
             .await
             .unwrap_or_else(|_| {

@@ -193,7 +193,7 @@ async fn on_protocol_2_open_archive_says_hm_is_too_old() {
 async fn answer_open_archive_with(fd: OwnedFd, len: u64) -> Result<(), ServeError> {
     let (kernel_end, plugin_end) = tokio::net::UnixStream::pair().unwrap();
     let serve = tokio::spawn(hm_sdk::serve_on(plugin(), plugin_end));
-    let (read_half, write_half) = kernel_end.into_split();
+    let (read_half, write_half) = hm_ipc::socket::split(kernel_end).unwrap();
     let mut frames = FrameReader::new(read_half);
     let (out, _writer) = hm_ipc::transport::spawn_writer(write_half);
     let hello: Hello = frames.next().await.unwrap().unwrap().decode().unwrap();

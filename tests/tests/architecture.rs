@@ -24,6 +24,7 @@ const PRODUCT_SRC: &[&str] = &[
 const UNSAFE_ALLOWED: &[&str] = &[
     "ipc/src/host.rs",
     "ipc/src/shm.rs",
+    "ipc/src/socket.rs",
     "ipc/src/transport.rs",
     "kernel/src/guardian.rs",
     "kernel/src/registry/bundle_fs.rs",

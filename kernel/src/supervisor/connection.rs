@@ -154,7 +154,8 @@ async fn run_plugin(
             })?;
             tracing::Span::current().record("pid", pid);
             tracing::info!("plugin {name} attached (pid {pid})");
-            let connection = hm_ipc::transport::connect(stream);
+            let connection =
+                hm_ipc::transport::connect(stream).map_err(|e| format!("plugin {name}: {e}"))?;
             (connection, pid, PluginProcess::Attached)
         }
         None => {
