@@ -5,7 +5,8 @@
 //! (`RunCgroup::leaf`, when this machine has cgroups), a socket pair, `hm __plugin shell`
 //! spawned with the kernel's `Command` (`hm_kernel::supervisor::spawn::plugin_command`: fd 3
 //! and `HM_IPC_FD=3`, own process group, parent-death signal, stdin from /dev/null, stdout and
-//! stderr piped, other fds close-on-exec), the pid joined to the leaf, stdout/stderr read by a
+//! stderr piped, other fds close-on-exec) whose child joins the leaf before it execs
+//! (`ChildJoin`, as the kernel's does), stdout/stderr read by a
 //! task each; then read `Hello`, send `Welcome` (protocol 2), send `Init` and wait for `Ready`
 //! (the handshake and the first call); then close the socket and wait for the plugin to exit.
 //! The leaf is removed after the clock stops (the kernel does that at the end of the run).
@@ -21,7 +22,7 @@ use hm_ipc::{FrameKind, OutFrame};
 use hm_kernel::cgroup::RunCgroup;
 use hm_kernel::config::Limits;
 use hm_kernel::registry::PluginSpec;
-use hm_kernel::supervisor::spawn::plugin_command;
+use hm_kernel::supervisor::spawn::{ChildJoin, plugin_command};
 use tokio::io::AsyncReadExt;
 
 use crate::Settings;
@@ -133,16 +134,21 @@ impl Cgroups {
     }
 }
 
-/// Spawns with the kernel's `Command`, captures stdout/stderr the way the kernel does (a task
-/// each), runs `between` with the pid, waits.
+/// Spawns with the kernel's `Command` (its child joining `join`'s leaf first), captures
+/// stdout/stderr the way the kernel does (a task each), runs `between` with the socket, waits.
 async fn spawn_and_wait(
     spec: &PluginSpec,
-    between: impl AsyncFnOnce(u32, std::os::unix::net::UnixStream) -> Result<(), String>,
+    join: Option<&ChildJoin>,
+    between: impl AsyncFnOnce(std::os::unix::net::UnixStream) -> Result<(), String>,
 ) -> Result<(), BenchError> {
     let what = spec.program.display().to_string();
     let (kernel_end, plugin_end) =
         hm_ipc::transport::socket_pair().map_err(BenchError::io("socketpair"))?;
-    let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
+    let mut command = plugin_command(spec, hm_ipc::transport::raw(&plugin_end));
+    if let Some(join) = join {
+        join.add_to(&mut command);
+    }
+    let mut child = command
         .spawn()
         .map_err(BenchError::io(format!("failed to start {what}")))?;
     // The child has its copy now; ours must go so its exit is seen as the end of the stream.
@@ -151,7 +157,7 @@ async fn spawn_and_wait(
         child.stdout.take().map(capture),
         child.stderr.take().map(capture),
     ];
-    let talked = between(child.id().unwrap_or(0), kernel_end).await;
+    let talked = between(kernel_end).await;
     let status = child
         .wait()
         .await
@@ -186,7 +192,7 @@ where
 
 async fn trivial_start(spec: &PluginSpec) -> Result<Duration, BenchError> {
     let start = Instant::now();
-    spawn_and_wait(spec, async |_, _| Ok(())).await?;
+    spawn_and_wait(spec, None, async |_| Ok(())).await?;
     Ok(start.elapsed())
 }
 
@@ -203,13 +209,12 @@ async fn plugin_start(
         ),
         None => None,
     };
-    let started = spawn_and_wait(spec, async |pid, kernel_end| {
-        if let Some(leaf) = &leaf {
-            leaf.join(pid).map_err(|e| e.to_string())?;
-        }
-        handshake(kernel_end).await
-    })
-    .await;
+    let join = leaf
+        .as_ref()
+        .map(|leaf| ChildJoin::open(leaf.self_join_files()))
+        .transpose()
+        .map_err(|e| BenchError::failed("joining the plugin's cgroup", e))?;
+    let started = spawn_and_wait(spec, join.as_ref(), handshake).await;
     let elapsed = start.elapsed();
     if let Some(leaf) = leaf {
         leaf.remove()

@@ -189,6 +189,61 @@ run = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i"
 }
 
 #[test]
+fn the_plugin_runs_in_its_own_leaf_and_its_step_in_the_steps_leaf() {
+    if !cgroups_available("the_plugin_runs_in_its_own_leaf_and_its_step_in_the_steps_leaf") {
+        return;
+    }
+    // The step's shell is a child of the plugin: its parent's cgroups are the plugin's.
+    let project = Project::new(
+        r#"
+[steps.where]
+run = "cat /proc/$PPID/cgroup; echo --; cat /proc/self/cgroup"
+"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code(), 0, "{run}");
+    let id = run_id(&run);
+    let lines = run.lines("where");
+    let split = lines
+        .iter()
+        .position(|l| *l == "--")
+        .expect("the separator");
+    // `hierarchy-id:controllers:path`; only the hierarchies where hm placed the process.
+    let placed = |lines: &[&str]| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                path.contains(&format!("/run-{id}/"))
+                    .then(|| (controllers.to_owned(), path.to_owned()))
+            })
+            .collect()
+    };
+    let plugin = placed(&lines[..split]);
+    let step = placed(&lines[split + 1..]);
+    // On v1 the memory hierarchy, on v2 the one unified hierarchy (no controllers named).
+    let main = |placed: &[(String, String)]| {
+        placed
+            .iter()
+            .find(|(c, _)| c.is_empty() || c.split(',').any(|c| c == "memory"))
+            .map(|(_, path)| path.clone())
+    };
+    assert!(
+        main(&plugin).is_some_and(|p| p.ends_with("/shell/plugin")),
+        "plugin: {plugin:?}; {run}"
+    );
+    assert!(
+        plugin.iter().all(|(_, p)| p.ends_with("/shell/plugin")),
+        "plugin: {plugin:?}; {run}"
+    );
+    assert!(
+        main(&step).is_some_and(|p| p.ends_with("/shell/step-where-1")),
+        "step: {step:?}; {run}"
+    );
+}
+
+#[test]
 fn a_process_that_leaves_the_step_process_group_is_killed_by_its_cgroup() {
     if !cgroups_available("a_process_that_leaves_the_step_process_group_is_killed_by_its_cgroup") {
         return;

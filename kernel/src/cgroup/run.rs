@@ -268,6 +268,22 @@ impl Leaf {
             .collect()
     }
 
+    /// The files a process writes `0` into to join the leaf itself, between fork and exec: on
+    /// v1 the `tasks` file beside each `cgroup.procs` (it moves the one thread the child is,
+    /// and moving the writer itself is the one move Linux makes without taking its system-wide
+    /// lock for writing, whose first taking in a while waits for an RCU grace period: 12–20 ms
+    /// on a VM), on v2 `cgroup.procs` itself.
+    pub fn self_join_files(&self) -> Vec<PathBuf> {
+        let v1 = matches!(self.node.flavor, Flavor::V1(_));
+        self.procs_files()
+            .into_iter()
+            .map(|path| match v1 {
+                true => path.with_file_name("tasks"),
+                false => path,
+            })
+            .collect()
+    }
+
     /// Moves process `pid` (all its threads) into the leaf in every hierarchy. A failure
     /// part-way leaves it in some of them: the caller should kill it. Refuses hm itself.
     pub fn join(&self, pid: u32) -> Result<(), CgroupError> {

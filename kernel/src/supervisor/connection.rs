@@ -25,7 +25,7 @@ use super::host_api::HostState;
 use super::process::{
     Confinement, PluginProcess, Registered, Tail, capture_lines, kill_group, start_failure,
 };
-use super::spawn::{describe_spawn_error, plugin_command};
+use super::spawn::{ChildJoin, describe_spawn_error, plugin_command};
 use crate::archive::WorkspaceArchive;
 use crate::config::PluginSettings;
 use crate::events::Cause;
@@ -161,12 +161,26 @@ async fn run_plugin(
         None => {
             let (kernel_end, plugin_end) = hm_ipc::transport::socket_pair()
                 .map_err(|e| format!("plugin {name}: socket pair: {e}"))?;
-            let mut child = plugin_command(spec, hm_ipc::transport::raw(&plugin_end))
-                // Where relative paths of the plugin's configuration start
-                // (`HookContext::project_dir`).
-                .env(hm_ipc::messages::PROJECT_DIR_ENV, &ctx.project_dir)
-                .spawn()
-                .map_err(|e| format!("plugin {name}: {}", describe_spawn_error(spec, &e)))?;
+            let join = confinement
+                .leaf
+                .as_ref()
+                .map(|leaf| ChildJoin::open(leaf.self_join_files()))
+                .transpose()
+                .map_err(|e| format!("plugin {name}: {e}"))?;
+            let mut command = plugin_command(spec, hm_ipc::transport::raw(&plugin_end));
+            // Where relative paths of the plugin's configuration start
+            // (`HookContext::project_dir`).
+            command.env(hm_ipc::messages::PROJECT_DIR_ENV, &ctx.project_dir);
+            if let Some(join) = &join {
+                join.add_to(&mut command);
+            }
+            let mut child = command.spawn().map_err(|e| {
+                let why = join.and_then(ChildJoin::failure);
+                format!(
+                    "plugin {name}: {}",
+                    why.unwrap_or_else(|| describe_spawn_error(spec, &e))
+                )
+            })?;
             drop(plugin_end);
             let pid = child.id().unwrap_or(0);
             tracing::Span::current().record("pid", pid);

@@ -41,13 +41,15 @@ pub enum ConfineError {
 }
 
 impl Confinement {
-    /// Puts the just-spawned plugin in its place. Nothing of the plugin runs before its
-    /// handshake, and it starts no process before its first call, so joining right after the
-    /// spawn leaves nothing outside.
+    /// Puts the just-spawned plugin in its place. A plugin with a leaf joined it itself
+    /// before exec ([`super::spawn::ChildJoin`]); one without gets its memory rlimit here.
+    /// Nothing of the plugin runs before its handshake, and it starts no process before its
+    /// first call, so limiting it right after the spawn leaves nothing outside.
     pub(super) fn apply(&self, pid: u32) -> Result<(), ConfineError> {
-        if let Some(leaf) = &self.leaf {
-            leaf.join(pid)?;
-        } else if let Some(bytes) = self.memory_rlimit {
+        if self.leaf.is_some() {
+            return Ok(());
+        }
+        if let Some(bytes) = self.memory_rlimit {
             let limit = libc::rlimit {
                 rlim_cur: bytes,
                 rlim_max: bytes,
