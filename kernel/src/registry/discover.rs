@@ -151,7 +151,7 @@ impl Installed {
     pub fn program(&self) -> PathBuf {
         match &self.dir {
             Some(dir) => dir.join(&self.manifest.executable),
-            None => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            None => own_program().to_owned(),
         }
     }
 
@@ -476,6 +476,12 @@ fn read_layer(
             Err(e) => errors.push(e.into()),
         }
     }
+}
+
+/// hm's own executable, which built-in plugins run as: read once (every step's plan asks).
+fn own_program() -> &'static Path {
+    static OWN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")))
 }
 
 #[cfg(test)]
