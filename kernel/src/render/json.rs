@@ -18,7 +18,9 @@ pub(crate) struct JsonRenderer {
     /// The escaped start of a `step_log` object, up to `"line":`, and what it was made of: a
     /// batch of lines shares its timestamp, run and step, so they are escaped once a batch.
     prefix: Vec<u8>,
-    prefix_of: (String, String, String, Option<Stream>),
+    prefix_of: (String, String, String, Option<Stream>, bool),
+    /// What ends an event after its line: `}`, or for a replayed line `,"replayed":true}`.
+    end: &'static [u8],
     /// What goes between two lines of a batch: the end of one event and the start of the next.
     between: Vec<u8>,
 }
@@ -30,12 +32,13 @@ impl JsonRenderer {
             line: Vec::with_capacity(512),
             prefix: Vec::new(),
             prefix_of: Default::default(),
+            end: PLAIN_END,
             between: Vec::new(),
         }
     }
 
     /// Writes `text` as `step_log` events, byte for byte what serde writes for the same
-    /// `Envelope` (a test holds them equal): one event, or with `batch` one per line of `text`,
+    /// `Envelope` (a test holds them equal): one event, or for [`Lines::Batch`] and [`Lines::Replayed`] one per line of `text`,
     /// made in one pass (the escaping that finds `"`, `\` and control bytes finds the newlines
     /// too, and ends one event and starts the next there).
     fn write_step_log(
@@ -45,24 +48,29 @@ impl JsonRenderer {
         step: &str,
         stream: Stream,
         text: &str,
-        batch: bool,
+        lines: Lines,
     ) -> io::Result<()> {
         if self.out.is_closed() {
             return Ok(());
         }
-        self.set_prefix(ts, run_id, step, stream);
+        self.set_prefix(ts, run_id, step, stream, lines == Lines::Replayed);
         self.line.clear();
         self.line.extend_from_slice(&self.prefix);
-        let newline = batch.then_some(self.between.as_slice());
+        let newline = (lines != Lines::One).then_some(self.between.as_slice());
         write_json_str(&mut self.line, text, newline);
-        self.line.extend_from_slice(b"}\n");
+        self.line.extend_from_slice(self.end);
         self.out.write_all(&self.line)
     }
 
     /// Makes `prefix` (and `between`) the start of a `step_log` event of these, unless it is.
-    fn set_prefix(&mut self, ts: &str, run_id: &str, step: &str, stream: Stream) {
-        let (p_ts, p_run, p_step, p_stream) = &self.prefix_of;
-        if p_ts == ts && p_run == run_id && p_step == step && *p_stream == Some(stream) {
+    fn set_prefix(&mut self, ts: &str, run_id: &str, step: &str, stream: Stream, replayed: bool) {
+        let (p_ts, p_run, p_step, p_stream, p_replayed) = &self.prefix_of;
+        if p_ts == ts
+            && p_run == run_id
+            && p_step == step
+            && *p_stream == Some(stream)
+            && *p_replayed == replayed
+        {
             return;
         }
         self.prefix.clear();
@@ -77,8 +85,10 @@ impl JsonRenderer {
             Stream::Stdout => b",\"stream\":\"stdout\",\"line\":",
             Stream::Stderr => b",\"stream\":\"stderr\",\"line\":",
         });
+        self.end = if replayed { REPLAYED_END } else { PLAIN_END };
         self.between.clear();
-        self.between.extend_from_slice(b"\"}\n");
+        self.between.push(b'"');
+        self.between.extend_from_slice(self.end);
         self.between.extend_from_slice(&self.prefix);
         self.between.push(b'"');
         self.prefix_of = (
@@ -86,6 +96,7 @@ impl JsonRenderer {
             run_id.to_owned(),
             step.to_owned(),
             Some(stream),
+            replayed,
         );
     }
 }
@@ -109,7 +120,7 @@ impl Renderer for JsonRenderer {
         stream: Stream,
         line: &str,
     ) -> io::Result<()> {
-        self.write_step_log(ts, run_id, step, stream, line, false)
+        self.write_step_log(ts, run_id, step, stream, line, Lines::One)
     }
 
     fn step_logs(
@@ -120,7 +131,18 @@ impl Renderer for JsonRenderer {
         stream: Stream,
         lines: &str,
     ) -> io::Result<()> {
-        self.write_step_log(ts, run_id, step, stream, lines, true)
+        self.write_step_log(ts, run_id, step, stream, lines, Lines::Batch)
+    }
+
+    fn replayed_logs(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        lines: &str,
+    ) -> io::Result<()> {
+        self.write_step_log(ts, run_id, step, stream, lines, Lines::Replayed)
     }
 
     fn tick(&mut self) -> io::Result<()> {
@@ -131,6 +153,22 @@ impl Renderer for JsonRenderer {
         self.out.flush()
     }
 }
+
+/// What the text of a `step_log` write is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// One line, its newlines escaped.
+    One,
+    /// Lines joined by `\n`, an event each.
+    Batch,
+    /// The same, replayed from the cache: each event says so.
+    Replayed,
+}
+
+/// The end of a `step_log` event after its line.
+const PLAIN_END: &[u8] = b"}\n";
+/// The same for a line replayed from the cache (`replayed` is left out when false).
+const REPLAYED_END: &[u8] = b",\"replayed\":true}\n";
 
 /// Appends `text` as a JSON string, escaped exactly as serde_json does.
 ///
@@ -406,6 +444,50 @@ mod tests {
             lines[8],
         )
         .expect("write");
+        r.flush().expect("flush");
+        assert_eq!(out.text(), String::from_utf8(expected).expect("utf8"));
+    }
+
+    #[test]
+    fn replayed_lines_write_what_serde_writes_for_each_replayed_line() {
+        let ts = "2026-01-01T00:00:00.000Z";
+        // (replayed, line): plain and replayed lines of one step alternate, so each write must
+        // make its own end and the one between lines.
+        let lines = [
+            (false, "before"),
+            (true, "first \"quoted\""),
+            (true, ""),
+            (true, "tab\tand \u{1}"),
+            (false, "after"),
+            (true, "again"),
+        ];
+        let mut expected = Vec::new();
+        for (replayed, line) in lines {
+            let envelope = Envelope {
+                ts: ts.into(),
+                run_id: "r1".into(),
+                event: BuildEvent::StepLog {
+                    step: "build".into(),
+                    stream: Stream::Stdout,
+                    line: line.into(),
+                    replayed,
+                },
+            };
+            serde_json::to_writer(&mut expected, &envelope).expect("serialize");
+            expected.push(b'\n');
+        }
+        let out = SharedBuf::default();
+        let mut r = JsonRenderer::new(Box::new(out.clone()));
+        let stdout = Stream::Stdout;
+        r.step_log(ts, "r1", "build", stdout, lines[0].1)
+            .expect("write");
+        let replayed = [lines[1].1, lines[2].1, lines[3].1].join("\n");
+        r.replayed_logs(ts, "r1", "build", stdout, &replayed)
+            .expect("write");
+        r.step_logs(ts, "r1", "build", stdout, lines[4].1)
+            .expect("write");
+        r.replayed_logs(ts, "r1", "build", stdout, lines[5].1)
+            .expect("write");
         r.flush().expect("flush");
         assert_eq!(out.text(), String::from_utf8(expected).expect("utf8"));
     }

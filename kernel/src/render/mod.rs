@@ -80,6 +80,31 @@ pub trait Renderer {
         }
         Ok(())
     }
+    /// Lines of a step's output replayed from the cache on a hit, joined by `\n`: the same as
+    /// an `event` with a `StepLog` marked `replayed` for each line, which is what this default
+    /// does. Renderers that can write a whole batch at once override it.
+    fn replayed_logs(
+        &mut self,
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        lines: &str,
+    ) -> io::Result<()> {
+        for line in lines.split('\n') {
+            self.event(&Envelope {
+                ts: ts.to_owned(),
+                run_id: run_id.to_owned(),
+                event: crate::events::BuildEvent::StepLog {
+                    step: step.to_owned(),
+                    stream,
+                    line: line.to_owned(),
+                    replayed: true,
+                },
+            })?;
+        }
+        Ok(())
+    }
     /// Called every ~100 ms while the run is live (redraw the live view; may do nothing).
     fn tick(&mut self) -> io::Result<()>;
     /// Called after each batch of events and before exit: push buffered output out.

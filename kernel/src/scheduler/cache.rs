@@ -13,7 +13,7 @@ use super::verdict::Verdict;
 use crate::cache::key::secret_digest;
 use crate::cache::{Entry, KeyInputs, Lookup, Store, compute_key};
 use crate::config::referenced_secret;
-use crate::events::{BuildEvent, CacheStatus, StepStatus, Stream};
+use crate::events::{BuildEvent, CacheStatus, Envelope, StepStatus, Stream};
 
 /// The most log a step may write and still be cached: a bigger one runs every time.
 const MAX_LOG_BYTES: usize = 64 * 1024 * 1024;
@@ -172,6 +172,43 @@ impl Scheduler<'_> {
         crate::cache::key::hex(&hasher.finalize())
     }
 
+    /// A hit's recorded log, to the renderer and to the hooks that observe `step_log`, each
+    /// line marked as replayed. Runs of lines of one stream go to the renderer whole, under
+    /// one timestamp, as a batch from an executor does (`on_step_output`).
+    fn replay(&mut self, i: usize, log: Vec<(Stream, String)>) {
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let name = self.step_name(i).to_owned();
+        let mut lines = log.iter().peekable();
+        let mut text = String::new();
+        while let Some((stream, first)) = lines.next() {
+            text.clear();
+            text.push_str(first);
+            while let Some((_, line)) = lines.next_if(|(s, _)| s == stream) {
+                text.push('\n');
+                text.push_str(line);
+            }
+            let text = self.masker.mask(&text);
+            let _ = self
+                .renderer
+                .replayed_logs(&ts, &self.opts.run_id, &name, *stream, &text);
+        }
+        if self.hooks_want_logs() {
+            for (stream, line) in log {
+                let envelope = Envelope {
+                    ts: ts.clone(),
+                    run_id: self.opts.run_id.clone(),
+                    event: BuildEvent::StepLog {
+                        step: name.clone(),
+                        stream,
+                        line: self.masker.mask(&line).into_owned(),
+                        replayed: true,
+                    },
+                };
+                self.offer_to_hooks(&envelope);
+            }
+        }
+    }
+
     /// What the lookup of a step found: a hit ends it, a miss sends it on to its executor.
     pub(super) fn on_looked(&mut self, looked: Looked) {
         let i = looked.step;
@@ -186,15 +223,7 @@ impl Scheduler<'_> {
         match looked.outcome {
             Outcome::Hit { key, entry, log } => {
                 self.steps[i].state = StepState::Running;
-                let name = self.step_name(i).to_owned();
-                for (stream, line) in log {
-                    self.emit(BuildEvent::StepLog {
-                        step: name.clone(),
-                        stream,
-                        line,
-                        replayed: true,
-                    });
-                }
+                self.replay(i, log);
                 let step = &mut self.steps[i];
                 step.cache_key = Some(key);
                 step.cache_status = Some(CacheStatus::Hit);
