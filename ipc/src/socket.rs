@@ -151,21 +151,30 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().expect("socket pair");
         let (_read, mut write) = split_std(ours).expect("split");
         let sent: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let (go, told) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
+            told.recv().expect("told to read");
             let mut got = Vec::new();
             theirs.read_to_end(&mut got).expect("read");
             got
         });
-        write.write_all(&sent).await.expect("write");
-        assert!(
-            write.full.is_some(),
-            "8 MiB did not fill the socket: the test does not test the wait"
-        );
+        let writer = tokio::spawn(async move {
+            write.write_all(&sent).await.expect("write");
+            write
+        });
+        // On this test's one-thread runtime the writer now runs until nothing is read and the
+        // socket is full, and waits; only then does the reader begin.
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "8 MiB fitted in the socket");
+        go.send(()).expect("reader");
+        let mut write = writer.await.expect("writer");
+        assert!(write.full.is_some(), "the full socket made no registration");
         write.settle();
         assert!(write.full.is_none());
         drop(write);
         let got = reader.join().expect("reader");
-        assert_eq!(got.len(), sent.len());
-        assert!(got == sent, "bytes arrived out of order or changed");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes arrived out of order or changed");
     }
 }
