@@ -23,6 +23,27 @@ impl Envelope {
             event,
         }
     }
+
+    /// One line of a step's output, at `ts`; `replayed` when it comes from the cache.
+    pub fn step_log(
+        ts: &str,
+        run_id: &str,
+        step: &str,
+        stream: Stream,
+        line: &str,
+        replayed: bool,
+    ) -> Self {
+        Self {
+            ts: ts.to_owned(),
+            run_id: run_id.to_owned(),
+            event: BuildEvent::StepLog {
+                step: step.to_owned(),
+                stream,
+                line: line.to_owned(),
+                replayed,
+            },
+        }
+    }
 }
 
 /// The event kinds of `docs/events.md`. Field names are the JSON names.

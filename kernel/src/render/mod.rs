@@ -53,16 +53,7 @@ pub trait Renderer {
         stream: Stream,
         line: &str,
     ) -> io::Result<()> {
-        self.event(&Envelope {
-            ts: ts.to_owned(),
-            run_id: run_id.to_owned(),
-            event: crate::events::BuildEvent::StepLog {
-                step: step.to_owned(),
-                stream,
-                line: line.to_owned(),
-                replayed: false,
-            },
-        })
+        self.event(&Envelope::step_log(ts, run_id, step, stream, line, false))
     }
     /// Several lines of one step's output, joined by `\n` (a batch as it came from the
     /// executor): the same as `step_log` for each line, which is what this default does.
@@ -92,16 +83,7 @@ pub trait Renderer {
         lines: &str,
     ) -> io::Result<()> {
         for line in lines.split('\n') {
-            self.event(&Envelope {
-                ts: ts.to_owned(),
-                run_id: run_id.to_owned(),
-                event: crate::events::BuildEvent::StepLog {
-                    step: step.to_owned(),
-                    stream,
-                    line: line.to_owned(),
-                    replayed: true,
-                },
-            })?;
+            self.event(&Envelope::step_log(ts, run_id, step, stream, line, true))?;
         }
         Ok(())
     }

@@ -400,16 +400,14 @@ impl Scheduler<'_> {
             if self.hooks_want_logs() {
                 for (stream, text) in &chunks {
                     for line in text.split('\n') {
-                        let envelope = Envelope {
-                            ts: ts.clone(),
-                            run_id: self.opts.run_id.clone(),
-                            event: BuildEvent::StepLog {
-                                step: def.name.clone(),
-                                stream: *stream,
-                                line: line.to_owned(),
-                                replayed: false,
-                            },
-                        };
+                        let envelope = Envelope::step_log(
+                            &ts,
+                            &self.opts.run_id,
+                            &def.name,
+                            *stream,
+                            line,
+                            false,
+                        );
                         self.offer_to_hooks(&envelope);
                     }
                 }

@@ -13,7 +13,7 @@ use super::verdict::Verdict;
 use crate::cache::key::secret_digest;
 use crate::cache::{Entry, KeyInputs, Lookup, Store, compute_key};
 use crate::config::referenced_secret;
-use crate::events::{BuildEvent, CacheStatus, Envelope, StepStatus, Stream};
+use crate::events::{CacheStatus, Envelope, StepStatus, Stream};
 
 /// The most log a step may write and still be cached: a bigger one runs every time.
 const MAX_LOG_BYTES: usize = 64 * 1024 * 1024;
@@ -193,17 +193,10 @@ impl Scheduler<'_> {
                 .replayed_logs(&ts, &self.opts.run_id, &name, *stream, &text);
         }
         if self.hooks_want_logs() {
-            for (stream, line) in log {
-                let envelope = Envelope {
-                    ts: ts.clone(),
-                    run_id: self.opts.run_id.clone(),
-                    event: BuildEvent::StepLog {
-                        step: name.clone(),
-                        stream,
-                        line: self.masker.mask(&line).into_owned(),
-                        replayed: true,
-                    },
-                };
+            for (stream, line) in &log {
+                let line = self.masker.mask(line);
+                let envelope =
+                    Envelope::step_log(&ts, &self.opts.run_id, &name, *stream, &line, true);
                 self.offer_to_hooks(&envelope);
             }
         }
