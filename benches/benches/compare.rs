@@ -17,9 +17,9 @@ usage: compare [--quick] [--no-pin] [--hm PATH] [NAME...]
   --no-pin    let the scheduler place the threads of call-round-trip (default: one CPU)
   --hm PATH   the release hm binary (default: target/release/hm of this workspace)
   NAME        run only these benches: call-round-trip, shm-handoff, shm-handoff-map,
-              shm-vs-socket, cold-start, run-200-steps, steps-floor, cached-step,
-              cached-20-steps, log-throughput, log-floor, swarm-first-line,
-              kernel-rss-1000, ctrl-c (default: all)
+              shm-vs-socket, shm-floor, shm-socket-floor, cold-start, run-200-steps,
+              steps-floor, cached-step, cached-20-steps, log-throughput, log-floor,
+              swarm-first-line, kernel-rss-1000, ctrl-c (default: all)
 ";
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@ pub mod log_throughput;
 pub mod measure;
 pub mod procfs;
 pub mod run_steps;
+pub mod shm_floor;
 pub mod shm_handoff;
 pub mod steps_floor;
 pub mod swarm_first_line;
@@ -68,6 +69,16 @@ pub const BENCHES: &[Bench] = &[
         name: shm_handoff::VS_SOCKET,
         needs_hm: false,
         run: shm_handoff::run_vs_socket,
+    },
+    Bench {
+        name: shm_floor::FLOOR,
+        needs_hm: false,
+        run: shm_floor::run_floor,
+    },
+    Bench {
+        name: shm_floor::SOCKET_FLOOR,
+        needs_hm: false,
+        run: shm_floor::run_socket_floor,
     },
     Bench {
         name: cold_start::NAME,

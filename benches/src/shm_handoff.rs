@@ -136,7 +136,7 @@ pub fn run_vs_socket(settings: &Settings) -> Result<Outcome, BenchError> {
     ))
 }
 
-fn plan(settings: &Settings) -> Plan {
+pub(crate) fn plan(settings: &Settings) -> Plan {
     if settings.quick {
         Plan {
             rounds: 5,
@@ -153,7 +153,7 @@ fn plan(settings: &Settings) -> Plan {
 }
 
 /// 256 MiB of varied bytes (xorshift).
-fn source() -> Vec<u8> {
+pub(crate) fn source() -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut bytes = Vec::with_capacity(SIZE);
     while bytes.len() < SIZE {
@@ -167,7 +167,7 @@ fn source() -> Vec<u8> {
 
 /// Reads every byte: the xor of all 64-bit words (eight at a time, so it runs at memory
 /// speed), with the tail bytes folded in.
-fn fold(bytes: &[u8]) -> u64 {
+pub(crate) fn fold(bytes: &[u8]) -> u64 {
     let mut lanes = [0u64; 8];
     let mut blocks = bytes.chunks_exact(64);
     for block in &mut blocks {
@@ -334,14 +334,14 @@ async fn plugin_side(
 
 // ---- baseline: the same bytes through the socket ----
 
-struct SocketPair {
+pub(crate) struct SocketPair {
     kernel_end: StdUnixStream,
     reports: std_mpsc::Receiver<Result<u64, String>>,
     plugin: JoinHandle<Result<(), String>>,
 }
 
 impl SocketPair {
-    fn start() -> Result<Self, BenchError> {
+    pub(crate) fn start() -> Result<Self, BenchError> {
         let (kernel_end, mut plugin_end) =
             hm_ipc::transport::socket_pair().map_err(BenchError::io("socketpair"))?;
         let (report, reports) = std_mpsc::channel();
@@ -366,7 +366,7 @@ impl SocketPair {
         })
     }
 
-    fn round(&self, source: &[u8], expected: u64) -> Result<Duration, BenchError> {
+    pub(crate) fn round(&self, source: &[u8], expected: u64) -> Result<Duration, BenchError> {
         let start = Instant::now();
         (&self.kernel_end)
             .write_all(source)
@@ -384,7 +384,7 @@ impl SocketPair {
         }
     }
 
-    fn stop(self) -> Result<(), BenchError> {
+    pub(crate) fn stop(self) -> Result<(), BenchError> {
         drop(self.kernel_end);
         join("the socket plugin side", self.plugin)
     }

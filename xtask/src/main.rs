@@ -31,11 +31,11 @@ commands:
                           warnings denied, cargo test (stops at the first failure)
   bench [--quick] [NAME]  build hm in release and run the comparisons of benches/ (all of
                           them, or the NAMEs given: call-round-trip, shm-handoff,
-                          shm-handoff-map, shm-vs-socket, cold-start, run-200-steps,
-                          steps-floor, cached-step, cached-20-steps, log-throughput,
-                          log-floor, swarm-first-line, kernel-rss-1000, ctrl-c); --quick
-                          runs fewer
-                          iterations and a smaller log;
+                          shm-handoff-map, shm-vs-socket, shm-floor, shm-socket-floor,
+                          cold-start, run-200-steps, steps-floor, cached-step,
+                          cached-20-steps, log-throughput, log-floor, swarm-first-line,
+                          kernel-rss-1000, ctrl-c); --quick runs fewer iterations and a
+                          smaller log;
                           other flags go to the harness (see benches/README.md)
   plugin new NAME [--kind executor|hook|subcommand] [--dry-run]
                           create plugins/NAME/ (package hm-plugin-NAME: a working plugin of
