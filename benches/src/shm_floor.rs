@@ -107,3 +107,18 @@ impl FreshMapping {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_mapping_reads_every_byte_that_was_sealed() {
+        let source: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let fresh = FreshMapping::new(&source).unwrap();
+        fresh.round(FLOOR).unwrap();
+        fresh.round(FLOOR).unwrap();
+        let wrong = fresh.expected ^ 1;
+        assert!(fresh.check(FLOOR, wrong).is_err());
+    }
+}
