@@ -85,6 +85,36 @@ pub fn pids() -> impl Iterator<Item = i32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
+/// The pids of this process's children, as Linux lists them for each of its threads
+/// (`/proc/self/task/<tid>/children`): a child stays with the thread that started it, and an
+/// orphan re-parented to a child subreaper joins the subreaper's first live thread. Zombies are
+/// listed until they are reaped. `None` where Linux has no such file (built without
+/// `CONFIG_PROC_CHILDREN`): then [`pids`] is what there is to look through.
+///
+/// Linux warns that the list may miss a child when children come and go during the read: it
+/// resumes each `read` after the last child shown. Each thread's list is read with one `read`
+/// (a 4 KiB buffer holds about 500 pids), so a long list is the only way to miss one, and a
+/// zombie missed stays a zombie child, found by the next look.
+pub fn own_children() -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    let mut listed = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        match read_small(task.path().join("children")) {
+            Ok(text) => {
+                listed = true;
+                children.extend(
+                    text.split_ascii_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+            // The thread has ended since the directory was read, or Linux has no such file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    listed.then_some(children)
+}
+
 /// The command name of `pid` (`/proc/<pid>/comm`, at most 15 bytes), if it exists.
 pub fn comm(pid: u32) -> Option<String> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
@@ -101,6 +131,24 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_children_lists_a_child_until_it_is_reaped() {
+        let Some(before) = own_children() else {
+            return; // Linux without CONFIG_PROC_CHILDREN: `pids` is used instead.
+        };
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(!before.contains(&pid));
+        // Exited or not, it is a child until it is reaped.
+        assert!(own_children().unwrap().contains(&pid));
+        while stat(pid).is_some_and(|s| s.state != 'Z') {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(own_children().unwrap().contains(&pid), "a zombie is listed");
+        child.wait().unwrap();
+        assert!(!own_children().unwrap().contains(&pid));
+    }
 
     #[test]
     fn fields_follow_the_last_parenthesis_of_the_command_name() {

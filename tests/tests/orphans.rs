@@ -65,3 +65,52 @@ env = {{ {MARKER_VAR} = "{m}" }}
         .collect();
     assert!(left.is_empty(), "hm's run left {left:?}");
 }
+
+#[test]
+fn a_daemonised_process_is_reaped_while_the_run_goes_on() {
+    let m = marker("reaped");
+    // The double-forked `sleep` re-parents to hm (a child subreaper); hm kills it at the end of
+    // its step. Its zombie is hm's to reap then, not at the end of the run.
+    let project = Project::new(&format!(
+        r#"
+[steps.daemon]
+run = "(sleep 1000 &); : {m}"
+env = {{ {MARKER_VAR} = "{m}" }}
+
+[steps.later]
+needs = ["daemon"]
+run = "echo started; sleep 1001; : {m}"
+env = {{ {MARKER_VAR} = "{m}" }}
+"#
+    ));
+    let mut hm = project.spawn_run(&[]);
+    hm.wait_for_event("the second step's first line", WAIT, |e: &Value| {
+        e["kind"] == "step_log" && e["step"] == "later" && e["line"] == "started"
+    });
+    let killed = hm.events().iter().any(|e| {
+        e["kind"] == "step_log"
+            && e["step"] == "daemon"
+            && e["line"]
+                .as_str()
+                .is_some_and(|l| l.contains("killed 1 process"))
+    });
+    assert!(killed, "the daemonised sleep was killed at its step's end");
+    let hm_pid = hm.pid() as i32;
+    let zombies = || {
+        hm_sdk::procfs::pids()
+            .filter(|&pid| {
+                hm_sdk::procfs::stat(pid).is_some_and(|s| s.ppid == hm_pid && s.state == 'Z')
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !zombies().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = zombies();
+    hm.signal(Signal::SIGINT);
+    let output = hm.finish(WAIT);
+    assert!(left.is_empty(), "hm left its zombie children {left:?} unreaped");
+    assert_eq!(output.status.code(), Some(130), "the run was interrupted");
+    assert_no_process_left(&m);
+}
