@@ -110,7 +110,10 @@ env = {{ {MARKER_VAR} = "{m}" }}
     let left = zombies();
     hm.signal(Signal::SIGINT);
     let output = hm.finish(WAIT);
-    assert!(left.is_empty(), "hm left its zombie children {left:?} unreaped");
+    assert!(
+        left.is_empty(),
+        "hm left its zombie children {left:?} unreaped"
+    );
     assert_eq!(output.status.code(), Some(130), "the run was interrupted");
     assert_no_process_left(&m);
 }
