@@ -142,7 +142,9 @@ mod tests {
         assert!(!before.contains(&pid));
         // Exited or not, it is a child until it is reaped.
         assert!(own_children().unwrap().contains(&pid));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while stat(pid).is_some_and(|s| s.state != 'Z') {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(own_children().unwrap().contains(&pid), "a zombie is listed");

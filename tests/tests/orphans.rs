@@ -74,7 +74,7 @@ fn a_daemonised_process_is_reaped_while_the_run_goes_on() {
     let project = Project::new(&format!(
         r#"
 [steps.daemon]
-run = "(sleep 1000 &); : {m}"
+run = "(sleep 1000 & echo $! > daemon.pid); : {m}"
 env = {{ {MARKER_VAR} = "{m}" }}
 
 [steps.later]
@@ -95,24 +95,24 @@ env = {{ {MARKER_VAR} = "{m}" }}
                 .is_some_and(|l| l.contains("killed 1 process"))
     });
     assert!(killed, "the daemonised sleep was killed at its step's end");
+    let daemon: i32 = project.read("daemon.pid").trim().parse().expect("a pid");
     let hm_pid = hm.pid() as i32;
-    let zombies = || {
-        hm_sdk::procfs::pids()
-            .filter(|&pid| {
-                hm_sdk::procfs::stat(pid).is_some_and(|s| s.ppid == hm_pid && s.state == 'Z')
-            })
-            .collect::<Vec<_>>()
-    };
+    // Killed, it is a zombie child of hm until hm reaps it; reaped, it is gone from /proc.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !zombies().is_empty() && std::time::Instant::now() < deadline {
+    let mut last = hm_sdk::procfs::stat(daemon);
+    while let Some(stat) = last {
+        assert_eq!(stat.ppid, hm_pid, "the daemon re-parented to hm");
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
+        last = hm_sdk::procfs::stat(daemon);
     }
-    let left = zombies();
     hm.signal(Signal::SIGINT);
     let output = hm.finish(WAIT);
     assert!(
-        left.is_empty(),
-        "hm left its zombie children {left:?} unreaped"
+        last.is_none(),
+        "hm left the daemon {daemon} unreaped while the run went on: {last:?}"
     );
     assert_eq!(output.status.code(), Some(130), "the run was interrupted");
     assert_no_process_left(&m);
